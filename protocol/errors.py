@@ -1,0 +1,37 @@
+"""One error vocabulary: every refusal the relay makes, with its wire code.
+
+A :class:`ProtocolError` carries the ``code`` that goes on the wire, a human ``message`` and, when
+the offending frame named one, the client's ``cid`` so the sender can match the refusal to its
+message. ``ERROR_CODES`` is the documented table (README "Error codes" mirrors it).
+"""
+
+from __future__ import annotations
+
+ERROR_CODES: dict[str, str] = {
+    # refusals of a handshake (HTTP status with a JSON body; the socket is never accepted)
+    "invalid_room": "The room id (sid) must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.",
+    # refusals of a frame (an 'error' frame to the sender; the connection stays open)
+    "invalid_json": "The frame is not valid JSON.",
+    "invalid_envelope": "The frame is not an envelope: it needs objects 'hd' and 'bd' and a string 'hd.event'.",
+    "unknown_event": "The event is not one this server knows.",
+    "invalid_role": "hd.role must be 'A' or 'B' (or absent).",
+    "reserved_role": "The role 'llm' is reserved for the server's bot.",
+    "role_mismatch": "The frame names a role other than the one this connection is bound to.",
+    "empty_text": "bd.text must be a non-empty string.",
+    "too_large": "The frame or its text is over the size limit.",
+    "unsupported_frame": "Binary frames are not supported; send JSON text frames.",
+    "unavailable": "The message store is unreachable; the message was not stored. Try again.",
+    "internal": "Internal server error; the message was not processed.",
+}
+
+
+class ProtocolError(Exception):
+    """A frame the relay refuses. ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str | None = None, cid: str | None = None) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"undocumented error code {code!r}")
+        self.code = code
+        self.message = message or ERROR_CODES[code]
+        self.cid = cid
+        super().__init__(f"{code}: {self.message}")

@@ -1,0 +1,38 @@
+"""Event names, roles, room ids, stream ids and the Redis key layout: the protocol's nouns."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    CHAT_MESSAGE = "chat.message"
+    ERROR = "error"
+
+
+CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE})
+
+CLIENT_ROLES: frozenset[str] = frozenset({"A", "B"})
+DEFAULT_ROLE = "user"  # a frame without hd.role, on a connection not bound to a role
+LLM_ROLE = "llm"  # reserved for the server's bot
+
+_ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_STREAM_ID = re.compile(r"(0|[1-9][0-9]{0,19})(-(0|[1-9][0-9]{0,19}))?")
+_MAX_ID_PART = 2**64 - 1
+STREAM_KEY_PREFIX = "chat:session:"
+
+
+def is_valid_room(room: str) -> bool:
+    return _ROOM.fullmatch(room) is not None
+
+
+def is_valid_stream_id(value: str) -> bool:
+    """True for a Redis stream id ``ms`` or ``ms-seq`` whose parts fit in 64 bits."""
+    if _STREAM_ID.fullmatch(value) is None:
+        return False
+    return all(int(part) <= _MAX_ID_PART for part in value.split("-"))
+
+
+def stream_key(room: str) -> str:
+    return STREAM_KEY_PREFIX + room

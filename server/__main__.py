@@ -1,0 +1,42 @@
+"""``python -m server``: read the settings from the environment and serve under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.settings import Settings, SettingsError, log_level_number
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"chat-relay: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=log_level_number(settings.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        # Frames up to the limit are answered with too_large; far bigger ones are cut off (1009).
+        ws_max_size=max(4 * settings.max_message_bytes, 1 << 20),
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

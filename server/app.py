@@ -1,0 +1,86 @@
+"""The composition root: ``create_app(settings)`` wires the store, the appender, the stream tail,
+the hub and the endpoints, and owns their lifecycle in Starlette's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from server.appender import Appender, Retention
+from server.dispatch import Dispatcher
+from server.hub import Hub
+from server.settings import Settings
+from server.store import UNREACHABLE, StreamStore
+from server.tail import StreamTail
+from server.ws import PATH, ChatEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    """The running parts of one server process."""
+
+    def __init__(self, settings: Settings, store: StreamStore) -> None:
+        self.settings = settings
+        self.node_id = secrets.token_hex(6)
+        self.store = store
+        self.appender = Appender(store, Retention(settings.stream_maxlen, settings.room_ttl_seconds))
+        self.hub = Hub()
+        self.tail = StreamTail(store, self.hub.deliver, f"chat:node:{self.node_id}:wake",
+                               block_ms=settings.stream_block_ms)
+        self.hub.attach(self.tail)
+        self.dispatcher = Dispatcher(self.appender)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(self.appender.run(), name="appender"),
+                 asyncio.create_task(self.tail.run(), name="stream-tail")]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.store.close()
+
+
+def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
+    relay = Relay(settings, store or StreamStore.connect(settings.redis_url, block_ms=settings.stream_block_ms))
+    endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "node": relay.node_id})
+
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await relay.store.ping()
+        except UNREACHABLE as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ready", "store": "embedded" if relay.store.embedded else "redis"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if relay.store.embedded:
+            log.warning("REDIS_URL is not set: using the embedded in-process store "
+                        "(data lives in memory and is lost on exit; single process only)")
+        async with relay.running():
+            yield
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute(PATH, endpoint),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    return app

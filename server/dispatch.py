@@ -1,0 +1,75 @@
+"""The dispatcher: from a validated envelope's event name to its handler.
+
+Handlers turn an accepted envelope into an append to the room's stream. They do not broadcast:
+every member, the sender included, receives the message from the stream tail once it is stored,
+so nothing is ever delivered that is not in the stream, and everyone sees the stream's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from protocol.codec import format_ts, stored_body
+from protocol.envelope import ClientEnvelope
+from protocol.names import Event, stream_key
+from server.appender import Appender
+from server.errors import error_for
+from server.member import Member
+from server.store import Fields
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
+
+Handler = Callable[[Member, ClientEnvelope], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(self, appender: Appender) -> None:
+        self._appender = appender
+        self._handlers: dict[str, Handler] = {Event.CHAT_MESSAGE: self._chat_message}
+        self._drained: dict[Member, asyncio.Event] = {}
+
+    async def dispatch(self, member: Member, envelope: ClientEnvelope) -> None:
+        await self._handlers[envelope.event](member, envelope)
+
+    async def _chat_message(self, member: Member, envelope: ClientEnvelope) -> None:
+        hd = message_header(envelope, member.room, time.time_ns() // 1_000_000)
+        self._store(member, hd, envelope.bd)
+        if member.inflight >= MAX_INFLIGHT:
+            await self._wait_drained(member)
+
+    def _store(self, member: Member, hd: dict[str, Any], bd: dict[str, Any]) -> None:
+        cid = hd.get("cid")
+        member.inflight += 1
+
+        def done(entry_id: bytes | None, error: Exception | None) -> None:
+            member.inflight -= 1
+            if error is not None:
+                member.push(error_for(error, cid))
+            drained = self._drained.get(member)
+            if drained is not None and member.inflight < MAX_INFLIGHT // 2:
+                drained.set()
+
+        fields: Fields = {"participant": hd["role"], "body": stored_body(hd, bd)}
+        self._appender.submit(stream_key(member.room), fields, done)
+
+    async def _wait_drained(self, member: Member) -> None:
+        drained = self._drained[member] = asyncio.Event()
+        try:
+            await drained.wait()
+        finally:
+            del self._drained[member]
+
+
+def message_header(envelope: ClientEnvelope, room: str, now_ms: int) -> dict[str, Any]:
+    """The server's header for an accepted message: the client's event, role and cid, stamped."""
+    hd: dict[str, Any] = {"event": envelope.event, "role": envelope.role, "sid": room, "ts": format_ts(now_ms)}
+    if envelope.cid is not None:
+        hd["cid"] = envelope.cid
+    return hd
+

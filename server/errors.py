@@ -1,0 +1,34 @@
+"""One place that turns an exception into what the client sees.
+
+A :class:`~protocol.errors.ProtocolError` becomes an ``error`` frame with its own code; Redis
+being unreachable becomes ``unavailable``; anything else is a bug: it is logged with its
+traceback and the client gets ``internal``, with no details.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from protocol.codec import error_frame
+from protocol.errors import ERROR_CODES, ProtocolError
+from server.store import UNREACHABLE
+
+log = logging.getLogger(__name__)
+
+
+def error_code(exc: BaseException) -> tuple[str, str]:
+    """``(code, message)`` for ``exc``; logs unexpected exceptions with their traceback."""
+    if isinstance(exc, ProtocolError):
+        return exc.code, exc.message
+    if isinstance(exc, UNREACHABLE):
+        return "unavailable", ERROR_CODES["unavailable"]
+    log.error("internal error", exc_info=exc)
+    return "internal", ERROR_CODES["internal"]
+
+
+def error_for(exc: BaseException, cid: str | None = None) -> str:
+    """The ``error`` frame answering ``exc``; ``cid`` is used when the error carries none."""
+    code, message = error_code(exc)
+    if isinstance(exc, ProtocolError) and exc.cid is not None:
+        cid = exc.cid
+    return error_frame(code, message, cid)

@@ -1,0 +1,98 @@
+"""The hub: which members are in which room on this process, and fan-out to them.
+
+Entries arrive from the stream tail in stream order; each entry's frame is built once and the same
+text is pushed to every member of its room (the sender included). Joining the first member of a
+room makes the tail follow it; the last member leaving stops that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from protocol.codec import frame_with_id
+from server.member import Member
+from server.store import Entry
+from server.tail import StreamTail
+
+log = logging.getLogger(__name__)
+
+
+class Room:
+    __slots__ = ("members", "name", "ready", "refs")
+
+    def __init__(self, name: str, ready: asyncio.Task[None]) -> None:
+        self.name = name
+        self.members: set[Member] = set()
+        self.ready = ready  # done once the tail follows the room
+        self.refs = 0  # members joined or joining
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.rooms: dict[str, Room] = {}
+        self._tail: StreamTail | None = None
+
+    def attach(self, tail: StreamTail) -> None:
+        self._tail = tail
+
+    @property
+    def tail(self) -> StreamTail:
+        assert self._tail is not None, "Hub.attach() was not called"
+        return self._tail
+
+    @property
+    def connections(self) -> int:
+        return sum(len(room.members) for room in self.rooms.values())
+
+    async def join(self, member: Member) -> None:
+        """Add ``member`` to its room; from then on it receives every new entry of the room.
+
+        Raises (and leaves the hub unchanged) when the room cannot be followed, e.g. when
+        Redis is unreachable.
+        """
+        room = self.rooms.get(member.room)
+        if room is None or _failed(room.ready):
+            room = Room(member.room, asyncio.ensure_future(self.tail.follow(member.room)))
+            self.rooms[member.room] = room
+        room.refs += 1
+        try:
+            await asyncio.shield(room.ready)
+        except BaseException:
+            self._release(room)
+            raise
+        room.members.add(member)
+
+    def leave(self, member: Member) -> None:
+        room = self.rooms.get(member.room)
+        if room is not None and member in room.members:
+            room.members.discard(member)
+            self._release(room)
+
+    def _release(self, room: Room) -> None:
+        room.refs -= 1
+        if room.refs == 0 and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self.tail.unfollow(room.name)
+
+    def deliver(self, room_name: str, entries: list[Entry]) -> None:
+        room = self.rooms.get(room_name)
+        if room is None or not room.members:
+            return
+        members = tuple(room.members)
+        for entry_id, fields in entries:
+            body = fields.get(b"body")
+            if body is None:
+                log.warning("room %s: entry %s has no body field; skipped", room_name, entry_id)
+                continue
+            try:
+                frame = frame_with_id(body, entry_id.decode())
+            except ValueError:
+                log.warning("room %s: entry %s has a body that is not JSON; skipped", room_name, entry_id)
+                continue
+            for member in members:
+                member.push(frame)
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)

@@ -1,0 +1,99 @@
+"""Settings, read from the environment once, into a frozen object.
+
+Nothing else in the server reads ``os.environ``. A bad value raises :class:`SettingsError` with a
+one-line message naming the variable; ``python -m server`` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
+
+T = TypeVar("T")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; ``str()`` is the one-line message for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    redis_url: str | None = None  # None: the embedded in-process store
+    log_level: str = "info"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
+    room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
+    send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
+    stream_block_ms: int = 5000  # longest wait of the stream reader's XREAD BLOCK
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_message_bytes=self.max_message_bytes, max_text_chars=self.max_text_chars)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            name = field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _PARSERS[field.name](name, raw)
+        return cls(**values)
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _redis_url(name: str, raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{name}={raw!r} must start with redis://, rediss:// or unix://")
+    return url
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "host": _text,
+    "port": _int(0, 65535),
+    "redis_url": _redis_url,
+    "log_level": _log_level,
+    "max_message_bytes": _int(256, 16 * 1024 * 1024),
+    "max_text_chars": _int(1, 1024 * 1024),
+    "stream_maxlen": _int(0, 2**31),
+    "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
+    "send_queue_max": _int(1, 1_000_000),
+    "stream_block_ms": _int(10, 60_000),
+}
+
+
+def log_level_number(level: str) -> int:
+    return int(logging.getLevelName(level.upper()))

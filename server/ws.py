@@ -1,0 +1,98 @@
+"""The WebSocket endpoint ``/v1/session/chat?sid=ROOM[&role=A|B]``.
+
+Handshake: the room id and role are checked before anything else; a bad one is refused with an
+HTTP error and a JSON body ``{"error": {"code", "message"}}`` (the socket is never accepted). The
+member then joins its room (which needs Redis: 503 ``unavailable`` otherwise) and is accepted.
+
+After that, each text frame is validated by :mod:`protocol` and handed to the dispatcher; a
+refusal goes back to the sender alone as an ``error`` frame and the connection stays open.
+The receive loop uses the raw ASGI callables: it is the hot path, and Starlette's wrapper only
+adds state checks the loop already guarantees.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from protocol.codec import error_frame
+from protocol.envelope import parse_frame
+from protocol.errors import ERROR_CODES, ProtocolError
+from protocol.limits import Limits
+from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_room
+from server.dispatch import Dispatcher
+from server.errors import error_code, error_for
+from server.hub import Hub
+from server.member import WS_1000_NORMAL, Member
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/session/chat"
+
+
+class ChatEndpoint:
+    def __init__(self, hub: Hub, dispatcher: Dispatcher, limits: Limits, send_queue_max: int) -> None:
+        self._hub = hub
+        self._dispatcher = dispatcher
+        self._limits = limits
+        self._send_queue_max = send_queue_max
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        room, role = websocket.query_params.get("sid", ""), websocket.query_params.get("role")
+        refusal = handshake_refusal(room, role)
+        if refusal is not None:
+            await deny(websocket, 400, *refusal)
+            return
+        member = Member(send, room, role, self._send_queue_max)
+        try:
+            await self._hub.join(member)
+        except Exception as exc:
+            code, message = error_code(exc)
+            await deny(websocket, 503 if code == "unavailable" else 500, code, message)
+            return
+        try:
+            await websocket.accept()
+            member.start()
+            await self._receive_loop(member, receive)
+        finally:
+            self._hub.leave(member)
+            member.close(WS_1000_NORMAL)
+            await member.wait_closed()
+
+    async def _receive_loop(self, member: Member, receive: Receive) -> None:
+        limits, bound_role, dispatch = self._limits, member.role, self._dispatcher.dispatch
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            text = message.get("text")
+            if text is None:
+                member.push(error_frame("unsupported_frame", ERROR_CODES["unsupported_frame"]))
+                continue
+            try:
+                await dispatch(member, parse_frame(text, limits, bound_role))
+            except ProtocolError as exc:
+                member.push(error_frame(exc.code, exc.message, exc.cid))
+            except Exception as exc:
+                member.push(error_for(exc))
+
+
+def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:
+    """``(code, message)`` when the query string is not acceptable, else None."""
+    if not is_valid_room(room):
+        return "invalid_room", ERROR_CODES["invalid_room"]
+    if role == LLM_ROLE:
+        return "reserved_role", ERROR_CODES["reserved_role"]
+    if role is not None and role not in CLIENT_ROLES:
+        return "invalid_role", "The role query parameter must be 'A' or 'B' (or absent)."
+    return None
+
+
+async def deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    await websocket.send_denial_response(JSONResponse(body, status_code=status))
