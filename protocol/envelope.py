@@ -91,7 +91,7 @@ def _role(hd: dict[str, Any], bound_role: str | None, cid: str | None) -> str:
     role = hd["role"]
     if role == LLM_ROLE:
         raise ProtocolError("reserved_role", cid=cid)
-    if role not in CLIENT_ROLES:
+    if not isinstance(role, str) or role not in CLIENT_ROLES:
         raise ProtocolError("invalid_role", f"Invalid role {_show(role)}: use 'A' or 'B', or leave it out.", cid)
     if bound_role is not None and role != bound_role:
         raise ProtocolError(

@@ -1,4 +1,4 @@
-"""The composition root: ``create_app(settings)`` wires the store, the appender, the stream tail,
+"""The composition root: ``create_app(settings)`` wires the store, the appender, the room feed,
 the hub and the endpoints, and owns their lifecycle in Starlette's lifespan."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.appender import Appender, Retention
 from server.dispatch import Dispatcher
+from server.feed import RoomFeed
 from server.hub import Hub
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
-from server.tail import StreamTail
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,17 @@ class Relay:
         self.settings = settings
         self.node_id = secrets.token_hex(6)
         self.store = store
-        self.appender = Appender(store, Retention(settings.stream_maxlen, settings.room_ttl_seconds))
         self.hub = Hub()
-        self.tail = StreamTail(store, self.hub.deliver, f"chat:node:{self.node_id}:wake",
-                               block_ms=settings.stream_block_ms)
-        self.hub.attach(self.tail)
+        self.feed = RoomFeed(store, self.hub.deliver, self.node_id)
+        self.hub.attach(self.feed)
+        self.appender = Appender(store, Retention(settings.stream_maxlen, settings.room_ttl_seconds),
+                                 self.node_id, self.feed.appended)
         self.dispatcher = Dispatcher(self.appender)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(self.appender.run(), name="appender"),
-                 asyncio.create_task(self.tail.run(), name="stream-tail")]
+                 asyncio.create_task(self.feed.run(), name="room-feed")]
         try:
             yield
         finally:
@@ -53,7 +53,7 @@ class Relay:
 
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
-    relay = Relay(settings, store or StreamStore.connect(settings.redis_url, block_ms=settings.stream_block_ms))
+    relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
     endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max)
 
     async def healthz(request: Request) -> JSONResponse:

@@ -1,26 +1,30 @@
-"""Batched appends: the appends requested during one event-loop pass go to Redis as one pipeline.
+"""Batched appends: the appends requested during one event-loop pass go to Redis in one call.
 
 One awaited XADD per message costs a round trip each and several times the rest of the relay's
-work; a pipeline per pass costs little more than one. A single flusher task sends one pipeline at
-a time, in submission order, so a room's entries keep the order in which its members' frames
-were accepted. While a pipeline is in flight, new appends gather for the next one.
+work; one script call per pass costs little more than one. A single flusher sends one batch at a
+time, in submission order, so a room's entries keep the order in which its members' frames were
+accepted. While a batch is in flight, new appends gather for the next one. After each batch the
+feed is told what was appended (it delivers from memory when it can), then each submitter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.store import UNREACHABLE, Fields, StreamStore
+from server.store import UNREACHABLE, NewEntry, StreamStore
 
 log = logging.getLogger(__name__)
 
 #: Called once per append: ``(entry_id, None)`` on success, ``(None, error)`` on failure.
 Done = Callable[[bytes | None, Exception | None], None]
+#: Told after each batch, per stream key: the newest id before the batch and the ``(id, body)`` appended.
+Appended = Callable[[str, bytes, list[tuple[bytes, bytes]]], None]
 
-MAX_BATCH = 2048
+MAX_BATCH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,31 +34,32 @@ class Retention:
 
 
 class Appender:
-    def __init__(self, store: StreamStore, retention: Retention) -> None:
+    def __init__(self, store: StreamStore, retention: Retention, node_id: str, appended: Appended) -> None:
         self._store = store
         self._retention = retention
-        self._pending: list[tuple[str, Fields, Done]] = []
+        self._node_id = node_id
+        self._appended = appended
+        self._pending: list[tuple[NewEntry, Done | None]] = []
         self._wake = asyncio.Event()
 
-    def submit(self, key: str, fields: Fields, done: Done) -> None:
+    def submit(self, entry: NewEntry, done: Done | None = None) -> None:
         """Queue one append; ``done`` is called when its outcome is known."""
-        self._pending.append((key, fields, done))
+        self._pending.append((entry, done))
         self._wake.set()
 
-    async def append(self, key: str, fields: Fields) -> bytes:
-        """Append one entry and wait for its id (for callers that need the outcome inline)."""
+    async def append(self, entry: NewEntry) -> bytes:
+        """Append one entry and wait until it is stored and handed to the feed; returns its id."""
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         def done(entry_id: bytes | None, error: Exception | None) -> None:
             if future.done():
                 return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                assert entry_id is not None
+            if entry_id is not None:
                 future.set_result(entry_id)
+            else:
+                future.set_exception(error or RuntimeError("append failed"))
 
-        self.submit(key, fields, done)
+        self.submit(entry, done)
         return await future
 
     async def run(self) -> None:
@@ -69,26 +74,40 @@ class Appender:
                     await self._flush(batch)
         finally:
             pending, self._pending = self._pending, []
-            for _, _, done in pending:
-                done(None, ConnectionError("server shutting down"))
+            for _, done in pending:
+                if done is not None:
+                    done(None, ConnectionError("server shutting down"))
 
-    async def _flush(self, batch: list[tuple[str, Fields, Done]]) -> None:
+    async def _flush(self, batch: list[tuple[NewEntry, Done | None]]) -> None:
         try:
-            results = await self._store.append_many(
-                [(key, fields) for key, fields, _ in batch],
-                maxlen=self._retention.maxlen, ttl_s=self._retention.ttl_s,
+            result = await self._store.append_batch(
+                [entry for entry, _ in batch], maxlen=self._retention.maxlen,
+                ttl_s=self._retention.ttl_s, node=self._node_id,
             )
+            before, ids = result.before, result.ids
         except UNREACHABLE as exc:
             log.warning("append of %d entries failed: Redis unreachable (%s)", len(batch), exc)
-            results = [exc] * len(batch)
+            before, ids = {}, [exc] * len(batch)
         except Exception as exc:
             log.exception("append of %d entries failed", len(batch))
-            results = [exc] * len(batch)
-        for (_, _, done), result in zip(batch, results, strict=True):
+            before, ids = {}, [exc] * len(batch)
+        self._report(batch, before, ids)
+
+    def _report(self, batch: list[tuple[NewEntry, Done | None]], before: dict[str, bytes],
+                ids: list[bytes | Exception]) -> None:
+        stored: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for (entry, _), entry_id in zip(batch, ids, strict=True):
+            if not isinstance(entry_id, Exception):
+                stored[entry.key].append((entry_id, entry.body))
+        for key, items in stored.items():
+            self._appended(key, before[key], items)
+        for (_, done), entry_id in zip(batch, ids, strict=True):
+            if done is None:
+                continue
             try:
-                if isinstance(result, Exception):
-                    done(None, result)
+                if isinstance(entry_id, Exception):
+                    done(None, entry_id)
                 else:
-                    done(result, None)
+                    done(entry_id, None)
             except Exception:
                 log.exception("append callback failed")

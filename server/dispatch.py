@@ -1,7 +1,7 @@
 """The dispatcher: from a validated envelope's event name to its handler.
 
 Handlers turn an accepted envelope into an append to the room's stream. They do not broadcast:
-every member, the sender included, receives the message from the stream tail once it is stored,
+every member, the sender included, receives the message from the room feed once it is stored,
 so nothing is ever delivered that is not in the stream, and everyone sees the stream's order.
 """
 
@@ -19,7 +19,7 @@ from protocol.names import Event, stream_key
 from server.appender import Appender
 from server.errors import error_for
 from server.member import Member
-from server.store import Fields
+from server.store import NewEntry
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ class Dispatcher:
             if drained is not None and member.inflight < MAX_INFLIGHT // 2:
                 drained.set()
 
-        fields: Fields = {"participant": hd["role"], "body": stored_body(hd, bd)}
-        self._appender.submit(stream_key(member.room), fields, done)
+        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd)), done)
 
     async def _wait_drained(self, member: Member) -> None:
         drained = self._drained[member] = asyncio.Event()

@@ -1,8 +1,8 @@
 """The hub: which members are in which room on this process, and fan-out to them.
 
-Entries arrive from the stream tail in stream order; each entry's frame is built once and the same
+Entries arrive from the room feed in stream order; each entry's frame is built once and the same
 text is pushed to every member of its room (the sender included). Joining the first member of a
-room makes the tail follow it; the last member leaving stops that.
+room makes the feed follow it; the last member leaving stops that.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import asyncio
 import logging
 
 from protocol.codec import frame_with_id
+from server.feed import Item, RoomFeed
 from server.member import Member
-from server.store import Entry
-from server.tail import StreamTail
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +23,22 @@ class Room:
     def __init__(self, name: str, ready: asyncio.Task[None]) -> None:
         self.name = name
         self.members: set[Member] = set()
-        self.ready = ready  # done once the tail follows the room
+        self.ready = ready  # done once the feed follows the room
         self.refs = 0  # members joined or joining
 
 
 class Hub:
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
-        self._tail: StreamTail | None = None
+        self._feed: RoomFeed | None = None
 
-    def attach(self, tail: StreamTail) -> None:
-        self._tail = tail
+    def attach(self, feed: RoomFeed) -> None:
+        self._feed = feed
 
     @property
-    def tail(self) -> StreamTail:
-        assert self._tail is not None, "Hub.attach() was not called"
-        return self._tail
+    def feed(self) -> RoomFeed:
+        assert self._feed is not None, "Hub.attach() was not called"
+        return self._feed
 
     @property
     def connections(self) -> int:
@@ -53,7 +52,7 @@ class Hub:
         """
         room = self.rooms.get(member.room)
         if room is None or _failed(room.ready):
-            room = Room(member.room, asyncio.ensure_future(self.tail.follow(member.room)))
+            room = Room(member.room, asyncio.ensure_future(self.feed.follow(member.room)))
             self.rooms[member.room] = room
         room.refs += 1
         try:
@@ -73,18 +72,14 @@ class Hub:
         room.refs -= 1
         if room.refs == 0 and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-            self.tail.unfollow(room.name)
+            self.feed.unfollow(room.name)
 
-    def deliver(self, room_name: str, entries: list[Entry]) -> None:
+    def deliver(self, room_name: str, items: list[Item]) -> None:
         room = self.rooms.get(room_name)
         if room is None or not room.members:
             return
         members = tuple(room.members)
-        for entry_id, fields in entries:
-            body = fields.get(b"body")
-            if body is None:
-                log.warning("room %s: entry %s has no body field; skipped", room_name, entry_id)
-                continue
+        for entry_id, body in items:
             try:
                 frame = frame_with_id(body, entry_id.decode())
             except ValueError:

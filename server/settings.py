@@ -32,7 +32,6 @@ class Settings:
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
     room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
-    stream_block_ms: int = 5000  # longest wait of the stream reader's XREAD BLOCK
 
     @property
     def limits(self) -> Limits:
@@ -91,7 +90,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_maxlen": _int(0, 2**31),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
-    "stream_block_ms": _int(10, 60_000),
 }
 
 

@@ -4,12 +4,15 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
 ``participant`` (the sender's role) and ``body`` (the broadcast envelope as JSON, without
 ``hd.id``). Guarantees the rest of the server relies on:
 
-- :meth:`StreamStore.append_many` appends its items in list order over one connection, so the
-  entries of one room get increasing ids in the order they were submitted. Each item's outcome
-  (its id, or the exception) is reported separately; a connection failure fails the whole batch.
-- :meth:`StreamStore.read` returns, per key, the entries after the given id, oldest first.
+- :meth:`StreamStore.append_batch` appends its items atomically and in list order (one Lua
+  script call), so a room's entries get increasing ids in the order they were submitted. For
+  each room it also reports the newest id the stream held *before* the batch: a caller that has
+  delivered exactly up to that id may deliver the batch from memory, with no read.
+- Each batch publishes ``"<node> <newest id>"`` on ``chat:notify:<room>`` for every room it
+  touched; :class:`Subscriber` hears those, so other processes know when to read.
+- :meth:`StreamStore.range` returns entries oldest first.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
-  expiry to ``ttl_s`` (0 = no expiry).
+  expiry to ``ttl_s`` (0 = no trimming / no expiry).
 
 The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL.
 """
@@ -17,7 +20,9 @@ The embedded mode runs the same code on an in-process fakeredis server instead o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,26 +32,40 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
-Fields = Mapping[str | bytes, str | bytes]
 Entry = tuple[bytes, dict[bytes, bytes]]
-StreamBatch = list[tuple[bytes, list[Entry]]]
 
 #: Errors meaning "Redis cannot be reached right now" (the client gets ``unavailable``).
 UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 StoreError = RedisError
 
+NOTIFY_PREFIX = "chat:notify:"
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
+_APPEND_LUA = resources.files("server").joinpath("append.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    key: str
+    participant: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    before: dict[str, bytes]  # stream key -> newest id before the batch (b"0-0": none)
+    ids: list[bytes | Exception]  # per entry, in submission order
 
 
 class StreamStore:
-    def __init__(self, client: Any, blocking_client: Any, *, embedded: bool) -> None:
+    def __init__(self, client: Any, listener_client: Any, *, embedded: bool) -> None:
         self._client = client  # shared pool: appends, ranges, pings
-        self._blocking = blocking_client  # its own connection: the tail's XREAD BLOCK
+        self._listener_client = listener_client  # its own connection: the notification subscriber
+        self._append = client.register_script(_APPEND_LUA)
         self.embedded = embedded
 
     @classmethod
-    def connect(cls, url: str | None, *, block_ms: int) -> StreamStore:
+    def connect(cls, url: str | None) -> StreamStore:
         """A store on the Redis at ``url``, or on a new in-process fakeredis server when None."""
         if url is None:
             import fakeredis
@@ -59,49 +78,67 @@ class StreamStore:
             url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_S,
             socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=30,
         )
-        # The default 5 s socket timeout would cut a blocking XREAD: give it the block time plus slack.
-        blocking = aioredis.Redis.from_url(
-            url, socket_timeout=block_ms / 1000 + 10.0, socket_connect_timeout=5.0,
-            socket_keepalive=True, single_connection_client=True,
-        )
-        return cls(aioredis.Redis(connection_pool=pool), blocking, embedded=False)
+        # The subscriber waits for messages indefinitely: no socket timeout (the default 5 s would
+        # cut its reads), but TCP keepalive and periodic health checks instead.
+        listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
+                                           socket_keepalive=True, health_check_interval=30)
+        return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False)
 
     async def close(self) -> None:
-        await self._blocking.aclose()
+        await self._listener_client.aclose()
         await self._client.aclose()
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())
 
-    async def append_many(
-        self, items: Sequence[tuple[str, Fields]], *, maxlen: int, ttl_s: int
-    ) -> list[bytes | Exception]:
-        """Append each ``(key, fields)`` in order, in one round trip. Returns ids or errors."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key, fields in items:
-                pipe.xadd(key, fields, maxlen=maxlen or None, approximate=True)
-            if ttl_s:
-                for key in dict.fromkeys(key for key, _ in items):
-                    pipe.expire(key, ttl_s)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results[: len(items)]
-
-    async def read(self, cursors: Mapping[str, str | bytes], *, count: int, block_ms: int) -> StreamBatch:
-        """Entries after each key's cursor, waiting up to ``block_ms`` when there are none."""
-        reply = await self._blocking.xread(dict(cursors), count=count, block=block_ms)
-        return [(key, entries) for key, entries in reply or ()]
+    async def append_batch(self, entries: Sequence[NewEntry], *, maxlen: int, ttl_s: int, node: str) -> BatchResult:
+        """Append ``entries`` in order, in one round trip."""
+        keys: dict[str, int] = {}
+        args: list[Any] = [maxlen, ttl_s, node]
+        for entry in entries:
+            index = keys.setdefault(entry.key, len(keys) + 1)
+            args += (index, entry.participant, entry.body)
+        reply = await self._append(keys=list(keys), args=args)
+        return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=reply[len(keys):])
 
     async def last_id(self, key: str) -> bytes:
         """The newest entry's id in ``key``, or ``0-0`` when the stream is empty or absent."""
         newest = await self._client.xrevrange(key, count=1)
         return newest[0][0] if newest else b"0-0"
 
-    async def range(self, key: str, start: str = "-", end: str = "+", count: int | None = None) -> list[Entry]:
+    async def range(self, key: str, start: str | bytes = "-", end: str | bytes = "+",
+                    count: int | None = None) -> list[Entry]:
         return list(await self._client.xrange(key, start, end, count=count))
 
-    async def poke(self, key: str, ttl_s: int) -> None:
-        """Add a throwaway entry to ``key`` so that a blocking read on it returns."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"w": "1"}, maxlen=8, approximate=True)
-            pipe.expire(key, ttl_s)
-            await pipe.execute()
+    def subscriber(self) -> Subscriber:
+        return Subscriber(self._listener_client.pubsub())
+
+
+class Subscriber:
+    """Room notifications (``chat:notify:<room>``) for the rooms this process follows."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def subscribe(self, room: str) -> None:
+        await self._pubsub.subscribe(NOTIFY_PREFIX + room)
+
+    async def unsubscribe(self, room: str) -> None:
+        await self._pubsub.unsubscribe(NOTIFY_PREFIX + room)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self._pubsub.subscribed)
+
+    async def next(self, timeout_s: float) -> tuple[str, str, bytes] | None:
+        """``(kind, room, data)`` of the next message (kind ``subscribe``, ``message``...), or None."""
+        message = await self._pubsub.get_message(timeout=timeout_s)
+        if message is None:
+            return None
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        data = message["data"]
+        return message["type"], channel.removeprefix(NOTIFY_PREFIX), data if isinstance(data, bytes) else b""
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()

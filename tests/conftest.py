@@ -1,0 +1,89 @@
+"""Shared fixtures: a real Redis, a real server process, fresh room names.
+
+Redis: ``TEST_REDIS_URL`` when set (CI starts one and passes it), otherwise a private
+``redis-server`` on a free port. Every room a test uses is named ``t<run>-<n>``, and only keys of
+this run's rooms are deleted at the end, so a shared Redis keeps everything else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.redis_server import RedisServer
+from tests.support.server_process import ServerProcess
+
+RUN = secrets.token_hex(3)
+_rooms = itertools.count(1)
+
+
+def new_room() -> str:
+    return f"t{RUN}-{next(_rooms)}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        _delete_run_keys(url)
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _delete_run_keys(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    for pattern in (f"chat:*:t{RUN}-*",):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def room() -> str:
+    return new_room()
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def start_server(logs_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python -m server`` with extra environment; every one started is stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        server = ServerProcess(env, logs_dir / f"server-{len(started)}.log")
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: Callable[..., ServerProcess], redis_url: str) -> ServerProcess:
+    """One relay on the test Redis, shared by the tests that need no special settings."""
+    return start_server(REDIS_URL=redis_url)
