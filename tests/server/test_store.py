@@ -1,0 +1,95 @@
+"""One contract, two adapters: the stream store on a real Redis and on the embedded fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from protocol import stream_key
+from server.store import NewEntry, StreamStore
+from tests.conftest import new_room
+
+
+@pytest.fixture(params=["redis", "embedded"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
+    store = StreamStore.connect(redis_url if request.param == "redis" else None)
+    yield store
+    await store.close()
+
+
+def entries(room: str, *texts: str) -> list[NewEntry]:
+    return [NewEntry(stream_key(room), "A", f'{{"hd":{{}},"bd":{{"text":"{t}"}}}}'.encode()) for t in texts]
+
+
+def tup(entry_id: bytes) -> tuple[int, int]:
+    ms, seq = entry_id.split(b"-")
+    return int(ms), int(seq)
+
+
+async def test_a_batch_is_appended_in_order_and_reports_the_previous_newest_id(store: StreamStore) -> None:
+    room1, room2 = new_room(), new_room()
+    first = await store.append_batch(entries(room1, "1", "2") + entries(room2, "x") + entries(room1, "3"),
+                                     maxlen=0, ttl_s=0, node="n1")
+    assert first.before == {stream_key(room1): b"0-0", stream_key(room2): b"0-0"}
+    ids = first.ids
+    assert all(isinstance(i, bytes) for i in ids)
+    stored = await store.range(stream_key(room1))
+    assert [e[0] for e in stored] == [ids[0], ids[1], ids[3]]
+    assert [e[1][b"participant"] for e in stored] == [b"A"] * 3
+    assert tup(ids[0]) < tup(ids[1]) < tup(ids[3])  # type: ignore[arg-type]
+    second = await store.append_batch(entries(room1, "4"), maxlen=0, ttl_s=0, node="n1")
+    assert second.before == {stream_key(room1): ids[3]}
+
+
+async def test_range_reads_after_an_exclusive_cursor(store: StreamStore) -> None:
+    room = new_room()
+    ids = (await store.append_batch(entries(room, "1", "2", "3"), maxlen=0, ttl_s=0, node="n")).ids
+    after_first = await store.range(stream_key(room), b"(" + ids[0], "+")  # type: ignore[operator]
+    assert [e[0] for e in after_first] == ids[1:]
+    assert await store.last_id(stream_key(room)) == ids[2]
+    assert await store.last_id(stream_key(new_room())) == b"0-0"
+
+
+async def test_appends_trim_approximately_and_renew_the_expiry(store: StreamStore, redis_url: str) -> None:
+    room = new_room()
+    for _ in range(10):
+        await store.append_batch(entries(room, *map(str, range(100))), maxlen=50, ttl_s=600, node="n")
+    kept = await store.range(stream_key(room))
+    assert 50 <= len(kept) < 1000
+    client = store._client
+    assert 0 < await client.ttl(stream_key(room)) <= 600
+
+
+async def test_each_batch_notifies_the_rooms_it_touched(store: StreamStore) -> None:
+    room = new_room()
+    subscriber = store.subscriber()
+    await subscriber.subscribe(room)
+    kinds = []
+    while not kinds or kinds[-1][0] != "subscribe":
+        message = await subscriber.next(timeout_s=5)
+        if message is not None:
+            kinds.append(message)
+    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node="node-7")).ids
+
+    async def next_message() -> tuple[str, str, bytes]:
+        while True:
+            message = await subscriber.next(timeout_s=5)
+            if message is not None and message[0] == "message":
+                return message
+
+    kind, notified_room, data = await asyncio.wait_for(next_message(), 10)
+    assert (notified_room, data) == (room, b"node-7 " + ids[1])  # type: ignore[operator]
+    await subscriber.close()
+
+
+async def test_an_append_to_a_key_that_is_not_a_stream_fails_alone(store: StreamStore) -> None:
+    good, bad = new_room(), new_room()
+    await store._client.set(stream_key(bad), "not a stream")
+    result = await store.append_batch(entries(good, "1") + entries(bad, "2") + entries(good, "3"),
+                                      maxlen=0, ttl_s=0, node="n")
+    assert isinstance(result.ids[0], bytes) and isinstance(result.ids[2], bytes)
+    assert isinstance(result.ids[1], Exception)
+    assert len(await store.range(stream_key(good))) == 2
+    await store._client.delete(stream_key(bad))
