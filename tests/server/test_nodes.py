@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 
+import httpx
 import redis
 
 from protocol import stream_key
@@ -49,8 +48,8 @@ async def test_concurrent_senders_on_two_nodes_see_one_order(start_server: Calla
 
 async def test_embedded_store_relays_without_redis(start_server: Callable[..., ServerProcess], room: str) -> None:
     node = start_server(REDIS_URL="")
-    with urllib.request.urlopen(f"{node.http}/readyz", timeout=5) as response:
-        assert json.load(response) == {"status": "ready", "store": "embedded"}
+    async with httpx.AsyncClient(base_url=node.http) as http:
+        assert (await http.get("/readyz")).json() == {"status": "ready", "store": "embedded"}
     assert "embedded in-process store" in node.log()
     async with await Client.open(node.ws(room, role="A")) as a, await Client.open(node.ws(room, role="B")) as b:
         await a.chat("in memory")

@@ -79,7 +79,7 @@ async def test_each_batch_notifies_the_rooms_it_touched(store: StreamStore) -> N
             if message is not None and message[0] == "message":
                 return message
 
-    kind, notified_room, data = await asyncio.wait_for(next_message(), 10)
+    _kind, notified_room, data = await asyncio.wait_for(next_message(), 10)
     assert (notified_room, data) == (room, b"node-7 " + ids[1])  # type: ignore[operator]
     await subscriber.close()
 
