@@ -1,0 +1,45 @@
+"""Redis going away under a live server: senders are told, nothing is broadcast, it recovers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.support.client import Client
+from tests.support.redis_server import RedisServer
+from tests.support.server_process import ServerProcess
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_senders_get_unavailable_while_redis_is_down_and_it_recovers(
+    start_server: Callable[..., ServerProcess], private_redis: RedisServer, room: str
+) -> None:
+    node = start_server(REDIS_URL=private_redis.url)
+    async with await Client.open(node.ws(room, role="A")) as a, await Client.open(node.ws(room, role="B")) as b:
+        await a.chat("before")
+        assert (await b.recv())["bd"]["text"] == "before"
+        assert (await a.recv())["bd"]["text"] == "before"
+
+        private_redis.stop()
+        await a.chat("during", cid="d1")
+        error = await a.recv()
+        assert error["hd"] == {"event": "error"}
+        assert (error["bd"]["code"], error["bd"]["cid"]) == ("unavailable", "d1")
+        async with httpx.AsyncClient(base_url=node.http) as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+
+        private_redis.start()
+        await a.chat("after")  # the pool reconnects on the next command
+        frame = await b.recv()  # B never saw "during": its first frame since "before" is "after"
+        assert frame["bd"]["text"] == "after"
+        assert (await a.recv())["bd"]["text"] == "after"
