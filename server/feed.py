@@ -7,12 +7,15 @@ is delivered only when it directly follows the cursor.
 - Local appends (the fast path). An append batch reports, per room, the newest id the stream held
   before the batch. When that equals the room's cursor, nothing else was appended in between, and
   the batch's entries are delivered from memory at once, with no read.
-- Everything else (the catch-up). When another process appended in between, or announces an
-  append on ``chat:notify:<room>``, or the notifications were interrupted, a reader task for the
-  room reads ``XRANGE (cursor +`` and delivers what it finds, until it has reached the newest id
-  it heard of. Meanwhile local batches do not take the fast path, so order is kept.
-- Following a room subscribes to its notifications, waits until Redis confirms, and only then
-  takes the stream's newest id as the cursor: every later append is either heard of or read.
+- Everything else (the catch-up). When another node appended in between, or announced an append,
+  or announcements may have been missed, a reader task for the room reads ``XRANGE (cursor +``
+  and delivers what it finds until it has reached the newest id it heard of. Meanwhile local
+  batches do not take the fast path, so order is kept.
+- Announcements. This node listens on its own channel; following a room adds the node to the
+  room's node set *before* the cursor is read, so every later append by another node is either
+  announced to it or already behind the cursor. A heartbeat keeps the node alive; when Redis has
+  forgotten it (a stall, a Redis restart) or the channel reconnects, the node registers its rooms
+  again and catches every room up.
 - When Redis is unreachable, readers retry with backoff and resume from their cursors.
 """
 
@@ -24,7 +27,7 @@ import logging
 from collections.abc import Callable
 
 from protocol.names import STREAM_KEY_PREFIX, stream_key
-from server.store import UNREACHABLE, StreamStore, Subscriber
+from server.store import UNREACHABLE, StreamStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ Item = tuple[bytes, bytes]  # (stream id, body)
 Deliver = Callable[[str, list[Item]], None]
 
 READ_COUNT = 1000
+HEARTBEAT_S = 10.0
+ALIVE_TTL_S = 30
+READY_TIMEOUT_S = 5.0
 _UNTIL_EMPTY = (2**64, 0)
 _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -39,6 +45,10 @@ _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 def id_tuple(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
+
+
+def backoff(failures: int) -> float:
+    return _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
 
 
 class _Cursor:
@@ -54,35 +64,32 @@ class RoomFeed:
     def __init__(self, store: StreamStore, deliver: Deliver, node_id: str) -> None:
         self._store = store
         self._deliver = deliver
-        self._node = node_id.encode()
+        self._node = node_id
         self._cursors: dict[str, _Cursor] = {}
-        self._subscriber: Subscriber = store.subscriber()
-        self._confirmations: dict[str, asyncio.Future[None]] = {}
-        self._subscriptions = asyncio.Lock()
-        self._listening = asyncio.Event()
-        self.connected = True
+        self._membership = asyncio.Lock()
+        self._ready = asyncio.Event()  # listening on the node's channel, and alive
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
 
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
-        async with self._subscriptions:
-            confirmed = self._confirmations[room] = asyncio.get_running_loop().create_future()
-            try:
-                await self._subscriber.subscribe(room)
-                self._listening.set()
-                await asyncio.wait_for(confirmed, timeout=10)
-            finally:
-                self._confirmations.pop(room, None)
-        self._cursors[room] = _Cursor(await self._store.last_id(stream_key(room)))
+        await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        async with self._membership:
+            await self._store.register([room], self._node)
+            self._cursors[room] = _Cursor(await self._store.last_id(stream_key(room)))
 
     def unfollow(self, room: str) -> None:
         self._cursors.pop(room, None)
-        asyncio.get_running_loop().create_task(self._unsubscribe(room))
+        asyncio.get_running_loop().create_task(self._unregister(room))
 
-    async def _unsubscribe(self, room: str) -> None:
-        async with self._subscriptions:
+    async def _unregister(self, room: str) -> None:
+        async with self._membership:
             if room not in self._cursors:
-                with contextlib.suppress(*UNREACHABLE):  # the subscription died with the connection
-                    await self._subscriber.unsubscribe(room)
+                # On failure: appends forget nodes that are not alive, and a Redis restart forgets all.
+                with contextlib.suppress(*UNREACHABLE):
+                    await self._store.unregister(room, self._node)
 
     def appended(self, key: str, before: bytes, items: list[Item]) -> None:
         """A local batch appended ``items`` to ``key``, whose newest id was ``before``."""
@@ -102,6 +109,10 @@ class RoomFeed:
         if cursor.reader is None:
             cursor.reader = asyncio.get_running_loop().create_task(self._catch_up(room, cursor))
 
+    def _catch_up_all(self) -> None:
+        for room, cursor in list(self._cursors.items()):
+            self._lag(room, cursor, _UNTIL_EMPTY)
+
     async def _catch_up(self, room: str, cursor: _Cursor) -> None:
         key, failures = stream_key(room), 0
         try:
@@ -109,10 +120,9 @@ class RoomFeed:
                 try:
                     entries = await self._store.range(key, b"(" + cursor.id, "+", count=READ_COUNT)
                 except UNREACHABLE as exc:
-                    delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
+                    log.warning("room %s: cannot read the stream (%s); retrying", room, exc)
+                    await asyncio.sleep(backoff(failures))
                     failures += 1
-                    log.warning("room %s: cannot read the stream (%s); retrying in %.2f s", room, exc, delay)
-                    await asyncio.sleep(delay)
                     continue
                 failures = 0
                 if self._cursors.get(room) is not cursor or not entries:
@@ -124,42 +134,67 @@ class RoomFeed:
             cursor.reader = None
 
     async def run(self) -> None:
-        """Listen to the followed rooms' notifications until cancelled."""
-        failures = 0
+        """Listen to this node's announcements and keep it alive, until cancelled."""
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
-            while True:
-                if not self._subscriber.subscribed and not self._confirmations:
-                    self._listening.clear()
-                    await self._listening.wait()
-                try:
-                    message = await self._subscriber.next(timeout_s=1.0)
-                except UNREACHABLE as exc:
-                    self.connected = False
-                    delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
-                    failures += 1
-                    log.warning("notifications: Redis unreachable (%s); retrying in %.2f s", exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                if failures:
-                    failures = 0
-                    self.connected = True
-                    log.info("notifications: Redis reachable again; reading what was missed")
-                    for room, cursor in list(self._cursors.items()):
-                        self._lag(room, cursor, _UNTIL_EMPTY)
-                if message is not None:
-                    self._on_message(*message)
+            await self._listen()
         finally:
-            await self._subscriber.close()
+            heartbeat.cancel()
+            self._ready.clear()
+            with contextlib.suppress(*UNREACHABLE):
+                await self._store.forget_node(self._node)
 
-    def _on_message(self, kind: str, room: str, data: bytes) -> None:
-        if kind == "subscribe":
-            confirmed = self._confirmations.get(room)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
-        elif kind == "message":
-            node, _, newest = data.partition(b" ")
-            cursor = self._cursors.get(room)
-            if node != self._node and cursor is not None and newest:
-                newest_id = id_tuple(newest)
-                if newest_id > id_tuple(cursor.id):
-                    self._lag(room, cursor, newest_id)
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            subscriber = self._store.subscriber(self._node)
+            try:
+                await subscriber.subscribe()
+                while True:
+                    message = await subscriber.next(timeout_s=1.0)
+                    if message is None:
+                        continue
+                    kind, data = message
+                    if kind == "subscribe":
+                        await self._beat()
+                        self._catch_up_all()
+                        self._ready.set()
+                        failures = 0
+                    elif kind == "message":
+                        self._announced(data)
+            except UNREACHABLE as exc:
+                if self._ready.is_set():
+                    log.warning("announcements: Redis unreachable (%s); reconnecting", exc)
+                self._ready.clear()
+                await asyncio.sleep(backoff(failures))
+                failures += 1
+            finally:
+                await subscriber.close()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self._ready.is_set():
+                continue
+            try:
+                if await self._beat():
+                    log.warning("this node had been forgotten by Redis; registered its rooms again")
+                    self._catch_up_all()
+            except UNREACHABLE as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _beat(self) -> bool:
+        """Renew this node's liveness; when Redis had forgotten it, register its rooms again."""
+        lost = await self._store.heartbeat(self._node, ALIVE_TTL_S)
+        if lost and self._cursors:
+            async with self._membership:
+                await self._store.register(list(self._cursors), self._node)
+        return lost and bool(self._cursors)
+
+    def _announced(self, data: bytes) -> None:
+        room, _, newest = data.decode().partition(" ")
+        cursor = self._cursors.get(room)
+        if cursor is not None and newest:
+            newest_id = id_tuple(newest.encode())
+            if newest_id > id_tuple(cursor.id):
+                self._lag(room, cursor, newest_id)

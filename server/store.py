@@ -8,8 +8,11 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   script call), so a room's entries get increasing ids in the order they were submitted. For
   each room it also reports the newest id the stream held *before* the batch: a caller that has
   delivered exactly up to that id may deliver the batch from memory, with no read.
-- Each batch publishes ``"<node> <newest id>"`` on ``chat:notify:<room>`` for every room it
-  touched; :class:`Subscriber` hears those, so other processes know when to read.
+- Each batch tells every other live node that follows a touched room (the set
+  ``chat:room-nodes:<room>``, see :meth:`StreamStore.register`) by publishing
+  ``"<room> <newest id>"`` on the node's channel ``chat:node:<node>``, which its
+  :class:`Subscriber` hears. A node is alive while its key ``chat:node:<node>:alive`` exists
+  (:meth:`StreamStore.heartbeat`); appends forget nodes that are not.
 - :meth:`StreamStore.range` returns entries oldest first.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
   expiry to ``ttl_s`` (0 = no trimming / no expiry).
@@ -38,7 +41,8 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 StoreError = RedisError
 
-NOTIFY_PREFIX = "chat:notify:"
+NODE_PREFIX = "chat:node:"
+ROOM_NODES_PREFIX = "chat:room-nodes:"
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
 _APPEND_LUA = resources.files("server").joinpath("append.lua").read_text()
@@ -110,35 +114,49 @@ class StreamStore:
                     count: int | None = None) -> list[Entry]:
         return list(await self._client.xrange(key, start, end, count=count))
 
-    def subscriber(self) -> Subscriber:
-        return Subscriber(self._listener_client.pubsub())
+    async def register(self, rooms: Sequence[str], node: str) -> None:
+        """Record that ``node`` follows ``rooms``: their appends will be announced to it."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.sadd(ROOM_NODES_PREFIX + room, node)
+            await pipe.execute()
+
+    async def unregister(self, room: str, node: str) -> None:
+        await self._client.srem(ROOM_NODES_PREFIX + room, node)
+
+    async def heartbeat(self, node: str, ttl_s: int) -> bool:
+        """Keep ``node`` alive for ``ttl_s`` more seconds. True when it was not alive before (first
+        beat, expired after a stall, or Redis lost its data): its rooms must be registered again."""
+        key = NODE_PREFIX + node + ":alive"
+        if await self._client.set(key, b"1", ex=ttl_s, nx=True):
+            return True
+        await self._client.expire(key, ttl_s)
+        return False
+
+    async def forget_node(self, node: str) -> None:
+        await self._client.delete(NODE_PREFIX + node + ":alive")
+
+    def subscriber(self, node: str) -> Subscriber:
+        return Subscriber(self._listener_client.pubsub(), NODE_PREFIX + node)
 
 
 class Subscriber:
-    """Room notifications (``chat:notify:<room>``) for the rooms this process follows."""
+    """The announcements sent to one node: ``(room, newest id)`` of appends made by others."""
 
-    def __init__(self, pubsub: Any) -> None:
+    def __init__(self, pubsub: Any, channel: str) -> None:
         self._pubsub = pubsub
+        self._channel = channel
 
-    async def subscribe(self, room: str) -> None:
-        await self._pubsub.subscribe(NOTIFY_PREFIX + room)
+    async def subscribe(self) -> None:
+        await self._pubsub.subscribe(self._channel)
 
-    async def unsubscribe(self, room: str) -> None:
-        await self._pubsub.unsubscribe(NOTIFY_PREFIX + room)
-
-    @property
-    def subscribed(self) -> bool:
-        return bool(self._pubsub.subscribed)
-
-    async def next(self, timeout_s: float) -> tuple[str, str, bytes] | None:
-        """``(kind, room, data)`` of the next message (kind ``subscribe``, ``message``...), or None."""
+    async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
+        """``(kind, data)`` of the next message (kind ``subscribe``, ``message``...), or None."""
         message = await self._pubsub.get_message(timeout=timeout_s)
         if message is None:
             return None
-        channel = message["channel"]
-        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
         data = message["data"]
-        return message["type"], channel.removeprefix(NOTIFY_PREFIX), data if isinstance(data, bytes) else b""
+        return message["type"], data if isinstance(data, bytes) else b""
 
     async def close(self) -> None:
         await self._pubsub.aclose()

@@ -44,7 +44,7 @@ def redis_url() -> Iterator[str]:
 
 def _delete_run_keys(url: str) -> None:
     client = redis.Redis.from_url(url)
-    for pattern in (f"chat:*:t{RUN}-*",):
+    for pattern in (f"chat:*:t{RUN}-*", f"chat:node:nt{RUN}-*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)

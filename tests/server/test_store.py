@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from protocol import stream_key
-from server.store import NewEntry, StreamStore
+from server.store import NewEntry, StreamStore, Subscriber
 from tests.conftest import new_room
 
 
@@ -62,26 +62,40 @@ async def test_appends_trim_approximately_and_renew_the_expiry(store: StreamStor
     assert 0 < await client.ttl(stream_key(room)) <= 600
 
 
-async def test_each_batch_notifies_the_rooms_it_touched(store: StreamStore) -> None:
-    room = new_room()
-    subscriber = store.subscriber()
-    await subscriber.subscribe(room)
-    kinds = []
-    while not kinds or kinds[-1][0] != "subscribe":
+async def _listening(store: StreamStore, node: str) -> Subscriber:
+    subscriber = store.subscriber(node)
+    await subscriber.subscribe()
+    while (message := await subscriber.next(timeout_s=5)) is None or message[0] != "subscribe":
+        pass
+    return subscriber
+
+
+async def _next_announcement(subscriber: Subscriber) -> bytes:
+    while True:
         message = await subscriber.next(timeout_s=5)
-        if message is not None:
-            kinds.append(message)
-    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node="node-7")).ids
+        if message is not None and message[0] == "message":
+            return message[1]
 
-    async def next_message() -> tuple[str, str, bytes]:
-        while True:
-            message = await subscriber.next(timeout_s=5)
-            if message is not None and message[0] == "message":
-                return message
 
-    _kind, notified_room, data = await asyncio.wait_for(next_message(), 10)
-    assert (notified_room, data) == (room, b"node-7 " + ids[1])  # type: ignore[operator]
+async def test_appends_are_announced_to_the_other_live_nodes_of_the_room(store: StreamStore) -> None:
+    room, other, writer = new_room(), f"n{new_room()}", f"n{new_room()}"
+    subscriber = await _listening(store, other)
+    assert await store.heartbeat(other, 30) is True  # first beat: it was not alive
+    assert await store.heartbeat(other, 30) is False
+    await store.register([room], other)
+    await store.register([room], writer)  # the writer follows too, but is not told of its own appends
+    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node=writer)).ids
+    announcement = await asyncio.wait_for(_next_announcement(subscriber), 10)
+    assert announcement == f"{room} ".encode() + ids[1]  # type: ignore[operator]
     await subscriber.close()
+    await store.forget_node(other)
+
+
+async def test_appends_forget_nodes_that_are_not_alive(store: StreamStore) -> None:
+    room, dead = new_room(), f"n{new_room()}"
+    await store.register([room], dead)
+    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=0, node="writer")
+    assert await store._client.smembers(f"chat:room-nodes:{room}") == set()
 
 
 async def test_an_append_to_a_key_that_is_not_a_stream_fails_alone(store: StreamStore) -> None:
