@@ -10,7 +10,8 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   delivered exactly up to that id may deliver the batch from memory, with no read.
 - Each batch publishes ``"<node> <newest id>"`` on ``chat:notify:<room>`` for every room it
   touched; :class:`Subscriber` hears those, so other processes know when to read.
-- :meth:`StreamStore.range` returns entries oldest first.
+- :meth:`StreamStore.range` returns entries oldest first, :meth:`StreamStore.revrange` newest
+  first; both cost O(log N + count), so bounded reads stay cheap on long streams.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
   expiry to ``ttl_s`` (0 = no trimming / no expiry).
 
@@ -109,6 +110,18 @@ class StreamStore:
     async def range(self, key: str, start: str | bytes = "-", end: str | bytes = "+",
                     count: int | None = None) -> list[Entry]:
         return list(await self._client.xrange(key, start, end, count=count))
+
+    async def revrange(self, key: str, end: str | bytes = "+", start: str | bytes = "-",
+                       count: int | None = None) -> list[Entry]:
+        """Entries from ``end`` down to ``start``, newest first (``XREVRANGE``: the end comes first)."""
+        return list(await self._client.xrevrange(key, end, start, count=count))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._client.exists(key))
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; False when there was none."""
+        return bool(await self._client.delete(key))
 
     def subscriber(self) -> Subscriber:
         return Subscriber(self._listener_client.pubsub())
