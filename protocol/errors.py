@@ -22,11 +22,17 @@ ERROR_CODES: dict[str, str] = {
     "unsupported_frame": "Binary frames are not supported; send JSON text frames.",
     "unavailable": "The message store is unreachable; the message was not stored. Try again.",
     "internal": "Internal server error; the message was not processed.",
+    # refusals of the HTTP API (an HTTP status with a JSON body; invalid_room and the frame codes apply too)
+    "room_not_found": "The room has no history: there is no stream for it.",
+    "invalid_cursor": "'before' and 'after' must be stream ids ('<ms>-<seq>' or '<ms>'), and only one of them.",
+    "invalid_limit": "'limit' must be an integer from 1 to 1000.",
+    "invalid_participant": "'participant' must be 'A', 'B', 'user' or 'llm'.",
+    "invalid_format": "'format' must be 'json' or 'markdown'.",
 }
 
 
 class ProtocolError(Exception):
-    """A frame the relay refuses. ``code`` is one of :data:`ERROR_CODES`."""
+    """A frame or HTTP request the relay refuses. ``code`` is one of :data:`ERROR_CODES`."""
 
     def __init__(self, code: str, message: str | None = None, cid: str | None = None) -> None:
         if code not in ERROR_CODES:

@@ -16,6 +16,7 @@ CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE})
 CLIENT_ROLES: frozenset[str] = frozenset({"A", "B"})
 DEFAULT_ROLE = "user"  # a frame without hd.role, on a connection not bound to a role
 LLM_ROLE = "llm"  # reserved for the server's bot
+PARTICIPANTS: frozenset[str] = CLIENT_ROLES | {DEFAULT_ROLE, LLM_ROLE}  # what an entry's participant may be
 
 _ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STREAM_ID = re.compile(r"(0|[1-9][0-9]{0,19})(-(0|[1-9][0-9]{0,19}))?")

@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from server.appender import Appender, Retention
 from server.dispatch import Dispatcher
 from server.feed import RoomFeed
+from server.history import history_routes
 from server.hub import Hub
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
@@ -79,6 +80,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             WebSocketRoute(PATH, endpoint),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *history_routes(relay),
         ],
         lifespan=lifespan,
     )

@@ -13,7 +13,8 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   ``"<room> <newest id>"`` on the node's channel ``chat:node:<node>``, which its
   :class:`Subscriber` hears. A node is alive while its key ``chat:node:<node>:alive`` exists
   (:meth:`StreamStore.heartbeat`); appends forget nodes that are not.
-- :meth:`StreamStore.range` returns entries oldest first.
+- :meth:`StreamStore.range` returns entries oldest first, :meth:`StreamStore.revrange` newest
+  first; both cost O(log N + count), so bounded reads stay cheap on long streams.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
   expiry to ``ttl_s`` (0 = no trimming / no expiry).
 
@@ -113,6 +114,18 @@ class StreamStore:
     async def range(self, key: str, start: str | bytes = "-", end: str | bytes = "+",
                     count: int | None = None) -> list[Entry]:
         return list(await self._client.xrange(key, start, end, count=count))
+
+    async def revrange(self, key: str, end: str | bytes = "+", start: str | bytes = "-",
+                       count: int | None = None) -> list[Entry]:
+        """Entries from ``end`` down to ``start``, newest first (``XREVRANGE``: the end comes first)."""
+        return list(await self._client.xrevrange(key, end, start, count=count))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._client.exists(key))
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; False when there was none."""
+        return bool(await self._client.delete(key))
 
     async def register(self, rooms: Sequence[str], node: str) -> None:
         """Record that ``node`` follows ``rooms``: their appends will be announced to it."""

@@ -107,3 +107,21 @@ async def test_an_append_to_a_key_that_is_not_a_stream_fails_alone(store: Stream
     assert isinstance(result.ids[1], Exception)
     assert len(await store.range(stream_key(good))) == 2
     await store._client.delete(stream_key(bad))
+
+
+async def test_revrange_reads_newest_first_from_an_exclusive_bound(store: StreamStore) -> None:
+    room = new_room()
+    ids = (await store.append_batch(entries(room, "1", "2", "3", "4"), maxlen=0, ttl_s=0, node="n")).ids
+    newest = await store.revrange(stream_key(room), count=2)
+    assert [e[0] for e in newest] == [ids[3], ids[2]]
+    before_last = await store.revrange(stream_key(room), b"(" + ids[3], "-")  # type: ignore[operator]
+    assert [e[0] for e in before_last] == [ids[2], ids[1], ids[0]]
+
+
+async def test_delete_removes_a_stream_once(store: StreamStore) -> None:
+    room = new_room()
+    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=0, node="n")
+    assert await store.exists(stream_key(room))
+    assert await store.delete(stream_key(room))
+    assert not await store.exists(stream_key(room))
+    assert not await store.delete(stream_key(room))

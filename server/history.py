@@ -1,0 +1,165 @@
+"""The HTTP API: rooms' histories, and publishing a message without a WebSocket.
+
+    GET    /api/chat/history/{sid}          a page of messages (limit, before | after, participant)
+    GET    /api/chat/history/{sid}/export   the whole conversation as a download (format=json|markdown)
+    DELETE /api/chat/history/{sid}          remove the room's stream
+    POST   /api/chat/{sid}/messages         publish a client envelope, as a WebSocket member would
+
+Every refusal is ``{"error": {"code", "message"[, "cid"]}}`` with a code of
+:data:`protocol.ERROR_CODES`; its HTTP status follows from the code alone (:data:`STATUS`). A
+published message is validated like a WebSocket frame and answered (201, the broadcast envelope)
+only once it is stored and handed to the room's fan-out, so members have it or are about to.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from protocol.codec import frame_with_id, stored_body
+from protocol.envelope import parse_frame
+from protocol.errors import ProtocolError
+from protocol.names import PARTICIPANTS, is_valid_room, is_valid_stream_id, stream_key
+from server.dispatch import message_header
+from server.errors import error_code
+from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
+from server.store import NewEntry
+from server.transcript import EXPORTS, message
+
+if TYPE_CHECKING:
+    from server.app import Relay
+
+#: HTTP status per error code; any other code is a 400.
+STATUS: dict[str, int] = {"room_not_found": 404, "too_large": 413, "internal": 500, "unavailable": 503}
+UNAVAILABLE_READ = "The message store is unreachable. Try again."
+
+_LIMIT = re.compile(r"[0-9]{1,7}")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def history_routes(relay: Relay) -> list[BaseRoute]:
+    api = HistoryApi(relay)
+    return [
+        Route("/api/chat/history/{sid}", _answering(api.page), methods=["GET"]),
+        Route("/api/chat/history/{sid}", _answering(api.delete), methods=["DELETE"]),
+        Route("/api/chat/history/{sid}/export", _answering(api.export), methods=["GET"]),
+        Route("/api/chat/{sid}/messages", _answering(api.publish), methods=["POST"]),
+    ]
+
+
+class HistoryApi:
+    def __init__(self, relay: Relay) -> None:
+        self._store = relay.store
+        self._appender = relay.appender
+        self._limits = relay.settings.limits
+
+    async def page(self, request: Request) -> Response:
+        sid, query = _room(request), page_query(request.query_params)
+        key = stream_key(sid)
+        page = await read_page(self._store, key, query)
+        if not page.entries and not await self._store.exists(key):
+            raise ProtocolError("room_not_found")
+        return _json({"sid": sid, "messages": [message(entry) for entry in page.entries],
+                      "next_before": page.next_before, "next_after": page.next_after})
+
+    async def export(self, request: Request) -> Response:
+        sid, name = _room(request), request.query_params.get("format", "json")
+        if name not in EXPORTS:
+            raise ProtocolError("invalid_format")
+        key, export = stream_key(sid), EXPORTS[name]
+        if not await self._store.exists(key):
+            raise ProtocolError("room_not_found")
+        # Streamed: a failure after the first bytes can only cut the download short.
+        return StreamingResponse(export.render(sid, read_all(self._store, key)), media_type=export.media_type,
+                                 headers={"Content-Disposition": f'attachment; filename="{sid}.{export.extension}"'})
+
+    async def delete(self, request: Request) -> Response:
+        if not await self._store.delete(stream_key(_room(request))):
+            raise ProtocolError("room_not_found")
+        return Response(status_code=204)
+
+    async def publish(self, request: Request) -> Response:
+        sid = _room(request)
+        envelope = parse_frame(await _body(request, self._limits.max_message_bytes), self._limits)
+        hd = message_header(envelope, sid, time.time_ns() // 1_000_000)
+        body = stored_body(hd, envelope.bd)
+        try:
+            entry_id = await self._appender.append(NewEntry(stream_key(sid), envelope.role, body))
+        except Exception as exc:
+            return error_response(exc, request.method, envelope.cid)
+        return Response(frame_with_id(body, entry_id.decode()), status_code=201, media_type="application/json")
+
+
+def page_query(params: Mapping[str, str]) -> PageQuery:
+    """The query string of a history page, validated (``ProtocolError`` otherwise)."""
+    before, after = params.get("before"), params.get("after")
+    if before is not None and after is not None:
+        raise ProtocolError("invalid_cursor", "Give 'before' or 'after', not both.")
+    for name, cursor in (("before", before), ("after", after)):
+        if cursor is not None and not is_valid_stream_id(cursor):
+            raise ProtocolError("invalid_cursor", f"'{name}' must be a stream id such as '1700641234567-0'.")
+    participant = params.get("participant")
+    if participant is not None and participant not in PARTICIPANTS:
+        raise ProtocolError("invalid_participant")
+    return PageQuery(_limit(params.get("limit")), before, after, participant)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if _LIMIT.fullmatch(raw) is None or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ProtocolError("invalid_limit", f"'limit' must be an integer from 1 to {MAX_LIMIT}.")
+    return int(raw)
+
+
+def _room(request: Request) -> str:
+    sid = str(request.path_params["sid"])
+    if not is_valid_room(sid):
+        raise ProtocolError("invalid_room")
+    return sid
+
+
+async def _body(request: Request, max_bytes: int) -> bytes:
+    """The request body; ``too_large`` as soon as it passes ``max_bytes`` (the rest is never read)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ProtocolError("too_large", f"The request body is over the limit of {max_bytes} bytes.")
+    return bytes(body)
+
+
+def _answering(endpoint: Endpoint) -> Endpoint:
+    """``endpoint``, with any exception it raises answered as a JSON error."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            return error_response(exc, request.method)
+
+    return answer
+
+
+def error_response(exc: Exception, method: str, cid: str | None = None) -> Response:
+    """The JSON error answering ``exc``; ``cid`` is used when the error carries none."""
+    code, text = error_code(exc)
+    if code == "unavailable" and method != "POST":
+        text = UNAVAILABLE_READ  # the vocabulary's message speaks of a message not stored
+    error: dict[str, Any] = {"code": code, "message": text}
+    cid = exc.cid if isinstance(exc, ProtocolError) and exc.cid is not None else cid
+    if cid is not None:
+        error["cid"] = cid
+    return _json({"error": error}, STATUS.get(code, 400))
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")

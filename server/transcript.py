@@ -1,0 +1,68 @@
+"""Stored entries as the HTTP API shows them: history messages, and whole-room exports.
+
+A history message is ``{"id", "participant", "event", "ts", "hd", "bd"}`` where ``hd`` and ``bd``
+are exactly the broadcast envelope members received (``hd`` with its ``id``): the entry's body
+with the id spliced in by :func:`protocol.codec.frame_with_id`.
+
+Exports are rendered chunk by chunk, as the stream is read, and never held whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol.codec import frame_with_id
+from server.store import Entry
+
+Chunks = AsyncIterable[list[Entry]]
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    media_type: str
+    extension: str
+    render: Callable[[str, Chunks], AsyncIterator[bytes]]
+
+
+def message(entry: Entry) -> dict[str, Any]:
+    entry_id, fields = entry[0].decode(), entry[1]
+    envelope = orjson.loads(frame_with_id(fields.get(b"body", b"{}"), entry_id))
+    hd = envelope["hd"]
+    participant = fields.get(b"participant", b"").decode()
+    return {"id": entry_id, "participant": participant, "event": hd.get("event"), "ts": hd.get("ts"),
+            "hd": hd, "bd": envelope.get("bd")}
+
+
+async def json_export(sid: str, chunks: Chunks) -> AsyncIterator[bytes]:
+    """``{"sid": ..., "messages": [...]}``, written one chunk of messages at a time."""
+    yield b'{"sid":' + orjson.dumps(sid) + b',"messages":['
+    separator = b""
+    async for chunk in chunks:
+        yield separator + b",".join(orjson.dumps(message(entry)) for entry in chunk)
+        separator = b","
+    yield b"]}"
+
+
+async def markdown_export(sid: str, chunks: Chunks) -> AsyncIterator[bytes]:
+    """A title, then one section per message: ``### <role> · <ts>`` and its text."""
+    yield f"# Chat history: {sid}\n".encode()
+    async for chunk in chunks:
+        yield "".join(markdown_section(message(entry)) for entry in chunk).encode()
+
+
+def markdown_section(message: dict[str, Any]) -> str:
+    bd = message["bd"]
+    text = bd.get("text") if isinstance(bd, dict) else None
+    if not isinstance(text, str):  # not a chat message: show its body as it is
+        text = "```json\n" + orjson.dumps(bd).decode() + "\n```"
+    return f"\n### {message['participant']} · {message['ts']}\n\n{text}\n"
+
+
+EXPORTS: dict[str, Export] = {
+    "json": Export("application/json", "json", json_export),
+    "markdown": Export("text/markdown; charset=utf-8", "md", markdown_export),
+}
