@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from server.store import StreamStore
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 
@@ -87,3 +88,20 @@ def start_server(logs_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
 def server(start_server: Callable[..., ServerProcess], redis_url: str) -> ServerProcess:
     """One relay on the test Redis, shared by the tests that need no special settings."""
     return start_server(REDIS_URL=redis_url)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, which it may stop and start."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
+    """The stream store on the test Redis and on the embedded fakeredis: one contract, two adapters."""
+    store = StreamStore.connect(redis_url if request.param == "redis" else None)
+    yield store
+    await store.close()

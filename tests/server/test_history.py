@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -294,14 +294,6 @@ async def test_a_refused_post_gets_an_error_and_stores_nothing(http: httpx.Async
     error = assert_error(response, status, code)
     assert error.get("cid") == cid
     assert rdb.exists(stream_key(room)) == 0
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_the_api_answers_unavailable_while_redis_is_down(start_server: Callable[..., ServerProcess],

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
 
 from tests.support.client import Client
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_senders_get_unavailable_while_redis_is_down_and_it_recovers(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,13 +10,6 @@ from protocol import stream_key
 from server.pages import Page, PageQuery, read_all, read_page
 from server.store import Entry, StreamStore
 from tests.conftest import new_room
-
-
-@pytest.fixture(params=["redis", "embedded"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
-    store = StreamStore.connect(redis_url if request.param == "redis" else None)
-    yield store
-    await store.close()
 
 
 async def stream(store: StreamStore, *entries: tuple[str, str]) -> str:

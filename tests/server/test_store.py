@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from protocol import stream_key
 from server.store import NewEntry, StreamStore, Subscriber
 from tests.conftest import new_room
-
-
-@pytest.fixture(params=["redis", "embedded"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
-    store = StreamStore.connect(redis_url if request.param == "redis" else None)
-    yield store
-    await store.close()
 
 
 def entries(room: str, *texts: str) -> list[NewEntry]:
