@@ -15,10 +15,6 @@ import orjson
 _HD_PREFIX = b'{"hd":{'
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
 def format_ts(ms: int) -> str:
     """UTC ISO-8601 with milliseconds: ``2025-11-22T15:30:00.123Z``."""
     seconds, millis = divmod(ms, 1000)

@@ -8,7 +8,6 @@ so nothing is ever delivered that is not in the stream, and everyone sees the st
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,8 +19,6 @@ from server.appender import Appender
 from server.errors import error_for
 from server.member import Member
 from server.store import NewEntry
-
-log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
 

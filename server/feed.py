@@ -69,10 +69,6 @@ class RoomFeed:
         self._membership = asyncio.Lock()
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
 
-    @property
-    def connected(self) -> bool:
-        return self._ready.is_set()
-
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
         await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)

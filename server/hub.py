@@ -40,10 +40,6 @@ class Hub:
         assert self._feed is not None, "Hub.attach() was not called"
         return self._feed
 
-    @property
-    def connections(self) -> int:
-        return sum(len(room.members) for room in self.rooms.values())
-
     async def join(self, member: Member) -> None:
         """Add ``member`` to its room; from then on it receives every new entry of the room.
 

@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 WS_1000_NORMAL = 1000
-WS_1001_GOING_AWAY = 1001
-WS_1011_INTERNAL_ERROR = 1011
 WS_1013_TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT_S = 5.0
 

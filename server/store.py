@@ -23,7 +23,6 @@ The embedded mode runs the same code on an in-process fakeredis server instead o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -31,16 +30,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 #: Errors meaning "Redis cannot be reached right now" (the client gets ``unavailable``).
 UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
-StoreError = RedisError
 
 NODE_PREFIX = "chat:node:"
 ROOM_NODES_PREFIX = "chat:room-nodes:"
