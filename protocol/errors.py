@@ -10,6 +10,8 @@ from __future__ import annotations
 ERROR_CODES: dict[str, str] = {
     # refusals of a handshake (HTTP status with a JSON body; the socket is never accepted)
     "invalid_room": "The room id (sid) must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.",
+    "origin_not_allowed": "This page's origin is not allowed to connect.",
+    "too_many_connections": "This address has too many connections open to this server.",
     # refusals of a frame (an 'error' frame to the sender; the connection stays open)
     "invalid_json": "The frame is not valid JSON.",
     "invalid_envelope": "The frame is not an envelope: it needs objects 'hd' and 'bd' and a string 'hd.event'.",
@@ -20,6 +22,7 @@ ERROR_CODES: dict[str, str] = {
     "empty_text": "bd.text must be a non-empty string.",
     "too_large": "The frame or its text is over the size limit.",
     "unsupported_frame": "Binary frames are not supported; send JSON text frames.",
+    "rate_limited": "Too many frames: this one was not processed. Slow down, then send it again.",
     "unavailable": "The message store is unreachable; the message was not stored. Try again.",
     "internal": "Internal server error; the message was not processed.",
     # refusals of the HTTP API (an HTTP status with a JSON body; invalid_room and the frame codes apply too)
