@@ -7,11 +7,14 @@ one-line message naming the variable; ``python -m server`` prints it and exits w
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
+from server.ratelimit import RateLimit
 
 T = TypeVar("T")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -32,10 +35,20 @@ class Settings:
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
     room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
+    allowed_origins: frozenset[str] = frozenset()  # browser origins allowed to connect (empty: any)
+    rate_limit_per_sec: float = 50.0  # frames a connection may send per second, after its burst (0 = no limit)
+    rate_limit_burst: int = 200  # frames a connection may send at once
+    max_connections_per_ip: int = 0  # open connections per client address on this node (0 = no limit)
+    ping_interval_s: float = 20.0  # WebSocket ping to each client this often (0 = never)
+    ping_timeout_s: float = 20.0  # close a connection whose pong is this late (1011; 0 = wait forever)
 
     @property
     def limits(self) -> Limits:
         return Limits(max_message_bytes=self.max_message_bytes, max_text_chars=self.max_text_chars)
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        return RateLimit(self.rate_limit_per_sec, self.rate_limit_burst)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -60,6 +73,30 @@ def _int(low: int, high: int) -> Callable[[str, str], int]:
         return value
 
     return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise SettingsError(f"{name}={raw.strip()} is out of range ({low:g}..{high:g})")
+        return value
+
+    return parse
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null")
+
+
+def _origins(name: str, raw: str) -> frozenset[str]:
+    origins = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if _ORIGIN.fullmatch(origin) is None:
+            raise SettingsError(f"{name}: {origin!r} is not an origin (scheme://host[:port], no path)")
+    return frozenset(origins)
 
 
 def _text(name: str, raw: str) -> str:
@@ -90,6 +127,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_maxlen": _int(0, 2**31),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
+    "allowed_origins": _origins,
+    "rate_limit_per_sec": _float(0, 1_000_000),
+    "rate_limit_burst": _int(1, 1_000_000),
+    "max_connections_per_ip": _int(0, 10_000_000),
+    "ping_interval_s": _float(0, 24 * 3600),
+    "ping_timeout_s": _float(0, 24 * 3600),
 }
 
 
