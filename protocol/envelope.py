@@ -45,6 +45,14 @@ def parse_frame(frame: str | bytes, limits: Limits, bound_role: str | None = Non
     return ClientEnvelope(event=event, role=role, cid=cid, bd=bd)
 
 
+def frame_cid(frame: str | bytes, limits: Limits) -> str | None:
+    """The frame's valid ``hd.cid``, if any: for answering a frame refused before it is processed."""
+    try:
+        return parse_frame(frame, limits).cid
+    except ProtocolError as exc:
+        return exc.cid
+
+
 def _check_size(frame: str | bytes, max_bytes: int) -> None:
     size = len(frame)
     if isinstance(frame, str) and size * 4 > max_bytes:  # UTF-8 takes 1..4 bytes per character

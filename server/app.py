@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from server.admission import Admission
 from server.appender import Appender, Retention
 from server.dispatch import Dispatcher
 from server.feed import RoomFeed
@@ -55,7 +56,9 @@ class Relay:
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
-    endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max)
+    endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max,
+                            settings.rate_limit)
+    admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})
@@ -77,7 +80,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     app = Starlette(
         routes=[
-            WebSocketRoute(PATH, endpoint),
+            WebSocketRoute(PATH, admission),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),

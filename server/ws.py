@@ -8,6 +8,11 @@ After that, each text frame is validated by :mod:`protocol` and handed to the di
 refusal goes back to the sender alone as an ``error`` frame and the connection stays open.
 The receive loop uses the raw ASGI callables: it is the hot path, and Starlette's wrapper only
 adds state checks the loop already guarantees.
+
+Every frame received counts against the connection's rate limit (:mod:`server.ratelimit`): one
+over it is answered ``rate_limited`` and not processed; a client that keeps flooding is closed
+with 1008. Origins and connections per address are checked before this endpoint, by
+:mod:`server.admission`.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.codec import error_frame
-from protocol.envelope import parse_frame
+from protocol.envelope import frame_cid, parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_room
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
-from server.member import WS_1000_NORMAL, Member
+from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, Member
+from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +41,13 @@ PATH = "/v1/session/chat"
 
 
 class ChatEndpoint:
-    def __init__(self, hub: Hub, dispatcher: Dispatcher, limits: Limits, send_queue_max: int) -> None:
+    def __init__(self, hub: Hub, dispatcher: Dispatcher, limits: Limits, send_queue_max: int,
+                 rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
         self._hub = hub
         self._dispatcher = dispatcher
         self._limits = limits
         self._send_queue_max = send_queue_max
+        self._rate_limit = rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -66,11 +74,20 @@ class ChatEndpoint:
 
     async def _receive_loop(self, member: Member, receive: Receive) -> None:
         limits, bound_role, dispatch = self._limits, member.role, self._dispatcher.dispatch
+        limiter = self._rate_limit.limiter()
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return  # websocket.disconnect
             text = message.get("text")
+            if limiter is not None and (verdict := limiter.admit()) is not Verdict.ACCEPT:
+                if verdict is Verdict.CLOSE:
+                    log.warning("room %s: a member kept sending over its rate limit: closed (1008)", member.room)
+                    member.close(WS_1008_POLICY_VIOLATION, "rate limit exceeded")
+                    return
+                cid = None if text is None else frame_cid(text, limits)
+                member.push(error_frame("rate_limited", ERROR_CODES["rate_limited"], cid))
+                continue
             if text is None:
                 member.push(error_frame("unsupported_frame", ERROR_CODES["unsupported_frame"]))
                 continue

@@ -16,8 +16,9 @@ class Client:
         self.ws = ws
 
     @classmethod
-    async def open(cls, url: str) -> Client:
-        return cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None))
+    async def open(cls, url: str, **options: Any) -> Client:
+        """Connect; ``options`` go to websockets' ``connect`` (``origin=``, ``local_addr=``, ...)."""
+        return cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None, **options))
 
     async def send(self, hd: dict[str, Any], bd: dict[str, Any] | None = None) -> None:
         await self.send_raw(orjson.dumps({"hd": hd, "bd": {} if bd is None else bd}).decode())
