@@ -41,8 +41,10 @@ def decode_json(frame: str | bytes) -> Any:
         return data
     brackets = kept.count(b"[") + kept.count(b"{")
     long_digits = len(kept) - brackets >= 19 and _LONG_DIGITS.search(raw) is not None
-    if (brackets > MAX_JSON_DEPTH or long_digits) and _walk(data) and long_digits:
-        _check_ints(raw)
+    if brackets > MAX_JSON_DEPTH or long_digits:
+        big_float = _walk(data)  # refuses deep nesting
+        if big_float and long_digits:
+            _check_ints(raw)
     return data
 
 
