@@ -10,6 +10,8 @@ from __future__ import annotations
 ERROR_CODES: dict[str, str] = {
     # refusals of a handshake (HTTP status with a JSON body; the socket is never accepted)
     "invalid_room": "The room id (sid) must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.",
+    "invalid_resume": "last_id must be a stream id ('<ms>-<seq>', or '0' for everything) and epoch 1 to 64 "
+                      "characters from A-Z, a-z, 0-9, '_' and '-'.",
     # refusals of a frame (an 'error' frame to the sender; the connection stays open)
     "invalid_json": "The frame is not valid JSON.",
     "invalid_envelope": "The frame is not an envelope: it needs objects 'hd' and 'bd' and a string 'hd.event'.",

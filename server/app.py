@@ -16,9 +16,11 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.appender import Appender, Retention
 from server.dispatch import Dispatcher
+from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
 from server.history import history_routes
 from server.hub import Hub
+from server.session import Sessions
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
 from server.ws import PATH, ChatEndpoint
@@ -34,10 +36,13 @@ class Relay:
         self.node_id = secrets.token_hex(6)
         self.store = store
         self.hub = Hub()
-        self.feed = RoomFeed(store, self.hub.deliver, self.node_id)
+        self.feed = RoomFeed(store, self.hub.deliver, self.hub.deliver_frame, self.node_id, settings.node_ttl_s)
         self.hub.attach(self.feed)
-        self.appender = Appender(store, Retention(settings.stream_maxlen, settings.room_ttl_seconds),
-                                 self.node_id, self.feed.appended)
+        self.appender = Appender(
+            store, Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s),
+            self.node_id, self.feed.appended)
+        self.ephemeral = Ephemeral(store, self.node_id, self.feed)
+        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
         self.dispatcher = Dispatcher(self.appender)
 
     @contextlib.asynccontextmanager
@@ -55,7 +60,7 @@ class Relay:
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
-    endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max)
+    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})

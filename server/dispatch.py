@@ -12,13 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from protocol.codec import format_ts, stored_body
+from protocol.codec import format_ts, frame_with_id, stored_body
 from protocol.envelope import ClientEnvelope
 from protocol.names import Event, stream_key
 from server.appender import Appender
 from server.errors import error_for
 from server.member import Member
-from server.store import NewEntry
+from server.store import Duplicate, NewEntry
 
 MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
 
@@ -44,15 +44,17 @@ class Dispatcher:
         cid = hd.get("cid")
         member.inflight += 1
 
-        def done(entry_id: bytes | None, error: Exception | None) -> None:
+        def done(outcome: bytes | Duplicate | Exception) -> None:
             member.inflight -= 1
-            if error is not None:
-                member.push(error_for(error, cid))
+            if isinstance(outcome, Exception):
+                member.push(error_for(outcome, cid))
+            elif isinstance(outcome, Duplicate):  # a resend of a stored message: its broadcast, to the sender
+                member.push(frame_with_id(outcome.body, outcome.id.decode()))
             drained = self._drained.get(member)
             if drained is not None and member.inflight < MAX_INFLIGHT // 2:
                 drained.set()
 
-        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd)), done)
+        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd), cid), done)
 
     async def _wait_drained(self, member: Member) -> None:
         drained = self._drained[member] = asyncio.Event()

@@ -30,7 +30,7 @@ from protocol.names import PARTICIPANTS, is_valid_room, is_valid_stream_id, stre
 from server.dispatch import message_header
 from server.errors import error_code
 from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
-from server.store import NewEntry
+from server.store import Duplicate, NewEntry
 from server.transcript import EXPORTS, message
 
 if TYPE_CHECKING:
@@ -92,10 +92,13 @@ class HistoryApi:
         hd = message_header(envelope, sid, time.time_ns() // 1_000_000)
         body = stored_body(hd, envelope.bd)
         try:
-            entry_id = await self._appender.append(NewEntry(stream_key(sid), envelope.role, body))
+            stored = await self._appender.append(NewEntry(stream_key(sid), envelope.role, body, envelope.cid))
         except Exception as exc:
             return error_response(exc, request.method, envelope.cid)
-        return Response(frame_with_id(body, entry_id.decode()), status_code=201, media_type="application/json")
+        if isinstance(stored, Duplicate):  # a resend: the original answer again, as idempotent APIs do
+            return Response(frame_with_id(stored.body, stored.id.decode()), status_code=201,
+                            media_type="application/json", headers={"Idempotent-Replayed": "true"})
+        return Response(frame_with_id(body, stored.decode()), status_code=201, media_type="application/json")
 
 
 def page_query(params: Mapping[str, str]) -> PageQuery:

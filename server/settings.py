@@ -32,6 +32,8 @@ class Settings:
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
     room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
+    dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
+    node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
 
     @property
     def limits(self) -> Limits:
@@ -90,6 +92,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_maxlen": _int(0, 2**31),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
+    "dedupe_window_s": _int(0, 7 * 24 * 3600),
+    "node_ttl_s": _int(3, 3600),
 }
 
 

@@ -17,13 +17,22 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   first; both cost O(log N + count), so bounded reads stay cheap on long streams.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
   expiry to ``ttl_s`` (0 = no trimming / no expiry).
+- Each stream has an epoch (``chat:epoch:<room>``), a random id set when an append finds the
+  stream empty or absent: a cursor from another epoch does not belong to this stream.
+- An entry with a cid is stored at most once per room, sender and cid within the dedupe window:
+  the check and the append are one step of the same script (:class:`Duplicate`).
+- Frames that are not stored (presence, generation deltas) reach the other nodes of a room on
+  the same channels as the announcements, ordered with them (:meth:`StreamStore.ephemeral`).
+- A room's presence roster (``chat:presence:<room>``) maps ``<node>/<connection>`` to a role;
+  :meth:`StreamStore.session` drops the connections of nodes that are no longer alive.
 
 The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,6 +41,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from protocol.names import STREAM_KEY_PREFIX, stream_key
+
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 #: Errors meaning "Redis cannot be reached right now" (the client gets ``unavailable``).
@@ -39,9 +50,12 @@ UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutEr
 
 NODE_PREFIX = "chat:node:"
 ROOM_NODES_PREFIX = "chat:room-nodes:"
+EPOCH_PREFIX = "chat:epoch:"
+PRESENCE_PREFIX = "chat:presence:"
+CID_PREFIX = "chat:cid:"
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
-_APPEND_LUA = resources.files("server").joinpath("append.lua").read_text()
+_SCRIPTS = resources.files("server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +63,40 @@ class NewEntry:
     key: str
     participant: str
     body: bytes
+    cid: str | None = None  # the client's message id: stored once per room, participant and cid
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An entry that was not appended: the same cid was stored within the dedupe window."""
+
+    id: bytes  # the original entry's id
+    body: bytes  # the original entry's body (the new one when the original was trimmed away)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     before: dict[str, bytes]  # stream key -> newest id before the batch (b"0-0": none)
-    ids: list[bytes | Exception]  # per entry, in submission order
+    ids: list[bytes | Duplicate | Exception]  # per entry, in submission order
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a connection entering a room learns, read in one step with its roster entry."""
+
+    epoch: str | None  # None: the room has no stream
+    first_id: bytes | None  # the oldest retained entry
+    max_deleted_id: bytes | None  # the newest entry trimmed or deleted (0-0: none), when Redis tells
+    roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
 
 
 class StreamStore:
     def __init__(self, client: Any, listener_client: Any, *, embedded: bool) -> None:
         self._client = client  # shared pool: appends, ranges, pings
         self._listener_client = listener_client  # its own connection: the notification subscriber
-        self._append = client.register_script(_APPEND_LUA)
+        self._append = client.register_script(_SCRIPTS.joinpath("append.lua").read_text())
+        self._session = client.register_script(_SCRIPTS.joinpath("session.lua").read_text())
+        self._ephemeral = client.register_script(_SCRIPTS.joinpath("ephemeral.lua").read_text())
         self.embedded = embedded
 
     @classmethod
@@ -91,15 +126,40 @@ class StreamStore:
     async def ping(self) -> bool:
         return bool(await self._client.ping())
 
-    async def append_batch(self, entries: Sequence[NewEntry], *, maxlen: int, ttl_s: int, node: str) -> BatchResult:
+    async def append_batch(self, entries: Sequence[NewEntry], *, maxlen: int, ttl_s: int, node: str,
+                           dedupe_s: int = 0) -> BatchResult:
         """Append ``entries`` in order, in one round trip."""
         keys: dict[str, int] = {}
-        args: list[Any] = [maxlen, ttl_s, node]
+        args: list[Any] = [maxlen, ttl_s, node, max(dedupe_s, 1), secrets.token_hex(8)]
         for entry in entries:
             index = keys.setdefault(entry.key, len(keys) + 1)
-            args += (index, entry.participant, entry.body)
+            dedupe = "" if entry.cid is None or dedupe_s <= 0 else cid_key(entry.key, entry.participant, entry.cid)
+            args += (index, entry.participant, entry.body, dedupe)
         reply = await self._append(keys=list(keys), args=args)
-        return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=reply[len(keys):])
+        ids = [Duplicate(item[0], item[1]) if isinstance(item, list) else item for item in reply[len(keys):]]
+        return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=ids)
+
+    async def session(self, room: str, field: str, role: str, ttl_s: int) -> SessionInfo:
+        """Add ``field`` (``node/connection``; "" to only read) to the room's roster as ``role``."""
+        epoch, first, max_deleted, roster = await self._session(
+            keys=[stream_key(room), EPOCH_PREFIX + room, PRESENCE_PREFIX + room], args=[field, role, ttl_s])
+        pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
+        return SessionInfo(epoch.decode() if epoch else None, first or None, max_deleted or None, pairs)
+
+    async def leave(self, room: str, field: str) -> None:
+        await self._client.hdel(PRESENCE_PREFIX + room, field)
+
+    async def ephemeral(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
+        """Send each room's ``messages`` (``b"<after id> <frame>"``) to the other live nodes that
+        follow it, in one round trip (``node`` is the sender: "" when it follows no room)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, batch in messages.items():
+                await self._ephemeral(keys=[ROOM_NODES_PREFIX + room], args=[room, node, *batch], client=pipe)
+            await pipe.execute()
+
+    async def epoch(self, room: str) -> str | None:
+        epoch = await self._client.get(EPOCH_PREFIX + room)
+        return epoch.decode() if epoch else None
 
     async def last_id(self, key: str) -> bytes:
         """The newest entry's id in ``key``, or ``0-0`` when the stream is empty or absent."""
@@ -119,8 +179,11 @@ class StreamStore:
         return bool(await self._client.exists(key))
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; False when there was none."""
-        return bool(await self._client.delete(key))
+        """Remove the stream ``key`` and its epoch; False when there was no stream."""
+        room = key[len(STREAM_KEY_PREFIX):]
+        deleted = await self._client.delete(key)
+        await self._client.delete(EPOCH_PREFIX + room)
+        return bool(deleted)
 
     async def register(self, rooms: Sequence[str], node: str) -> None:
         """Record that ``node`` follows ``rooms``: their appends will be announced to it."""
@@ -146,6 +209,10 @@ class StreamStore:
 
     def subscriber(self, node: str) -> Subscriber:
         return Subscriber(self._listener_client.pubsub(), NODE_PREFIX + node)
+
+
+def cid_key(key: str, participant: str, cid: str) -> str:
+    return f"{CID_PREFIX}{key[len(STREAM_KEY_PREFIX):]}:{participant}:{cid}"
 
 
 class Subscriber:
