@@ -43,6 +43,7 @@ class Relay:
             self.node_id, self.feed.appended)
         self.ephemeral = Ephemeral(store, self.node_id, self.feed)
         self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
+        self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
         self.dispatcher = Dispatcher(self.appender)
 
     @contextlib.asynccontextmanager

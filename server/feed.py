@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from protocol.names import STREAM_KEY_PREFIX, stream_key
 from server.store import UNREACHABLE, StreamStore
@@ -80,6 +80,8 @@ class RoomFeed:
         self._cursors: dict[str, _Cursor] = {}
         self._membership = asyncio.Lock()
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
+        #: Called after Redis had forgotten this node (and its rooms were registered again).
+        self.on_forgotten: Callable[[], Awaitable[None]] | None = None
 
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
@@ -243,6 +245,8 @@ class RoomFeed:
         if lost and self._cursors:
             async with self._membership:
                 await self._store.register(list(self._cursors), self._node)
+            if self.on_forgotten is not None:
+                await self.on_forgotten()
         return lost and bool(self._cursors)
 
     def _announced(self, data: bytes) -> None:

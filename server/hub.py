@@ -60,9 +60,8 @@ class Hub:
         room.members.add(member)
         return self.feed.cursor(member.room) or b"0-0"
 
-    def members(self, room_name: str) -> tuple[Member, ...]:
-        room = self.rooms.get(room_name)
-        return () if room is None else tuple(room.members)
+    def all_members(self) -> list[Member]:
+        return [member for room in self.rooms.values() for member in room.members]
 
     def leave(self, member: Member) -> None:
         room = self.rooms.get(member.room)

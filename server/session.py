@@ -89,6 +89,10 @@ class Sessions:
                 return
             start = "(" + entries[-1][0].decode()
 
+    async def restore(self, members: list[Member]) -> None:
+        """Record ``members`` in their rosters again, after Redis lost them (a restart)."""
+        await self._store.restore_roster([(m.room, self.field(m), role_of(m)) for m in members], self._roster_ttl_s)
+
     async def leave(self, member: Member) -> None:
         """Remove ``member`` from the roster and tell the others; never raises."""
         with contextlib.suppress(*UNREACHABLE):
@@ -109,21 +113,19 @@ def role_of(member: Member) -> str:
 
 
 def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
-    """Where a resume's replay starts (an XRANGE start) and whether it will be complete."""
+    """Where a resume's replay starts (an XRANGE start) and whether it will be complete.
+
+    Streams only lose their oldest entries (trimming), so a cursor at or after the oldest
+    retained entry is honoured. One older than that is not: entries after it may be gone (Redis
+    does not tell which ids trimming removed). ``last_id=0`` is complete when nothing was removed.
+    """
     if resume.epoch is not None and resume.epoch != info.epoch:
         return "-", False  # another stream than the client's: everything retained, incomplete
-    if info.epoch is None and info.first_id is None:
-        return "-", resume.last_id == "0"  # no stream: nothing to replay; complete only for "0"
-    cursor = id_tuple(resume.last_id.encode())
-    max_deleted = id_tuple(info.max_deleted_id) if info.max_deleted_id else None
+    if info.first_id is None:
+        return "-", resume.last_id == "0"  # nothing stored: complete only for a client that had nothing
     if resume.last_id == "0":
-        return "-", max_deleted is None or max_deleted == (0, 0)
-    first = id_tuple(info.first_id) if info.first_id else None
-    if first is None or cursor >= first:
-        return "(" + resume.last_id, True
-    # The cursor is older than everything retained: complete only if the cursor's own entry was
-    # the newest one removed (nothing after it was lost).
-    return "(" + resume.last_id, max_deleted == cursor
+        return "-", info.removed == 0
+    return "(" + resume.last_id, id_tuple(resume.last_id.encode()) >= id_tuple(info.first_id)
 
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:

@@ -86,7 +86,7 @@ class SessionInfo:
 
     epoch: str | None  # None: the room has no stream
     first_id: bytes | None  # the oldest retained entry
-    max_deleted_id: bytes | None  # the newest entry trimmed or deleted (0-0: none), when Redis tells
+    removed: int | None  # how many entries were ever trimmed or deleted (None: unknown)
     roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
 
 
@@ -141,10 +141,19 @@ class StreamStore:
 
     async def session(self, room: str, field: str, role: str, ttl_s: int) -> SessionInfo:
         """Add ``field`` (``node/connection``; "" to only read) to the room's roster as ``role``."""
-        epoch, first, max_deleted, roster = await self._session(
+        epoch, first, removed, roster = await self._session(
             keys=[stream_key(room), EPOCH_PREFIX + room, PRESENCE_PREFIX + room], args=[field, role, ttl_s])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
-        return SessionInfo(epoch.decode() if epoch else None, first or None, max_deleted or None, pairs)
+        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs)
+
+    async def restore_roster(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
+        """Put ``(room, node/connection, role)`` entries back in their rosters."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, field, role in entries:
+                pipe.hset(PRESENCE_PREFIX + room, field, role)
+                if ttl_s > 0:
+                    pipe.expire(PRESENCE_PREFIX + room, ttl_s)
+            await pipe.execute()
 
     async def leave(self, room: str, field: str) -> None:
         await self._client.hdel(PRESENCE_PREFIX + room, field)

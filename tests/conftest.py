@@ -105,3 +105,9 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     store = StreamStore.connect(redis_url if request.param == "redis" else None)
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def server2(start_server: Callable[..., ServerProcess], redis_url: str, server: ServerProcess) -> ServerProcess:
+    """A second relay on the same Redis as ``server``: together, two nodes of one deployment."""
+    return start_server(REDIS_URL=redis_url)
