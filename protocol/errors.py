@@ -23,6 +23,8 @@ ERROR_CODES: dict[str, str] = {
     "too_large": "The frame or its text is over the size limit.",
     "unsupported_frame": "Binary frames are not supported; send JSON text frames.",
     "unavailable": "The message store is unreachable; the message was not stored. Try again.",
+    "busy": "The bot is already answering in this room; ask again when its answer has arrived.",
+    "unknown_generation": "No generation with this rid is running in this room.",
     "internal": "Internal server error; the message was not processed.",
     # refusals of the HTTP API (an HTTP status with a JSON body; invalid_room and the frame codes apply too)
     "room_not_found": "The room has no history: there is no stream for it.",
@@ -30,6 +32,15 @@ ERROR_CODES: dict[str, str] = {
     "invalid_limit": "'limit' must be an integer from 1 to 1000.",
     "invalid_participant": "'participant' must be 'A', 'B', 'user' or 'llm'.",
     "invalid_format": "'format' must be 'json' or 'markdown'.",
+}
+
+
+#: The codes of ``llm.error`` frames: why a generation failed (not refusals of a client frame).
+LLM_ERROR_CODES: dict[str, str] = {
+    "provider_rate_limited": "The model provider is rate limiting requests (HTTP 429).",
+    "provider_timeout": "The model provider did not answer in time.",
+    "provider_unavailable": "The model provider could not be reached, or the connection dropped.",
+    "provider_error": "The model provider answered with an error.",
 }
 
 

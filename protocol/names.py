@@ -9,12 +9,18 @@ from enum import StrEnum
 class Event(StrEnum):
     CHAT_MESSAGE = "chat.message"
     ERROR = "error"
+    LLM_INVOKE = "llm.invoke"
+    LLM_CANCEL = "llm.cancel"
+    LLM_STREAMING = "llm.streaming"
+    LLM_RESPONSE = "llm.response"
+    LLM_ERROR = "llm.error"
     SESSION_READY = "session.ready"
     PRESENCE_JOIN = "presence.join"
     PRESENCE_LEAVE = "presence.leave"
 
 
-CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE})
+CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_CANCEL})
+STORED_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_RESPONSE})
 
 CLIENT_ROLES: frozenset[str] = frozenset({"A", "B"})
 DEFAULT_ROLE = "user"  # a frame without hd.role, on a connection not bound to a role

@@ -119,6 +119,16 @@ class StreamStore:
                                            socket_keepalive=True, health_check_interval=30)
         return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False)
 
+    @property
+    def redis(self) -> Any:
+        """The shared client, for the modules that keep their own keys (:mod:`server.llm.jobs`)."""
+        return self._client
+
+    @property
+    def listener(self) -> Any:
+        """The client whose connections wait on pub/sub channels."""
+        return self._listener_client
+
     async def close(self) -> None:
         await self._listener_client.aclose()
         await self._client.aclose()
