@@ -20,12 +20,18 @@ from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
 from server.history import history_routes
 from server.hub import Hub
+from server.llm import make_provider
+from server.llm.front import LLMFront
+from server.llm.jobs import Jobs
+from server.llm.worker import Worker
 from server.session import Sessions
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GENERATIONS_S = 5.0
 
 
 class Relay:
@@ -44,18 +50,31 @@ class Relay:
         self.ephemeral = Ephemeral(store, self.node_id, self.feed)
         self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
         self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
-        self.dispatcher = Dispatcher(self.appender)
+        self.jobs = Jobs(store)
+        self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
+        self.provider = make_provider(settings.llm) if settings.llm.workers > 0 else None
+        self.workers = [
+            Worker(f"{self.node_id}-{n}", self.jobs, store, self.appender, self.ephemeral, self.provider,
+                   settings.llm, settings.llm.concurrency)
+            for n in range(settings.llm.workers) if self.provider is not None
+        ]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(self.appender.run(), name="appender"),
-                 asyncio.create_task(self.feed.run(), name="room-feed")]
+                 asyncio.create_task(self.feed.run(), name="room-feed"),
+                 *(asyncio.create_task(worker.run(), name=worker.name) for worker in self.workers)]
         try:
             yield
         finally:
+            # Running generations end as "cancelled" and are stored while the store is still up.
+            await asyncio.gather(*(worker.stop(SHUTDOWN_GENERATIONS_S) for worker in self.workers))
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(worker.forget() for worker in self.workers), return_exceptions=True)
+            if self.provider is not None:
+                await self.provider.aclose()
             await self.store.close()
 
 

@@ -1,24 +1,24 @@
 -- Append one batch of entries to the rooms' streams, atomically, in order.
 --
 -- KEYS: the distinct stream keys of the batch (chat:session:<room>).
--- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, the dedupe window in
---       seconds, a fresh random epoch (used for streams this batch creates), then for each entry
---       four values: the index of its key in KEYS, its participant, its body, and its dedupe key
---       (chat:cid:<room>:<participant>:<cid>, or "" when the entry has no cid).
+-- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, a fresh random epoch (for
+--       streams this batch creates), then for each entry five values: the index of its key in
+--       KEYS, its participant, its body, its dedupe key (chat:cid:<room>:<participant>:<cid>, or ""
+--       when the entry has no cid) and how long the dedupe key is kept, in seconds.
 -- Returns an array: for each key, the id of the newest entry it held before this batch ("0-0" when it
 -- held none); then, for each entry, its new id, or {original id, original body} when its dedupe key
 -- names an entry stored within the window (nothing is appended), or an error reply when it failed.
 -- A stream that held nothing before this batch gets a new epoch (chat:epoch:<room>), which expires with it.
 -- Tells every other live node that follows a room (chat:room-nodes:<room>) what was appended, by
 -- publishing "<room> <newest id>" on its channel chat:node:<node>; forgets nodes that are not alive.
-local maxlen, ttl, self, window, epoch = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local maxlen, ttl, self, epoch = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, newest, n = {}, {}, #KEYS
 for i, key in ipairs(KEYS) do
   local last = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1)
   out[i] = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
 end
-for j = 6, #ARGV, 4 do
-  local k, dedupe = tonumber(ARGV[j]), ARGV[j + 3]
+for j = 5, #ARGV, 5 do
+  local k, dedupe, window = tonumber(ARGV[j]), ARGV[j + 3], ARGV[j + 4]
   local prior = dedupe ~= '' and redis.call('GET', dedupe)
   local id
   if prior then

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
+
+if TYPE_CHECKING:
+    from server.llm.settings import LLMSettings
 
 T = TypeVar("T")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -34,6 +37,7 @@ class Settings:
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
     dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
     node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
+    llm: LLMSettings = field(default_factory=lambda: _llm_settings({}))  # the bot's settings (LLM_*, OPENAI_*)
 
     @property
     def limits(self) -> Limits:
@@ -41,14 +45,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = field.name.upper()
+        values: dict[str, Any] = {"llm": _llm_settings(env)}
+        for setting in fields(cls):
+            name, parse = setting.name.upper(), _PARSERS.get(setting.name)
             raw = env.get(name)
-            if raw is None or raw == "":
+            if parse is None or raw is None or raw == "":
                 continue
-            values[field.name] = _PARSERS[field.name](name, raw)
+            values[setting.name] = parse(name, raw)
         return cls(**values)
+
+
+def _llm_settings(env: Mapping[str, str]) -> LLMSettings:
+    from server.llm.settings import LLMSettings  # it builds on this module's parsers
+
+    return LLMSettings.from_env(env)
 
 
 def _int(low: int, high: int) -> Callable[[str, str], int]:

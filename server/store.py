@@ -64,6 +64,7 @@ class NewEntry:
     participant: str
     body: bytes
     cid: str | None = None  # the client's message id: stored once per room, participant and cid
+    dedupe_s: int | None = None  # how long the cid is remembered (None: the batch's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +141,12 @@ class StreamStore:
                            dedupe_s: int = 0) -> BatchResult:
         """Append ``entries`` in order, in one round trip."""
         keys: dict[str, int] = {}
-        args: list[Any] = [maxlen, ttl_s, node, max(dedupe_s, 1), secrets.token_hex(8)]
+        args: list[Any] = [maxlen, ttl_s, node, secrets.token_hex(8)]
         for entry in entries:
             index = keys.setdefault(entry.key, len(keys) + 1)
-            dedupe = "" if entry.cid is None or dedupe_s <= 0 else cid_key(entry.key, entry.participant, entry.cid)
-            args += (index, entry.participant, entry.body, dedupe)
+            window = dedupe_s if entry.dedupe_s is None else entry.dedupe_s
+            dedupe = "" if entry.cid is None or window <= 0 else cid_key(entry.key, entry.participant, entry.cid)
+            args += (index, entry.participant, entry.body, dedupe, max(window, 1))
         reply = await self._append(keys=list(keys), args=args)
         ids = [Duplicate(item[0], item[1]) if isinstance(item, list) else item for item in reply[len(keys):]]
         return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=ids)

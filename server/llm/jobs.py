@@ -121,6 +121,13 @@ class Jobs:
                 pipe.xdel(REQUESTS_KEY, *entry_ids)
                 await pipe.execute()
 
+    async def forget_consumer(self, consumer: str) -> None:
+        """Remove a stopped worker's consumer from the group, if nothing is pending for it."""
+        pending = await self._redis.xpending_range(REQUESTS_KEY, GROUP, min="-", max="+", count=1,
+                                                   consumername=consumer)
+        if not pending:
+            await self._redis.xgroup_delconsumer(REQUESTS_KEY, GROUP, consumer)
+
     def cancellations(self) -> Any:
         """A pubsub on the cancel channel (subscribe, then ``get_message``)."""
         return self._listener.pubsub()

@@ -39,7 +39,8 @@ class LLMSettings:
     timeout_s: float = 60.0  # cap on one whole generation, retries included
     max_retries: int = 2  # the SDK's retries before the first token (it never retries after)
     trigger: Trigger = "mention"
-    workers: int = 1  # generations this process runs at once (0: it runs none)
+    workers: int = 1  # worker consumers in this process (0: it runs no generation)
+    concurrency: int = 100  # generations one worker runs at once
     reclaim_after_s: float = 30.0
     history_turns: int = 10  # room messages the model sees before the prompt
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -105,6 +106,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_retries": ("LLM_MAX_RETRIES", _int(0, 10)),
     "trigger": ("LLM_TRIGGER", _choice(TRIGGERS)),
     "workers": ("LLM_WORKERS", _int(0, 1024)),
+    "concurrency": ("LLM_CONCURRENCY", _int(1, 100_000)),
     "reclaim_after_s": ("LLM_RECLAIM_AFTER_S", _float(0.0, 86400.0, low_open=True)),
     "history_turns": ("LLM_HISTORY_TURNS", _int(0, 1000)),
     "system_prompt": ("LLM_SYSTEM_PROMPT", _text),

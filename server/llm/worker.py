@@ -25,13 +25,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from protocol.codec import format_ts, stored_body
-from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE, Event, stream_key
 from server.appender import Appender
 from server.ephemeral import Ephemeral
@@ -73,7 +73,7 @@ class Worker:
 
     async def run(self) -> None:
         """Serve requests until cancelled (call :meth:`stop` first to end generations cleanly)."""
-        loops = [self._read_loop(), self._reclaim_loop(), self._keepalive_loop(), self._cancel_loop()]
+        loops = [self._read_loop, self._reclaim_loop, self._keepalive_loop, self._cancel_loop]
         await asyncio.gather(*(_forever(loop) for loop in loops))
 
     async def stop(self, timeout_s: float) -> None:
@@ -83,6 +83,10 @@ class Worker:
             generation.cancel.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    async def forget(self) -> None:
+        """Leave the consumer group, unless requests are still pending for this worker."""
+        await self._jobs.forget_consumer(self.name)
 
     def _free(self) -> int:
         return 0 if self._stopping else self._concurrency - len(self._running)
@@ -240,19 +244,13 @@ def streaming_frame(request: Request, seq: int, delta: str) -> str:
     return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
 
 
-async def _forever(loop: Any) -> None:
+async def _forever(loop: Callable[[], Awaitable[None]]) -> None:
     """Run one of the worker's loops; when Redis is unreachable, start it again after a pause."""
-    factory = loop
     failures = 0
     while True:
         try:
-            await factory
-            return
+            await loop()
         except UNREACHABLE as exc:
             log.warning("LLM worker: Redis unreachable (%s); retrying", exc)
             await asyncio.sleep(backoff(failures))
             failures += 1
-            raise
-
-
-assert set(LLM_ERROR_CODES) >= {"provider_error"}
