@@ -50,7 +50,7 @@ class Relay:
         self.ephemeral = Ephemeral(store, self.node_id, self.feed)
         self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
         self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
-        self.jobs = Jobs(store)
+        self.jobs = Jobs(store, settings.llm.queue)
         self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
         self.provider = make_provider(settings.llm) if settings.llm.workers > 0 else None
         self.workers = [

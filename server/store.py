@@ -38,6 +38,8 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -109,10 +111,14 @@ class StreamStore:
             server = fakeredis.FakeServer()
             return cls(fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server),
                        embedded=True)
-        # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead.
+        # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
+        # connection that Redis dropped (a restart) fails its next command: that command is sent
+        # again on a new connection, twice at most. Timeouts are not retried (the command may
+        # have run).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_S,
             socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(RedisConnectionError,)),
         )
         # The subscriber waits for messages indefinitely: no socket timeout (the default 5 s would
         # cut its reads), but TCP keepalive and periodic health checks instead.

@@ -1,7 +1,9 @@
 """The LLM bot's work in Redis: the request queue, the room lock, cancellation.
 
-- Requests go to one stream, ``chat:llm:requests``, read by the consumer group ``llm-workers``:
-  any worker, in a server process or in ``python -m server.llm_worker``, may serve any room.
+- Requests go to one stream per queue, ``chat:llm:requests:<LLM_QUEUE>``, read by the consumer
+  group ``llm-workers``: any worker of the queue, in a server process or in
+  ``python -m server.llm_worker``, may serve any room. (Separate queues are separate worker
+  pools: for instance one per model.)
   A worker that dies leaves its requests pending; another takes them over with ``XAUTOCLAIM``
   once they have been idle ``LLM_RECLAIM_AFTER_S``. A live worker keeps its claims fresh
   (``XCLAIM ... JUSTID`` resets the idle time without counting a delivery), so only the
@@ -24,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from server.store import StreamStore
 
-REQUESTS_KEY = "chat:llm:requests"
+REQUESTS_PREFIX = "chat:llm:requests:"
 GROUP = "llm-workers"
 LOCK_PREFIX = "chat:llm:lock:"
 CANCELLED_PREFIX = "chat:llm:cancelled:"
@@ -50,14 +52,15 @@ class Request:
 
 
 class Jobs:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StreamStore, queue: str) -> None:
+        self._key = REQUESTS_PREFIX + queue
         self._redis = store.redis
         self._listener = store.listener
         self._script = self._redis.register_script(_SCRIPT)
 
     async def request(self, request: Request) -> bool:
         """Take the room's lock for the request and queue it; False when the room is busy."""
-        return bool(await self._script(keys=[LOCK_PREFIX + request.room, REQUESTS_KEY],
+        return bool(await self._script(keys=[LOCK_PREFIX + request.room, self._key],
                                        args=["request", request.rid, LOCK_TTL_MS, *request.fields()]))
 
     async def lock(self, room: str, rid: str) -> bool:
@@ -66,7 +69,7 @@ class Jobs:
 
     async def queue(self, request: Request) -> None:
         """Queue a request whose lock is already taken."""
-        await self._redis.xadd(REQUESTS_KEY, dict(zip(request.fields()[::2], request.fields()[1::2], strict=True)),
+        await self._redis.xadd(self._key, dict(zip(request.fields()[::2], request.fields()[1::2], strict=True)),
                                maxlen=100_000, approximate=True)
 
     async def renew(self, room: str, rid: str) -> bool:
@@ -85,26 +88,26 @@ class Jobs:
 
     async def ensure_group(self) -> None:
         try:
-            await self._redis.xgroup_create(REQUESTS_KEY, GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._key, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Request]:
         """New requests for ``consumer`` (waits up to ``block_ms`` for one)."""
-        reply = await self._redis.xreadgroup(GROUP, consumer, {REQUESTS_KEY: ">"}, count=count, block=block_ms)
+        reply = await self._redis.xreadgroup(GROUP, consumer, {self._key: ">"}, count=count, block=block_ms)
         return [request for _, entries in reply or [] for request in _requests(entries, attempts={})]
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Request]:
         """Requests idle for ``min_idle_ms`` (their worker died), now ``consumer``'s."""
-        reply = await self._redis.xautoclaim(REQUESTS_KEY, GROUP, consumer, min_idle_ms, "0-0", count=count)
+        reply = await self._redis.xautoclaim(self._key, GROUP, consumer, min_idle_ms, "0-0", count=count)
         entries = [entry for entry in reply[1] if entry and entry[1]]
         deleted = [entry_id for entry_id in _deleted_ids(reply)]
         if deleted:
             await self.ack(deleted)
         if not entries:
             return []
-        pending = await self._redis.xpending_range(REQUESTS_KEY, GROUP, min=entries[0][0], max=entries[-1][0],
+        pending = await self._redis.xpending_range(self._key, GROUP, min=entries[0][0], max=entries[-1][0],
                                                    count=len(entries) + 100, consumername=consumer)
         attempts = {item["message_id"]: int(item["times_delivered"]) for item in pending}
         return _requests(entries, attempts)
@@ -112,21 +115,21 @@ class Jobs:
     async def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
         """Keep ``consumer``'s claim on ``entry_ids`` fresh: their worker is alive."""
         if entry_ids:
-            await self._redis.xclaim(REQUESTS_KEY, GROUP, consumer, 0, list(entry_ids), justid=True)
+            await self._redis.xclaim(self._key, GROUP, consumer, 0, list(entry_ids), justid=True)
 
     async def ack(self, entry_ids: Sequence[str | bytes]) -> None:
         if entry_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xack(REQUESTS_KEY, GROUP, *entry_ids)
-                pipe.xdel(REQUESTS_KEY, *entry_ids)
+                pipe.xack(self._key, GROUP, *entry_ids)
+                pipe.xdel(self._key, *entry_ids)
                 await pipe.execute()
 
     async def forget_consumer(self, consumer: str) -> None:
         """Remove a stopped worker's consumer from the group, if nothing is pending for it."""
-        pending = await self._redis.xpending_range(REQUESTS_KEY, GROUP, min="-", max="+", count=1,
+        pending = await self._redis.xpending_range(self._key, GROUP, min="-", max="+", count=1,
                                                    consumername=consumer)
         if not pending:
-            await self._redis.xgroup_delconsumer(REQUESTS_KEY, GROUP, consumer)
+            await self._redis.xgroup_delconsumer(self._key, GROUP, consumer)
 
     def cancellations(self) -> Any:
         """A pubsub on the cancel channel (subscribe, then ``get_message``)."""

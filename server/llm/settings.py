@@ -11,6 +11,7 @@ server such as vLLM, Ollama or llama.cpp usually wants none).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +46,7 @@ class LLMSettings:
     history_turns: int = 10  # room messages the model sees before the prompt
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     scripted_delay_ms: int = 20  # the scripted provider's pause between chunks
+    queue: str = "default"  # the request queue this process's triggers and workers use
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LLMSettings:
@@ -88,6 +90,13 @@ def _float(low: float, high: float, *, low_open: bool = False) -> Callable[[str,
     return parse
 
 
+def _name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise SettingsError(f"{name}={raw!r} must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+    return value
+
+
 def _http_url(name: str, raw: str) -> str:
     url = raw.strip()
     if not url.startswith(("http://", "https://")):
@@ -111,4 +120,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "history_turns": ("LLM_HISTORY_TURNS", _int(0, 1000)),
     "system_prompt": ("LLM_SYSTEM_PROMPT", _text),
     "scripted_delay_ms": ("LLM_SCRIPTED_DELAY_MS", _int(0, 60_000)),
+    "queue": ("LLM_QUEUE", _name),
 }

@@ -199,8 +199,10 @@ class Worker:
             async for event in events:
                 if isinstance(event, Outcome):
                     return event
-                await self._ephemeral.send(request.room, after, streaming_frame(request, seq, event))
+                # Counted before the send: once handed over, the delta reaches the members even if
+                # the generation is cancelled while the send is under way.
                 generation.text.append(event)
+                await self._ephemeral.send(request.room, after, streaming_frame(request, seq, event))
                 seq += 1
         raise ProviderError("provider_unavailable", "The answer ended without a finish reason.")
 
@@ -245,12 +247,15 @@ def streaming_frame(request: Request, seq: int, delta: str) -> str:
 
 
 async def _forever(loop: Callable[[], Awaitable[None]]) -> None:
-    """Run one of the worker's loops; when Redis is unreachable, start it again after a pause."""
+    """Run one of the worker's loops; when it fails (Redis unreachable, or restarted and without the
+    consumer group), start it again after a pause."""
     failures = 0
     while True:
         try:
             await loop()
         except UNREACHABLE as exc:
             log.warning("LLM worker: Redis unreachable (%s); retrying", exc)
-            await asyncio.sleep(backoff(failures))
-            failures += 1
+        except Exception:
+            log.exception("LLM worker: %s failed; restarting it", getattr(loop, "__name__", loop))
+        await asyncio.sleep(backoff(failures))
+        failures += 1
