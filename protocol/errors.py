@@ -26,7 +26,11 @@ ERROR_CODES: dict[str, str] = {
     "busy": "The bot is already answering in this room; ask again when its answer has arrived.",
     "unknown_generation": "No generation with this rid is running in this room.",
     "internal": "Internal server error; the message was not processed.",
+    # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set)
+    "unauthorized": "A valid token (or the admin key) is required.",
+    "forbidden": "The token does not allow this: it is for another room, or this needs the admin key.",
     # refusals of the HTTP API (an HTTP status with a JSON body; invalid_room and the frame codes apply too)
+    "invalid_ttl": "'ttl_s' must be a whole number of seconds.",
     "room_not_found": "The room has no history: there is no stream for it.",
     "invalid_cursor": "'before' and 'after' must be stream ids ('<ms>-<seq>' or '<ms>'), and only one of them.",
     "invalid_limit": "'limit' must be an integer from 1 to 1000.",

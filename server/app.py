@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from server.appender import Appender, Retention
+from server.auth import Auth
 from server.dispatch import Dispatcher
 from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
@@ -24,6 +25,7 @@ from server.llm import make_provider
 from server.llm.front import LLMFront
 from server.llm.jobs import Jobs
 from server.llm.worker import Worker
+from server.rooms_api import rooms_routes
 from server.session import Sessions
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
@@ -40,6 +42,7 @@ class Relay:
     def __init__(self, settings: Settings, store: StreamStore) -> None:
         self.settings = settings
         self.node_id = secrets.token_hex(6)
+        self.auth = Auth(settings.auth_secret, settings.admin_key)
         self.store = store
         self.hub = Hub()
         self.feed = RoomFeed(store, self.hub.deliver, self.hub.deliver_frame, self.node_id, settings.node_ttl_s)
@@ -80,7 +83,8 @@ class Relay:
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
-    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max)
+    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
+                            relay.auth)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})
@@ -94,6 +98,9 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not relay.auth.enabled:
+            log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
+                        "as any role and read or delete any history")
         if relay.store.embedded:
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
@@ -106,6 +113,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
+            *rooms_routes(relay.auth, settings.auth_token_ttl_s),
         ],
         lifespan=lifespan,
     )

@@ -37,6 +37,9 @@ class Settings:
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
     dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
     node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
+    auth_secret: str | None = field(default=None, repr=False)  # set: tokens are required (JWT HS256 key)
+    admin_key: str | None = field(default=None, repr=False)  # the bearer key that creates rooms
+    auth_token_ttl_s: int = 24 * 3600  # lifetime of the tokens POST /v1/session issues
     llm: LLMSettings = field(default_factory=lambda: _llm_settings({}))  # the bot's settings (LLM_*, OPENAI_*)
 
     @property
@@ -52,7 +55,10 @@ class Settings:
             if parse is None or raw is None or raw == "":
                 continue
             values[setting.name] = parse(name, raw)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.auth_secret is not None and settings.admin_key is None:
+            raise SettingsError("AUTH_SECRET is set but ADMIN_KEY is not: nobody could create a room")
+        return settings
 
 
 def _llm_settings(env: Mapping[str, str]) -> LLMSettings:
@@ -69,6 +75,16 @@ def _int(low: int, high: int) -> Callable[[str, str], int]:
             raise SettingsError(f"{name}={raw!r} is not an integer") from None
         if not low <= value <= high:
             raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+        return value
+
+    return parse
+
+
+def _secret(min_chars: int) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if len(value) < min_chars:
+            raise SettingsError(f"{name} is too short: use at least {min_chars} characters")
         return value
 
     return parse
@@ -104,6 +120,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "send_queue_max": _int(1, 1_000_000),
     "dedupe_window_s": _int(0, 7 * 24 * 3600),
     "node_ttl_s": _int(3, 3600),
+    "auth_secret": _secret(32),  # HS256 wants a key of at least 256 bits
+    "admin_key": _secret(16),
+    "auth_token_ttl_s": _int(1, 366 * 24 * 3600),
 }
 
 

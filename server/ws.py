@@ -26,6 +26,7 @@ from protocol.envelope import parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
+from server.auth import Auth, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
@@ -40,7 +41,8 @@ PATH = "/v1/session/chat"
 
 class ChatEndpoint:
     def __init__(self, hub: Hub, sessions: Sessions, dispatcher: Dispatcher, limits: Limits,
-                 send_queue_max: int) -> None:
+                 send_queue_max: int, auth: Auth) -> None:
+        self._auth = auth
         self._hub = hub
         self._sessions = sessions
         self._dispatcher = dispatcher
@@ -55,6 +57,12 @@ class ChatEndpoint:
         if refusal is not None:
             await deny(websocket, 400, *refusal)
             return
+        if self._auth.enabled:
+            try:
+                role = authorized_role(self._auth, query.get("token") or bearer(websocket.headers), room, role)
+            except ProtocolError as exc:
+                await deny(websocket, 403 if exc.code in ("forbidden", "role_mismatch") else 401, exc.code, exc.message)
+                return
         last_id = query.get("last_id")
         resume = None if last_id is None else Resume(last_id, query.get("epoch"))
         member = Member(send, room, role, self._send_queue_max)
@@ -111,6 +119,16 @@ def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:
     if role is not None and role not in CLIENT_ROLES:
         return "invalid_role", "The role query parameter must be 'A' or 'B' (or absent)."
     return None
+
+
+def authorized_role(auth: Auth, credential: str | None, room: str, role: str | None) -> str | None:
+    """The role a token binds the connection to (the admin key: the one asked for, if any)."""
+    grant = auth.for_room(credential, room)
+    if grant.admin:
+        return role
+    if role is not None and role != grant.role:
+        raise ProtocolError("role_mismatch", f"The token is for role {grant.role!r}, not {role!r}.")
+    return grant.role
 
 
 def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | None:

@@ -27,8 +27,8 @@ class Client:
         self.presence: list[dict[str, Any]] = []
 
     @classmethod
-    async def open(cls, url: str) -> Client:
-        client = cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None))
+    async def open(cls, url: str, headers: dict[str, str] | None = None) -> Client:
+        client = cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None, additional_headers=headers))
         while True:
             frame = await client.recv()
             if frame["hd"]["event"] == "session.ready":
