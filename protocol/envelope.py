@@ -117,8 +117,28 @@ def _chat_message(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
         )
 
 
+def _llm_invoke(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
+    prompt = bd.get("prompt")
+    if prompt is None:
+        return  # no prompt: answer the conversation so far
+    if not isinstance(prompt, str):
+        raise ProtocolError("invalid_envelope", "'bd.prompt' must be a string (or absent).", cid)
+    if len(prompt) > limits.max_text_chars:
+        raise ProtocolError(
+            "too_large", f"'bd.prompt' has {len(prompt)} characters; the limit is {limits.max_text_chars}.", cid
+        )
+
+
+def _llm_cancel(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
+    rid = bd.get("rid")
+    if not isinstance(rid, str) or not 1 <= len(rid) <= MAX_CID_CHARS:
+        raise ProtocolError("invalid_envelope", "llm.cancel needs 'bd.rid', the generation id to stop.", cid)
+
+
 _BODY_RULES: dict[str, Callable[[dict[str, Any], Limits, str | None], None]] = {
     Event.CHAT_MESSAGE: _chat_message,
+    Event.LLM_INVOKE: _llm_invoke,
+    Event.LLM_CANCEL: _llm_cancel,
 }
 
 

@@ -16,15 +16,25 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.admission import Admission
 from server.appender import Appender, Retention
+from server.auth import Auth
 from server.dispatch import Dispatcher
+from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
 from server.history import history_routes
 from server.hub import Hub
+from server.llm import make_provider
+from server.llm.front import LLMFront
+from server.llm.jobs import Jobs
+from server.llm.worker import Worker
+from server.rooms_api import rooms_routes
+from server.session import Sessions
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GENERATIONS_S = 5.0
 
 
 class Relay:
@@ -33,31 +43,49 @@ class Relay:
     def __init__(self, settings: Settings, store: StreamStore) -> None:
         self.settings = settings
         self.node_id = secrets.token_hex(6)
+        self.auth = Auth(settings.auth_secret, settings.admin_key)
         self.store = store
         self.hub = Hub()
-        self.feed = RoomFeed(store, self.hub.deliver, self.node_id)
+        self.feed = RoomFeed(store, self.hub.deliver, self.hub.deliver_frame, self.node_id, settings.node_ttl_s)
         self.hub.attach(self.feed)
-        self.appender = Appender(store, Retention(settings.stream_maxlen, settings.room_ttl_seconds),
-                                 self.node_id, self.feed.appended)
-        self.dispatcher = Dispatcher(self.appender)
+        self.appender = Appender(
+            store, Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s),
+            self.node_id, self.feed.appended)
+        self.ephemeral = Ephemeral(store, self.node_id, self.feed)
+        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
+        self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
+        self.jobs = Jobs(store, settings.llm.queue)
+        self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
+        self.provider = make_provider(settings.llm) if settings.llm.workers > 0 else None
+        self.workers = [
+            Worker(f"{self.node_id}-{n}", self.jobs, store, self.appender, self.ephemeral, self.provider,
+                   settings.llm, settings.llm.concurrency)
+            for n in range(settings.llm.workers) if self.provider is not None
+        ]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(self.appender.run(), name="appender"),
-                 asyncio.create_task(self.feed.run(), name="room-feed")]
+                 asyncio.create_task(self.feed.run(), name="room-feed"),
+                 *(asyncio.create_task(worker.run(), name=worker.name) for worker in self.workers)]
         try:
             yield
         finally:
+            # Running generations end as "cancelled" and are stored while the store is still up.
+            await asyncio.gather(*(worker.stop(SHUTDOWN_GENERATIONS_S) for worker in self.workers))
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(worker.forget() for worker in self.workers), return_exceptions=True)
+            if self.provider is not None:
+                await self.provider.aclose()
             await self.store.close()
 
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
-    endpoint = ChatEndpoint(relay.hub, relay.dispatcher, settings.limits, settings.send_queue_max,
-                            settings.rate_limit)
+    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
+                            relay.auth, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
 
     async def healthz(request: Request) -> JSONResponse:
@@ -72,6 +100,9 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not relay.auth.enabled:
+            log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
+                        "as any role and read or delete any history")
         if relay.store.embedded:
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
@@ -84,6 +115,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
+            *rooms_routes(relay.auth, settings.auth_token_ttl_s),
         ],
         lifespan=lifespan,
     )

@@ -15,12 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.store import UNREACHABLE, NewEntry, StreamStore
+from server.store import UNREACHABLE, Duplicate, NewEntry, StreamStore
 
 log = logging.getLogger(__name__)
 
-#: Called once per append: ``(entry_id, None)`` on success, ``(None, error)`` on failure.
-Done = Callable[[bytes | None, Exception | None], None]
+#: Called once per append with its outcome: the new entry's id, a :class:`Duplicate` (the same
+#: cid was stored within the dedupe window: nothing was appended), or the error.
+Done = Callable[[bytes | Duplicate | Exception], None]
 #: Told after each batch, per stream key: the newest id before the batch and the ``(id, body)`` appended.
 Appended = Callable[[str, bytes, list[tuple[bytes, bytes]]], None]
 
@@ -31,6 +32,7 @@ MAX_BATCH = 1024
 class Retention:
     maxlen: int  # approximate trim length of every stream (0 = unbounded)
     ttl_s: int  # expiry renewed on every write (0 = never)
+    dedupe_s: int = 0  # how long an entry's cid is remembered (0 = not at all)
 
 
 class Appender:
@@ -47,17 +49,17 @@ class Appender:
         self._pending.append((entry, done))
         self._wake.set()
 
-    async def append(self, entry: NewEntry) -> bytes:
+    async def append(self, entry: NewEntry) -> bytes | Duplicate:
         """Append one entry and wait until it is stored and handed to the feed; returns its id."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | Duplicate] = asyncio.get_running_loop().create_future()
 
-        def done(entry_id: bytes | None, error: Exception | None) -> None:
+        def done(outcome: bytes | Duplicate | Exception) -> None:
             if future.done():
                 return
-            if entry_id is not None:
-                future.set_result(entry_id)
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
             else:
-                future.set_exception(error or RuntimeError("append failed"))
+                future.set_result(outcome)
 
         self.submit(entry, done)
         return await future
@@ -76,13 +78,13 @@ class Appender:
             pending, self._pending = self._pending, []
             for _, done in pending:
                 if done is not None:
-                    done(None, ConnectionError("server shutting down"))
+                    done(ConnectionError("server shutting down"))
 
     async def _flush(self, batch: list[tuple[NewEntry, Done | None]]) -> None:
         try:
             result = await self._store.append_batch(
                 [entry for entry, _ in batch], maxlen=self._retention.maxlen,
-                ttl_s=self._retention.ttl_s, node=self._node_id,
+                ttl_s=self._retention.ttl_s, node=self._node_id, dedupe_s=self._retention.dedupe_s,
             )
             before, ids = result.before, result.ids
         except UNREACHABLE as exc:
@@ -94,10 +96,10 @@ class Appender:
         self._report(batch, before, ids)
 
     def _report(self, batch: list[tuple[NewEntry, Done | None]], before: dict[str, bytes],
-                ids: list[bytes | Exception]) -> None:
+                ids: list[bytes | Duplicate | Exception]) -> None:
         stored: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
         for (entry, _), entry_id in zip(batch, ids, strict=True):
-            if not isinstance(entry_id, Exception):
+            if isinstance(entry_id, bytes):
                 stored[entry.key].append((entry_id, entry.body))
         for key, items in stored.items():
             self._appended(key, before[key], items)
@@ -105,9 +107,6 @@ class Appender:
             if done is None:
                 continue
             try:
-                if isinstance(entry_id, Exception):
-                    done(None, entry_id)
-                else:
-                    done(entry_id, None)
+                done(entry_id)
             except Exception:
                 log.exception("append callback failed")

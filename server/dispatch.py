@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from protocol.codec import format_ts, stored_body
+from protocol.codec import format_ts, frame_with_id, stored_body
 from protocol.envelope import ClientEnvelope
+from protocol.errors import ProtocolError
 from protocol.names import Event, stream_key
 from server.appender import Appender
 from server.errors import error_for
+from server.llm.front import LLMFront
 from server.member import Member
-from server.store import NewEntry
+from server.store import Duplicate, NewEntry
 
 MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
 
@@ -26,33 +28,67 @@ Handler = Callable[[Member, ClientEnvelope], Awaitable[None]]
 
 
 class Dispatcher:
-    def __init__(self, appender: Appender) -> None:
+    def __init__(self, appender: Appender, llm: LLMFront | None) -> None:
         self._appender = appender
-        self._handlers: dict[str, Handler] = {Event.CHAT_MESSAGE: self._chat_message}
+        self._llm = llm
+        self._handlers: dict[str, Handler] = {
+            Event.CHAT_MESSAGE: self._chat_message,
+            Event.LLM_INVOKE: self._llm_invoke,
+            Event.LLM_CANCEL: self._llm_cancel,
+        }
         self._drained: dict[Member, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def dispatch(self, member: Member, envelope: ClientEnvelope) -> None:
         await self._handlers[envelope.event](member, envelope)
 
     async def _chat_message(self, member: Member, envelope: ClientEnvelope) -> None:
         hd = message_header(envelope, member.room, time.time_ns() // 1_000_000)
-        self._store(member, hd, envelope.bd)
+        llm = self._llm if self._llm is not None and self._llm.triggers(envelope) else None
+        self._store(member, hd, envelope.bd, llm)
         if member.inflight >= MAX_INFLIGHT:
             await self._wait_drained(member)
 
-    def _store(self, member: Member, hd: dict[str, Any], bd: dict[str, Any]) -> None:
+    async def _llm_invoke(self, member: Member, envelope: ClientEnvelope) -> None:
+        hd = message_header(envelope, member.room, time.time_ns() // 1_000_000)
+        await self._bot(envelope).invoke(member, envelope, stored_body(hd, envelope.bd))
+
+    async def _llm_cancel(self, member: Member, envelope: ClientEnvelope) -> None:
+        await self._bot(envelope).cancel(member, envelope)
+
+    def _bot(self, envelope: ClientEnvelope) -> LLMFront:
+        if self._llm is None:
+            raise ProtocolError("unknown_event", "This server has no LLM bot.", envelope.cid)
+        return self._llm
+
+    def _store(self, member: Member, hd: dict[str, Any], bd: dict[str, Any], llm: LLMFront | None = None) -> None:
         cid = hd.get("cid")
         member.inflight += 1
 
-        def done(entry_id: bytes | None, error: Exception | None) -> None:
+        def done(outcome: bytes | Duplicate | Exception) -> None:
             member.inflight -= 1
-            if error is not None:
-                member.push(error_for(error, cid))
+            if isinstance(outcome, Exception):
+                member.push(error_for(outcome, cid))
+            elif isinstance(outcome, Duplicate):  # a resend of a stored message: its broadcast, to the sender
+                member.push(frame_with_id(outcome.body, outcome.id.decode()))
+            elif llm is not None:
+                self._spawn(member, llm.answer(member, outcome, hd["role"], cid), cid)
             drained = self._drained.get(member)
             if drained is not None and member.inflight < MAX_INFLIGHT // 2:
                 drained.set()
 
-        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd)), done)
+        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd), cid), done)
+
+    def _spawn(self, member: Member, work: Coroutine[Any, Any, None], cid: str | None) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:
+                member.push(error_for(exc, cid))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _wait_drained(self, member: Member) -> None:
         drained = self._drained[member] = asyncio.Event()

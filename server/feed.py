@@ -16,6 +16,12 @@ is delivered only when it directly follows the cursor.
   announced to it or already behind the cursor. A heartbeat keeps the node alive; when Redis has
   forgotten it (a stall, a Redis restart) or the channel reconnects, the node registers its rooms
   again and catches every room up.
+- Frames that are not stored (presence, generation deltas) carry the id they must follow
+  (``after``): a generation's deltas follow the message that triggered it. They are delivered at
+  once when the cursor has reached that id, else held, in arrival order, until it has. Other
+  nodes hear them on the same channel as the announcements, so a node never delivers an entry
+  announced after a frame before that frame. For the same reason a catch-up delivers entries
+  only up to the newest id it heard of (except after a reconnection, when it reads to the end).
 - When Redis is unreachable, readers retry with backoff and resume from their cursors.
 """
 
@@ -24,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from protocol.names import STREAM_KEY_PREFIX, stream_key
 from server.store import UNREACHABLE, StreamStore
@@ -33,10 +40,11 @@ log = logging.getLogger(__name__)
 
 Item = tuple[bytes, bytes]  # (stream id, body)
 Deliver = Callable[[str, list[Item]], None]
+#: Deliver one unstored frame to a room's members, except ``skip`` (a member, or None).
+DeliverFrame = Callable[[str, str, object], None]
 
 READ_COUNT = 1000
-HEARTBEAT_S = 10.0
-ALIVE_TTL_S = 30
+ALIVE_TTL_S = 30  # a node that has not beaten for this long is dead; it beats every third of it
 READY_TIMEOUT_S = 5.0
 _UNTIL_EMPTY = (2**64, 0)
 _BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -52,22 +60,28 @@ def backoff(failures: int) -> float:
 
 
 class _Cursor:
-    __slots__ = ("id", "reader", "target")
+    __slots__ = ("held", "id", "reader", "target")
 
     def __init__(self, entry_id: bytes) -> None:
         self.id = entry_id  # last id delivered here
         self.target: tuple[int, int] | None = None  # newest id heard of but not yet delivered
         self.reader: asyncio.Task[None] | None = None
+        self.held: deque[tuple[tuple[int, int], str, object]] = deque()  # (after, frame, skip)
 
 
 class RoomFeed:
-    def __init__(self, store: StreamStore, deliver: Deliver, node_id: str) -> None:
+    def __init__(self, store: StreamStore, deliver: Deliver, deliver_frame: DeliverFrame, node_id: str,
+                 node_ttl_s: int = ALIVE_TTL_S) -> None:
         self._store = store
+        self._node_ttl_s = node_ttl_s
         self._deliver = deliver
+        self._deliver_frame = deliver_frame
         self._node = node_id
         self._cursors: dict[str, _Cursor] = {}
         self._membership = asyncio.Lock()
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
+        #: Called after Redis had forgotten this node (and its rooms were registered again).
+        self.on_forgotten: Callable[[], Awaitable[None]] | None = None
 
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
@@ -75,6 +89,11 @@ class RoomFeed:
         async with self._membership:
             await self._store.register([room], self._node)
             self._cursors[room] = _Cursor(await self._store.last_id(stream_key(room)))
+
+    def cursor(self, room: str) -> bytes | None:
+        """The id of the last entry of ``room`` delivered here (None: the room is not followed)."""
+        cursor = self._cursors.get(room)
+        return None if cursor is None else cursor.id
 
     def unfollow(self, room: str) -> None:
         self._cursors.pop(room, None)
@@ -94,10 +113,38 @@ class RoomFeed:
         if cursor is None:
             return
         if cursor.reader is None and before == cursor.id:
-            cursor.id = items[-1][0]
-            self._deliver(room, items)
+            self._advance(room, cursor, items)
         else:
             self._lag(room, cursor, id_tuple(items[-1][0]))
+
+    def frame(self, room: str, after: bytes, frame: str, skip: object = None) -> None:
+        """Deliver an unstored ``frame`` to ``room``'s members here once entries up to ``after`` are."""
+        cursor = self._cursors.get(room)
+        if cursor is None:
+            return
+        after_id = id_tuple(after)
+        if not cursor.held and after_id <= id_tuple(cursor.id):
+            self._deliver_frame(room, frame, skip)
+            return
+        cursor.held.append((after_id, frame, skip))
+        if after_id > id_tuple(cursor.id):
+            self._lag(room, cursor, after_id)
+
+    def _advance(self, room: str, cursor: _Cursor, items: list[Item]) -> None:
+        if not cursor.held:
+            cursor.id = items[-1][0]
+            self._deliver(room, items)
+            return
+        for item in items:  # frames are held: deliver them between the entries they follow
+            cursor.id = item[0]
+            self._deliver(room, [item])
+            self._release(room, cursor)
+
+    def _release(self, room: str, cursor: _Cursor) -> None:
+        reached = id_tuple(cursor.id)
+        while cursor.held and cursor.held[0][0] <= reached:
+            _, frame, skip = cursor.held.popleft()
+            self._deliver_frame(room, frame, skip)
 
     def _lag(self, room: str, cursor: _Cursor, newest: tuple[int, int]) -> None:
         if cursor.target is None or newest > cursor.target:
@@ -121,13 +168,26 @@ class RoomFeed:
                     failures += 1
                     continue
                 failures = 0
-                if self._cursors.get(room) is not cursor or not entries:
+                if self._cursors.get(room) is not cursor:
                     break
-                cursor.id = entries[-1][0]
-                self._deliver(room, [(entry_id, fields.get(b"body", b"")) for entry_id, fields in entries])
+                target = cursor.target
+                items = [(entry_id, fields.get(b"body", b"")) for entry_id, fields in entries
+                         if target is None or id_tuple(entry_id) <= target]
+                if not items:
+                    break
+                self._advance(room, cursor, items)
         finally:
             cursor.target = None
             cursor.reader = None
+            if self._cursors.get(room) is cursor:
+                self._release_all(room, cursor)
+
+    def _release_all(self, room: str, cursor: _Cursor) -> None:
+        """Held frames whose entries cannot be read (trimmed, deleted) are not held forever."""
+        if cursor.held and cursor.reader is None:
+            while cursor.held:
+                _, frame, skip = cursor.held.popleft()
+                self._deliver_frame(room, frame, skip)
 
     async def run(self) -> None:
         """Listen to this node's announcements and keep it alive, until cancelled."""
@@ -169,7 +229,7 @@ class RoomFeed:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self._node_ttl_s / 3)
             if not self._ready.is_set():
                 continue
             try:
@@ -181,16 +241,24 @@ class RoomFeed:
 
     async def _beat(self) -> bool:
         """Renew this node's liveness; when Redis had forgotten it, register its rooms again."""
-        lost = await self._store.heartbeat(self._node, ALIVE_TTL_S)
+        lost = await self._store.heartbeat(self._node, self._node_ttl_s)
         if lost and self._cursors:
             async with self._membership:
                 await self._store.register(list(self._cursors), self._node)
+            if self.on_forgotten is not None:
+                await self.on_forgotten()
         return lost and bool(self._cursors)
 
     def _announced(self, data: bytes) -> None:
-        room, _, newest = data.decode().partition(" ")
+        """``<room> <newest id>`` (another node appended) or ``<room> <after id> <frame>``."""
+        room, _, rest = data.decode().partition(" ")
+        newest, _, frame = rest.partition(" ")
         cursor = self._cursors.get(room)
-        if cursor is not None and newest:
-            newest_id = id_tuple(newest.encode())
-            if newest_id > id_tuple(cursor.id):
-                self._lag(room, cursor, newest_id)
+        if cursor is None or not newest:
+            return
+        if frame:
+            self.frame(room, newest.encode(), frame)
+            return
+        newest_id = id_tuple(newest.encode())
+        if newest_id > id_tuple(cursor.id):
+            self._lag(room, cursor, newest_id)

@@ -40,11 +40,12 @@ class Hub:
         assert self._feed is not None, "Hub.attach() was not called"
         return self._feed
 
-    async def join(self, member: Member) -> None:
+    async def join(self, member: Member) -> bytes:
         """Add ``member`` to its room; from then on it receives every new entry of the room.
 
-        Raises (and leaves the hub unchanged) when the room cannot be followed, e.g. when
-        Redis is unreachable.
+        Returns the id of the last entry delivered in the room before the member joined: it
+        receives every later one. Raises (and leaves the hub unchanged) when the room cannot be
+        followed, e.g. when Redis is unreachable.
         """
         room = self.rooms.get(member.room)
         if room is None or _failed(room.ready):
@@ -57,6 +58,10 @@ class Hub:
             self._release(room)
             raise
         room.members.add(member)
+        return self.feed.cursor(member.room) or b"0-0"
+
+    def all_members(self) -> list[Member]:
+        return [member for room in self.rooms.values() for member in room.members]
 
     def leave(self, member: Member) -> None:
         room = self.rooms.get(member.room)
@@ -82,6 +87,14 @@ class Hub:
                 log.warning("room %s: entry %s has a body that is not JSON; skipped", room_name, entry_id)
                 continue
             for member in members:
+                member.push(frame)
+
+    def deliver_frame(self, room_name: str, frame: str, skip: object) -> None:
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        for member in tuple(room.members):
+            if member is not skip:
                 member.push(frame)
 
 

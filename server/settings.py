@@ -10,11 +10,14 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
 from server.ratelimit import RateLimit
+
+if TYPE_CHECKING:
+    from server.llm.settings import LLMSettings
 
 T = TypeVar("T")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -35,6 +38,12 @@ class Settings:
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
     room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
+    dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
+    node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
+    auth_secret: str | None = field(default=None, repr=False)  # set: tokens are required (JWT HS256 key)
+    admin_key: str | None = field(default=None, repr=False)  # the bearer key that creates rooms
+    auth_token_ttl_s: int = 24 * 3600  # lifetime of the tokens POST /v1/session issues
+    llm: LLMSettings = field(default_factory=lambda: _llm_settings({}))  # the bot's settings (LLM_*, OPENAI_*)
     allowed_origins: frozenset[str] = frozenset()  # browser origins allowed to connect (empty: any)
     rate_limit_per_sec: float = 50.0  # frames a connection may send per second, after its burst (0 = no limit)
     rate_limit_burst: int = 200  # frames a connection may send at once
@@ -52,14 +61,23 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = field.name.upper()
+        values: dict[str, Any] = {"llm": _llm_settings(env)}
+        for setting in fields(cls):
+            name, parse = setting.name.upper(), _PARSERS.get(setting.name)
             raw = env.get(name)
-            if raw is None or raw == "":
+            if parse is None or raw is None or raw == "":
                 continue
-            values[field.name] = _PARSERS[field.name](name, raw)
-        return cls(**values)
+            values[setting.name] = parse(name, raw)
+        settings = cls(**values)
+        if settings.auth_secret is not None and settings.admin_key is None:
+            raise SettingsError("AUTH_SECRET is set but ADMIN_KEY is not: nobody could create a room")
+        return settings
+
+
+def _llm_settings(env: Mapping[str, str]) -> LLMSettings:
+    from server.llm.settings import LLMSettings  # it builds on this module's parsers
+
+    return LLMSettings.from_env(env)
 
 
 def _int(low: int, high: int) -> Callable[[str, str], int]:
@@ -83,6 +101,16 @@ def _float(low: float, high: float) -> Callable[[str, str], float]:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
         if not (math.isfinite(value) and low <= value <= high):
             raise SettingsError(f"{name}={raw.strip()} is out of range ({low:g}..{high:g})")
+        return value
+
+    return parse
+
+
+def _secret(min_chars: int) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if len(value) < min_chars:
+            raise SettingsError(f"{name} is too short: use at least {min_chars} characters")
         return value
 
     return parse
@@ -127,6 +155,11 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "stream_maxlen": _int(0, 2**31),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
+    "dedupe_window_s": _int(0, 7 * 24 * 3600),
+    "node_ttl_s": _int(3, 3600),
+    "auth_secret": _secret(32),  # HS256 wants a key of at least 256 bits
+    "admin_key": _secret(16),
+    "auth_token_ttl_s": _int(1, 366 * 24 * 3600),
     "allowed_origins": _origins,
     "rate_limit_per_sec": _float(0, 1_000_000),
     "rate_limit_burst": _int(1, 1_000_000),

@@ -17,20 +17,33 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   first; both cost O(log N + count), so bounded reads stay cheap on long streams.
 - Every append trims the stream approximately to ``maxlen`` entries and renews the key's
   expiry to ``ttl_s`` (0 = no trimming / no expiry).
+- Each stream has an epoch (``chat:epoch:<room>``), a random id set when an append finds the
+  stream empty or absent: a cursor from another epoch does not belong to this stream.
+- An entry with a cid is stored at most once per room, sender and cid within the dedupe window:
+  the check and the append are one step of the same script (:class:`Duplicate`).
+- Frames that are not stored (presence, generation deltas) reach the other nodes of a room on
+  the same channels as the announcements, ordered with them (:meth:`StreamStore.ephemeral`).
+- A room's presence roster (``chat:presence:<room>``) maps ``<node>/<connection>`` to a role;
+  :meth:`StreamStore.session` drops the connections of nodes that are no longer alive.
 
 The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol.names import STREAM_KEY_PREFIX, stream_key
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -39,9 +52,12 @@ UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutEr
 
 NODE_PREFIX = "chat:node:"
 ROOM_NODES_PREFIX = "chat:room-nodes:"
+EPOCH_PREFIX = "chat:epoch:"
+PRESENCE_PREFIX = "chat:presence:"
+CID_PREFIX = "chat:cid:"
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
-_APPEND_LUA = resources.files("server").joinpath("append.lua").read_text()
+_SCRIPTS = resources.files("server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +65,41 @@ class NewEntry:
     key: str
     participant: str
     body: bytes
+    cid: str | None = None  # the client's message id: stored once per room, participant and cid
+    dedupe_s: int | None = None  # how long the cid is remembered (None: the batch's default)
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An entry that was not appended: the same cid was stored within the dedupe window."""
+
+    id: bytes  # the original entry's id
+    body: bytes  # the original entry's body (the new one when the original was trimmed away)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     before: dict[str, bytes]  # stream key -> newest id before the batch (b"0-0": none)
-    ids: list[bytes | Exception]  # per entry, in submission order
+    ids: list[bytes | Duplicate | Exception]  # per entry, in submission order
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a connection entering a room learns, read in one step with its roster entry."""
+
+    epoch: str | None  # None: the room has no stream
+    first_id: bytes | None  # the oldest retained entry
+    removed: int | None  # how many entries were ever trimmed or deleted (None: unknown)
+    roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
 
 
 class StreamStore:
     def __init__(self, client: Any, listener_client: Any, *, embedded: bool) -> None:
         self._client = client  # shared pool: appends, ranges, pings
         self._listener_client = listener_client  # its own connection: the notification subscriber
-        self._append = client.register_script(_APPEND_LUA)
+        self._append = client.register_script(_SCRIPTS.joinpath("append.lua").read_text())
+        self._session = client.register_script(_SCRIPTS.joinpath("session.lua").read_text())
+        self._ephemeral = client.register_script(_SCRIPTS.joinpath("ephemeral.lua").read_text())
         self.embedded = embedded
 
     @classmethod
@@ -73,16 +111,30 @@ class StreamStore:
             server = fakeredis.FakeServer()
             return cls(fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server),
                        embedded=True)
-        # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead.
+        # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
+        # connection that Redis dropped (a restart) fails its next command: that command is sent
+        # again on a new connection, twice at most. Timeouts are not retried (the command may
+        # have run).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_S,
             socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(RedisConnectionError,)),
         )
         # The subscriber waits for messages indefinitely: no socket timeout (the default 5 s would
         # cut its reads), but TCP keepalive and periodic health checks instead.
         listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
                                            socket_keepalive=True, health_check_interval=30)
         return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False)
+
+    @property
+    def redis(self) -> Any:
+        """The shared client, for the modules that keep their own keys (:mod:`server.llm.jobs`)."""
+        return self._client
+
+    @property
+    def listener(self) -> Any:
+        """The client whose connections wait on pub/sub channels."""
+        return self._listener_client
 
     async def close(self) -> None:
         await self._listener_client.aclose()
@@ -91,15 +143,50 @@ class StreamStore:
     async def ping(self) -> bool:
         return bool(await self._client.ping())
 
-    async def append_batch(self, entries: Sequence[NewEntry], *, maxlen: int, ttl_s: int, node: str) -> BatchResult:
+    async def append_batch(self, entries: Sequence[NewEntry], *, maxlen: int, ttl_s: int, node: str,
+                           dedupe_s: int = 0) -> BatchResult:
         """Append ``entries`` in order, in one round trip."""
         keys: dict[str, int] = {}
-        args: list[Any] = [maxlen, ttl_s, node]
+        args: list[Any] = [maxlen, ttl_s, node, secrets.token_hex(8)]
         for entry in entries:
             index = keys.setdefault(entry.key, len(keys) + 1)
-            args += (index, entry.participant, entry.body)
+            window = dedupe_s if entry.dedupe_s is None else entry.dedupe_s
+            dedupe = "" if entry.cid is None or window <= 0 else cid_key(entry.key, entry.participant, entry.cid)
+            args += (index, entry.participant, entry.body, dedupe, max(window, 1))
         reply = await self._append(keys=list(keys), args=args)
-        return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=reply[len(keys):])
+        ids = [Duplicate(item[0], item[1]) if isinstance(item, list) else item for item in reply[len(keys):]]
+        return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=ids)
+
+    async def session(self, room: str, field: str, role: str, ttl_s: int) -> SessionInfo:
+        """Add ``field`` (``node/connection``; "" to only read) to the room's roster as ``role``."""
+        epoch, first, removed, roster = await self._session(
+            keys=[stream_key(room), EPOCH_PREFIX + room, PRESENCE_PREFIX + room], args=[field, role, ttl_s])
+        pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
+        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs)
+
+    async def restore_roster(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
+        """Put ``(room, node/connection, role)`` entries back in their rosters."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, field, role in entries:
+                pipe.hset(PRESENCE_PREFIX + room, field, role)
+                if ttl_s > 0:
+                    pipe.expire(PRESENCE_PREFIX + room, ttl_s)
+            await pipe.execute()
+
+    async def leave(self, room: str, field: str) -> None:
+        await self._client.hdel(PRESENCE_PREFIX + room, field)
+
+    async def ephemeral(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
+        """Send each room's ``messages`` (``b"<after id> <frame>"``) to the other live nodes that
+        follow it, in one round trip (``node`` is the sender: "" when it follows no room)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, batch in messages.items():
+                await self._ephemeral(keys=[ROOM_NODES_PREFIX + room], args=[room, node, *batch], client=pipe)
+            await pipe.execute()
+
+    async def epoch(self, room: str) -> str | None:
+        epoch = await self._client.get(EPOCH_PREFIX + room)
+        return epoch.decode() if epoch else None
 
     async def last_id(self, key: str) -> bytes:
         """The newest entry's id in ``key``, or ``0-0`` when the stream is empty or absent."""
@@ -119,8 +206,11 @@ class StreamStore:
         return bool(await self._client.exists(key))
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; False when there was none."""
-        return bool(await self._client.delete(key))
+        """Remove the stream ``key`` and its epoch; False when there was no stream."""
+        room = key[len(STREAM_KEY_PREFIX):]
+        deleted = await self._client.delete(key)
+        await self._client.delete(EPOCH_PREFIX + room)
+        return bool(deleted)
 
     async def register(self, rooms: Sequence[str], node: str) -> None:
         """Record that ``node`` follows ``rooms``: their appends will be announced to it."""
@@ -146,6 +236,10 @@ class StreamStore:
 
     def subscriber(self, node: str) -> Subscriber:
         return Subscriber(self._listener_client.pubsub(), NODE_PREFIX + node)
+
+
+def cid_key(key: str, participant: str, cid: str) -> str:
+    return f"{CID_PREFIX}{key[len(STREAM_KEY_PREFIX):]}:{participant}:{cid}"
 
 
 class Subscriber:

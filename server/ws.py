@@ -1,8 +1,10 @@
-"""The WebSocket endpoint ``/v1/session/chat?sid=ROOM[&role=A|B]``.
+"""The WebSocket endpoint ``/v1/session/chat?sid=ROOM[&role=A|B][&last_id=ID[&epoch=E]]``.
 
-Handshake: the room id and role are checked before anything else; a bad one is refused with an
-HTTP error and a JSON body ``{"error": {"code", "message"}}`` (the socket is never accepted). The
-member then joins its room (which needs Redis: 503 ``unavailable`` otherwise) and is accepted.
+Handshake: the room id, role and resume cursor are checked before anything else; a bad one is
+refused with an HTTP error and a JSON body ``{"error": {"code", "message"}}`` (the socket is never
+accepted). The member then joins its room and its roster (which needs Redis: 503 ``unavailable``
+otherwise), is accepted, and its session starts (:mod:`server.session`: presence, the resume's
+replay, ``session.ready``).
 
 After that, each text frame is validated by :mod:`protocol` and handed to the dispatcher; a
 refusal goes back to the sender alone as an ``error`` frame and the connection stays open.
@@ -28,12 +30,15 @@ from protocol.codec import error_frame
 from protocol.envelope import frame_cid, parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from protocol.limits import Limits
-from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_room
+from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
+from server.auth import Auth, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
-from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, Member
+from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR, Member
 from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
+from server.session import Resume, Sessions
+from server.store import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +46,11 @@ PATH = "/v1/session/chat"
 
 
 class ChatEndpoint:
-    def __init__(self, hub: Hub, dispatcher: Dispatcher, limits: Limits, send_queue_max: int,
-                 rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
+    def __init__(self, hub: Hub, sessions: Sessions, dispatcher: Dispatcher, limits: Limits,
+                 send_queue_max: int, auth: Auth, rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
+        self._auth = auth
         self._hub = hub
+        self._sessions = sessions
         self._dispatcher = dispatcher
         self._limits = limits
         self._send_queue_max = send_queue_max
@@ -51,25 +58,45 @@ class ChatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
-        room, role = websocket.query_params.get("sid", ""), websocket.query_params.get("role")
-        refusal = handshake_refusal(room, role)
+        query = websocket.query_params
+        room, role = query.get("sid", ""), query.get("role")
+        refusal = handshake_refusal(room, role) or resume_refusal(query.get("last_id"), query.get("epoch"))
         if refusal is not None:
             await deny(websocket, 400, *refusal)
             return
+        if self._auth.enabled:
+            try:
+                role = authorized_role(self._auth, query.get("token") or bearer(websocket.headers), room, role)
+            except ProtocolError as exc:
+                await deny(websocket, 403 if exc.code in ("forbidden", "role_mismatch") else 401, exc.code, exc.message)
+                return
+        last_id = query.get("last_id")
+        resume = None if last_id is None else Resume(last_id, query.get("epoch"))
         member = Member(send, room, role, self._send_queue_max)
+        member.hold()
         try:
-            await self._hub.join(member)
+            newest = await self._hub.join(member)
         except Exception as exc:
-            code, message = error_code(exc)
-            await deny(websocket, 503 if code == "unavailable" else 500, code, message)
+            await deny_failure(websocket, exc)
+            return
+        try:
+            info = await self._sessions.enter(member)
+        except Exception as exc:
+            self._hub.leave(member)
+            await deny_failure(websocket, exc)
             return
         try:
             await websocket.accept()
             member.start()
+            await self._sessions.start(member, newest, info, resume)
             await self._receive_loop(member, receive)
+        except UNREACHABLE as exc:
+            log.warning("room %s: session ended, Redis unreachable: %s", room, exc)
+            member.close(WS_1011_INTERNAL_ERROR, "store unavailable")
         finally:
             self._hub.leave(member)
             member.close(WS_1000_NORMAL)
+            await self._sessions.leave(member)
             await member.wait_closed()
 
     async def _receive_loop(self, member: Member, receive: Receive) -> None:
@@ -108,6 +135,29 @@ def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:
     if role is not None and role not in CLIENT_ROLES:
         return "invalid_role", "The role query parameter must be 'A' or 'B' (or absent)."
     return None
+
+
+def authorized_role(auth: Auth, credential: str | None, room: str, role: str | None) -> str | None:
+    """The role a token binds the connection to (the admin key: the one asked for, if any)."""
+    grant = auth.for_room(credential, room)
+    if grant.admin:
+        return role
+    if role is not None and role != grant.role:
+        raise ProtocolError("role_mismatch", f"The token is for role {grant.role!r}, not {role!r}.")
+    return grant.role
+
+
+def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | None:
+    if (last_id is not None and not is_valid_stream_id(last_id)) or (epoch is not None and not is_valid_epoch(epoch)):
+        return "invalid_resume", ERROR_CODES["invalid_resume"]
+    if epoch is not None and last_id is None:
+        return "invalid_resume", "epoch is only meaningful with last_id."
+    return None
+
+
+async def deny_failure(websocket: WebSocket, exc: Exception) -> None:
+    code, message = error_code(exc)
+    await deny(websocket, 503 if code == "unavailable" else 500, code, message)
 
 
 async def deny(websocket: WebSocket, status: int, code: str, message: str) -> None:

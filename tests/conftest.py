@@ -17,10 +17,12 @@ import pytest
 import redis
 
 from server.store import StreamStore
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 
 RUN = secrets.token_hex(3)
+SHARED_QUEUE = f"t{RUN}-shared"  # the LLM request queue of the shared servers
 _rooms = itertools.count(1)
 
 
@@ -75,6 +77,8 @@ def start_server(logs_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def start(**env: str) -> ServerProcess:
+        # Each server has its own LLM request queue unless told otherwise: its generations are its own.
+        env = {"LLM_QUEUE": f"t{RUN}-q{len(started)}", **env}
         server = ServerProcess(env, logs_dir / f"server-{len(started)}.log")
         started.append(server)
         return server.start()
@@ -87,7 +91,7 @@ def start_server(logs_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture(scope="session")
 def server(start_server: Callable[..., ServerProcess], redis_url: str) -> ServerProcess:
     """One relay on the test Redis, shared by the tests that need no special settings."""
-    return start_server(REDIS_URL=redis_url)
+    return start_server(REDIS_URL=redis_url, LLM_QUEUE=SHARED_QUEUE)
 
 
 @pytest.fixture
@@ -105,3 +109,17 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     store = StreamStore.connect(redis_url if request.param == "redis" else None)
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def server2(start_server: Callable[..., ServerProcess], redis_url: str, server: ServerProcess) -> ServerProcess:
+    """A second relay on the same Redis as ``server``: together, two nodes of one deployment."""
+    return start_server(REDIS_URL=redis_url, LLM_QUEUE=SHARED_QUEUE)
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server (tests pick its behaviour per request, by markers)."""
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()

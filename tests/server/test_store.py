@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from protocol import stream_key
-from server.store import NewEntry, StreamStore, Subscriber
+from server.store import Duplicate, NewEntry, StreamStore, Subscriber
 from tests.conftest import new_room
 
 
@@ -115,3 +115,56 @@ async def test_delete_removes_a_stream_once(store: StreamStore) -> None:
     assert await store.delete(stream_key(room))
     assert not await store.exists(stream_key(room))
     assert not await store.delete(stream_key(room))
+
+
+async def test_a_cid_is_stored_once_per_sender_within_the_window(store: StreamStore) -> None:
+    room = new_room()
+    first, resend, other_role = (NewEntry(stream_key(room), role, f'{{"hd":{{}},"bd":{{"n":{n}}}}}'.encode(), "c1")
+                                 for n, role in ((1, "A"), (2, "A"), (3, "B")))
+    ids = (await store.append_batch([first, resend, other_role], maxlen=0, ttl_s=0, node="n", dedupe_s=60)).ids
+    assert isinstance(ids[0], bytes) and isinstance(ids[2], bytes)
+    assert ids[1] == Duplicate(ids[0], first.body)  # the original's id and body
+    again = (await store.append_batch([resend], maxlen=0, ttl_s=0, node="n", dedupe_s=60)).ids
+    assert again == [Duplicate(ids[0], first.body)]
+    assert len(await store.range(stream_key(room))) == 2
+
+
+async def test_a_new_stream_gets_a_new_epoch(store: StreamStore) -> None:
+    room = new_room()
+    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=60, node="n")
+    epoch = await store.epoch(room)
+    await store.append_batch(entries(room, "2"), maxlen=0, ttl_s=60, node="n")
+    assert epoch and await store.epoch(room) == epoch
+    assert 0 < await store._client.ttl(f"chat:epoch:{room}") <= 60
+    await store.delete(stream_key(room))
+    assert await store.epoch(room) is None
+    await store.append_batch(entries(room, "3"), maxlen=0, ttl_s=0, node="n")
+    assert await store.epoch(room) not in (None, epoch)
+
+
+async def test_session_records_the_roster_and_drops_dead_nodes(store: StreamStore) -> None:
+    room, live, dead = new_room(), f"n{new_room()}", f"n{new_room()}"
+    await store.heartbeat(live, 30)
+    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node="n")).ids
+    await store.session(room, f"{dead}/c0", "B", 0)
+    info = await store.session(room, f"{live}/c1", "A", 0)
+    assert info.roster == [(f"{live}/c1", "A")]
+    assert (info.epoch, info.first_id, info.removed) == (await store.epoch(room), ids[0], 0)
+    await store.leave(room, f"{live}/c1")
+    assert (await store.session(room, "", "", 0)).roster == []
+    await store.forget_node(live)
+
+
+async def test_unstored_frames_reach_the_other_live_nodes(store: StreamStore) -> None:
+    room, other, sender = new_room(), f"n{new_room()}", f"n{new_room()}"
+    subscriber = await _listening(store, other)
+    await store.heartbeat(other, 30)
+    await store.heartbeat(sender, 30)
+    await store.register([room], other)
+    await store.register([room], sender)
+    await store.ephemeral({room: [b"0-0 {}", b"5-0 {\"x\":1}"]}, sender)
+    assert await asyncio.wait_for(_next_announcement(subscriber), 10) == f"{room} 0-0 {{}}".encode()
+    assert await asyncio.wait_for(_next_announcement(subscriber), 10) == f'{room} 5-0 {{"x":1}}'.encode()
+    await subscriber.close()
+    await store.forget_node(other)
+    await store.forget_node(sender)

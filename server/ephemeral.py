@@ -1,0 +1,65 @@
+"""Frames that are broadcast but not stored: presence changes and generation deltas.
+
+A frame goes to the room's members on this process through the room feed (which holds it until
+the entry it follows has been delivered here) and to the room's other nodes over their channels,
+in one round trip per batch: the frames sent during one event-loop pass travel together, in
+order. :meth:`Ephemeral.send` returns once the other nodes have been told, so a caller that then
+appends an entry (a generation's final answer) knows every node hears the frames first.
+
+A process that follows no room (a separate LLM worker) has no feed: it only tells the nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from server.feed import RoomFeed
+from server.store import UNREACHABLE, StreamStore
+
+log = logging.getLogger(__name__)
+
+_Pending = tuple[str, bytes, asyncio.Future[None]]
+
+
+class Ephemeral:
+    def __init__(self, store: StreamStore, node_id: str, feed: RoomFeed | None) -> None:
+        self._store = store
+        self._node = node_id if feed is not None else ""
+        self._feed = feed
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def send(self, room: str, after: bytes, frame: str, skip: object = None) -> None:
+        """Broadcast ``frame`` to ``room`` (except the member ``skip`` on this process) once the
+        entries up to ``after`` are delivered. Raises when Redis is unreachable."""
+        if self._feed is not None:
+            self._feed.frame(room, after, frame, skip)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((room, after + b" " + frame.encode(), future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                by_room: dict[str, list[bytes]] = defaultdict(list)
+                for room, message, _ in batch:
+                    by_room[room].append(message)
+                try:
+                    await self._store.ephemeral(by_room, self._node)
+                except Exception as exc:
+                    if not isinstance(exc, UNREACHABLE):
+                        log.exception("ephemeral frames for %d rooms not sent", len(by_room))
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._flusher = None

@@ -1,0 +1,71 @@
+"""The bot's front desk in the relay: which frames ask it something, and the requests they make.
+
+- A ``chat.message`` is stored as usual; when it triggers the bot (``LLM_TRIGGER``: a mention of
+  ``@llm``, or every human message), a request answering it is queued once it is stored. A room
+  already answering tells the sender ``busy`` (the message itself stays stored).
+- An ``llm.invoke`` first takes the room's lock (``busy`` when it cannot: nothing is stored), is
+  then stored like a chat message, and queued.
+- An ``llm.cancel`` stops the generation whichever process runs it; ``unknown_generation`` when
+  no such generation is running in the room.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from protocol.codec import error_frame, frame_with_id
+from protocol.envelope import ClientEnvelope
+from protocol.errors import ProtocolError
+from protocol.names import stream_key
+from server.appender import Appender
+from server.llm.jobs import Jobs, Request
+from server.llm.settings import Trigger
+from server.member import Member
+from server.store import Duplicate, NewEntry
+
+_MENTION = re.compile(r"@llm\b", re.IGNORECASE)
+
+
+class LLMFront:
+    def __init__(self, jobs: Jobs, appender: Appender, trigger: Trigger) -> None:
+        self._jobs = jobs
+        self._appender = appender
+        self._trigger = trigger
+
+    def triggers(self, envelope: ClientEnvelope) -> bool:
+        """Whether a chat message asks the bot to answer."""
+        if self._trigger == "always":
+            return True
+        return self._trigger == "mention" and _MENTION.search(envelope.bd.get("text", "")) is not None
+
+    async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
+        """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
+        request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
+        if not await self._jobs.request(request):
+            member.push(error_frame("busy", ProtocolError("busy").message, cid))
+
+    async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
+        rid = new_rid()
+        if not await self._jobs.lock(member.room, rid):
+            raise ProtocolError("busy", cid=envelope.cid)
+        try:
+            stored = await self._appender.append(NewEntry(stream_key(member.room), envelope.role, body, envelope.cid))
+        except BaseException:
+            await self._jobs.release(member.room, rid)
+            raise
+        if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and answered)
+            await self._jobs.release(member.room, rid)
+            member.push(frame_with_id(stored.body, stored.id.decode()))
+            return
+        await self._jobs.queue(Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role))
+
+    async def cancel(self, member: Member, envelope: ClientEnvelope) -> None:
+        rid = envelope.bd["rid"]
+        if not await self._jobs.cancel(member.room, rid):
+            raise ProtocolError("unknown_generation", f"No generation {rid!r} is running in this room.", envelope.cid)
+
+
+def new_rid() -> str:
+    return "g-" + secrets.token_hex(8)
+

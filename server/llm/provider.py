@@ -1,0 +1,114 @@
+"""The LLM provider port: what a generation asks of a model, and what it gets back.
+
+A :class:`Provider` turns chat messages into one streamed answer. ``provider.stream(messages)``
+is an async generator: it yields the answer's text deltas (``str``, never empty) and then exactly
+one :class:`Outcome`, or raises :class:`ProviderError` after any number of deltas (the caller has
+the partial text it was given). Nothing else escapes it but ``CancelledError``.
+
+Stopping early is how a generation is cancelled: cancel the task iterating it, or stop iterating
+and close it. Run it under ``contextlib.aclosing`` so the upstream HTTP stream is closed at once
+(no tokens keep being paid for) rather than when the generator is garbage collected.
+
+:func:`build_messages` is the pure half: the room's recent entries as the model sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypedDict
+
+from protocol.names import LLM_ROLE, PARTICIPANTS
+
+INVOKE_EVENT = "llm.invoke"  # an explicit request to the bot; its question is bd.prompt
+
+PROVIDER_ERROR_CODES: dict[str, str] = {
+    "provider_rate_limited": "The LLM provider is rate limiting us (HTTP 429). Try again later.",
+    "provider_timeout": "The LLM provider did not finish answering in time.",
+    "provider_unavailable": "The LLM provider could not be reached, or the connection dropped mid-answer.",
+    "provider_error": "The LLM provider failed to answer.",
+}
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A question put to the bot: who asked (``A``, ``B`` or ``user``) and the text."""
+
+    role: str
+    text: str
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a generation ended. ``model`` is the one the provider says answered; ``usage`` holds
+    its token counts (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) when reported."""
+
+    finish_reason: FinishReason
+    model: str
+    usage: dict[str, int] | None
+
+
+Event = str | Outcome
+
+
+class ProviderError(Exception):
+    """A generation the provider could not complete. ``code`` is one of :data:`PROVIDER_ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        if code not in PROVIDER_ERROR_CODES:
+            raise ValueError(f"undocumented provider error code {code!r}")
+        self.code = code
+        self.message = message or PROVIDER_ERROR_CODES[code]
+        super().__init__(f"{code}: {self.message}")
+
+
+class Provider(Protocol):
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[Event, None]:
+        """Text deltas, then one :class:`Outcome`; see the module docstring for the contract."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the provider's connections (at shutdown)."""
+        ...
+
+
+def build_messages(system_prompt: str, history: Sequence[Mapping[str, Any]], turns: int,
+                   prompt: Turn | None = None) -> list[ChatMessage]:
+    """The chat the model sees: the system prompt, the last ``turns`` messages of ``history``, then
+    ``prompt`` (when given) as the final user message.
+
+    ``history`` is the room's entries oldest first, as :func:`server.transcript.message` shows them
+    (``participant``, ``event``, ``bd``). A message from ``A``, ``B`` or ``user`` (its ``bd.text``,
+    or an ``llm.invoke``'s ``bd.prompt``) becomes a user message ``"<role>: <text>"``; one from
+    ``llm`` with a ``bd.text`` becomes an assistant message; any other entry is skipped and does
+    not count as a turn. Pass the question either as the last history entry or as ``prompt``,
+    not both.
+    """
+    chat = [message for entry in history if (message := _history_message(entry)) is not None]
+    recent = chat[-turns:] if turns > 0 else []
+    tail = [user_message(prompt)] if prompt is not None else []
+    return [{"role": "system", "content": system_prompt}, *recent, *tail]
+
+
+def user_message(turn: Turn) -> ChatMessage:
+    return {"role": "user", "content": f"{turn.role}: {turn.text}"}
+
+
+def _history_message(entry: Mapping[str, Any]) -> ChatMessage | None:
+    participant, bd = entry.get("participant"), entry.get("bd")
+    if participant not in PARTICIPANTS or not isinstance(bd, Mapping):
+        return None
+    text = bd.get("prompt") if entry.get("event") == INVOKE_EVENT else bd.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    if participant == LLM_ROLE:
+        return {"role": "assistant", "content": text}
+    return user_message(Turn(participant, text))

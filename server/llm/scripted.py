@@ -1,0 +1,59 @@
+"""The offline provider: a deterministic answer, streamed like a model's, with no network.
+
+The reply echoes the last user message and adds a fixed explanation: about 40 words, streamed
+:data:`WORDS_PER_CHUNK` words at a time with ``LLM_SCRIPTED_DELAY_MS`` between chunks. A last user
+message containing :data:`LONG_MARKER` (``#long``) gets the explanation :data:`LONG_REPEAT` times
+(about 300 words, several seconds at the default pause), so a test can cancel it mid-answer.
+``LLM_MAX_TOKENS`` (counted in words) cuts the reply short with finish reason ``length``.
+Usage counts words as tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+from server.llm.provider import ChatMessage, Event, FinishReason, Outcome
+from server.llm.settings import LLMSettings
+
+MODEL = "scripted-1"
+WORDS_PER_CHUNK = 3
+LONG_MARKER = "#long"
+LONG_REPEAT = 8
+ECHO_WORDS = 20
+EXPLANATION = (
+    "This answer comes from the offline scripted provider: it streams a few words at a time, with a "
+    "short pause between chunks, so the demo and the tests run without a network or an API key."
+)
+
+
+def scripted_reply(messages: Sequence[ChatMessage]) -> str:
+    """The whole reply to ``messages``, before any ``max_tokens`` cut."""
+    asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    words = asked.split()
+    echo = " ".join(words[:ECHO_WORDS]) + (" ..." if len(words) > ECHO_WORDS else "")
+    repeat = LONG_REPEAT if LONG_MARKER in asked else 1
+    return " ".join([f"You said: {echo}." if echo else "Nothing was asked.", *[EXPLANATION] * repeat])
+
+
+class ScriptedProvider:
+    def __init__(self, settings: LLMSettings) -> None:
+        self._delay_s = settings.scripted_delay_ms / 1000
+        self._max_words = settings.max_tokens
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[Event, None]:
+        words = scripted_reply(messages).split(" ")
+        finish_reason: FinishReason = "stop"
+        if self._max_words is not None and len(words) > self._max_words:
+            words, finish_reason = words[:self._max_words], "length"
+        for start in range(0, len(words), WORDS_PER_CHUNK):
+            if start:
+                await asyncio.sleep(self._delay_s)
+            yield (" " if start else "") + " ".join(words[start:start + WORDS_PER_CHUNK])
+        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
+        yield Outcome(finish_reason, MODEL, usage)
+
+    async def aclose(self) -> None:
+        pass

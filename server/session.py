@@ -1,0 +1,136 @@
+"""Sessions: a connection entering and leaving its room (roster, presence, resume, session.ready).
+
+Entering, in this order:
+
+1. The member joins the hub *holding* its live frames; the hub tells the id ``newest`` of the last
+   entry delivered in the room before it joined. Every later entry reaches the member live.
+2. Its roster entry is recorded and the room's epoch, oldest retained id, newest trimmed id and
+   roster are read in one step (:meth:`StreamStore.session`).
+3. The other members hear ``presence.join``.
+4. With ``last_id`` (a resume), the entries after it up to ``newest`` are read from the stream
+   and queued, in pages. Live frames queue after them, so nothing is missed or seen twice.
+5. ``session.ready`` tells the newest id, the epoch, whether the resume is complete
+   (``recovered``) and who is present on every node; then the held live frames follow.
+
+A cursor cannot be honoured when entries after it are gone (trimmed, or the stream was deleted,
+expired or lost and created again, which changes its epoch): the member then gets everything
+retained and ``recovered: false``, never a partial replay presented as complete.
+
+Leaving removes the roster entry and tells the others ``presence.leave``. A process that dies
+cannot do that: its roster entries are dropped once its heartbeat key expires (``NODE_TTL_S``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol.codec import format_ts, frame_with_id
+from protocol.names import DEFAULT_ROLE, Event, stream_key
+from server.ephemeral import Ephemeral
+from server.feed import id_tuple
+from server.member import Member
+from server.store import UNREACHABLE, SessionInfo, StreamStore
+
+log = logging.getLogger(__name__)
+
+PAGE = 500
+_NONE = b"0-0"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    last_id: str  # the last entry the client has ("0": it has none)
+    epoch: str | None  # the epoch its cursor belongs to, when it knows it
+
+
+class Sessions:
+    def __init__(self, store: StreamStore, ephemeral: Ephemeral, node_id: str, roster_ttl_s: int) -> None:
+        self._store = store
+        self._ephemeral = ephemeral
+        self._node = node_id
+        self._roster_ttl_s = roster_ttl_s
+
+    def field(self, member: Member) -> str:
+        return f"{self._node}/{member.conn}"
+
+    async def enter(self, member: Member) -> SessionInfo:
+        """Record ``member`` in its room's roster; raises when Redis is unreachable."""
+        return await self._store.session(member.room, self.field(member), role_of(member), self._roster_ttl_s)
+
+    async def start(self, member: Member, newest: bytes, info: SessionInfo, resume: Resume | None) -> None:
+        """Steps 3 to 5 above, for a member that has joined (holding), entered and been accepted."""
+        await self._presence(member, Event.PRESENCE_JOIN)
+        recovered = True
+        if resume is not None:
+            start, recovered = replay_start(resume, info)
+            if id_tuple(newest) > (0, 0) and (start == "-" or id_tuple(start[1:].encode()) < id_tuple(newest)):
+                await self._replay(member, start, newest)
+        await member.push_history([session_ready(member, newest, info, recovered)])
+        member.release()
+
+    async def _replay(self, member: Member, start: str, newest: bytes) -> None:
+        key = stream_key(member.room)
+        while not member.closing:
+            entries = await self._store.range(key, start, newest, count=PAGE)
+            frames = []
+            for entry_id, fields in entries:
+                try:
+                    frames.append(frame_with_id(fields.get(b"body", b""), entry_id.decode()))
+                except ValueError:
+                    log.warning("room %s: entry %s has a body that is not JSON; skipped", member.room, entry_id)
+            await member.push_history(frames)
+            if len(entries) < PAGE or entries[-1][0] == newest:
+                return
+            start = "(" + entries[-1][0].decode()
+
+    async def restore(self, members: list[Member]) -> None:
+        """Record ``members`` in their rosters again, after Redis lost them (a restart)."""
+        await self._store.restore_roster([(m.room, self.field(m), role_of(m)) for m in members], self._roster_ttl_s)
+
+    async def leave(self, member: Member) -> None:
+        """Remove ``member`` from the roster and tell the others; never raises."""
+        with contextlib.suppress(*UNREACHABLE):
+            await self._store.leave(member.room, self.field(member))
+            await self._presence(member, Event.PRESENCE_LEAVE)
+
+    async def _presence(self, member: Member, event: str) -> None:
+        hd = {"event": event, "role": role_of(member), "sid": member.room, "conn": member.conn,
+              "ts": format_ts(time.time_ns() // 1_000_000)}
+        try:
+            await self._ephemeral.send(member.room, _NONE, orjson.dumps({"hd": hd, "bd": {}}).decode(), skip=member)
+        except UNREACHABLE as exc:
+            log.warning("room %s: %s not sent to other nodes: %s", member.room, event, exc)
+
+
+def role_of(member: Member) -> str:
+    return member.role or DEFAULT_ROLE
+
+
+def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
+    """Where a resume's replay starts (an XRANGE start) and whether it will be complete.
+
+    Streams only lose their oldest entries (trimming), so a cursor at or after the oldest
+    retained entry is honoured. One older than that is not: entries after it may be gone (Redis
+    does not tell which ids trimming removed). ``last_id=0`` is complete when nothing was removed.
+    """
+    if resume.epoch is not None and resume.epoch != info.epoch:
+        return "-", False  # another stream than the client's: everything retained, incomplete
+    if info.first_id is None:
+        return "-", resume.last_id == "0"  # nothing stored: complete only for a client that had nothing
+    if resume.last_id == "0":
+        return "-", info.removed == 0
+    return "(" + resume.last_id, id_tuple(resume.last_id.encode()) >= id_tuple(info.first_id)
+
+
+def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:
+    members = [{"role": role, "conn": field.partition("/")[2]} for field, role in info.roster]
+    bd: dict[str, Any] = {"last_id": None if newest == _NONE else newest.decode(), "epoch": info.epoch,
+                          "recovered": recovered, "members": members}
+    hd = {"event": Event.SESSION_READY, "sid": member.room, "role": role_of(member), "conn": member.conn}
+    return orjson.dumps({"hd": hd, "bd": bd}).decode()

@@ -1,0 +1,81 @@
+"""LLMSettings.from_env: defaults, the provider choice, and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.llm import make_provider
+from server.llm.openai_provider import OpenAIProvider
+from server.llm.scripted import ScriptedProvider
+from server.llm.settings import DEFAULT_SYSTEM_PROMPT, LLMSettings
+from server.settings import SettingsError
+
+
+def test_defaults_without_any_variable_are_the_offline_scripted_provider() -> None:
+    settings = LLMSettings.from_env({})
+    assert settings == LLMSettings()
+    assert (settings.provider, settings.model, settings.trigger, settings.workers) == (
+        "scripted", "gpt-4o-mini", "mention", 1)
+    assert (settings.history_turns, settings.timeout_s, settings.max_retries, settings.reclaim_after_s) == (
+        10, 60.0, 2, 30.0)
+    assert settings.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert settings.temperature is None and settings.max_tokens is None
+    assert isinstance(make_provider(settings), ScriptedProvider)
+
+
+async def test_an_api_key_chooses_openai_unless_llm_provider_says_otherwise() -> None:
+    chosen = LLMSettings.from_env({"OPENAI_API_KEY": "sk-test"})
+    assert chosen.provider == "openai"
+    provider = make_provider(chosen)
+    assert isinstance(provider, OpenAIProvider)
+    await provider.aclose()
+    assert LLMSettings.from_env({"OPENAI_API_KEY": "sk-test", "LLM_PROVIDER": "scripted"}).provider == "scripted"
+
+
+def test_openai_with_a_base_url_needs_no_key_but_with_neither_is_refused() -> None:
+    local = LLMSettings.from_env({"LLM_PROVIDER": "openai", "OPENAI_BASE_URL": "http://127.0.0.1:11434/v1"})
+    assert (local.provider, local.openai_api_key) == ("openai", None)
+    with pytest.raises(SettingsError, match=r"^LLM_PROVIDER=openai needs OPENAI_API_KEY "):
+        LLMSettings.from_env({"LLM_PROVIDER": "OpenAI"})
+
+
+def test_every_variable_is_read() -> None:
+    settings = LLMSettings.from_env({
+        "LLM_PROVIDER": "openai", "OPENAI_API_KEY": " sk-x ", "OPENAI_BASE_URL": "https://llm.example/v1",
+        "LLM_MODEL": "m", "LLM_TEMPERATURE": "0.2", "LLM_MAX_TOKENS": "64", "LLM_TIMEOUT_S": "1.5",
+        "LLM_MAX_RETRIES": "0", "LLM_TRIGGER": "always", "LLM_WORKERS": "0", "LLM_RECLAIM_AFTER_S": "5",
+        "LLM_HISTORY_TURNS": "3", "LLM_SYSTEM_PROMPT": "Be terse.", "LLM_SCRIPTED_DELAY_MS": "0",
+    })
+    assert settings == LLMSettings(
+        provider="openai", openai_api_key="sk-x", openai_base_url="https://llm.example/v1", model="m",
+        temperature=0.2, max_tokens=64, timeout_s=1.5, max_retries=0, trigger="always", workers=0,
+        reclaim_after_s=5.0, history_turns=3, system_prompt="Be terse.", scripted_delay_ms=0,
+    )
+
+
+def test_the_api_key_is_not_in_the_repr() -> None:
+    assert "sk-secret" not in repr(LLMSettings.from_env({"OPENAI_API_KEY": "sk-secret"}))
+
+
+def test_empty_values_keep_the_defaults() -> None:
+    assert LLMSettings.from_env({"LLM_MODEL": "", "LLM_SYSTEM_PROMPT": "  ", "OPENAI_API_KEY": ""}) == LLMSettings()
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("LLM_PROVIDER", "anthropic", "LLM_PROVIDER='anthropic' is not one of openai, scripted"),
+    ("LLM_TRIGGER", "sometimes", "LLM_TRIGGER='sometimes' is not one of mention, explicit, always"),
+    ("LLM_WORKERS", "-1", "LLM_WORKERS=-1 is out of range (0..1024)"),
+    ("LLM_HISTORY_TURNS", "ten", "LLM_HISTORY_TURNS='ten' is not an integer"),
+    ("LLM_TIMEOUT_S", "0", "LLM_TIMEOUT_S=0.0 is out of range (>0.0..3600.0)"),
+    ("LLM_TIMEOUT_S", "nan", "LLM_TIMEOUT_S=nan is out of range (>0.0..3600.0)"),
+    ("LLM_RECLAIM_AFTER_S", "soon", "LLM_RECLAIM_AFTER_S='soon' is not a number"),
+    ("LLM_TEMPERATURE", "3", "LLM_TEMPERATURE=3.0 is out of range (0.0..2.0)"),
+    ("LLM_MAX_TOKENS", "0", "LLM_MAX_TOKENS=0 is out of range (1..1000000)"),
+    ("LLM_MAX_RETRIES", "11", "LLM_MAX_RETRIES=11 is out of range (0..10)"),
+    ("LLM_SCRIPTED_DELAY_MS", "-5", "LLM_SCRIPTED_DELAY_MS=-5 is out of range (0..60000)"),
+    ("OPENAI_BASE_URL", "localhost:8000", "OPENAI_BASE_URL='localhost:8000' must start with http:// or https://"),
+])
+def test_a_bad_value_is_refused_with_a_message_naming_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        LLMSettings.from_env({variable: value})
+    assert str(refused.value) == message

@@ -1,0 +1,234 @@
+"""The LLM participant: streamed answers to every member on every node, stored answers, failures,
+cancel, one generation per room, and workers that survive being killed."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from protocol import stream_key
+from tests.conftest import RUN
+from tests.support.client import Client
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.server_process import ServerProcess, WorkerProcess
+
+END = ("llm.response", "llm.error")
+
+
+async def until_end(client: Client) -> list[dict[str, Any]]:
+    """Frames up to and including the end of a generation (its llm.response, or its llm.error)."""
+    frames = []
+    while True:
+        frame = await client.recv()
+        frames.append(frame)
+        if frame["hd"]["event"] == "llm.error":
+            return frames
+        if frame["hd"]["event"] == "llm.response" and frame["bd"]["finish_reason"] != "error":
+            return frames  # (an answer cut by an error is followed by the llm.error)
+
+
+def deltas(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f for f in frames if f["hd"]["event"] == "llm.streaming"]
+
+
+def check_generation(frames: list[dict[str, Any]], trigger: dict[str, Any]) -> dict[str, Any]:
+    """The generation answering ``trigger`` in ``frames``: contiguous seq, text == the deltas."""
+    assert frames[0]["hd"]["id"] == trigger["hd"]["id"]  # the trigger first, then its generation
+    streamed = deltas(frames)
+    response = next(f for f in frames if f["hd"]["event"] == "llm.response")
+    assert streamed, "no llm.streaming frames"
+    assert [d["hd"]["seq"] for d in streamed] == list(range(len(streamed)))
+    assert {d["hd"]["rid"] for d in streamed} == {response["hd"]["rid"]}
+    assert {d["hd"]["reply_to"] for d in streamed} == {trigger["hd"]["id"]} == {response["hd"]["reply_to"]}
+    assert all(d["hd"]["role"] == "llm" and d["hd"]["sid"] == trigger["hd"]["sid"] for d in streamed)
+    assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in streamed)
+    assert frames.index(response) > frames.index(streamed[-1])
+    return response
+
+
+def stored(rdb: redis.Redis, room: str, entry_id: str) -> tuple[str, dict[str, Any]]:
+    [(_, fields)] = rdb.xrange(stream_key(room), entry_id, entry_id)
+    return fields["participant"], orjson.loads(fields["body"])
+
+
+async def test_a_mention_is_streamed_to_every_member_on_both_nodes(server: ServerProcess, server2: ServerProcess,
+                                                                  room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a, await Client.open(server2.ws(room, role="B")) as b:
+        await a.chat("@LLM what is a stream?")
+        frames_a, frames_b = await until_end(a), await until_end(b)
+    trigger = frames_a[0]
+    assert trigger["hd"]["event"] == "chat.message"
+    response = check_generation(frames_a, trigger)
+    assert check_generation(frames_b, trigger) == response
+    assert [f["bd"] for f in deltas(frames_a)] == [f["bd"] for f in deltas(frames_b)]
+    assert response["bd"]["finish_reason"] == "stop" and response["bd"]["model"] == "scripted-1"
+    assert response["bd"]["usage"]["completion_tokens"] > 0
+    participant, body = stored(rdb, room, response["hd"]["id"])
+    assert participant == "llm" and body["bd"]["text"] == response["bd"]["text"]
+    assert rdb.xlen(stream_key(room)) == 2  # the question and the answer: deltas are not stored
+
+
+async def test_llm_invoke_with_and_without_prompt(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="B")) as b:
+        await b.send({"event": "llm.invoke", "cid": "q1"}, {"prompt": "summarise"})
+        frames = await until_end(b)
+        invoke = frames[0]
+        assert (invoke["hd"]["event"], invoke["hd"]["role"], invoke["hd"]["cid"]) == ("llm.invoke", "B", "q1")
+        response = check_generation(frames, invoke)
+        assert "B: summarise" in response["bd"]["text"]  # the scripted model echoes the question
+        assert stored(rdb, room, invoke["hd"]["id"]) == ("B", {"hd": {k: v for k, v in invoke["hd"].items()
+                                                                     if k != "id"}, "bd": {"prompt": "summarise"}})
+        await b.chat("the sky is green")
+        await b.recv()
+        await b.send({"event": "llm.invoke"})  # no prompt: the conversation so far
+        frames = await until_end(b)
+        response = check_generation(frames, frames[0])
+        assert "B: the sky is green" in response["bd"]["text"]
+
+
+async def test_busy_across_two_processes_and_free_again_at_once(server: ServerProcess, server2: ServerProcess,
+                                                                room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a, await Client.open(server2.ws(room, role="B")) as b:
+        await a.chat("@llm #long story please")
+        await b.recv()  # the question
+        first_delta = await b.recv()
+        assert first_delta["hd"]["event"] == "llm.streaming"
+        await b.send({"event": "llm.invoke", "cid": "i1"}, {"prompt": "me too"})
+        await b.chat("@llm and me", cid="m1")
+        replies = {}
+        while len(replies) < 3:
+            frame = await b.recv()
+            if frame["hd"]["event"] == "error":
+                replies[frame["bd"]["cid"]] = frame["bd"]["code"]
+            elif frame["hd"].get("cid") == "m1":
+                replies["m1-chat"] = "stored"
+        assert replies == {"i1": "busy", "m1": "busy", "m1-chat": "stored"}  # the chat itself is kept
+        rest = await until_end(a)
+        assert rest[-1]["hd"]["event"] == "llm.response"
+        await a.send({"event": "llm.invoke"}, {"prompt": "now?"})  # the lock is gone before the answer came
+        assert (await a.recv())["hd"]["event"] == "llm.invoke"
+        assert (await a.recv())["hd"]["event"] == "llm.streaming"
+        await until_end(a)
+    events = [orjson.loads(fields["body"])["hd"]["event"] for _, fields in rdb.xrange(stream_key(room))]
+    assert events == ["chat.message", "chat.message", "llm.response", "llm.invoke", "llm.response"]
+
+
+async def test_cancel_from_the_other_node(server: ServerProcess, server2: ServerProcess, room: str) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a, await Client.open(server2.ws(room, role="B")) as b:
+        await b.send({"event": "llm.cancel", "cid": "x"}, {"rid": "g-nothing"})
+        refusal = await b.recv()
+        assert (refusal["bd"]["code"], refusal["bd"]["cid"]) == ("unknown_generation", "x")
+        await a.chat("@llm #long tell me everything")
+        await b.recv()
+        first = await b.recv()
+        await b.send({"event": "llm.cancel"}, {"rid": first["hd"]["rid"]})
+        frames = [first, *await until_end(b)]
+    response = frames[-1]
+    assert response["hd"]["event"] == "llm.response" and response["bd"]["finish_reason"] == "cancelled"
+    assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames))
+    assert len(response["bd"]["text"].split()) < 200  # stopped well before the ~300 words of the whole answer
+
+
+@pytest.fixture(scope="module")
+def openai_node(start_server: Callable[..., ServerProcess], redis_url: str, fake_openai: FakeOpenAI) -> ServerProcess:
+    return start_server(REDIS_URL=redis_url, LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_openai.base_url,
+                        OPENAI_API_KEY="sk-test", LLM_MODEL="fake-model", LLM_MAX_RETRIES="0", LLM_TIMEOUT_S="2",
+                        LLM_SYSTEM_PROMPT="You are the test bot.", LLM_HISTORY_TURNS="3")
+
+
+async def test_openai_provider_sees_system_prompt_and_earlier_turns(openai_node: ServerProcess, room: str,
+                                                                    fake_openai: FakeOpenAI) -> None:
+    tag = "tag" + secrets.token_hex(4)
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        for text in ("one", "two", "three"):
+            await a.chat(text)
+            await a.recv()
+        await a.send({"event": "llm.invoke"}, {"prompt": f"what did I say? {tag}"})
+        frames = await until_end(a)
+    response = check_generation(frames, frames[0])
+    assert response["bd"]["model"] == "fake-model" and response["bd"]["usage"]["total_tokens"] > 0
+    [exchange] = fake_openai.exchanges(tag)
+    assert exchange.body["stream"] is True and exchange.body["model"] == "fake-model"
+    assert exchange.body["messages"] == [
+        {"role": "system", "content": "You are the test bot."},
+        {"role": "user", "content": "A: two"},
+        {"role": "user", "content": "A: three"},
+        {"role": "user", "content": f"A: what did I say? {tag}"},
+    ]
+
+
+@pytest.mark.parametrize(("marker", "code", "partial"), [
+    ("#429", "provider_rate_limited", False),
+    ("#hang", "provider_timeout", False),
+    ("#cut", "provider_unavailable", True),
+    ("#500", "provider_error", False),
+])
+async def test_provider_failures_give_llm_error_and_the_room_stays_usable(
+        openai_node: ServerProcess, room: str, marker: str, code: str, partial: bool, rdb: redis.Redis) -> None:
+    async with await Client.open(openai_node.ws(room, role="A")) as a, \
+            await Client.open(openai_node.ws(room, role="B")) as b:
+        await a.chat(f"@llm {marker}")
+        frames = await until_end(b)
+        error = frames[-1]
+        assert error["hd"]["event"] == "llm.error" and error["bd"]["code"] == code and error["bd"]["message"]
+        assert error["hd"]["reply_to"] == frames[0]["hd"]["id"]
+        responses = [f for f in frames if f["hd"]["event"] == "llm.response"]
+        if partial:  # the text streamed before the failure is kept
+            [response] = responses
+            assert response["bd"]["finish_reason"] == "error"
+            assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames)) != ""
+        else:
+            assert responses == []
+        assert (await until_end(a))[-1] == error
+        await b.chat("@llm again")  # not busy: the failed generation released the room
+        frames = await until_end(a)
+        assert frames[-1]["hd"]["event"] == "llm.response"
+
+
+async def test_cancel_closes_the_upstream_stream(openai_node: ServerProcess, room: str,
+                                                 fake_openai: FakeOpenAI) -> None:
+    tag = "tag" + secrets.token_hex(4)
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        await a.chat(f"@llm #slow {tag}")
+        await a.recv()
+        first = await a.recv()
+        await a.send({"event": "llm.cancel"}, {"rid": first["hd"]["rid"]})
+        frames = await until_end(a)
+    assert frames[-1]["bd"]["finish_reason"] == "cancelled"
+    exchange = await fake_openai.ended(tag, timeout_s=10)
+    assert exchange.ended == "client_closed" and exchange.tokens_sent < 200
+
+
+async def test_a_killed_worker_s_request_is_finished_by_another(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis,
+        logs_dir: Path) -> None:
+    queue = f"t{RUN}-kill"
+    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_RECLAIM_AFTER_S": "1", "LLM_SCRIPTED_DELAY_MS": "30"}
+    node = start_server(**env, LLM_WORKERS="0")
+    first = WorkerProcess(env, logs_dir / f"worker-{room}-1.log").start()
+    second = WorkerProcess(env, logs_dir / f"worker-{room}-2.log")
+    try:
+        async with await Client.open(node.ws(room, role="A")) as a:
+            await a.chat("@llm #long")
+            await a.recv()
+            early = await a.recv()
+            assert early["hd"]["event"] == "llm.streaming" and "attempt" not in early["hd"]
+            first.kill()  # SIGKILL mid-generation: its claim is never renewed again
+            second.start()
+            frames = await until_end(a)
+        retried = [d for d in deltas(frames) if d["hd"].get("attempt") == 2]
+        assert retried and retried[0]["hd"]["seq"] == 0  # the answer starts over, and says so
+        response = frames[-1]
+        assert response["hd"]["rid"] == early["hd"]["rid"] and response["hd"]["attempt"] == 2
+        assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in retried)
+        answers = [f for _, f in rdb.xrange(stream_key(room)) if f["participant"] == "llm"]
+        assert len(answers) == 1
+    finally:
+        first.kill()
+        second.stop()

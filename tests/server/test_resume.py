@@ -1,0 +1,133 @@
+"""Resume after a reconnect: ``last_id`` (and ``epoch``) give exactly what was missed, honestly."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+
+from protocol import stream_key
+from tests.support.client import Client
+from tests.support.server_process import ServerProcess
+
+
+def ids(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["hd"]["id"] for f in frames]
+
+
+async def test_ready_tells_newest_id_epoch_and_members(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a:
+        assert a.ready["hd"]["sid"] == room
+        assert a.ready["bd"]["last_id"] is None and a.ready["bd"]["epoch"] is None
+        assert a.ready["bd"]["recovered"] is True
+        assert a.ready["bd"]["members"] == [{"role": "A", "conn": a.ready["hd"]["conn"]}]
+        await a.chat("first")
+        first = await a.recv()
+    async with await Client.open(server.ws(room)) as c:
+        assert c.replayed == []
+        assert c.ready["bd"]["last_id"] == first["hd"]["id"]
+        assert c.ready["bd"]["epoch"] == rdb.get(f"chat:epoch:{room}")
+
+
+async def test_resume_replays_what_was_missed_then_live(server: ServerProcess, room: str) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a:
+        for n in range(5):
+            await a.chat(f"m{n}")
+        seen = await a.recv_n(5)
+    async with await Client.open(server.ws(room, role="A", last_id=seen[1]["hd"]["id"])) as again:
+        assert [f["bd"]["text"] for f in again.replayed] == ["m2", "m3", "m4"]
+        assert again.ready["bd"]["recovered"] is True
+        assert again.ready["bd"]["last_id"] == seen[-1]["hd"]["id"]
+        await again.chat("live")
+        assert (await again.recv())["bd"]["text"] == "live"
+    async with await Client.open(server.ws(room, last_id="0")) as everything:
+        assert ids(everything.replayed) == [*ids(seen), everything.ready["bd"]["last_id"]]
+        assert everything.ready["bd"]["recovered"] is True
+
+
+async def test_resume_while_another_member_keeps_sending(server: ServerProcess, server2: ServerProcess, room: str,
+                                                         rdb: redis.Redis) -> None:
+    """The member drops and resumes on the other node while B sends: every entry once, in order."""
+    total = 400
+    async with await Client.open(server.ws(room, role="B")) as b, \
+            await Client.open(server2.ws(room, role="A")) as a:
+        async def send_all() -> None:
+            for n in range(total):
+                await b.chat(f"n{n}")
+                if n % 20 == 0:
+                    await asyncio.sleep(0)  # let the reconnect interleave with the sending
+
+        sender = asyncio.create_task(send_all())
+        before = await a.recv_n(50)
+        await a.close()
+        async with await Client.open(server2.ws(room, role="A", last_id=before[-1]["hd"]["id"])) as resumed:
+            stored_before_ready = resumed.ready["bd"]["last_id"]
+            after = resumed.replayed + await resumed.recv_n(total - 50 - len(resumed.replayed))
+            await sender
+        stream = [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]
+    assert len(stream) == total
+    assert ids(before) + ids(after) == stream  # no gap, no duplicate, stream order
+    assert [f["bd"]["text"] for f in before + after] == [f"n{n}" for n in range(total)]
+    if resumed.replayed:  # the replay ends where session.ready says the room was
+        assert resumed.replayed[-1]["hd"]["id"] == stored_before_ready
+
+
+async def test_cursor_older_than_what_is_retained_is_not_recovered(start_server: Any, redis_url: str, room: str,
+                                                                  rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url, STREAM_MAXLEN="10")
+    async with await Client.open(node.ws(room, role="A")) as a:
+        await a.chat("m0")
+        first = await a.recv()
+        for n in range(1, 400):  # approximate trimming removes whole nodes of ~100 entries
+            await a.chat(f"m{n}")
+        last = (await a.recv_n(399))[-1]
+    assert rdb.xrange(stream_key(room), count=1)[0][0] != first["hd"]["id"]  # m0 was trimmed away
+    async with await Client.open(node.ws(room, last_id=first["hd"]["id"])) as c:
+        assert c.ready["bd"]["recovered"] is False
+        assert ids(c.replayed) == [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]
+    async with await Client.open(node.ws(room, last_id=last["hd"]["id"])) as c:
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is True
+    async with await Client.open(node.ws(room, last_id="0")) as c:
+        assert c.ready["bd"]["recovered"] is False  # "everything" is no longer everything
+
+
+async def test_deleted_and_recreated_room_is_a_new_epoch(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a:
+        await a.chat("old")
+        old = await a.recv()
+    async with await Client.open(server.ws(room)) as c:
+        old_epoch = c.ready["bd"]["epoch"]
+    assert old_epoch
+    rdb.delete(stream_key(room), f"chat:epoch:{room}")  # as the DELETE route, or a Redis that lost its data
+    async with await Client.open(server.ws(room, role="B")) as b:
+        await b.chat("new 1")
+        await b.chat("new 2")
+        new = await b.recv_n(2)
+    async with await Client.open(server.ws(room, last_id=old["hd"]["id"], epoch=old_epoch)) as c:
+        assert c.ready["bd"]["recovered"] is False
+        assert c.ready["bd"]["epoch"] not in (None, old_epoch)
+        assert ids(c.replayed) == ids(new)
+    async with await Client.open(server.ws(room, last_id=new[0]["hd"]["id"], epoch=c.ready["bd"]["epoch"])) as c2:
+        assert c2.ready["bd"]["recovered"] is True
+        assert ids(c2.replayed) == ids(new[1:])
+
+
+async def test_cursor_into_a_room_with_no_stream_is_not_recovered(server: ServerProcess, room: str) -> None:
+    async with await Client.open(server.ws(room, last_id="1700000000000-0")) as c:
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is False
+    async with await Client.open(server.ws(room, last_id="0")) as c:
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is True
+
+
+async def test_bad_resume_parameters_are_refused_at_the_handshake(server: ServerProcess, room: str) -> None:
+    import httpx
+
+    for query in ("last_id=abc", "last_id=1-2-3", "last_id=1-0&epoch=bad%20epoch", "epoch=abc"):
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"{server.http}/v1/session/chat?sid={room}&{query}",
+                                      headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                               "Sec-WebSocket-Version": "13",
+                                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert response.status_code == 400, query
+        assert response.json()["error"]["code"] == "invalid_resume"
