@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from protocol import ERROR_CODES, ClientEnvelope, Limits, ProtocolError, parse_frame, stored_body
 from protocol.decode import MAX_INT, MIN_INT
 from protocol.limits import MAX_CID_CHARS, MAX_JSON_DEPTH
+from protocol.names import CLIENT_EVENTS
 
 LIMITS = Limits(max_message_bytes=8192, max_text_chars=200)
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
@@ -28,13 +29,15 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 HEADERS = st.fixed_dictionaries({}, optional={
-    "event": st.sampled_from(["chat.message", "error", "chat.messages", ""]) | JSON_VALUES,
+    "event": st.sampled_from([*sorted(CLIENT_EVENTS), "error", "chat.messages", ""]) | JSON_VALUES,
     "role": st.sampled_from(["A", "B", "llm", "user"]) | JSON_VALUES,
     "cid": st.text(max_size=MAX_CID_CHARS + 2) | JSON_VALUES,
     "timestamp": JSON_VALUES,
 })
 BODIES = st.fixed_dictionaries({}, optional={
     "text": st.text(ANY_CHAR, max_size=LIMITS.max_text_chars + 2) | JSON_VALUES,
+    "prompt": st.text(ANY_CHAR, max_size=LIMITS.max_text_chars + 2) | JSON_VALUES,
+    "rid": st.text(max_size=MAX_CID_CHARS + 2) | JSON_VALUES,
     "meta": JSON_VALUES,
 })
 ENVELOPES = st.fixed_dictionaries({}, optional={"hd": HEADERS | JSON_VALUES, "bd": BODIES | JSON_VALUES,
