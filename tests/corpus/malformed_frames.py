@@ -176,6 +176,17 @@ CORPUS: list[Bad] = [
     Bad("frame over the byte limit", envelope(bd={"text": "hi", "pad": "p" * DEFAULT_MAX_MESSAGE_BYTES}),
         "too_large"),
     Bad("frame over the byte limit in whitespace", GOOD + " " * DEFAULT_MAX_MESSAGE_BYTES, "too_large"),
+    # -- the bot's events, malformed (refused before anything reaches the bot) ---------------------
+    Bad("llm.invoke with a numeric prompt", envelope(hd={"event": "llm.invoke"}, bd={"prompt": 42}),
+        "invalid_envelope"),
+    Bad("llm.invoke with a prompt over the limit", envelope(hd={"event": "llm.invoke"}, bd={"prompt": TOO_MANY_CHARS}),
+        "too_large"),
+    Bad("llm.invoke as the bot", envelope(hd={"event": "llm.invoke", "role": "llm"}, bd={}), "reserved_role"),
+    Bad("llm.cancel without a rid", envelope(hd={"event": "llm.cancel"}, bd={}), "invalid_envelope"),
+    Bad("llm.cancel with an oversize rid", envelope(hd={"event": "llm.cancel"}, bd={"rid": "r" * 65}),
+        "invalid_envelope"),
+    Bad("llm.response from a client", envelope(hd={"event": "llm.response"}, bd={"text": "I am the bot"}),
+        "unknown_event"),
     # -- binary frames ---------------------------------------------------------------------------
     Bad("binary", b"\x00\x01\x02binary", "unsupported_frame"),
     Bad("empty binary", b"", "unsupported_frame"),
