@@ -100,7 +100,7 @@ def _float(low: float, high: float) -> Callable[[str, str], float]:
         except ValueError:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
         if not (math.isfinite(value) and low <= value <= high):
-            raise SettingsError(f"{name}={raw.strip()} is out of range ({low:g}..{high:g})")
+            raise SettingsError(f"{name}={raw.strip()} is out of range ({low}..{high})")
         return value
 
     return parse
