@@ -22,7 +22,10 @@ import orjson
 import redis
 
 STREAM_KEY = "chat:session:{room}"
-ROOM_KEYS = ("chat:session:{room}", "chat:room-nodes:{room}")  # what a room leaves in Redis
+# What a room leaves in Redis: its stream, epoch, roster and node set, and its senders' cids.
+ROOM_KEYS = ("chat:session:{room}", "chat:epoch:{room}", "chat:presence:{room}", "chat:room-nodes:{room}",
+             "chat:llm:lock:{room}")
+ROOM_PATTERNS = ("chat:cid:{room}:*",)
 READ_COUNT = 10_000
 
 StoredEntry = tuple[str, str]  # (stream id, hd.event)
@@ -49,8 +52,11 @@ class RedisReader:
             start = "(" + found[-1][0]
 
     def delete_rooms(self, rooms: Iterable[str]) -> int:
-        """Delete the keys these rooms left (their streams and node sets), and nothing else."""
+        """Delete the keys these rooms left (see ROOM_KEYS), and nothing else."""
+        rooms = list(rooms)
         keys = [template.format(room=room) for room in rooms for template in ROOM_KEYS]
+        keys += [key for room in rooms for pattern in ROOM_PATTERNS
+                 for key in self._client.scan_iter(match=pattern.format(room=room), count=1000)]
         return sum(int(self._client.unlink(*keys[i:i + 1000])) for i in range(0, len(keys), 1000))
 
     def close(self) -> None:
