@@ -26,6 +26,7 @@ from server.llm import make_provider
 from server.llm.front import LLMFront
 from server.llm.jobs import Jobs
 from server.llm.worker import Worker
+from server.metrics import metrics_routes
 from server.rooms_api import rooms_routes
 from server.session import Sessions
 from server.settings import Settings
@@ -116,6 +117,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             Route("/readyz", readyz),
             *history_routes(relay),
             *rooms_routes(relay.auth, settings.auth_token_ttl_s),
+            *metrics_routes(relay.hub.counts),
         ],
         lifespan=lifespan,
     )

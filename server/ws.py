@@ -120,9 +120,7 @@ class ChatEndpoint:
                 continue
             try:
                 await dispatch(member, parse_frame(text, limits, bound_role))
-            except ProtocolError as exc:
-                member.push(error_frame(exc.code, exc.message, exc.cid))
-            except Exception as exc:
+            except Exception as exc:  # a ProtocolError keeps its own code (and cid)
                 member.push(error_for(exc))
 
 
