@@ -113,7 +113,7 @@ class ChatEndpoint:
                     member.close(WS_1008_POLICY_VIOLATION, "rate limit exceeded")
                     return
                 cid = None if text is None else frame_cid(text, limits)
-                member.push(error_frame("rate_limited", ERROR_CODES["rate_limited"], cid))
+                member.push(error_for(ProtocolError("rate_limited", cid=cid)))  # counted in the metrics too
                 continue
             if text is None:
                 member.push(error_frame("unsupported_frame", ERROR_CODES["unsupported_frame"]))
