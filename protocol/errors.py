@@ -14,6 +14,7 @@ ERROR_CODES: dict[str, str] = {
                       "characters from A-Z, a-z, 0-9, '_' and '-'.",
     "origin_not_allowed": "This page's origin is not allowed to connect.",
     "too_many_connections": "This address has too many connections open to this server.",
+    "room_full": "The room already holds the most connections allowed (MAX_CONNECTIONS_PER_ROOM).",
     # refusals of a frame (an 'error' frame to the sender; the connection stays open)
     "invalid_json": "The frame is not valid JSON.",
     "invalid_envelope": "The frame is not an envelope: it needs objects 'hd' and 'bd' and a string 'hd.event'.",

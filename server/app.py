@@ -53,7 +53,8 @@ class Relay:
             store, Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s),
             self.node_id, self.feed.appended)
         self.ephemeral = Ephemeral(store, self.node_id, self.feed)
-        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
+        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds,
+                                 settings.max_connections_per_room)
         self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
         self.jobs = Jobs(store, settings.llm.queue)
         self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))

@@ -48,6 +48,7 @@ class Settings:
     rate_limit_per_sec: float = 50.0  # frames a connection may send per second, after its burst (0 = no limit)
     rate_limit_burst: int = 200  # frames a connection may send at once
     max_connections_per_ip: int = 0  # open connections per client address on this node (0 = no limit)
+    max_connections_per_room: int = 0  # connections in one room, on all nodes (0 = no limit)
     ping_interval_s: float = 20.0  # WebSocket ping to each client this often (0 = never)
     ping_timeout_s: float = 20.0  # close a connection whose pong is this late (1011; 0 = wait forever)
 
@@ -164,6 +165,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "rate_limit_per_sec": _float(0, 1_000_000),
     "rate_limit_burst": _int(1, 1_000_000),
     "max_connections_per_ip": _int(0, 10_000_000),
+    "max_connections_per_room": _int(0, 10_000_000),
     "ping_interval_s": _float(0, 24 * 3600),
     "ping_timeout_s": _float(0, 24 * 3600),
 }

@@ -95,8 +95,8 @@ class ChatEndpoint:
             member.close(WS_1011_INTERNAL_ERROR, "store unavailable")
         finally:
             self._hub.leave(member)
+            await self._sessions.leave(member)  # first: once the client sees the close, it is off the roster
             member.close(WS_1000_NORMAL)
-            await self._sessions.leave(member)
             await member.wait_closed()
 
     async def _receive_loop(self, member: Member, receive: Receive) -> None:
@@ -155,7 +155,7 @@ def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | 
 
 async def deny_failure(websocket: WebSocket, exc: Exception) -> None:
     code, message = error_code(exc)
-    await deny(websocket, 503 if code == "unavailable" else 500, code, message)
+    await deny(websocket, {"unavailable": 503, "room_full": 429}.get(code, 500), code, message)
 
 
 async def deny(websocket: WebSocket, status: int, code: str, message: str) -> None:

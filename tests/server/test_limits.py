@@ -177,3 +177,17 @@ async def test_a_client_not_answering_pings_is_closed_with_1011(ping_server: Ser
         assert await ws.at_eof()
     finally:
         ws.close()
+
+
+async def test_room_limit_counts_connections_on_every_node(start_server: Callable[..., ServerProcess],
+                                                           redis_url: str, room: str) -> None:
+    first = start_server(REDIS_URL=redis_url, MAX_CONNECTIONS_PER_ROOM="2")
+    second = start_server(REDIS_URL=redis_url, MAX_CONNECTIONS_PER_ROOM="2")
+    async with await Client.open(first.ws(room, role="A")), await Client.open(second.ws(room, role="B")):
+        for node in (first, second):
+            with pytest.raises(InvalidStatus) as info:
+                await Client.open(node.ws(room))
+            assert info.value.response.status_code == 429
+            assert orjson.loads(info.value.response.body)["error"]["code"] == "room_full"
+    async with await Client.open(second.ws(room)) as again:  # the slots are free once they leave
+        assert [m["role"] for m in again.ready["bd"]["members"]] == ["user"]
