@@ -7,6 +7,9 @@
 --         1, else 0.
 -- renew   KEYS: lock. ARGV: 'renew', rid, ttl_ms. Renews the lock if rid holds it: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', rid. Deletes the lock if rid holds it (compare-and-delete).
+-- start   KEYS: lock, cancelled marker (chat:llm:cancelled:<rid>), answer marker (the llm.response's
+--         dedupe key). ARGV: 'start', rid, ttl_ms. A worker starting generation rid: returns
+--         {answered, cancelled}; unless answered, takes (or keeps) the lock for rid when it is free.
 -- cancel  KEYS: lock, cancelled marker (chat:llm:cancelled:<rid>). ARGV: 'cancel', rid, channel,
 --         marker ttl_s. When rid holds the lock: marks it cancelled, tells the workers, returns 1;
 --         else 0 (no such generation is running).
@@ -30,6 +33,13 @@ elseif step == 'release' then
   if redis.call('GET', KEYS[1]) ~= rid then return 0 end
   redis.call('DEL', KEYS[1])
   return 1
+elseif step == 'start' then
+  local answered = redis.call('EXISTS', KEYS[3])
+  if answered == 0 then
+    local holder = redis.call('GET', KEYS[1])
+    if not holder or holder == rid then redis.call('SET', KEYS[1], rid, 'PX', ARGV[3]) end
+  end
+  return {answered, redis.call('EXISTS', KEYS[2])}
 elseif step == 'cancel' then
   if redis.call('GET', KEYS[1]) ~= rid then return 0 end
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])

@@ -67,6 +67,15 @@ class Jobs:
         """Take the room's lock for ``rid`` (or keep it); False when another generation holds it."""
         return bool(await self._script(keys=[LOCK_PREFIX + room], args=["lock", rid, LOCK_TTL_MS]))
 
+    async def start(self, request: Request, answer_key: str) -> tuple[bool, bool]:
+        """A worker starts ``request``: ``(answered, cancelled)`` - its answer is already stored
+        (``answer_key`` exists), it was cancelled - in one step; unless answered, the room's lock
+        is taken for it again when free (it may have expired while the request waited)."""
+        answered, cancelled = await self._script(
+            keys=[LOCK_PREFIX + request.room, CANCELLED_PREFIX + request.rid, answer_key],
+            args=["start", request.rid, LOCK_TTL_MS])
+        return bool(answered), bool(cancelled)
+
     async def queue(self, request: Request) -> None:
         """Queue a request whose lock is already taken."""
         await self._redis.xadd(self._key, dict(zip(request.fields()[::2], request.fields()[1::2], strict=True)),
@@ -82,9 +91,6 @@ class Jobs:
         """Stop generation ``rid`` of ``room``; False when it is not running."""
         return bool(await self._script(keys=[LOCK_PREFIX + room, CANCELLED_PREFIX + rid],
                                        args=["cancel", rid, CANCEL_CHANNEL, CANCELLED_TTL_S]))
-
-    async def cancelled(self, rid: str) -> bool:
-        return bool(await self._redis.exists(CANCELLED_PREFIX + rid))
 
     async def ensure_group(self) -> None:
         try:

@@ -146,8 +146,13 @@ class Worker:
                 await self._jobs.release(request.room, request.rid)
                 await self._fail(request, None, ProviderError(
                     "provider_error", f"The answer failed {MAX_ATTEMPTS} times (its workers stopped); gave up."))
-            elif not await self._answered(request):
-                await self._generate(generation)
+            else:
+                answered, cancelled = await self._jobs.start(
+                    request, cid_key(stream_key(request.room), LLM_ROLE, request.rid))
+                if cancelled:
+                    generation.cancel.set()
+                if not answered:
+                    await self._generate(generation)
             await self._jobs.ack([request.entry_id])
         except Exception:
             # Left pending: another worker (or this one) takes it over after LLM_RECLAIM_AFTER_S.
@@ -155,15 +160,8 @@ class Worker:
         finally:
             self._running.pop(request.rid, None)
 
-    async def _answered(self, request: Request) -> bool:
-        key = cid_key(stream_key(request.room), LLM_ROLE, request.rid)
-        return bool(await self._store.redis.exists(key))
-
     async def _generate(self, generation: Generation) -> None:
         request = generation.request
-        await self._jobs.lock(request.room, request.rid)
-        if await self._jobs.cancelled(request.rid):
-            generation.cancel.set()
         entries = await self._store.revrange(stream_key(request.room), request.reply_to, "-",
                                              count=self._settings.history_turns + 1)
         history = [message(entry) for entry in reversed(entries)]
