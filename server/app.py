@@ -16,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from server.appender import Appender, Retention
 from server.dispatch import Dispatcher
+from server.docs_routes import docs_routes
 from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
 from server.history import history_routes
@@ -106,6 +107,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
+            *docs_routes(),
         ],
         lifespan=lifespan,
     )
