@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -57,7 +58,7 @@ def _example(title: str, section: str) -> Example:
     blocks = list(_BLOCK.finditer(section))
     assert len(blocks) >= 2, f"{title}: a client frame and at least one answer are needed"
     answers = []
-    for previous, block in zip(blocks, blocks[1:], strict=False):
+    for previous, block in pairwise(blocks):
         lead = " ".join(section[previous.end():block.start()].strip().split("\n\n")[-1].split()).lower()
         everyone, sender = "every member" in lead, "only the sender" in lead
         assert everyone != sender, f"{title}: say 'every member' or 'only the sender' before each answer"
