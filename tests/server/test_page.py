@@ -64,6 +64,7 @@ async def test_chat_with_another_member_and_the_bot(server: ServerProcess, room:
     await page.wait_for(connected())
     assert await page.evaluate(present()) == ["A (you)"]
     assert await page.evaluate(f"document.querySelector('{STATUS}').textContent") == "connected"
+    assert await page.evaluate("getComputedStyle(document.querySelector('#join')).display") == "none"
 
     async with await Client.open(server.ws(room, role="B")) as b:
         assert await page.wait_for(f"JSON.stringify({present()}) === '[\"A (you)\",\"B\"]'")
@@ -129,3 +130,16 @@ async def test_the_page_resumes_after_its_server_went_away(start_server: Callabl
         history = (await other_node.get(f"/api/chat/history/{room}")).json()
     assert [m["bd"]["text"] for m in history["messages"]] == ["before the drop", "while you were away",
                                                               "typed while offline"]
+
+
+async def test_stop_cancels_the_bot_s_answer(start_server: Callable[..., ServerProcess], redis_url: str, room: str,
+                                             page: Page) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="200")  # a #long answer takes ~20 s
+    await page.goto(f"{node.http}/?sid={room}")
+    await page.wait_for(connected())
+    await say(page, "@llm #long story please")
+    await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid] .text')?.textContent")
+    await page.click(f"{MESSAGES} li[data-rid] button")
+    await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid]').dataset.state === 'cancelled'")
+    assert await page.evaluate(f"document.querySelector('{MESSAGES} li[data-rid] button')") is None
+    assert await page.evaluate(shown("user", "@llm #long story please")) == 1
