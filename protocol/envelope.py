@@ -1,9 +1,9 @@
 """Client envelopes: one JSON text frame in, a validated :class:`ClientEnvelope` or a
 :class:`~protocol.errors.ProtocolError` out.
 
-Checks run in a fixed order, so every bad frame has exactly one answer: size, JSON, envelope
-shape (``hd``/``bd`` objects, ``hd.event`` string, ``hd.cid``), known event, role, then the
-event's own body rules. The parser never raises anything but ``ProtocolError``.
+Checks run in a fixed order, so every bad frame has exactly one answer: size, JSON (as
+:mod:`protocol.decode` accepts it), envelope shape (``hd``/``bd`` objects, ``hd.event`` string,
+``hd.cid``), known event, role, then the event's own body rules. The parser never raises anything but ``ProtocolError``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from protocol.decode import decode_json
 from protocol.errors import ProtocolError
 from protocol.limits import MAX_CID_CHARS, Limits
 from protocol.names import CLIENT_EVENTS, CLIENT_ROLES, DEFAULT_ROLE, LLM_ROLE, Event
@@ -36,11 +35,7 @@ def parse_frame(frame: str | bytes, limits: Limits, bound_role: str | None = Non
     then omit ``hd.role`` and must not name another one.
     """
     _check_size(frame, limits.max_message_bytes)
-    try:
-        data = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("invalid_json") from None
-    hd, bd = _split(data)
+    hd, bd = _split(decode_json(frame))
     cid = _cid(hd)
     event = hd["event"]
     if event not in CLIENT_EVENTS:
@@ -48,6 +43,14 @@ def parse_frame(frame: str | bytes, limits: Limits, bound_role: str | None = Non
     role = _role(hd, bound_role, cid)
     _BODY_RULES[event](bd, limits, cid)
     return ClientEnvelope(event=event, role=role, cid=cid, bd=bd)
+
+
+def frame_cid(frame: str | bytes, limits: Limits) -> str | None:
+    """The frame's valid ``hd.cid``, if any: for answering a frame refused before it is processed."""
+    try:
+        return parse_frame(frame, limits).cid
+    except ProtocolError as exc:
+        return exc.cid
 
 
 def _check_size(frame: str | bytes, max_bytes: int) -> None:
@@ -140,6 +143,9 @@ _BODY_RULES: dict[str, Callable[[dict[str, Any], Limits, str | None], None]] = {
 
 
 def _show(value: Any) -> str:
-    """A short, safe rendering of a client value for an error message."""
-    text = repr(value)
+    """A short, safe rendering of a client value for an error message (never the repr of a container,
+    which may be long or deep)."""
+    if isinstance(value, dict | list):
+        return "{...}" if isinstance(value, dict) else "[...]"
+    text = repr(value[:40] if isinstance(value, str) else value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -31,6 +31,8 @@ def main() -> int:
         ws_per_message_deflate=False,
         # Frames up to the limit are answered with too_large; far bigger ones are cut off (1009).
         ws_max_size=max(4 * settings.max_message_bytes, 1 << 20),
+        ws_ping_interval=settings.ping_interval_s or None,
+        ws_ping_timeout=settings.ping_timeout_s or None,
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",

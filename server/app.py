@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from server.admission import Admission
 from server.appender import Appender, Retention
+from server.auth import Auth
 from server.dispatch import Dispatcher
 from server.docs_routes import docs_routes
 from server.ephemeral import Ephemeral
@@ -25,6 +27,8 @@ from server.llm import make_provider
 from server.llm.front import LLMFront
 from server.llm.jobs import Jobs
 from server.llm.worker import Worker
+from server.metrics import metrics_routes
+from server.rooms_api import rooms_routes
 from server.session import Sessions
 from server.settings import Settings
 from server.store import UNREACHABLE, StreamStore
@@ -41,6 +45,7 @@ class Relay:
     def __init__(self, settings: Settings, store: StreamStore) -> None:
         self.settings = settings
         self.node_id = secrets.token_hex(6)
+        self.auth = Auth(settings.auth_secret, settings.admin_key)
         self.store = store
         self.hub = Hub()
         self.feed = RoomFeed(store, self.hub.deliver, self.hub.deliver_frame, self.node_id, settings.node_ttl_s)
@@ -49,7 +54,8 @@ class Relay:
             store, Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s),
             self.node_id, self.feed.appended)
         self.ephemeral = Ephemeral(store, self.node_id, self.feed)
-        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds)
+        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds,
+                                 settings.max_connections_per_room)
         self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
         self.jobs = Jobs(store, settings.llm.queue)
         self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
@@ -81,7 +87,9 @@ class Relay:
 
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
-    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max)
+    endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
+                            relay.auth, settings.rate_limit)
+    admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})
@@ -95,6 +103,9 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not relay.auth.enabled:
+            log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
+                        "as any role and read or delete any history")
         if relay.store.embedded:
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
@@ -103,10 +114,12 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     app = Starlette(
         routes=[
-            WebSocketRoute(PATH, endpoint),
+            WebSocketRoute(PATH, admission),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
+            *rooms_routes(relay.auth, settings.auth_token_ttl_s),
+            *metrics_routes(relay.hub.counts),
             *docs_routes(),
         ],
         lifespan=lifespan,

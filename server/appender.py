@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from server.metrics import ACCEPT_TO_DELIVERY_SECONDS, XADD_SECONDS
 from server.store import UNREACHABLE, Duplicate, NewEntry, StreamStore
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,12 @@ class Appender:
         self._appended = appended
         self._pending: list[tuple[NewEntry, Done | None]] = []
         self._wake = asyncio.Event()
+        self._oldest_at = 0.0  # when the oldest pending append was submitted
 
     def submit(self, entry: NewEntry, done: Done | None = None) -> None:
         """Queue one append; ``done`` is called when its outcome is known."""
+        if not self._pending:
+            self._oldest_at = time.perf_counter()
         self._pending.append((entry, done))
         self._wake.set()
 
@@ -71,22 +76,25 @@ class Appender:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
-                    batch = self._pending[:MAX_BATCH]
+                    batch, accepted_at = self._pending[:MAX_BATCH], self._oldest_at
                     del self._pending[:MAX_BATCH]
-                    await self._flush(batch)
+                    self._oldest_at = time.perf_counter()  # (for what is left, if anything)
+                    await self._flush(batch, accepted_at)
         finally:
             pending, self._pending = self._pending, []
             for _, done in pending:
                 if done is not None:
                     done(ConnectionError("server shutting down"))
 
-    async def _flush(self, batch: list[tuple[NewEntry, Done | None]]) -> None:
+    async def _flush(self, batch: list[tuple[NewEntry, Done | None]], accepted_at: float) -> None:
+        sent_at = time.perf_counter()
         try:
             result = await self._store.append_batch(
                 [entry for entry, _ in batch], maxlen=self._retention.maxlen,
                 ttl_s=self._retention.ttl_s, node=self._node_id, dedupe_s=self._retention.dedupe_s,
             )
             before, ids = result.before, result.ids
+            XADD_SECONDS.observe(time.perf_counter() - sent_at)
         except UNREACHABLE as exc:
             log.warning("append of %d entries failed: Redis unreachable (%s)", len(batch), exc)
             before, ids = {}, [exc] * len(batch)
@@ -94,6 +102,7 @@ class Appender:
             log.exception("append of %d entries failed", len(batch))
             before, ids = {}, [exc] * len(batch)
         self._report(batch, before, ids)
+        ACCEPT_TO_DELIVERY_SECONDS.observe(time.perf_counter() - accepted_at)
 
     def _report(self, batch: list[tuple[NewEntry, Done | None]], before: dict[str, bytes],
                 ids: list[bytes | Duplicate | Exception]) -> None:

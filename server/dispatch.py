@@ -20,6 +20,7 @@ from server.appender import Appender
 from server.errors import error_for
 from server.llm.front import LLMFront
 from server.member import Member
+from server.metrics import COUNTS
 from server.store import Duplicate, NewEntry
 
 MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
@@ -40,6 +41,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def dispatch(self, member: Member, envelope: ClientEnvelope) -> None:
+        COUNTS.messages_in[envelope.event] += 1
         await self._handlers[envelope.event](member, envelope)
 
     async def _chat_message(self, member: Member, envelope: ClientEnvelope) -> None:

@@ -11,19 +11,24 @@ import logging
 
 from protocol.codec import error_frame
 from protocol.errors import ERROR_CODES, ProtocolError
+from server.metrics import COUNTS
 from server.store import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
 
 def error_code(exc: BaseException) -> tuple[str, str]:
-    """``(code, message)`` for ``exc``; logs unexpected exceptions with their traceback."""
+    """``(code, message)`` for ``exc`` (counted in the metrics); logs unexpected exceptions with their
+    traceback."""
     if isinstance(exc, ProtocolError):
-        return exc.code, exc.message
-    if isinstance(exc, UNREACHABLE):
-        return "unavailable", ERROR_CODES["unavailable"]
-    log.error("internal error", exc_info=exc)
-    return "internal", ERROR_CODES["internal"]
+        code, message = exc.code, exc.message
+    elif isinstance(exc, UNREACHABLE):
+        code, message = "unavailable", ERROR_CODES["unavailable"]
+    else:
+        log.error("internal error", exc_info=exc)
+        code, message = "internal", ERROR_CODES["internal"]
+    COUNTS.errors[code] += 1
+    return code, message
 
 
 def error_for(exc: BaseException, cid: str | None = None) -> str:

@@ -26,7 +26,8 @@ from starlette.routing import BaseRoute, Route
 from protocol.codec import frame_with_id, stored_body
 from protocol.envelope import parse_frame
 from protocol.errors import ProtocolError
-from protocol.names import PARTICIPANTS, is_valid_room, is_valid_stream_id, stream_key
+from protocol.names import PARTICIPANTS, Event, is_valid_room, is_valid_stream_id, stream_key
+from server.auth import Grant, bearer
 from server.dispatch import message_header
 from server.errors import error_code
 from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from server.app import Relay
 
 #: HTTP status per error code; any other code is a 400.
-STATUS: dict[str, int] = {"room_not_found": 404, "too_large": 413, "internal": 500, "unavailable": 503}
+STATUS: dict[str, int] = {"unauthorized": 401, "forbidden": 403, "room_not_found": 404, "too_large": 413,
+                          "internal": 500, "unavailable": 503}
 UNAVAILABLE_READ = "The message store is unreachable. Try again."
 
 _LIMIT = re.compile(r"[0-9]{1,7}")
@@ -60,8 +62,19 @@ class HistoryApi:
         self._store = relay.store
         self._appender = relay.appender
         self._limits = relay.settings.limits
+        self._auth = relay.auth
+
+    def _grant(self, request: Request, *, admin: bool = False) -> Grant | None:
+        """With auth on: a token of the room (or the admin key; only the admin key for ``admin``)."""
+        if not self._auth.enabled:
+            return None
+        grant = self._auth.for_room(bearer(request.headers), _room(request))
+        if admin and not grant.admin:
+            raise ProtocolError("forbidden", "This needs the admin key.")
+        return grant
 
     async def page(self, request: Request) -> Response:
+        self._grant(request)
         sid, query = _room(request), page_query(request.query_params)
         key = stream_key(sid)
         page = await read_page(self._store, key, query)
@@ -71,6 +84,7 @@ class HistoryApi:
                       "next_before": page.next_before, "next_after": page.next_after})
 
     async def export(self, request: Request) -> Response:
+        self._grant(request)
         sid, name = _room(request), request.query_params.get("format", "json")
         if name not in EXPORTS:
             raise ProtocolError("invalid_format")
@@ -82,13 +96,17 @@ class HistoryApi:
                                  headers={"Content-Disposition": f'attachment; filename="{sid}.{export.extension}"'})
 
     async def delete(self, request: Request) -> Response:
+        self._grant(request, admin=True)
         if not await self._store.delete(stream_key(_room(request))):
             raise ProtocolError("room_not_found")
         return Response(status_code=204)
 
     async def publish(self, request: Request) -> Response:
-        sid = _room(request)
-        envelope = parse_frame(await _body(request, self._limits.max_message_bytes), self._limits)
+        grant, sid = self._grant(request), _room(request)
+        bound_role = grant.role if grant is not None else None
+        envelope = parse_frame(await _body(request, self._limits.max_message_bytes), self._limits, bound_role)
+        if envelope.event != Event.CHAT_MESSAGE:
+            raise ProtocolError("unknown_event", "Only chat.message can be published over HTTP.", envelope.cid)
         hd = message_header(envelope, sid, time.time_ns() // 1_000_000)
         body = stored_body(hd, envelope.bd)
         try:

@@ -13,6 +13,7 @@ import logging
 from protocol.codec import frame_with_id
 from server.feed import Item, RoomFeed
 from server.member import Member
+from server.metrics import COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class Hub:
         room.members.add(member)
         return self.feed.cursor(member.room) or b"0-0"
 
+    def counts(self) -> tuple[int, int]:
+        """(connections, rooms) on this process."""
+        return sum(len(room.members) for room in self.rooms.values()), len(self.rooms)
+
     def all_members(self) -> list[Member]:
         return [member for room in self.rooms.values() for member in room.members]
 
@@ -88,14 +93,16 @@ class Hub:
                 continue
             for member in members:
                 member.push(frame)
+            COUNTS.delivered(body, len(members))
 
     def deliver_frame(self, room_name: str, frame: str, skip: object) -> None:
         room = self.rooms.get(room_name)
         if room is None:
             return
-        for member in tuple(room.members):
-            if member is not skip:
-                member.push(frame)
+        members = [member for member in room.members if member is not skip]
+        for member in members:
+            member.push(frame)
+        COUNTS.delivered(frame, len(members))
 
 
 def _failed(task: asyncio.Task[None]) -> bool:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 WS_1000_NORMAL = 1000
+WS_1008_POLICY_VIOLATION = 1008
 WS_1011_INTERNAL_ERROR = 1011
 WS_1013_TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT_S = 5.0

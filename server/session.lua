@@ -3,16 +3,14 @@
 --
 -- KEYS: the room's stream (chat:session:<room>), epoch (chat:epoch:<room>) and roster
 --       (chat:presence:<room>, a hash "<node>/<connection>" -> role).
--- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none).
--- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster},
+-- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none), and
+--       the most connections the room may hold (0 = no limit).
+-- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster,
+-- full} (full = 1 when the room already held the most connections: the connection was not added),
 -- the removed count being what XINFO reports as entries-added minus length, and roster being a
 -- flat array field, role, ... of the connections on live nodes; entries of nodes that are no longer
 -- alive (chat:node:<node>:alive expired: the process died) are removed on the way.
-local field, role, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if field ~= '' then
-  redis.call('HSET', KEYS[3], field, role)
-  if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
-end
+local field, role, ttl, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local epoch = redis.call('GET', KEYS[2])
 local first, removed = false, false
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -38,4 +36,15 @@ for i = 1, #fields, 2 do
     redis.call('HDEL', KEYS[3], fields[i])
   end
 end
-return {epoch, first, removed, roster}
+local full = 0
+if field ~= '' then
+  if most > 0 and #roster / 2 >= most then
+    full = 1
+  else
+    redis.call('HSET', KEYS[3], field, role)
+    if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+    roster[#roster + 1] = field
+    roster[#roster + 1] = role
+  end
+end
+return {epoch, first, removed, roster, full}

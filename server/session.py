@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from protocol.codec import format_ts, frame_with_id
+from protocol.errors import ProtocolError
 from protocol.names import DEFAULT_ROLE, Event, stream_key
 from server.ephemeral import Ephemeral
 from server.feed import id_tuple
@@ -50,7 +51,9 @@ class Resume:
 
 
 class Sessions:
-    def __init__(self, store: StreamStore, ephemeral: Ephemeral, node_id: str, roster_ttl_s: int) -> None:
+    def __init__(self, store: StreamStore, ephemeral: Ephemeral, node_id: str, roster_ttl_s: int,
+                 max_per_room: int = 0) -> None:
+        self._max_per_room = max_per_room
         self._store = store
         self._ephemeral = ephemeral
         self._node = node_id
@@ -60,8 +63,13 @@ class Sessions:
         return f"{self._node}/{member.conn}"
 
     async def enter(self, member: Member) -> SessionInfo:
-        """Record ``member`` in its room's roster; raises when Redis is unreachable."""
-        return await self._store.session(member.room, self.field(member), role_of(member), self._roster_ttl_s)
+        """Record ``member`` in its room's roster. Raises ``room_full`` when the room holds
+        ``MAX_CONNECTIONS_PER_ROOM`` connections (on all nodes), or when Redis is unreachable."""
+        info = await self._store.session(member.room, self.field(member), role_of(member), self._roster_ttl_s,
+                                         self._max_per_room)
+        if info.full:
+            raise ProtocolError("room_full")
+        return info
 
     async def start(self, member: Member, newest: bytes, info: SessionInfo, resume: Resume | None) -> None:
         """Steps 3 to 5 above, for a member that has joined (holding), entered and been accepted."""

@@ -7,11 +7,14 @@ one-line message naming the variable; ``python -m server`` prints it and exits w
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
+from server.ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from server.llm.settings import LLMSettings
@@ -37,11 +40,25 @@ class Settings:
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
     dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
     node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
+    auth_secret: str | None = field(default=None, repr=False)  # set: tokens are required (JWT HS256 key)
+    admin_key: str | None = field(default=None, repr=False)  # the bearer key that creates rooms
+    auth_token_ttl_s: int = 24 * 3600  # lifetime of the tokens POST /v1/session issues
     llm: LLMSettings = field(default_factory=lambda: _llm_settings({}))  # the bot's settings (LLM_*, OPENAI_*)
+    allowed_origins: frozenset[str] = frozenset()  # browser origins allowed to connect (empty: any)
+    rate_limit_per_sec: float = 50.0  # frames a connection may send per second, after its burst (0 = no limit)
+    rate_limit_burst: int = 200  # frames a connection may send at once
+    max_connections_per_ip: int = 0  # open connections per client address on this node (0 = no limit)
+    max_connections_per_room: int = 0  # connections in one room, on all nodes (0 = no limit)
+    ping_interval_s: float = 20.0  # WebSocket ping to each client this often (0 = never)
+    ping_timeout_s: float = 20.0  # close a connection whose pong is this late (1011; 0 = wait forever)
 
     @property
     def limits(self) -> Limits:
         return Limits(max_message_bytes=self.max_message_bytes, max_text_chars=self.max_text_chars)
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        return RateLimit(self.rate_limit_per_sec, self.rate_limit_burst)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -52,7 +69,10 @@ class Settings:
             if parse is None or raw is None or raw == "":
                 continue
             values[setting.name] = parse(name, raw)
-        return cls(**values)
+        settings = cls(**values)
+        if settings.auth_secret is not None and settings.admin_key is None:
+            raise SettingsError("AUTH_SECRET is set but ADMIN_KEY is not: nobody could create a room")
+        return settings
 
 
 def _llm_settings(env: Mapping[str, str]) -> LLMSettings:
@@ -72,6 +92,40 @@ def _int(low: int, high: int) -> Callable[[str, str], int]:
         return value
 
     return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise SettingsError(f"{name}={raw.strip()} is out of range ({low}..{high})")
+        return value
+
+    return parse
+
+
+def _secret(min_chars: int) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if len(value) < min_chars:
+            raise SettingsError(f"{name} is too short: use at least {min_chars} characters")
+        return value
+
+    return parse
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null")
+
+
+def _origins(name: str, raw: str) -> frozenset[str]:
+    origins = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if _ORIGIN.fullmatch(origin) is None:
+            raise SettingsError(f"{name}: {origin!r} is not an origin (scheme://host[:port], no path)")
+    return frozenset(origins)
 
 
 def _text(name: str, raw: str) -> str:
@@ -104,6 +158,16 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "send_queue_max": _int(1, 1_000_000),
     "dedupe_window_s": _int(0, 7 * 24 * 3600),
     "node_ttl_s": _int(3, 3600),
+    "auth_secret": _secret(32),  # HS256 wants a key of at least 256 bits
+    "admin_key": _secret(16),
+    "auth_token_ttl_s": _int(1, 366 * 24 * 3600),
+    "allowed_origins": _origins,
+    "rate_limit_per_sec": _float(0, 1_000_000),
+    "rate_limit_burst": _int(1, 1_000_000),
+    "max_connections_per_ip": _int(0, 10_000_000),
+    "max_connections_per_room": _int(0, 10_000_000),
+    "ping_interval_s": _float(0, 24 * 3600),
+    "ping_timeout_s": _float(0, 24 * 3600),
 }
 
 

@@ -91,6 +91,7 @@ class SessionInfo:
     first_id: bytes | None  # the oldest retained entry
     removed: int | None  # how many entries were ever trimmed or deleted (None: unknown)
     roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
+    full: bool = False  # the room held the most connections allowed: this one was not added
 
 
 class StreamStore:
@@ -157,12 +158,13 @@ class StreamStore:
         ids = [Duplicate(item[0], item[1]) if isinstance(item, list) else item for item in reply[len(keys):]]
         return BatchResult(before=dict(zip(keys, reply, strict=False)), ids=ids)
 
-    async def session(self, room: str, field: str, role: str, ttl_s: int) -> SessionInfo:
-        """Add ``field`` (``node/connection``; "" to only read) to the room's roster as ``role``."""
-        epoch, first, removed, roster = await self._session(
-            keys=[stream_key(room), EPOCH_PREFIX + room, PRESENCE_PREFIX + room], args=[field, role, ttl_s])
+    async def session(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
+        """Add ``field`` (``node/connection``; "" to only read) to the room's roster as ``role``,
+        unless the room already holds ``most`` connections (0 = no limit; then ``full`` is set)."""
+        epoch, first, removed, roster, full = await self._session(
+            keys=[stream_key(room), EPOCH_PREFIX + room, PRESENCE_PREFIX + room], args=[field, role, ttl_s, most])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
-        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs)
+        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full))
 
     async def restore_roster(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         """Put ``(room, node/connection, role)`` entries back in their rosters."""

@@ -10,6 +10,11 @@ After that, each text frame is validated by :mod:`protocol` and handed to the di
 refusal goes back to the sender alone as an ``error`` frame and the connection stays open.
 The receive loop uses the raw ASGI callables: it is the hot path, and Starlette's wrapper only
 adds state checks the loop already guarantees.
+
+Every frame received counts against the connection's rate limit (:mod:`server.ratelimit`): one
+over it is answered ``rate_limited`` and not processed; a client that keeps flooding is closed
+with 1008. Origins and connections per address are checked before this endpoint, by
+:mod:`server.admission`.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.codec import error_frame
-from protocol.envelope import parse_frame
+from protocol.envelope import frame_cid, parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
+from server.auth import Auth, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
-from server.member import WS_1000_NORMAL, WS_1011_INTERNAL_ERROR, Member
+from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR, Member
+from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
 from server.session import Resume, Sessions
 from server.store import UNREACHABLE
 
@@ -40,12 +47,14 @@ PATH = "/v1/session/chat"
 
 class ChatEndpoint:
     def __init__(self, hub: Hub, sessions: Sessions, dispatcher: Dispatcher, limits: Limits,
-                 send_queue_max: int) -> None:
+                 send_queue_max: int, auth: Auth, rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
+        self._auth = auth
         self._hub = hub
         self._sessions = sessions
         self._dispatcher = dispatcher
         self._limits = limits
         self._send_queue_max = send_queue_max
+        self._rate_limit = rate_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -55,6 +64,12 @@ class ChatEndpoint:
         if refusal is not None:
             await deny(websocket, 400, *refusal)
             return
+        if self._auth.enabled:
+            try:
+                role = authorized_role(self._auth, query.get("token") or bearer(websocket.headers), room, role)
+            except ProtocolError as exc:
+                await deny(websocket, 403 if exc.code in ("forbidden", "role_mismatch") else 401, exc.code, exc.message)
+                return
         last_id = query.get("last_id")
         resume = None if last_id is None else Resume(last_id, query.get("epoch"))
         member = Member(send, room, role, self._send_queue_max)
@@ -80,25 +95,32 @@ class ChatEndpoint:
             member.close(WS_1011_INTERNAL_ERROR, "store unavailable")
         finally:
             self._hub.leave(member)
+            await self._sessions.leave(member)  # first: once the client sees the close, it is off the roster
             member.close(WS_1000_NORMAL)
-            await self._sessions.leave(member)
             await member.wait_closed()
 
     async def _receive_loop(self, member: Member, receive: Receive) -> None:
         limits, bound_role, dispatch = self._limits, member.role, self._dispatcher.dispatch
+        limiter = self._rate_limit.limiter()
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return  # websocket.disconnect
             text = message.get("text")
+            if limiter is not None and (verdict := limiter.admit()) is not Verdict.ACCEPT:
+                if verdict is Verdict.CLOSE:
+                    log.warning("room %s: a member kept sending over its rate limit: closed (1008)", member.room)
+                    member.close(WS_1008_POLICY_VIOLATION, "rate limit exceeded")
+                    return
+                cid = None if text is None else frame_cid(text, limits)
+                member.push(error_for(ProtocolError("rate_limited", cid=cid)))  # counted in the metrics too
+                continue
             if text is None:
                 member.push(error_frame("unsupported_frame", ERROR_CODES["unsupported_frame"]))
                 continue
             try:
                 await dispatch(member, parse_frame(text, limits, bound_role))
-            except ProtocolError as exc:
-                member.push(error_frame(exc.code, exc.message, exc.cid))
-            except Exception as exc:
+            except Exception as exc:  # a ProtocolError keeps its own code (and cid)
                 member.push(error_for(exc))
 
 
@@ -113,6 +135,16 @@ def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:
     return None
 
 
+def authorized_role(auth: Auth, credential: str | None, room: str, role: str | None) -> str | None:
+    """The role a token binds the connection to (the admin key: the one asked for, if any)."""
+    grant = auth.for_room(credential, room)
+    if grant.admin:
+        return role
+    if role is not None and role != grant.role:
+        raise ProtocolError("role_mismatch", f"The token is for role {grant.role!r}, not {role!r}.")
+    return grant.role
+
+
 def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | None:
     if (last_id is not None and not is_valid_stream_id(last_id)) or (epoch is not None and not is_valid_epoch(epoch)):
         return "invalid_resume", ERROR_CODES["invalid_resume"]
@@ -123,7 +155,7 @@ def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | 
 
 async def deny_failure(websocket: WebSocket, exc: Exception) -> None:
     code, message = error_code(exc)
-    await deny(websocket, 503 if code == "unavailable" else 500, code, message)
+    await deny(websocket, {"unavailable": 503, "room_full": 429}.get(code, 500), code, message)
 
 
 async def deny(websocket: WebSocket, status: int, code: str, message: str) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 import secrets
 
-from protocol.codec import error_frame, frame_with_id
+from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from protocol.names import stream_key
 from server.appender import Appender
+from server.errors import error_for
 from server.llm.jobs import Jobs, Request
 from server.llm.settings import Trigger
 from server.member import Member
@@ -43,7 +44,7 @@ class LLMFront:
         """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
         if not await self._jobs.request(request):
-            member.push(error_frame("busy", ProtocolError("busy").message, cid))
+            member.push(error_for(ProtocolError("busy", cid=cid)))
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()

@@ -39,6 +39,7 @@ from server.feed import backoff
 from server.llm.jobs import CANCEL_CHANNEL, LOCK_TTL_MS, Jobs, Request
 from server.llm.provider import Outcome, Provider, ProviderError, build_messages
 from server.llm.settings import LLMSettings
+from server.metrics import COUNTS
 from server.store import UNREACHABLE, NewEntry, StreamStore, cid_key
 from server.transcript import message
 
@@ -185,6 +186,7 @@ class Worker:
             except ProviderError as exc:
                 error = exc
         text = "".join(generation.text)
+        COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
         await self._jobs.release(request.room, request.rid)
         response_id = None
         if error is None or text:
@@ -202,6 +204,7 @@ class Worker:
                 # Counted before the send: once handed over, the delta reaches the members even if
                 # the generation is cancelled while the send is under way.
                 generation.text.append(event)
+                COUNTS.tokens_streamed += 1
                 await self._ephemeral.send(request.room, after, streaming_frame(request, seq, event))
                 seq += 1
         raise ProviderError("provider_unavailable", "The answer ended without a finish reason.")

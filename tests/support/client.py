@@ -30,8 +30,11 @@ class Client:
         self.presence: list[dict[str, Any]] = []
 
     @classmethod
-    async def open(cls, url: str) -> Client:
-        client = cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None))
+    async def open(cls, url: str, headers: dict[str, str] | None = None, **options: Any) -> Client:
+        """Connect and read up to ``session.ready``; ``options`` go to websockets' ``connect``
+        (``origin=``, ``local_addr=``, ...)."""
+        client = cls(await connect(url, open_timeout=10, close_timeout=2, max_size=None, additional_headers=headers,
+                                   **options))
         while True:
             frame = await client.recv()
             if frame["hd"]["event"] == "session.ready":

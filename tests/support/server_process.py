@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServerProcess:
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "info", **env}
+        # No frame rate limit unless a test asks for one: tests send in bulk over one connection.
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "info",
+                    "RATE_LIMIT_PER_SEC": "0", **env}
         if "REDIS_URL" in self.env and not self.env["REDIS_URL"]:
             del self.env["REDIS_URL"]
         self.log_path = log_path

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""The chat relay's benchmark: our protocol, our server, one command.
+
+Usage (from the project root; by default each run starts its own server, on the embedded store
+unless --redis-url names a real Redis, and stops it at the end):
+
+    python scripts/bench.py --mode relay --redis-url redis://127.0.0.1:6379/0 --rate 0      # saturation
+    python scripts/bench.py --mode relay --redis-url redis://127.0.0.1:6379/0 --rate 3000   # 6,000 deliveries/s
+    python scripts/bench.py --mode idle  --redis-url redis://127.0.0.1:6379/0 --connections 10000
+    python scripts/bench.py --mode llm   --redis-url redis://127.0.0.1:6379/0 --rooms 100 --tokens-per-s 50
+    python scripts/bench.py --mode history --redis-url redis://127.0.0.1:6379/0 --entries 1000000
+    python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --nodes 2       # 1 node, then 2
+
+Modes:
+  relay    rooms x members chatting at --rate messages/s in all (0 = as fast as possible, each member
+           keeping --window messages in flight): deliveries/s, latency p50/p95/p99 (send time carried
+           in bd.t, receipt at every other member), server / Redis / client CPU per delivery (from
+           /proc; us per delivery = ms per 1,000 deliveries), then a check of every member's receipts
+           against XRANGE of its room: nothing lost, duplicated or reordered.
+  idle     --connections idle members: the server's RSS per connection, idle CPU, and a liveness check.
+  llm      one '@llm' message per room at a time, for --duration: every llm.streaming delta at every
+           member (contiguous hd.seq, llm.response text = the deltas joined), the gap between deltas
+           beyond the scripted pace (what the relay adds), time to the first delta.
+  history  a stream of --entries entries (XADD in pipelines), then timed GET history pages of --page
+           entries: the newest page, a page before= the middle, a page after= the middle.
+  scale    relay at saturation on 1 node, then on --nodes nodes (real Redis only).
+
+Output: one JSON line per run on stdout (appended to --out too), a readable table on stderr. Exit
+status 0 when every run did its job and its check passed, 1 otherwise, 2 for bad options or a
+setup that cannot run. Targets are reported (pass/fail, and whether the run's setup is the one
+the target is defined for); they do not change the exit status.
+
+Started servers get STREAM_MAXLEN=0 (so the check sees every message), ROOM_TTL_SECONDS=3600,
+LOG_LEVEL=warning and the open-files limit of this process (raised to its hard limit); --server-env
+KEY=VALUE adds or overrides settings. With --url, the servers are yours: give --redis-url too for
+the XRANGE check (else it reads the history API) and for Redis CPU. Rooms are named
+<--room-prefix>r<n> (a fresh random prefix by default); their keys are deleted at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import secrets
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+import uvloop
+from benchkit.context import TARGET_SETUP, Context
+from benchkit.history import HistoryParams, run_history
+from benchkit.idle import IdleParams, run_idle
+from benchkit.llm import LlmParams, run_llm
+from benchkit.procs import Probe, ServerSet, SetupError, raise_fd_limit, redis_pid, running_nodes
+from benchkit.relay import RelayParams, run_relay
+from benchkit.stats import Report, Target, fmt
+from benchkit.streams import HistoryReader, RedisReader, StreamReader
+from benchkit.wsclient import CLIENTS
+
+DEFAULTS: dict[str, dict[str, float]] = {  # per mode, for the options left unset
+    "relay": {"rooms": 50, "members": 3, "duration": 10.0, "warmup": 2.0},
+    "scale": {"rooms": 50, "members": 3, "duration": 10.0, "warmup": 2.0},
+    "idle": {"members": 3, "duration": 5.0, "warmup": 0.0},
+    "llm": {"rooms": 100, "members": 2, "duration": 10.0, "warmup": 0.0},
+    "history": {"duration": 0.0, "warmup": 0.0},
+}
+FD_HEADROOM = 1024
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+Mode = Callable[[argparse.Namespace, Context], Coroutine[Any, Any, list[Report]]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(DEFAULTS), default="relay")
+    where = ap.add_argument_group("servers")
+    where.add_argument("--url", default="", help="comma-separated http://HOST:PORT of running servers (default: start)")
+    where.add_argument("--server-pid", default="", help="with --url: comma-separated server pids (default: by port)")
+    where.add_argument("--redis-url", default="", help="real Redis (default: the embedded store)")
+    where.add_argument("--nodes", type=int, default=1, help="server processes to start (scale: the larger count)")
+    where.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting for the started servers (repeatable)")
+    load = ap.add_argument_group("load")
+    load.add_argument("--rooms", type=int, help="rooms (default 50; llm: 100, one generation each)")
+    load.add_argument("--members", type=int, help="members per room (default 3; llm: 2)")
+    load.add_argument("--size", type=int, default=100, help="characters per text")
+    load.add_argument("--rate", type=float, default=0.0, help="offered messages/s, all senders (0 = max)")
+    load.add_argument("--window", type=int, default=16, help="messages in flight per member at --rate 0")
+    load.add_argument("--duration", type=float, help="seconds measured (default 10; idle: 5)")
+    load.add_argument("--warmup", type=float, help="relay: seconds of load before the measurement (default 2)")
+    load.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the last receipts")
+    load.add_argument("--client", choices=sorted(CLIENTS), default="lean", help="WebSocket client implementation")
+    load.add_argument("--connect-concurrency", type=int, default=100)
+    load.add_argument("--connections", type=int, default=10_000, help="idle: connections to open")
+    load.add_argument("--tokens-per-s", type=float, default=50.0, help="llm: the scripted provider's pace")
+    load.add_argument("--first-delta-timeout", type=float, default=10.0, help="llm: seconds to wait for a delta")
+    load.add_argument("--entries", type=int, default=1_000_000, help="history: entries in the stream")
+    load.add_argument("--page", type=int, default=1000, help="history: entries per page")
+    load.add_argument("--samples", type=int, default=100, help="history: requests per page kind")
+    load.add_argument("--reuse", action="store_true", help="history: keep a stream already filled (with --keep)")
+    out = ap.add_argument_group("output")
+    out.add_argument("--room-prefix", default="", help="room names start with it (default: bench-<random>-)")
+    out.add_argument("--keep", action="store_true", help="leave the run's keys in Redis")
+    out.add_argument("--out", default="", help="also append the JSON lines to this file")
+    args = ap.parse_args(argv)
+    for name, value in DEFAULTS[args.mode].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    _validate(ap, args)
+    return args
+
+
+def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.room_prefix and not _PREFIX.fullmatch(args.room_prefix):
+        ap.error("--room-prefix: 1-40 characters of A-Z a-z 0-9 _ -")
+    if args.url and (args.nodes != 1 or args.server_env):
+        ap.error("--nodes and --server-env are for servers the harness starts, not with --url")
+    if args.nodes < 1 or (args.nodes > 1 and not args.redis_url and not args.url):
+        ap.error("--nodes > 1 needs --redis-url: nodes share rooms only through a real Redis")
+    if args.mode in ("history", "scale") and not args.redis_url:
+        ap.error(f"--mode {args.mode} needs --redis-url")
+    if args.mode == "scale" and (args.url or args.nodes < 2):
+        ap.error("--mode scale starts its own servers: --nodes 2 or more, no --url")
+    for name in ("rooms", "members", "window", "size", "connections", "entries", "page", "samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name} must be at least 1")
+    if args.members is not None and args.members < 2 and args.mode in ("relay", "scale"):
+        ap.error("--members must be at least 2: a delivery is a receipt at another member")
+    if any("=" not in item for item in args.server_env):
+        ap.error("--server-env takes KEY=VALUE")
+
+
+# ------------------------------------------------------------------------------------- modes
+async def relay_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
+    return [await run_relay(ctx, relay_params(args))]
+
+
+def relay_params(args: argparse.Namespace) -> RelayParams:
+    return RelayParams(rooms=args.rooms, members=args.members, size=args.size, rate=args.rate, window=args.window,
+                       duration_s=args.duration, warmup_s=args.warmup, drain_s=args.drain_timeout)
+
+
+async def idle_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
+    return [await run_idle(ctx, IdleParams(connections=args.connections, members=args.members,
+                                           duration_s=args.duration))]
+
+
+async def llm_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
+    return [await run_llm(ctx, LlmParams(rooms=args.rooms, members=args.members, duration_s=args.duration,
+                                         tokens_per_s=args.tokens_per_s,
+                                         first_delta_timeout_s=args.first_delta_timeout,
+                                         drain_s=args.drain_timeout))]
+
+
+async def history_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
+    return [await run_history(ctx, HistoryParams(entries=args.entries, page=args.page, samples=args.samples,
+                                                 size=args.size, reuse=args.reuse))]
+
+
+MODES: dict[str, Mode] = {"relay": relay_mode, "idle": idle_mode, "llm": llm_mode, "history": history_mode}
+
+
+def scale(args: argparse.Namespace) -> list[Report]:
+    """Relay at saturation on one node, then on ``--nodes``: does the second process add throughput?"""
+    args.rate = 0.0
+    reports = []
+    for count in (1, args.nodes):
+        with context(args, count, f"n{count}-") as ctx:
+            reports.append(uvloop.run(relay_mode(args, ctx))[0])
+    one, many = (r.figures.get("deliveries_per_s") for r in reports)
+    summary = Report("scale", {"nodes": f"1 vs {args.nodes}", "store": args.redis_url},
+                     figures={"deliveries_per_s_1": one, f"deliveries_per_s_{args.nodes}": many,
+                              "ratio": round(many / one, 3) if one and many else None},
+                     check={"ok": all(r.ok for r in reports)})
+    summary.rows = [("deliveries/s", f"{fmt(one)} on 1 node, {fmt(many)} on {args.nodes} nodes")]
+    base = bool(reports[0].targets) and reports[0].targets[0].setup_matches  # the relay's target setup
+    summary.targets = [Target(f"{args.nodes}_nodes_move_more_than_1", summary.figures["ratio"], ">", 1.0,
+                              f"{TARGET_SETUP}, --rate 0, vs 2 nodes on a 2-core machine", base and args.nodes == 2)]
+    return [*reports, summary]
+
+
+# ------------------------------------------------------------------------------------- setup
+@contextlib.contextmanager
+def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "") -> Iterator[Context]:
+    servers = None
+    if args.url:
+        found = running_nodes(args.url.split(","), [int(p) for p in args.server_pid.split(",") if p])
+    else:
+        env = dict(item.split("=", 1) for item in args.server_env)
+        if args.mode == "llm":
+            env = {"LLM_PROVIDER": "scripted", "LLM_SCRIPTED_DELAY_MS": str(round(1000 / args.tokens_per_s)), **env}
+        servers = ServerSet(nodes, args.redis_url or None, env)
+    reader: StreamReader | None = None
+    ctx: Context | None = None
+    try:
+        found = servers.start() if servers is not None else found
+        reader = RedisReader(args.redis_url) if args.redis_url else HistoryReader(found[0].http)
+        probe = Probe(tuple(pid for node in found for pid in node.pids),
+                      redis_pid(args.redis_url) if args.redis_url else None)
+        ctx = Context(found, probe, reader, CLIENTS[args.client], args.room_prefix + prefix_suffix,
+                      args.redis_url or None, connect_concurrency=args.connect_concurrency)
+        yield ctx
+    finally:
+        if ctx is not None and isinstance(reader, RedisReader) and not args.keep:
+            reader.delete_rooms(sorted(ctx.rooms_used))
+        if reader is not None:
+            reader.close()
+        if servers is not None:
+            servers.stop()
+
+
+def run(args: argparse.Namespace) -> list[Report]:
+    raise_fd_limit(args.connections + FD_HEADROOM if args.mode == "idle" else FD_HEADROOM)
+    if not args.room_prefix:
+        args.room_prefix = f"bench-{secrets.token_hex(3)}-"
+    if args.mode == "scale":
+        return scale(args)
+    with context(args, args.nodes) as ctx:
+        return uvloop.run(MODES[args.mode](args, ctx))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        reports = run(args)
+    except (SetupError, OSError, redis.RedisError) as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 2
+    for report in reports:
+        line = report.json_line()
+        print(line, flush=True)
+        if args.out:
+            with Path(args.out).open("a") as f:
+                f.write(line + "\n")
+        report.print_table()
+    return 0 if all(report.ok for report in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

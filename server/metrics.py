@@ -1,0 +1,103 @@
+"""``GET /metrics``: the process's numbers in the Prometheus text format (prometheus-client).
+
+The hot path only bumps plain integers (:class:`Counts`); they become Prometheus counters when
+scraped, so counting costs a dict update per message, not a client-library call per delivery.
+The two latency histograms are observed once per append batch.
+
+- ``chat_connections`` / ``chat_rooms``: current WebSocket connections and followed rooms.
+- ``chat_messages_in_total{event}``: accepted client frames; ``chat_messages_out_total{event}``:
+  frames handed to members (one per member).
+- ``chat_errors_total{code}``: refusals and failures sent to clients.
+- ``chat_llm_generations_total{outcome}`` (a finish reason, or an ``llm.error`` code) and
+  ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent).
+- ``chat_xadd_seconds``: one append batch's round trip to Redis; ``chat_accept_to_delivery_seconds``:
+  from a frame's acceptance to its delivery to the members on this process (per batch, its oldest).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_EVENT_AT = len(b'{"hd":{"event":"')
+
+
+class Counts:
+    """Plain counters, bumped on the hot path."""
+
+    def __init__(self) -> None:
+        self.messages_in: Counter[str] = Counter()
+        self.messages_out: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.generations: Counter[str] = Counter()
+        self.tokens_streamed = 0
+
+    def delivered(self, frame: str | bytes, members: int) -> None:
+        self.messages_out[event_of(frame)] += members
+
+
+def event_of(frame: str | bytes) -> str:
+    """The event of a frame the server wrote (``hd`` first, ``event`` first in it), cheaply."""
+    if isinstance(frame, bytes):
+        if frame.startswith(b'{"hd":{"event":"'):
+            end = frame.find(b'"', _EVENT_AT)
+            if end > 0:
+                return frame[_EVENT_AT:end].decode(errors="replace")
+    elif frame.startswith('{"hd":{"event":"'):
+        end = frame.find('"', _EVENT_AT)
+        if end > 0:
+            return frame[_EVENT_AT:end]
+    return "other"
+
+
+COUNTS = Counts()  # the process's counters (one server per process)
+XADD_SECONDS = Histogram("chat_xadd_seconds", "One append batch's round trip to Redis.", buckets=_BUCKETS,
+                         registry=None)
+ACCEPT_TO_DELIVERY_SECONDS = Histogram(
+    "chat_accept_to_delivery_seconds", "From a frame's acceptance to its delivery to this process's members.",
+    buckets=_BUCKETS, registry=None)
+
+
+class _Collector(Collector):
+    def __init__(self, counts: Counts, gauges: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        connections, rooms = self._gauges()
+        yield GaugeMetricFamily("chat_connections", "Current WebSocket connections.", value=connections)
+        yield GaugeMetricFamily("chat_rooms", "Rooms with members on this process.", value=rooms)
+        yield _labelled("chat_messages_in", "Accepted client frames, by event.", "event", self._counts.messages_in)
+        yield _labelled("chat_messages_out", "Frames handed to members, by event.", "event", self._counts.messages_out)
+        yield _labelled("chat_errors", "Errors sent to clients, by code.", "code", self._counts.errors)
+        yield _labelled("chat_llm_generations", "LLM generations, by outcome.", "outcome", self._counts.generations)
+        tokens = CounterMetricFamily("chat_llm_tokens_streamed", "llm.streaming frames sent.")
+        tokens.add_metric([], self._counts.tokens_streamed)
+        yield tokens
+
+
+def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in sorted(values.items()):
+        family.add_metric([value], count)
+    return family
+
+
+def metrics_routes(gauges: Callable[[], tuple[int, int]]) -> list[BaseRoute]:
+    """The ``/metrics`` route; ``gauges`` tells the current (connections, rooms)."""
+    registry = CollectorRegistry()
+    for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges)):
+        registry.register(collector)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/metrics", metrics)]

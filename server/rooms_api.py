@@ -1,0 +1,60 @@
+"""``POST /v1/session``: create a room and the tokens of its two human roles.
+
+With auth on it needs ``Authorization: Bearer <ADMIN_KEY>`` (401 ``unauthorized`` without). The
+optional JSON body may name the room (``sid``) and the tokens' lifetime (``ttl_s``, default
+``AUTH_TOKEN_TTL_S``). The answer is 201 ``{"sid", "tokens": {"A", "B"}, "expires_at"}``; with
+auth off, a new room id and no tokens.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from protocol.codec import format_ts
+from protocol.errors import ProtocolError
+from protocol.names import CLIENT_ROLES, is_valid_room
+from server.auth import Auth, bearer
+from server.history import error_response
+
+MAX_TTL_S = 366 * 24 * 3600
+
+
+def rooms_routes(auth: Auth, default_ttl_s: int) -> list[BaseRoute]:
+    async def create(request: Request) -> Response:
+        try:
+            if auth.enabled and not auth.is_admin(bearer(request.headers)):
+                raise ProtocolError("unauthorized", "Creating a room needs Authorization: Bearer <ADMIN_KEY>.")
+            room, ttl_s = _options(await request.body(), default_ttl_s)
+        except ProtocolError as exc:
+            return error_response(exc, request.method)
+        now = time.time()
+        tokens = {role: auth.issue(room, role, ttl_s, now) for role in sorted(CLIENT_ROLES)} if auth.enabled else {}
+        expires_at = format_ts(int((now + ttl_s) * 1000)) if auth.enabled else None
+        body = {"sid": room, "tokens": tokens, "expires_at": expires_at}
+        return Response(orjson.dumps(body), status_code=201, media_type="application/json")
+
+    return [Route("/v1/session", create, methods=["POST"])]
+
+
+def _options(raw: bytes, default_ttl_s: int) -> tuple[str, int]:
+    options = {}
+    if raw.strip():
+        try:
+            options = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ProtocolError("invalid_json") from None
+        if not isinstance(options, dict):
+            raise ProtocolError("invalid_envelope", "The body must be a JSON object: {\"sid\"?, \"ttl_s\"?}.")
+    room = options.get("sid", "r-" + secrets.token_hex(8))
+    if not isinstance(room, str) or not is_valid_room(room):
+        raise ProtocolError("invalid_room")
+    ttl_s = options.get("ttl_s", default_ttl_s)
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
+        raise ProtocolError("invalid_ttl", f"'ttl_s' must be an integer from 1 to {MAX_TTL_S}.")
+    return room, ttl_s

@@ -1,0 +1,107 @@
+"""scripts/bench.py as its users run it: a real process that starts real servers, on the test Redis.
+
+Brief, tiny loads: these check that the harness works and that its check would see a fault, not
+how fast anything is (timing belongs in the benchmark's output, not in assertions).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench.py"
+TIMEOUT_S = 100.0
+BRIEF = ("--duration", "1", "--warmup", "0.5", "--drain-timeout", "10")
+
+
+def run_bench(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """The finished process and its JSON lines (stdout holds nothing else)."""
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
+    return result, [orjson.loads(line) for line in result.stdout.splitlines()]
+
+
+def assert_nothing_lost_duplicated_or_reordered(check: dict[str, Any]) -> None:
+    assert check["ok"] is True, check
+    assert (check["lost"], check["duplicated"], check["reordered"], check["unknown"], check["unstored"]) == (0,) * 5
+    assert check["stored"] == check["accepted"] > 0
+
+
+@pytest.mark.parametrize("load", [
+    pytest.param(("--rate", "200"), id="fixed-rate"),
+    pytest.param(("--rate", "0", "--window", "4"), id="saturation"),
+    pytest.param(("--rate", "0", "--window", "2", "--client", "websockets"), id="websockets-client"),
+    pytest.param(("--rate", "0", "--window", "2", "--nodes", "2"), id="two-nodes"),
+])
+def test_relay_run_delivers_every_message_to_every_member_once_and_in_stream_order(
+    redis_url: str, room: str, rdb: redis.Redis, load: tuple[str, ...]
+) -> None:
+    result, [record] = run_bench("--mode", "relay", "--redis-url", redis_url, "--rooms", "3", "--members", "3",
+                                 *BRIEF, *load, "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    assert record["mode"] == "relay" and record["ok"] is True
+    assert_nothing_lost_duplicated_or_reordered(record["check"])
+    assert record["check"]["members"] == 9
+    figures = record["figures"]
+    assert figures["deliveries"] > 0 and figures["deliveries_per_s"] > 0
+    assert (figures["errors"], figures["closed"]) == (0, 0)
+    assert figures["latency_ms_p50"] is not None and figures["server_cpu_util"] is not None
+    assert {t["name"] for t in record["targets"]} and not any(t["setup_matches"] for t in record["targets"])
+    assert "check (XRANGE)" in result.stderr
+    assert rdb.keys(f"chat:*:{room}-*") == []  # the run deleted its rooms' keys
+
+
+def test_relay_on_the_embedded_store_is_checked_through_the_history_api() -> None:
+    result, [record] = run_bench("--mode", "relay", "--rooms", "2", "--members", "2", "--rate", "100", *BRIEF)
+
+    assert result.returncode == 0, result.stderr
+    assert record["params"]["store"] == "embedded"
+    assert_nothing_lost_duplicated_or_reordered(record["check"])
+    assert "check (history API)" in result.stderr
+
+
+def test_keep_leaves_the_streams_and_they_hold_what_the_members_received(
+    redis_url: str, room: str, rdb: redis.Redis
+) -> None:
+    result, [record] = run_bench("--mode", "relay", "--redis-url", redis_url, "--rooms", "2", "--members", "2",
+                                 "--rate", "100", *BRIEF, "--room-prefix", f"{room}-", "--keep")
+
+    assert result.returncode == 0, result.stderr
+    streams = [rdb.xlen(f"chat:session:{room}-r{n}") for n in range(2)]
+    assert sum(streams) == record["check"]["stored"] > 0
+
+
+def test_history_run_times_pages_that_hold_exactly_the_expected_entries(
+    redis_url: str, room: str, rdb: redis.Redis
+) -> None:
+    result, [record] = run_bench("--mode", "history", "--redis-url", redis_url, "--entries", "5000",
+                                 "--samples", "3", "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    assert record["mode"] == "history" and record["ok"] is True
+    assert record["check"] == {"ok": True, "requests": 9,
+                               "wrong_pages": {"newest": 0, "before_middle": 0, "after_middle": 0}}
+    assert record["figures"]["filled"] is True
+    assert all(record["figures"][f"{kind}_bytes"] > 0 for kind in ("newest", "before_middle", "after_middle"))
+    assert rdb.keys(f"chat:*:{room}-*") == []
+
+
+@pytest.mark.parametrize("args", [
+    ("--mode", "history"),  # fills the stream in Redis
+    ("--mode", "relay", "--nodes", "2"),  # nodes share rooms only through Redis
+    ("--mode", "relay", "--members", "1"),  # nobody to deliver to
+    ("--mode", "relay", "--room-prefix", "bad prefix"),
+])
+def test_options_that_cannot_work_are_refused_before_anything_starts(args: tuple[str, ...]) -> None:
+    result, records = run_bench(*args)
+
+    assert (result.returncode, records) == (2, [])
+    assert "error:" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,51 @@
+"""The hardening settings: defaults, parsing, and a one-line refusal naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.ratelimit import RateLimit
+from server.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.allowed_origins == frozenset()
+    assert settings.rate_limit == RateLimit(per_s=50, burst=200)
+    assert settings.max_connections_per_ip == 0
+    assert (settings.ping_interval_s, settings.ping_timeout_s) == (20, 20)
+
+
+def test_allowed_origins_are_a_comma_separated_lower_case_set() -> None:
+    settings = Settings.from_env({"ALLOWED_ORIGINS": " https://Chat.Example.com, http://localhost:8080 ,,null"})
+    assert settings.allowed_origins == {"https://chat.example.com", "http://localhost:8080", "null"}
+
+
+def test_fractional_rates_and_intervals_are_allowed() -> None:
+    settings = Settings.from_env({"RATE_LIMIT_PER_SEC": "0.5", "RATE_LIMIT_BURST": "3", "PING_INTERVAL_S": "0.25",
+                                  "PING_TIMEOUT_S": "0", "MAX_CONNECTIONS_PER_IP": "100000"})
+    assert settings.rate_limit == RateLimit(per_s=0.5, burst=3)
+    assert (settings.ping_interval_s, settings.ping_timeout_s, settings.max_connections_per_ip) == (0.25, 0, 100000)
+
+
+def test_a_rate_of_zero_turns_the_limit_off() -> None:
+    assert Settings.from_env({"RATE_LIMIT_PER_SEC": "0"}).rate_limit.limiter() is None
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("ALLOWED_ORIGINS", "https://chat.example.com/app"),
+    ("ALLOWED_ORIGINS", "chat.example.com"),
+    ("ALLOWED_ORIGINS", "*"),
+    ("RATE_LIMIT_PER_SEC", "-1"),
+    ("RATE_LIMIT_PER_SEC", "fast"),
+    ("RATE_LIMIT_PER_SEC", "nan"),
+    ("RATE_LIMIT_PER_SEC", "inf"),
+    ("RATE_LIMIT_BURST", "0"),
+    ("RATE_LIMIT_BURST", "2.5"),
+    ("MAX_CONNECTIONS_PER_IP", "-1"),
+    ("PING_INTERVAL_S", "-0.5"),
+    ("PING_TIMEOUT_S", "soon"),
+])
+def test_bad_values_are_refused_naming_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: raw})
