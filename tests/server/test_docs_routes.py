@@ -3,7 +3,7 @@ every route the server has, and describes what the routes really answer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,9 +20,9 @@ from server.settings import Settings
 from tests.support.schemas import check_server_frame
 from tests.support.server_process import ServerProcess
 
-# TODO(lead): empty this once GET /metrics and POST /v1/session are merged.
-NOT_YET_SERVED = {("GET", "/metrics"), ("POST", "/v1/session")}
 METHODS = {"get", "post", "put", "patch", "delete"}
+SECRET = "s3cret-for-the-docs-tests-0123456789abcdef"
+ADMIN = "admin-key-for-the-docs-tests-0123456789"
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_the_openapi_document_names_every_route() -> None:
               for method in route.methods or () if method != "HEAD"}
     documented = {(method.upper(), path) for path, item in openapi_document()["paths"].items()
                   for method in item if method in METHODS}
-    assert documented == served | NOT_YET_SERVED
+    assert documented == served
 
 
 async def test_the_server_serves_the_bundled_document(http: httpx.AsyncClient) -> None:
@@ -126,13 +126,45 @@ async def test_the_routes_answer_as_the_document_says(http: httpx.AsyncClient, r
         (history + "/export", await http.get(f"/api/chat/history/{room}/export")),
         (history + "/export", await http.get(f"/api/chat/history/{room}/export", params={"format": "markdown"})),
         (history + "/export", await http.get(f"/api/chat/history/{room}/export", params={"format": "pdf"})),
+        ("/metrics", await http.get("/metrics")),
+        ("/v1/session", await http.post("/v1/session")),
+        ("/v1/session", await http.post("/v1/session", json={"sid": room + "-x", "ttl_s": 60})),
+        ("/v1/session", await http.post("/v1/session", json={"ttl_s": 0})),
         ("/openapi.json", await http.get("/openapi.json")),
         ("/", await http.get("/")),
         (history, await http.delete(f"/api/chat/history/{room}")),
         (history, await http.delete(f"/api/chat/history/{room}")),
     ]
     assert [r.status_code for _, r in calls] == [200, 200, 404, 201, 201, 400, 413, 200, 200, 400, 200, 200, 400,
-                                                 200, 200, 204, 404]
+                                                 200, 201, 201, 400, 200, 200, 204, 404]
     for template, response in calls:
         described.check(template, response)
     check_server_frame(published.json())  # what members receive, as the AsyncAPI document says
+
+
+async def test_with_auth_on_the_routes_answer_as_the_document_says(start_server: Callable[..., ServerProcess],
+                                                                    redis_url: str, room: str) -> None:
+    secured = start_server(REDIS_URL=redis_url, AUTH_SECRET=SECRET, ADMIN_KEY=ADMIN)
+    described, admin = Described(), {"Authorization": f"Bearer {ADMIN}"}
+    history, messages = "/api/chat/history/{sid}", "/api/chat/{sid}/messages"
+    async with httpx.AsyncClient(base_url=secured.http, timeout=30) as http:
+        created = await http.post("/v1/session", json={"sid": room}, headers=admin)
+        other = await http.post("/v1/session", json={"sid": room + "-other"}, headers=admin)
+        token = {"Authorization": f"Bearer {created.json()['tokens']['A']}"}
+        envelope = {"hd": {"event": "chat.message"}, "bd": {"text": "with a token"}}
+        calls: list[tuple[str, httpx.Response]] = [
+            ("/v1/session", created),
+            ("/v1/session", await http.post("/v1/session")),
+            (messages, await http.post(f"/api/chat/{room}/messages", json=envelope)),
+            (messages, published := await http.post(f"/api/chat/{room}/messages", json=envelope, headers=token)),
+            (history, await http.get(f"/api/chat/history/{room}", headers={
+                "Authorization": f"Bearer {other.json()['tokens']['B']}"})),
+            (history, await http.get(f"/api/chat/history/{room}", headers=token)),
+            (history, await http.delete(f"/api/chat/history/{room}", headers=token)),
+            (history, await http.delete(f"/api/chat/history/{room}", headers=admin)),
+        ]
+    assert [r.status_code for _, r in calls] == [201, 401, 401, 201, 403, 200, 403, 204]
+    assert set(created.json()["tokens"]) == {"A", "B"} and created.json()["expires_at"]
+    assert published.json()["hd"]["role"] == "A"  # the token's role
+    for template, response in calls:
+        described.check(template, response)
