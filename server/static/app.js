@@ -2,6 +2,8 @@
 // contract" (and protocol/asyncapi.yaml). No framework and no build step: read it top to bottom.
 //
 // - Joining: the room and role come from the address (?sid=room001&role=A) or from the form.
+//   When the server requires tokens, add the room token to the address (&token=...): it is sent
+//   with the connection, and the server binds the connection to the token's role.
 // - Receiving: each frame is handled by the function named for its hd.event (see `handlers`).
 // - Resuming: every stored message carries its stream id in hd.id. The page keeps the last one,
 //   and after a drop it reconnects with &last_id=...&epoch=..., so the server first replays what
@@ -28,6 +30,7 @@ const MAX_RETRY_DELAY_MS = 10000;
 const state = {
   sid: null,
   role: "",            // "A", "B", or "" (no role: the server calls us "user")
+  token: "",           // the room token, when the server requires one
   socket: null,
   ready: false,        // session.ready received on the current socket
   lastId: null,        // hd.id of the last stored message received: the resume cursor
@@ -43,12 +46,12 @@ const state = {
 function start() {
   const params = new URLSearchParams(location.search);
   if (params.has("sid")) {
-    join(params.get("sid"), params.get("role") || "");
+    join(params.get("sid"), params.get("role") || "", params.get("token") || "");
   }
   ui.join.addEventListener("submit", (event) => {
     event.preventDefault();
     const form = new FormData(ui.join);
-    join(form.get("sid"), form.get("role"));
+    join(form.get("sid"), form.get("role"), "");
   });
   ui.compose.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -56,20 +59,22 @@ function start() {
   });
 }
 
-function join(sid, role) {
+function join(sid, role, token) {
   if (!ROOM_ID.test(sid)) {
     setStatus("error", "invalid room id: use 1 to 64 letters, digits, '_' or '-'");
     return;
   }
   state.sid = sid;
   state.role = role === "A" || role === "B" ? role : "";
+  state.token = token;
   // Keep the choice in the address: a reload, or the link sent to someone, joins the same room.
   const params = new URLSearchParams({ sid: state.sid });
   if (state.role) params.set("role", state.role);
+  if (state.token) params.set("token", state.token);
   history.replaceState(null, "", "?" + params);
   ui.join.hidden = true;
   ui.room.hidden = false;
-  ui.where.textContent = `Room ${state.sid}, as ${state.role || "user"}.`;
+  showWhere();
   ui.input.focus();
   connect();
 }
@@ -77,6 +82,7 @@ function join(sid, role) {
 function connect() {
   const params = new URLSearchParams({ sid: state.sid });
   if (state.role) params.set("role", state.role);
+  if (state.token) params.set("token", state.token);
   if (state.lastId) {
     params.set("last_id", state.lastId);
     if (state.epoch) params.set("epoch", state.epoch);
@@ -131,6 +137,8 @@ function onReady(frame) {
   state.retries = 0;
   state.epoch = frame.bd.epoch;
   state.self = frame.hd.conn;
+  if (frame.hd.role !== "user") state.role = frame.hd.role;  // a token may have chosen it
+  showWhere();
   state.members = new Map(frame.bd.members.map((member) => [member.conn, member.role]));
   showPresence();
   setStatus("open", "connected");
@@ -247,6 +255,10 @@ function findItem(key, value) {
 
 function textOf(item) {
   return item.querySelector(".text");
+}
+
+function showWhere() {
+  ui.where.textContent = `Room ${state.sid}, as ${state.role || "user"}.`;
 }
 
 function showPresence() {

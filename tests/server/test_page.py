@@ -143,3 +143,23 @@ async def test_stop_cancels_the_bot_s_answer(start_server: Callable[..., ServerP
     await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid]').dataset.state === 'cancelled'")
     assert await page.evaluate(f"document.querySelector('{MESSAGES} li[data-rid] button')") is None
     assert await page.evaluate(shown("user", "@llm #long story please")) == 1
+
+
+async def test_with_auth_on_the_page_connects_with_the_token_in_its_address(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, page: Page) -> None:
+    admin_key = "admin-key-for-the-page-tests-0123456789"
+    node = start_server(REDIS_URL=redis_url, AUTH_SECRET="s3cret-for-the-page-tests-0123456789abc",
+                        ADMIN_KEY=admin_key)
+    async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
+        created = await http.post("/v1/session", json={"sid": room}, headers={"Authorization": f"Bearer {admin_key}"})
+    tokens = created.json()["tokens"]
+    await page.goto(f"{node.http}/?sid={room}&token={tokens['A']}")  # no role: the token's
+    await page.wait_for(connected())
+    assert await page.evaluate(present()) == ["A (you)"]
+    async with await Client.open(node.ws(room, token=tokens["B"])) as b:
+        await say(page, "signed in as A")
+        heard = await b.recv()
+        assert (heard["hd"]["role"], heard["bd"]["text"]) == ("A", "signed in as A")
+        await b.chat("and B with its token")
+        assert await page.wait_for(shown("B", "and B with its token")) == 1
+    assert await page.evaluate(shown("A", "signed in as A")) == 1
