@@ -34,13 +34,18 @@ class Ephemeral:
     async def send(self, room: str, after: bytes, frame: str, skip: object = None) -> None:
         """Broadcast ``frame`` to ``room`` (except the member ``skip`` on this process) once the
         entries up to ``after`` are delivered. Raises when Redis is unreachable."""
+        await self.post(room, after, frame, skip)
+
+    def post(self, room: str, after: bytes, frame: str, skip: object = None) -> asyncio.Future[None]:
+        """:meth:`send` without waiting: the future is done once the other nodes have been told
+        (futures are done in the order they were posted)."""
         if self._feed is not None:
             self._feed.frame(room, after, frame, skip)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((room, after + b" " + frame.encode(), future))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await future
+        return future
 
     async def _flush(self) -> None:
         try:

@@ -39,7 +39,7 @@ class Member:
         self.conn = secrets.token_hex(4)  # the connection's id in the room's roster
         self._queue: deque[str] = deque()
         self._held: deque[str] | None = None
-        self._drained = asyncio.Event()
+        self._drained: asyncio.Event | None = None  # made while a history replay waits for the queue
         self._queue_max = queue_max
         self._idle = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -75,7 +75,7 @@ class Member:
     async def push_history(self, frames: list[str]) -> None:
         """Queue frames ahead of the held ones; waits while the queue is more than half full."""
         while self._closing is None and len(self._queue) > self._queue_max // 2:
-            self._drained.clear()
+            self._drained = asyncio.Event()
             await self._drained.wait()
         if self._closing is None:
             self._queue.extend(frames)
@@ -93,7 +93,8 @@ class Member:
         if self._closing is None:
             self._closing = (code, reason)
             self._idle.set()
-            self._drained.set()
+            if self._drained is not None:
+                self._drained.set()
 
     async def wait_closed(self) -> None:
         if self._writer is not None:
@@ -106,7 +107,8 @@ class Member:
             while True:
                 while queue:
                     await send({"type": "websocket.send", "text": queue.popleft()})
-                self._drained.set()
+                if self._drained is not None:
+                    self._drained.set()
                 if self._closing is not None:
                     code, reason = self._closing
                     await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -196,18 +196,27 @@ class Worker:
 
     async def _pump(self, generation: Generation, messages: Any) -> Outcome:
         request, after = generation.request, generation.request.reply_to.encode()
+        sent: list[asyncio.Future[None]] = []  # the deltas' sends, awaited before the answer is stored
         seq = 0
-        async with contextlib.aclosing(self._provider.stream(messages)) as events:
-            async for event in events:
-                if isinstance(event, Outcome):
-                    return event
-                # Counted before the send: once handed over, the delta reaches the members even if
-                # the generation is cancelled while the send is under way.
-                generation.text.append(event)
-                COUNTS.tokens_streamed += 1
-                await self._ephemeral.send(request.room, after, streaming_frame(request, seq, event))
-                seq += 1
-        raise ProviderError("provider_unavailable", "The answer ended without a finish reason.")
+        try:
+            async with contextlib.aclosing(self._provider.stream(messages)) as events:
+                async for event in events:
+                    if isinstance(event, Outcome):
+                        return event
+                    # Counted when handed over: from then on the delta reaches the members even if
+                    # the generation is cancelled.
+                    generation.text.append(event)
+                    COUNTS.tokens_streamed += 1
+                    sent.append(self._ephemeral.post(request.room, after, streaming_frame(request, seq, event)))
+                    seq += 1
+            raise ProviderError("provider_unavailable", "The answer ended without a finish reason.")
+        finally:
+            # Every node has heard the deltas before the answer is appended (and announced).
+            results = await asyncio.shield(asyncio.gather(*sent, return_exceptions=True))
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None and not isinstance(failed, asyncio.CancelledError):
+                log.warning("room %s: some deltas of %s did not reach other nodes: %s", request.room, request.rid,
+                            failed)
 
     async def _store_answer(self, request: Request, text: str, outcome: Outcome | None,
                             error: ProviderError | None) -> bytes | None:
