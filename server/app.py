@@ -18,6 +18,7 @@ from server.admission import Admission
 from server.appender import Appender, Retention
 from server.auth import Auth
 from server.dispatch import Dispatcher
+from server.docs_routes import docs_routes
 from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
 from server.history import history_routes
@@ -119,6 +120,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             *history_routes(relay),
             *rooms_routes(relay.auth, settings.auth_token_ttl_s),
             *metrics_routes(relay.hub.counts),
+            *docs_routes(),
         ],
         lifespan=lifespan,
     )

@@ -3,6 +3,7 @@
 :meth:`Client.open` reads up to the ``session.ready`` frame: what came before it is the resume's
 replay (:attr:`Client.replayed`). :meth:`Client.recv` returns the next frame except presence
 frames, which go to :attr:`Client.presence` (use :meth:`Client.recv_presence` to wait for one).
+Every frame received is checked against ``protocol/asyncapi.yaml`` (:mod:`tests.support.schemas`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support.schemas import check_server_frame
 
 RECV_TIMEOUT_S = 10.0
 
@@ -60,6 +63,7 @@ class Client:
         raw = await asyncio.wait_for(self.ws.recv(), timeout_s)
         frame = orjson.loads(raw)
         assert isinstance(frame, dict)
+        check_server_frame(frame)
         return frame
 
     async def recv_presence(self, timeout_s: float = RECV_TIMEOUT_S) -> dict[str, Any]:

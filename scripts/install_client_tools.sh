@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install the tools the client tests drive, skipping what is already there (safe to run again):
+# - Node.js and npm (Debian packages), then newman and the AsyncAPI specification schemas into
+#   .ci/node, exactly as pinned by .ci/node/package-lock.json;
+# - Chromium (Debian package `chromium`; or set CHROMIUM to a Chrome/Chromium binary) for the
+#   browser page's test.
+set -eu
+cd "$(dirname "$0")/.."
+SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+
+packages=""
+command -v npm >/dev/null 2>&1 || packages="$packages nodejs npm"
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    packages="$packages chromium"
+fi
+if [ -n "$packages" ]; then
+    echo "installing the Debian packages:$packages" >&2
+    $SUDO apt-get update -q
+    # shellcheck disable=SC2086  # one word per package
+    $SUDO apt-get install -y -q $packages
+fi
+
+installed=.ci/node/node_modules/.package-lock.json
+if [ ! -x .ci/node/node_modules/.bin/newman ] || [ ! -d .ci/node/node_modules/@asyncapi/specs ] \
+        || [ ! -f "$installed" ] || [ .ci/node/package-lock.json -nt "$installed" ]; then
+    echo "installing newman and @asyncapi/specs into .ci/node" >&2
+    npm ci --prefix .ci/node --no-audit --no-fund --loglevel=error
+fi
