@@ -94,14 +94,16 @@ def _int(low: int, high: int) -> Callable[[str, str], int]:
     return parse
 
 
-def _float(low: float, high: float) -> Callable[[str, str], float]:
+def _float(low: float, high: float, *, low_open: bool = False) -> Callable[[str, str], float]:
+    """A number from ``low`` to ``high`` (above ``low`` when ``low_open``)."""
     def parse(name: str, raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise SettingsError(f"{name}={raw.strip()} is out of range ({low}..{high})")
+        in_range = low < value <= high if low_open else low <= value <= high
+        if not (math.isfinite(value) and in_range):
+            raise SettingsError(f"{name}={raw.strip()} is out of range ({'>' if low_open else ''}{low}..{high})")
         return value
 
     return parse

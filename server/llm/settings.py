@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from server.settings import SettingsError, _int, _text
+from server.settings import SettingsError, _float, _int, _text
 
 ProviderName = Literal["openai", "scripted"]
 Trigger = Literal["mention", "explicit", "always"]
@@ -72,19 +72,6 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
         value = raw.strip().lower()
         if value not in options:
             raise SettingsError(f"{name}={raw!r} is not one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _float(low: float, high: float, *, low_open: bool = False) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
-        if not (low < value <= high if low_open else low <= value <= high):
-            raise SettingsError(f"{name}={value} is out of range ({'>' if low_open else ''}{low}..{high})")
         return value
 
     return parse

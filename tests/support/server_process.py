@@ -16,7 +16,35 @@ from tests.support.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerProcess:
+class _Process:
+    """A child process writing to ``log_path``: stopped with SIGTERM (killed if it lingers)."""
+
+    log_path: Path
+    process: subprocess.Popen[bytes] | None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code, self.process = self.process.returncode, None
+        return code
+
+
+class ServerProcess(_Process):
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.port = free_port()
         # No frame rate limit unless a test asks for one: tests send in bulk over one connection.
@@ -51,24 +79,9 @@ class ServerProcess:
                     raise RuntimeError(f"server did not answer /healthz: {self.log()}") from None
                 time.sleep(0.05)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code, self.process = self.process.returncode, None
-        return code
 
 
-class WorkerProcess:
+class WorkerProcess(_Process):
     """``python -m server.llm_worker`` in its own process."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
@@ -88,24 +101,3 @@ class WorkerProcess:
                 raise RuntimeError(f"worker did not start: {self.log()}")
             time.sleep(0.05)
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        code, self.process = self.process.returncode, None
-        return code
