@@ -111,10 +111,7 @@ def _chat_message(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
         raise ProtocolError("invalid_envelope", "'bd.text' must be a string.", cid)
     if not text.strip():
         raise ProtocolError("empty_text", "'bd.text' is empty or only whitespace.", cid)
-    if len(text) > limits.max_text_chars:
-        raise ProtocolError(
-            "too_large", f"'bd.text' has {len(text)} characters; the limit is {limits.max_text_chars}.", cid
-        )
+    _check_length("bd.text", text, limits, cid)
 
 
 def _llm_invoke(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
@@ -123,9 +120,13 @@ def _llm_invoke(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
         return  # no prompt: answer the conversation so far
     if not isinstance(prompt, str):
         raise ProtocolError("invalid_envelope", "'bd.prompt' must be a string (or absent).", cid)
-    if len(prompt) > limits.max_text_chars:
+    _check_length("bd.prompt", prompt, limits, cid)
+
+
+def _check_length(name: str, text: str, limits: Limits, cid: str | None) -> None:
+    if len(text) > limits.max_text_chars:
         raise ProtocolError(
-            "too_large", f"'bd.prompt' has {len(prompt)} characters; the limit is {limits.max_text_chars}.", cid
+            "too_large", f"'{name}' has {len(text)} characters; the limit is {limits.max_text_chars}.", cid
         )
 
 

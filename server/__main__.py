@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import uvicorn
 
 from server.app import create_app
-from server.settings import Settings, SettingsError, log_level_number
+from server.settings import settings_or_exit
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as exc:
-        print(f"chat-relay: bad setting: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=log_level_number(settings.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_or_exit("chat-relay", os.environ)
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -22,7 +22,7 @@ from server.ephemeral import Ephemeral
 from server.llm import make_provider
 from server.llm.jobs import Jobs
 from server.llm.worker import Worker
-from server.settings import Settings, SettingsError, log_level_number
+from server.settings import Settings, settings_or_exit
 from server.store import StreamStore
 
 log = logging.getLogger("server.llm_worker")
@@ -60,17 +60,11 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as exc:
-        print(f"chat-relay llm_worker: bad setting: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("chat-relay llm_worker", os.environ)
     if settings.redis_url is None:
         print("chat-relay llm_worker: REDIS_URL is required (the embedded store lives inside one server process)",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=log_level_number(settings.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(settings))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -171,6 +172,19 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ping_interval_s": _float(0, 24 * 3600),
     "ping_timeout_s": _float(0, 24 * 3600),
 }
+
+
+def settings_or_exit(program: str, env: Mapping[str, str]) -> Settings:
+    """The settings, or exit with status 2 and a one-line message naming the bad variable; then
+    logging is set up at their ``LOG_LEVEL``."""
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"{program}: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=log_level_number(settings.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
 
 
 def log_level_number(level: str) -> int:
