@@ -15,10 +15,17 @@ import orjson
 _HD_PREFIX = b'{"hd":{'
 
 
+_last_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
+
+
 def format_ts(ms: int) -> str:
     """UTC ISO-8601 with milliseconds: ``2025-11-22T15:30:00.123Z``."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    cached_second, prefix = _last_second[0]
+    if seconds != cached_second:  # messages come many a second: format each second once
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second[0] = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
 
 
 def stored_body(hd: dict[str, Any], bd: dict[str, Any]) -> bytes:

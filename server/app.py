@@ -8,11 +8,13 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.admission import Admission
 from server.appender import Appender, Retention
@@ -85,6 +87,26 @@ class Relay:
             await self.store.close()
 
 
+class RelayApp(Starlette):
+    """The Starlette app, except that chat connections go straight to their endpoint.
+
+    Every frame a member receives is an ASGI ``send``; the middleware stack would wrap each one in
+    another coroutine (to track whether an HTTP response started), for nothing on a WebSocket. The
+    route stays listed for the documents and ``url_path_for``.
+    """
+
+    def __init__(self, chat: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == PATH:
+            scope["app"] = self
+            await self._chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
     relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
@@ -112,7 +134,8 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
         async with relay.running():
             yield
 
-    app = Starlette(
+    app = RelayApp(
+        admission,
         routes=[
             WebSocketRoute(PATH, admission),
             Route("/healthz", healthz),
