@@ -30,11 +30,18 @@ class Export:
 
 def message(entry: Entry) -> dict[str, Any]:
     entry_id, fields = entry[0].decode(), entry[1]
-    envelope = orjson.loads(frame_with_id(fields.get(b"body", b"{}"), entry_id))
-    hd = envelope["hd"]
+    body = fields.get(b"body", b"{}")
+    envelope = orjson.loads(body)
+    hd = envelope.get("hd") if isinstance(envelope, dict) else None
+    if isinstance(hd, dict):  # ours: hd first; the broadcast's hd starts with the id
+        hd = {"id": entry_id, **hd}
+        bd = envelope.get("bd")
+    else:  # written by another tool: shaped as frame_with_id does for members
+        envelope = orjson.loads(frame_with_id(body, entry_id))
+        hd, bd = envelope["hd"], envelope.get("bd")
     participant = fields.get(b"participant", b"").decode()
     return {"id": entry_id, "participant": participant, "event": hd.get("event"), "ts": hd.get("ts"),
-            "hd": hd, "bd": envelope.get("bd")}
+            "hd": hd, "bd": bd}
 
 
 async def json_export(sid: str, chunks: Chunks) -> AsyncIterator[bytes]:
