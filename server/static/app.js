@@ -5,6 +5,8 @@
 //   When the server requires tokens, add the room token to the address (&token=...): it is sent
 //   with the connection, and the server binds the connection to the token's role.
 // - Receiving: each frame is handled by the function named for its hd.event (see `handlers`).
+//   Each message in the list carries data-role (A, B, user or llm); the bot's answer carries
+//   data-final="true" once its llm.response has arrived (data-final="false" while it streams).
 // - Resuming: every stored message carries its stream id in hd.id. The page keeps the last one,
 //   and after a drop it reconnects with &last_id=...&epoch=..., so the server first replays what
 //   was missed, then sends session.ready.
@@ -171,6 +173,7 @@ function onDelta(frame) {
 function onAnswer(frame) {
   const item = botItem(frame.hd.rid);
   item.dataset.id = frame.hd.id;
+  item.dataset.final = "true";  // the stored answer: its text will not change any more
   item.dataset.state = frame.bd.finish_reason === "stop" ? "done" : frame.bd.finish_reason;
   textOf(item).textContent = frame.bd.text;
   item.querySelector("button")?.remove();
@@ -240,6 +243,7 @@ function botItem(rid) {
   if (!item) {
     item = addMessage("llm", "");
     item.dataset.rid = rid;
+    item.dataset.final = "false";  // until its llm.response arrives
     item.dataset.state = "streaming";
     const stop = document.createElement("button");
     stop.textContent = "Stop";

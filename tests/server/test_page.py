@@ -1,56 +1,86 @@
-"""The chat page at ``/`` in a real browser (headless Chromium): chatting, other members'
-messages, the bot's answer streaming in, presence, and resuming after the server went away."""
+"""The chat page at ``/`` in a real browser: headless Chromium (the system's, see
+``tests/support/tools.py``) driven by Playwright. Chatting, other members' messages, the bot's
+answer streaming in, presence, Stop, resuming after the server went away, tokens; and the issue's
+scenario, two pages as A and B in one room.
+
+The page's hooks: ``data-testid`` on the input, the send button and the message list; each
+message's ``data-role``; ``data-final="true"`` on the bot's answer once its ``llm.response`` came.
+Every wait is one of Playwright's retrying assertions (``expect``), never a sleep.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable, Iterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, BrowserContext, Error, Locator, Page, async_playwright, expect
 
-from tests.support.browser import Browser, Page
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
+from tests.support.tools import chromium
 
-RECONNECT_TIMEOUT_S = 40.0  # the page retries after 0.5, 1, 2, 4, 8 s... while the server restarts
+WAIT_TIMEOUT_MS = 15_000
+RECONNECT_TIMEOUT_MS = 40_000  # the page retries after 0.5, 1, 2, 4, 8 s... while the server restarts
 MESSAGES = '[data-testid="messages"]'
+INPUT = '[data-testid="message-input"]'
+SEND = '[data-testid="send"]'
 STATUS = '[data-testid="status"]'
+PRESENCE = '[data-testid="presence"] li'
+BOT = f'{MESSAGES} li[data-role="llm"]'
+
+expect.set_options(timeout=WAIT_TIMEOUT_MS)
+
+NewPage = Callable[[str], Awaitable[Page]]
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    browser = Browser().start()
-    yield browser
-    browser.stop()
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium()  # fails with the command that installs it
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    page = await browser.new_page()
-    yield page
-    assert not [line for line in page.console if line.startswith("uncaught")], page.console
-    await page.close()
+async def new_page(browser: Browser) -> AsyncIterator[NewPage]:
+    """Opens the page at a URL in a fresh browser context (its own window); at the end, none of the
+    pages opened may have thrown an uncaught error."""
+    contexts: list[BrowserContext] = []
+    errors: list[Error] = []
+
+    async def open_page(url: str) -> Page:
+        context = await browser.new_context()
+        contexts.append(context)
+        context.set_default_timeout(WAIT_TIMEOUT_MS)
+        page = await context.new_page()
+        page.on("pageerror", lambda error: errors.append(error))
+        await page.goto(url)
+        return page
+
+    yield open_page
+    for context in contexts:
+        await context.close()
+    assert not errors, errors
 
 
-def shown(role: str, text: str) -> str:
-    """A page expression: how many messages from ``role`` with ``text`` the list shows."""
-    return (f"[...document.querySelectorAll('{MESSAGES} li[data-role={json.dumps(role)}] .text')]"
-            f".filter((p) => p.textContent === {json.dumps(text)}).length")
+def shown(page: Page, role: str, text: str) -> Locator:
+    """The messages from ``role`` whose text is exactly ``text``."""
+    return page.locator(f'{MESSAGES} li[data-role="{role}"] .text').filter(
+        has_text=re.compile(f"^{re.escape(text)}$"))
 
 
-def connected() -> str:
-    return f"document.querySelector('{STATUS}').dataset.state === 'open'"
-
-
-def present() -> str:
-    return "[...document.querySelectorAll('[data-testid=\"presence\"] li')].map((li) => li.textContent).sort()"
+async def connected(page: Page, timeout_ms: float = WAIT_TIMEOUT_MS) -> None:
+    await expect(page.locator(STATUS)).to_have_attribute("data-state", "open", timeout=timeout_ms)
 
 
 async def say(page: Page, text: str) -> None:
-    await page.type('[data-testid="message-input"]', text)
-    await page.click('[data-testid="send"]')
+    await page.fill(INPUT, text)
+    await page.click(SEND)
 
 
 async def until(client: Client, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -59,51 +89,73 @@ async def until(client: Client, done: Callable[[dict[str, Any]], bool]) -> dict[
     return frame
 
 
-async def test_chat_with_another_member_and_the_bot(server: ServerProcess, room: str, page: Page) -> None:
-    await page.goto(f"{server.http}/?sid={room}&role=A")
-    await page.wait_for(connected())
-    assert await page.evaluate(present()) == ["A (you)"]
-    assert await page.evaluate(f"document.querySelector('{STATUS}').textContent") == "connected"
-    assert await page.evaluate("getComputedStyle(document.querySelector('#join')).display") == "none"
+async def test_two_pages_as_a_and_b_chat_and_both_see_the_bot_s_answer(server: ServerProcess, room: str,
+                                                                      new_page: NewPage) -> None:
+    a = await new_page(f"{server.http}/?sid={room}&role=A")
+    await connected(a)
+    b = await new_page(f"{server.http}/?sid={room}&role=B")
+    await connected(b)
+    await expect(a.locator(PRESENCE)).to_have_text(["A (you)", "B"])
+
+    await say(a, "hello B, from A's page")
+    await expect(shown(b, "A", "hello B, from A's page")).to_have_count(1)
+
+    await say(b, "@llm what is a stream")
+    await expect(shown(a, "B", "@llm what is a stream")).to_have_count(1)
+    answers = [page.locator(f'{BOT}[data-final="true"] .text') for page in (a, b)]
+    for answer in answers:
+        await expect(answer).to_have_count(1)
+        await expect(answer).to_have_text(re.compile(r"^You said: B: @llm what is a stream\."))
+    assert await answers[0].text_content() == await answers[1].text_content()
+
+
+async def test_chat_with_another_member_and_the_bot(server: ServerProcess, room: str, new_page: NewPage) -> None:
+    page = await new_page(f"{server.http}/?sid={room}&role=A")
+    await connected(page)
+    await expect(page.locator(STATUS)).to_have_text("connected")
+    await expect(page.locator(PRESENCE)).to_have_text(["A (you)"])
+    await expect(page.locator("#join")).to_be_hidden()
 
     async with await Client.open(server.ws(room, role="B")) as b:
-        assert await page.wait_for(f"JSON.stringify({present()}) === '[\"A (you)\",\"B\"]'")
+        await expect(page.locator(PRESENCE)).to_have_text(["A (you)", "B"])
 
         await say(page, "hello from the page")
-        assert await page.wait_for(shown("A", "hello from the page")) == 1
-        assert await page.evaluate("document.querySelector('[data-testid=\"message-input\"]').value") == ""
+        await expect(shown(page, "A", "hello from the page")).to_have_count(1)
+        await expect(page.locator(INPUT)).to_have_value("")
         heard = await b.recv()
         assert (heard["hd"]["role"], heard["bd"]["text"]) == ("A", "hello from the page")
 
         await b.chat("hi page, B here")
-        assert await page.wait_for(shown("B", "hi page, B here")) == 1
+        await expect(shown(page, "B", "hi page, B here")).to_have_count(1)
         await b.recv()
 
         # Record every state the bot's message goes through in the list, from now on.
-        await page.evaluate(f"""(() => {{
+        await page.evaluate("""([messages, bot]) => {
             window.botStates = [];
-            new MutationObserver(() => {{
-                for (const item of document.querySelectorAll('{MESSAGES} li[data-rid]')) {{
-                    window.botStates.push([item.dataset.state, item.querySelector('.text').textContent]);
-                }}
-            }}).observe(document.querySelector('{MESSAGES}'), {{subtree: true, childList: true,
-                                                              characterData: true, attributes: true}});
-        }})()""")
+            new MutationObserver(() => {
+                for (const item of document.querySelectorAll(bot)) {
+                    window.botStates.push([item.dataset.final, item.querySelector('.text').textContent]);
+                }
+            }).observe(document.querySelector(messages), {subtree: true, childList: true,
+                                                          characterData: true, attributes: true});
+        }""", [MESSAGES, BOT])
         await say(page, "@llm what is a stream")
-        await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid]')?.dataset.state === 'done'")
+        bot = page.locator(BOT)
+        await expect(bot).to_have_attribute("data-state", "done")
+        await expect(bot).to_have_attribute("data-final", "true")
         response = await until(b, lambda frame: frame["hd"]["event"] == "llm.response")
-        final = await page.evaluate(f"document.querySelector('{MESSAGES} li[data-rid] .text').textContent")
+        final = await bot.locator(".text").text_content()
         assert final == response["bd"]["text"] and final.startswith("You said: A: @llm what is a stream.")
-        partial = [text for state, text in await page.evaluate("window.botStates") if state == "streaming"]
+        partial = [text for is_final, text in await page.evaluate("window.botStates") if is_final == "false"]
         assert any(0 < len(text) < len(final) and final.startswith(text) for text in partial)  # it streamed in
-        assert await page.evaluate(shown("A", "@llm what is a stream")) == 1
+        await expect(shown(page, "A", "@llm what is a stream")).to_have_count(1)
 
-    assert await page.wait_for(f"JSON.stringify({present()}) === '[\"A (you)\"]'")
+    await expect(page.locator(PRESENCE)).to_have_text(["A (you)"])
 
 
 async def test_the_page_resumes_after_its_server_went_away(start_server: Callable[..., ServerProcess],
                                                           redis_url: str, server: ServerProcess, room: str,
-                                                          page: Page) -> None:
+                                                          new_page: NewPage) -> None:
     node = start_server(REDIS_URL=redis_url)
     async with httpx.AsyncClient(base_url=server.http, timeout=30) as other_node:
         async def publish(text: str) -> None:
@@ -111,21 +163,21 @@ async def test_the_page_resumes_after_its_server_went_away(start_server: Callabl
                                            json={"hd": {"event": "chat.message", "role": "A"}, "bd": {"text": text}})
             assert answer.status_code == 201
 
-        await page.goto(f"{node.http}/?sid={room}&role=B")
-        await page.wait_for(connected())
+        page = await new_page(f"{node.http}/?sid={room}&role=B")
+        await connected(page)
         await publish("before the drop")
-        await page.wait_for(shown("A", "before the drop"))
+        await expect(shown(page, "A", "before the drop")).to_have_count(1)
 
         node.stop()
-        await page.wait_for(f"document.querySelector('{STATUS}').dataset.state === 'disconnected'")
+        await expect(page.locator(STATUS)).to_have_attribute("data-state", "disconnected")
         await publish("while you were away")  # stored while the page has no connection
         await say(page, "typed while offline")  # sent once the page is back
 
         node.start()
-        await page.wait_for(connected(), RECONNECT_TIMEOUT_S)
-        assert await page.wait_for(shown("A", "while you were away")) == 1  # replayed: only a resume has it
-        assert await page.wait_for(shown("B", "typed while offline")) == 1
-        assert await page.evaluate(shown("A", "before the drop")) == 1  # and nothing twice
+        await connected(page, RECONNECT_TIMEOUT_MS)
+        await expect(shown(page, "A", "while you were away")).to_have_count(1)  # replayed: only a resume has it
+        await expect(shown(page, "B", "typed while offline")).to_have_count(1)
+        await expect(shown(page, "A", "before the drop")).to_have_count(1)  # and nothing twice
 
         history = (await other_node.get(f"/api/chat/history/{room}")).json()
     assert [m["bd"]["text"] for m in history["messages"]] == ["before the drop", "while you were away",
@@ -133,33 +185,36 @@ async def test_the_page_resumes_after_its_server_went_away(start_server: Callabl
 
 
 async def test_stop_cancels_the_bot_s_answer(start_server: Callable[..., ServerProcess], redis_url: str, room: str,
-                                             page: Page) -> None:
+                                             new_page: NewPage) -> None:
     node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="200")  # a #long answer takes ~20 s
-    await page.goto(f"{node.http}/?sid={room}")
-    await page.wait_for(connected())
+    page = await new_page(f"{node.http}/?sid={room}")
+    await connected(page)
     await say(page, "@llm #long story please")
-    await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid] .text')?.textContent")
-    await page.click(f"{MESSAGES} li[data-rid] button")
-    await page.wait_for(f"document.querySelector('{MESSAGES} li[data-rid]').dataset.state === 'cancelled'")
-    assert await page.evaluate(f"document.querySelector('{MESSAGES} li[data-rid] button')") is None
-    assert await page.evaluate(shown("user", "@llm #long story please")) == 1
+    bot = page.locator(BOT)
+    await expect(bot.locator(".text")).to_have_text(re.compile(r"\S"))  # it has begun
+    await expect(bot).to_have_attribute("data-final", "false")
+    await bot.get_by_role("button", name="Stop").click()
+    await expect(bot).to_have_attribute("data-state", "cancelled")
+    await expect(bot).to_have_attribute("data-final", "true")
+    await expect(bot.locator("button")).to_have_count(0)
+    await expect(shown(page, "user", "@llm #long story please")).to_have_count(1)
 
 
 async def test_with_auth_on_the_page_connects_with_the_token_in_its_address(
-        start_server: Callable[..., ServerProcess], redis_url: str, room: str, page: Page) -> None:
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
     admin_key = "admin-key-for-the-page-tests-0123456789"
     node = start_server(REDIS_URL=redis_url, AUTH_SECRET="s3cret-for-the-page-tests-0123456789abc",
                         ADMIN_KEY=admin_key)
     async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
         created = await http.post("/v1/session", json={"sid": room}, headers={"Authorization": f"Bearer {admin_key}"})
     tokens = created.json()["tokens"]
-    await page.goto(f"{node.http}/?sid={room}&token={tokens['A']}")  # no role: the token's
-    await page.wait_for(connected())
-    assert await page.evaluate(present()) == ["A (you)"]
+    page = await new_page(f"{node.http}/?sid={room}&token={tokens['A']}")  # no role: the token's
+    await connected(page)
+    await expect(page.locator(PRESENCE)).to_have_text(["A (you)"])
     async with await Client.open(node.ws(room, token=tokens["B"])) as b:
         await say(page, "signed in as A")
         heard = await b.recv()
         assert (heard["hd"]["role"], heard["bd"]["text"]) == ("A", "signed in as A")
         await b.chat("and B with its token")
-        assert await page.wait_for(shown("B", "and B with its token")) == 1
-    assert await page.evaluate(shown("A", "signed in as A")) == 1
+        await expect(shown(page, "B", "and B with its token")).to_have_count(1)
+    await expect(shown(page, "A", "signed in as A")).to_have_count(1)
