@@ -3,7 +3,8 @@
 # - Node.js and npm (Debian packages), then newman and the AsyncAPI specification schemas into
 #   .ci/node, exactly as pinned by .ci/node/package-lock.json;
 # - Chromium (Debian package `chromium`; or set CHROMIUM to a Chrome/Chromium binary) for the
-#   browser page's test.
+#   browser page's tests, which drive it with Playwright: pip installs that Python package (and the
+#   driver bundled in its wheel) with the test extras; no `playwright install`, no browser download.
 set -eu
 cd "$(dirname "$0")/.."
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)

@@ -1,4 +1,4 @@
-"""The client tools some tests drive: newman (npm) and Chromium.
+"""The client tools some tests drive: newman (npm) and Chromium (through Playwright, a test extra).
 
 ``scripts/install_client_tools.sh`` installs them: newman and the AsyncAPI specification schemas
 into ``.ci/node`` (from ``.ci/node/package-lock.json``), Chromium from Debian's packages. A missing
