@@ -180,11 +180,11 @@ class StreamStore:
 
     async def ephemeral(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
         """Send each room's ``messages`` (``b"<after id> <frame>"``) to the other live nodes that
-        follow it, in one round trip (``node`` is the sender: "" when it follows no room)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for room, batch in messages.items():
-                await self._ephemeral(keys=[ROOM_NODES_PREFIX + room], args=[room, node, *batch], client=pipe)
-            await pipe.execute()
+        follow it, in one script call (``node`` is the sender: "" when it follows no room)."""
+        args: list[Any] = [node]
+        for room, batch in messages.items():
+            args += (room, len(batch), *batch)
+        await self._ephemeral(keys=[ROOM_NODES_PREFIX + room for room in messages], args=args)
 
     async def epoch(self, room: str) -> str | None:
         epoch = await self._client.get(EPOCH_PREFIX + room)
