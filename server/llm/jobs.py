@@ -81,8 +81,13 @@ class Jobs:
         await self._redis.xadd(self._key, dict(zip(request.fields()[::2], request.fields()[1::2], strict=True)),
                                maxlen=100_000, approximate=True)
 
-    async def renew(self, room: str, rid: str) -> bool:
-        return bool(await self._script(keys=[LOCK_PREFIX + room], args=["renew", rid, LOCK_TTL_MS]))
+    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
+        """Renew the locks of these ``(room, rid)`` generations (those they still hold), in one round trip."""
+        if generations:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room, rid in generations:
+                    await self._script(keys=[LOCK_PREFIX + room], args=["renew", rid, LOCK_TTL_MS], client=pipe)
+                await pipe.execute()
 
     async def release(self, room: str, rid: str) -> bool:
         return bool(await self._script(keys=[LOCK_PREFIX + room], args=["release", rid]))

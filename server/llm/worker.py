@@ -121,10 +121,9 @@ class Worker:
     async def _keepalive_loop(self) -> None:
         while True:
             await asyncio.sleep(LOCK_TTL_MS / 3000)
-            running = list(self._running.values())
-            for generation in running:
-                await self._jobs.renew(generation.request.room, generation.request.rid)
-            await self._jobs.touch(self.name, [g.request.entry_id for g in running])
+            running = [generation.request for generation in self._running.values()]
+            await self._jobs.renew([(request.room, request.rid) for request in running])
+            await self._jobs.touch(self.name, [request.entry_id for request in running])
 
     async def _cancel_loop(self) -> None:
         pubsub = self._jobs.cancellations()
