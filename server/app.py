@@ -59,6 +59,7 @@ class Relay:
         self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds,
                                  settings.max_connections_per_room)
         self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
+        self.feed.on_beat = self.sessions.sweep
         self.jobs = Jobs(store, settings.llm.queue)
         self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
         self.provider = make_provider(settings.llm) if settings.llm.workers > 0 else None

@@ -82,6 +82,8 @@ class RoomFeed:
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
         #: Called after Redis had forgotten this node (and its rooms were registered again).
         self.on_forgotten: Callable[[], Awaitable[None]] | None = None
+        #: Called after each heartbeat with the rooms followed here.
+        self.on_beat: Callable[[list[str]], Awaitable[None]] | None = None
 
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
@@ -236,6 +238,8 @@ class RoomFeed:
                 if await self._beat():
                     log.warning("this node had been forgotten by Redis; registered its rooms again")
                     self._catch_up_all()
+                if self.on_beat is not None and self._cursors:
+                    await self.on_beat(list(self._cursors))
             except UNREACHABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
 

@@ -17,7 +17,9 @@ expired or lost and created again, which changes its epoch): the member then get
 retained and ``recovered: false``, never a partial replay presented as complete.
 
 Leaving removes the roster entry and tells the others ``presence.leave``. A process that dies
-cannot do that: its roster entries are dropped once its heartbeat key expires (``NODE_TTL_S``).
+cannot do that: once its heartbeat key expires (``NODE_TTL_S``), the next heartbeat of a node that
+follows the room (:meth:`Sessions.sweep`) drops its roster entries and says ``presence.leave`` for
+each, once.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ class Sessions:
         """Record ``members`` in their rosters again, after Redis lost them (a restart)."""
         await self._store.restore_roster([(m.room, self.field(m), role_of(m)) for m in members], self._roster_ttl_s)
 
+    async def sweep(self, rooms: list[str]) -> None:
+        """Drop the members of dead nodes from these rooms' rosters, with a ``presence.leave`` each."""
+        for room, field, role in await self._store.sweep(rooms):
+            frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2])
+            await self._ephemeral.send(room, _NONE, frame)
+
     async def leave(self, member: Member) -> None:
         """Remove ``member`` from the roster and tell the others; never raises."""
         with contextlib.suppress(*UNREACHABLE):
@@ -108,12 +116,16 @@ class Sessions:
             await self._presence(member, Event.PRESENCE_LEAVE)
 
     async def _presence(self, member: Member, event: str) -> None:
-        hd = {"event": event, "role": role_of(member), "sid": member.room, "conn": member.conn,
-              "ts": format_ts(time.time_ns() // 1_000_000)}
+        frame = presence_frame(event, member.room, role_of(member), member.conn)
         try:
-            await self._ephemeral.send(member.room, _NONE, orjson.dumps({"hd": hd, "bd": {}}).decode(), skip=member)
+            await self._ephemeral.send(member.room, _NONE, frame, skip=member)
         except UNREACHABLE as exc:
             log.warning("room %s: %s not sent to other nodes: %s", member.room, event, exc)
+
+
+def presence_frame(event: str, room: str, role: str, conn: str) -> str:
+    hd = {"event": event, "role": role, "sid": room, "conn": conn, "ts": format_ts(time.time_ns() // 1_000_000)}
+    return orjson.dumps({"hd": hd, "bd": {}}).decode()
 
 
 def role_of(member: Member) -> str:

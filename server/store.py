@@ -101,6 +101,7 @@ class StreamStore:
         self._append = client.register_script(_SCRIPTS.joinpath("append.lua").read_text())
         self._session = client.register_script(_SCRIPTS.joinpath("session.lua").read_text())
         self._ephemeral = client.register_script(_SCRIPTS.joinpath("ephemeral.lua").read_text())
+        self._sweep = client.register_script(_SCRIPTS.joinpath("sweep.lua").read_text())
         self.embedded = embedded
 
     @classmethod
@@ -174,6 +175,14 @@ class StreamStore:
                 if ttl_s > 0:
                     pipe.expire(PRESENCE_PREFIX + room, ttl_s)
             await pipe.execute()
+
+    async def sweep(self, rooms: Sequence[str]) -> list[tuple[str, str, str]]:
+        """Drop the roster entries of dead nodes in ``rooms``: ``(room, node/connection, role)``
+        of each one this call removed."""
+        if not rooms:
+            return []
+        flat = await self._sweep(keys=[PRESENCE_PREFIX + room for room in rooms], args=list(rooms))
+        return [(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
 
     async def leave(self, room: str, field: str) -> None:
         await self._client.hdel(PRESENCE_PREFIX + room, field)

@@ -62,3 +62,25 @@ async def test_members_of_a_killed_node_leave_the_roster(start_server: Callable[
     # The dead node's entry is gone from Redis too. (A's last connection may still be there for a
     # moment: the server answers a client's close before it leaves the roster.)
     assert not [field for field in rdb.hkeys(f"chat:presence:{room}") if field.endswith("/" + b.ready["hd"]["conn"])]
+
+
+async def test_members_still_present_hear_a_dead_node_s_members_leave(start_server: Callable[..., ServerProcess],
+                                                                      redis_url: str, room: str,
+                                                                      rdb: redis.Redis) -> None:
+    survivor = start_server(REDIS_URL=redis_url, NODE_TTL_S="3")  # beats, and sweeps, every second
+    doomed = start_server(REDIS_URL=redis_url, NODE_TTL_S="3")
+    async with await Client.open(survivor.ws(room, role="A")) as a:
+        b = await Client.open(doomed.ws(room, role="B"))
+        b_conn = b.ready["hd"]["conn"]
+        joined = await a.recv_presence()
+        assert (joined["hd"]["event"], joined["hd"]["conn"]) == ("presence.join", b_conn)
+        assert doomed.process is not None
+        doomed.process.send_signal(signal.SIGKILL)  # B's connection dies with it: no goodbye from its node
+        doomed.process.wait()
+        left = await a.recv_presence(timeout_s=30)  # bounded: NODE_TTL_S, then the survivor's next beat
+        assert left["hd"] == {**left["hd"], "event": "presence.leave", "role": "B", "conn": b_conn, "sid": room}
+        assert not any(field.endswith("/" + b_conn) for field in rdb.hkeys(f"chat:presence:{room}"))
+        await a.chat("still here")
+        assert (await a.recv())["bd"]["text"] == "still here"
+        assert a.presence == []  # one presence.leave, not one per sweeping node
+        await b.close()
