@@ -43,6 +43,7 @@ from server.store import UNREACHABLE, SessionInfo, StreamStore
 log = logging.getLogger(__name__)
 
 PAGE = 500
+SWEEP_ROOMS = 200
 _NONE = b"0-0"
 
 
@@ -105,9 +106,10 @@ class Sessions:
 
     async def sweep(self, rooms: list[str]) -> None:
         """Drop the members of dead nodes from these rooms' rosters, with a ``presence.leave`` each."""
-        for room, field, role in await self._store.sweep(rooms):
-            frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2])
-            await self._ephemeral.send(room, _NONE, frame)
+        for start in range(0, len(rooms), SWEEP_ROOMS):  # a script call holds Redis: keep each short
+            for room, field, role in await self._store.sweep(rooms[start:start + SWEEP_ROOMS]):
+                frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2])
+                await self._ephemeral.send(room, _NONE, frame)
 
     async def leave(self, member: Member) -> None:
         """Remove ``member`` from the roster and tell the others; never raises."""
