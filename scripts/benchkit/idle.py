@@ -18,7 +18,7 @@ import orjson
 
 from benchkit.context import Context, gather_limited, per_s, wait_until
 from benchkit.stats import Report, Target, fmt
-from benchkit.wsclient import Connection
+from benchkit.wsclient import Connection, close_all
 
 SETTLE_S = 1.0
 LIVENESS_ROOMS = 20
@@ -84,9 +84,7 @@ async def run_idle(ctx: Context, params: IdleParams) -> Report:
         report.error = f"{type(exc).__name__}: {exc}"
         return report
     finally:
-        for listener in opened:
-            assert listener.conn is not None
-            listener.conn.close()
+        close_all(listener.conn for listener in opened)
     members = [m for room in rooms for m in room]
     closed = sum(1 for m in members if m.closed is not None)
     held = len(members) - closed

@@ -28,7 +28,7 @@ from benchkit.context import Context, gather_limited, per_s, wait_until
 from benchkit.procs import CpuSample
 from benchkit.stats import Report, Target, cpu_figures, errors_row, fmt, fmt_cpu, latency_ms
 from benchkit.streams import Check
-from benchkit.wsclient import Connection
+from benchkit.wsclient import Connection, close_all
 
 STREAMING, RESPONSE, CHAT, ERROR = "llm.streaming", "llm.response", "chat.message", "error"
 ROLES = ("A", "B")
@@ -173,9 +173,7 @@ async def run_llm(ctx: Context, params: LlmParams) -> Report:
         report.error = f"{type(exc).__name__}: {exc}"
         return report
     finally:
-        for member in members:
-            if member.conn is not None:
-                member.conn.close()
+        close_all(member.conn for member in members)
     check = Check()
     for room in rooms:
         check.add_room(room.name, ctx.reader.entries(room.name), [m.ids for m in room.members],

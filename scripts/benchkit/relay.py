@@ -31,7 +31,7 @@ from benchkit.context import TARGET_SETUP, Context, gather_limited, per_s, wait_
 from benchkit.procs import CpuSample
 from benchkit.stats import Report, Target, cpu_figures, errors_row, fmt, fmt_cpu, latency_ms
 from benchkit.streams import Check
-from benchkit.wsclient import Connection
+from benchkit.wsclient import Connection, close_all
 
 CHAT = "chat.message"
 ERROR = "error"
@@ -168,9 +168,7 @@ async def run_relay(ctx: Context, params: RelayParams) -> Report:
         report.error = f"{type(exc).__name__}: {exc}"
         return report
     finally:
-        for member in members:
-            if member.conn is not None:
-                member.conn.close()
+        close_all(member.conn for member in members)
     check = verify(ctx, rooms)
     _fill(report, params, ctx, meter, used, check)
     return report

@@ -19,7 +19,7 @@ import contextlib
 import random
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -52,6 +52,13 @@ class Connection(Protocol):
 
 
 Connect = Callable[[str, OnText, OnClose, float], Awaitable[Connection]]
+
+
+def close_all(connections: Iterable[Connection | None]) -> None:
+    """Close every connection that was opened (None: it never was)."""
+    for conn in connections:
+        if conn is not None:
+            conn.close()
 
 
 # ----------------------------------------------------------------------------------------- lean
