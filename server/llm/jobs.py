@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -55,13 +57,19 @@ class Jobs:
     def __init__(self, store: StreamStore, queue: str) -> None:
         self._key = REQUESTS_PREFIX + queue
         self._redis = store.redis
+        # The embedded store's XREADGROUP does not block (it answers at once): there, requests come
+        # from this process only, and a reader waits for this event instead.
+        self._queued: asyncio.Event | None = asyncio.Event() if store.embedded else None
         self._listener = store.listener
         self._script = self._redis.register_script(_SCRIPT)
 
     async def request(self, request: Request) -> bool:
         """Take the room's lock for the request and queue it; False when the room is busy."""
-        return bool(await self._script(keys=[LOCK_PREFIX + request.room, self._key],
-                                       args=["request", request.rid, LOCK_TTL_MS, *request.fields()]))
+        queued = bool(await self._script(keys=[LOCK_PREFIX + request.room, self._key],
+                                         args=["request", request.rid, LOCK_TTL_MS, *request.fields()]))
+        if queued and self._queued is not None:
+            self._queued.set()
+        return queued
 
     async def lock(self, room: str, rid: str) -> bool:
         """Take the room's lock for ``rid`` (or keep it); False when another generation holds it."""
@@ -80,6 +88,8 @@ class Jobs:
         """Queue a request whose lock is already taken."""
         await self._redis.xadd(self._key, dict(zip(request.fields()[::2], request.fields()[1::2], strict=True)),
                                maxlen=100_000, approximate=True)
+        if self._queued is not None:
+            self._queued.set()
 
     async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
         """Renew the locks of these ``(room, rid)`` generations (those they still hold), in one round trip."""
@@ -106,7 +116,15 @@ class Jobs:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Request]:
         """New requests for ``consumer`` (waits up to ``block_ms`` for one)."""
-        reply = await self._redis.xreadgroup(GROUP, consumer, {self._key: ">"}, count=count, block=block_ms)
+        if self._queued is not None:
+            self._queued.clear()
+            reply = await self._redis.xreadgroup(GROUP, consumer, {self._key: ">"}, count=count)
+            if not reply or not reply[0][1]:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued.wait(), block_ms / 1000)
+                reply = await self._redis.xreadgroup(GROUP, consumer, {self._key: ">"}, count=count)
+        else:
+            reply = await self._redis.xreadgroup(GROUP, consumer, {self._key: ">"}, count=count, block=block_ms)
         return [request for _, entries in reply or [] for request in _requests(entries, attempts={})]
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Request]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from server.llm.jobs import LOCK_PREFIX, LOCK_TTL_MS, Jobs, Request
 from server.store import StreamStore
 from tests.conftest import RUN, new_room
@@ -53,4 +55,19 @@ async def test_requests_are_read_once_and_acknowledged(store: StreamStore) -> No
     await jobs.ack([again.entry_id])
     assert await jobs.reclaim("w3", 0, 10) == []
     await jobs.forget_consumer("w1")
+    await store.redis.delete(f"chat:llm:requests:{queue}", LOCK_PREFIX + room)
+
+
+async def test_a_reader_waits_for_the_next_request(store: StreamStore) -> None:
+    """Workers block on the queue (the embedded store's XREADGROUP answers at once: it must not spin)."""
+    queue = f"t{RUN}-jobs-{new_room()}"
+    jobs, room = Jobs(store, queue), new_room()
+    await jobs.ensure_group()
+    reader = asyncio.create_task(jobs.read("w1", 10, 10_000))
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the reader reach its wait
+    assert not reader.done()
+    assert await jobs.request(request(room, "g-1"))
+    [got] = await asyncio.wait_for(reader, 10)
+    assert got.rid == "g-1"
     await store.redis.delete(f"chat:llm:requests:{queue}", LOCK_PREFIX + room)
