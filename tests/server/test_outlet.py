@@ -55,13 +55,12 @@ class App:
 async def serving(app: App) -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the server accepts them
     config = uvicorn.Config(app, ws="websockets-sansio", lifespan="off", log_level="warning",
                             ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
         yield sock.getsockname()[1]
     finally:
         server.should_exit = True
