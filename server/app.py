@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -133,6 +134,10 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
         async with relay.running():
+            # What exists now (modules, the app) lives as long as the process: out of the
+            # collector's sight, a full collection scans only what came later (p99 under load).
+            gc.collect()
+            gc.freeze()
             yield
 
     app = RelayApp(
