@@ -26,7 +26,9 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
 - A room's presence roster (``chat:presence:<room>``) maps ``<node>/<connection>`` to a role;
   :meth:`StreamStore.session` drops the connections of nodes that are no longer alive.
 
-The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL.
+The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL. On
+a real Redis, the two scripts run per message (append, ephemeral) go through :mod:`server.resp`'s
+lean pipelined connection instead of redis-py's pool.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.names import STREAM_KEY_PREFIX, stream_key
+from server.resp import LeanRedis, LeanScript
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -95,14 +98,19 @@ class SessionInfo:
 
 
 class StreamStore:
-    def __init__(self, client: Any, listener_client: Any, *, embedded: bool) -> None:
-        self._client = client  # shared pool: appends, ranges, pings
+    def __init__(self, client: Any, listener_client: Any, *, embedded: bool, lean: LeanRedis | None = None) -> None:
+        self._client = client  # shared pool: ranges, rosters, pings...
         self._listener_client = listener_client  # its own connection: the notification subscriber
-        self._append = client.register_script(_SCRIPTS.joinpath("append.lua").read_text())
+        self._lean = lean  # one pipelined connection for the scripts run per message (real Redis only)
+        self._append = self._script("append.lua")
         self._session = client.register_script(_SCRIPTS.joinpath("session.lua").read_text())
-        self._ephemeral = client.register_script(_SCRIPTS.joinpath("ephemeral.lua").read_text())
+        self._ephemeral = self._script("ephemeral.lua")
         self._sweep = client.register_script(_SCRIPTS.joinpath("sweep.lua").read_text())
         self.embedded = embedded
+
+    def _script(self, name: str) -> Any:
+        source = _SCRIPTS.joinpath(name).read_text()
+        return self._client.register_script(source) if self._lean is None else LeanScript(self._lean, source)
 
     @classmethod
     def connect(cls, url: str | None) -> StreamStore:
@@ -126,7 +134,8 @@ class StreamStore:
         # cut its reads), but TCP keepalive and periodic health checks instead.
         listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
                                            socket_keepalive=True, health_check_interval=30)
-        return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False)
+        lean = LeanRedis.from_url(url, timeout_s=10.0, connect_timeout_s=5.0)
+        return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False, lean=lean)
 
     @property
     def redis(self) -> Any:
@@ -139,6 +148,8 @@ class StreamStore:
         return self._listener_client
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._listener_client.aclose()
         await self._client.aclose()
 

@@ -1,0 +1,201 @@
+"""A lean Redis client for the relay's hot path: script calls pipelined on one connection.
+
+Every accepted message costs one append script call, and every pass that sends generation deltas
+or presence frames one more. Through redis-py such a call costs about 100 us of CPU here (the pool,
+its lock and timeouts, the retry wrapper, the command packer); written straight to an asyncio
+transport and parsed with hiredis, about 37 us, most of it the two system calls
+(``scripts/bench.py`` figures in ``docs/benchmarks.md``).
+
+:class:`LeanRedis` keeps one connection, opened on first use and again after it is lost. Commands
+are written at once and answered in order (pipelining: a caller never waits for another's round
+trip to be sent). Errors are redis-py's, so callers handle both clients alike: a lost or refused
+connection is ``ConnectionError``, a reply that does not come within ``timeout_s`` is
+``TimeoutError`` (the connection is dropped: the command may have run), an error reply is
+``ResponseError``. An error inside an array reply is returned in place, as redis-py does.
+
+Only plain TCP URLs (``redis://``) are handled; :meth:`LeanRedis.from_url` returns None for the
+others (TLS, Unix sockets), whose callers keep redis-py. The embedded store never uses this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int
+_WATCH_INTERVAL_S = 0.5
+
+
+def pack(args: Sequence[Arg]) -> bytes:
+    """One command in RESP: ``*<n>`` then ``$<len>`` and the bytes of each argument."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (reply, sent at), in order
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.waiting
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(RedisConnectionError(f"Redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiting:  # nothing asked for this: the stream is out of step
+                self.fail(RedisConnectionError("unexpected reply from Redis"))
+                return
+            future, _ = waiting.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail_waiting(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+
+    def fail(self, exc: Exception) -> None:
+        """Drop the connection, failing every command still waiting for its reply with ``exc``."""
+        self.lost = True
+        self._fail_waiting(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+
+class LeanRedis:
+    def __init__(self, host: str, port: int, db: int = 0, username: str | None = None, password: str | None = None,
+                 timeout_s: float = 10.0, connect_timeout_s: float = 5.0) -> None:
+        self._address = (host, port)
+        self._db = db
+        self._auth: list[Arg] = [] if password is None else ["AUTH", *([username] if username else []), password]
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> LeanRedis | None:
+        """A client for a ``redis://`` URL; None for the URLs it does not handle."""
+        options = parse_url(url)
+        if "connection_class" in options or "path" in options:
+            return None
+        return cls(options.get("host", "localhost"), int(options.get("port", 6379)), int(options.get("db", 0)),
+                   options.get("username"), options.get("password"), **kwargs)
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command and return its reply."""
+        conn = self._conn
+        if conn is None or conn.lost:
+            conn = await self._connected()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.waiting.append((future, time.monotonic()))
+        assert conn.transport is not None
+        conn.transport.write(pack(args))
+        return await future
+
+    async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._conn is not None:
+            self._conn.fail(RedisConnectionError("client closed"))
+            self._conn = None
+
+    async def _connected(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is not None and not self._conn.lost:
+                return self._conn
+            loop = asyncio.get_running_loop()
+            try:
+                transport, conn = await asyncio.wait_for(loop.create_connection(_Connection, *self._address),
+                                                 self._connect_timeout_s)
+            except (TimeoutError, OSError) as exc:
+                raise RedisConnectionError(f"cannot connect to Redis at {self._address[0]}:{self._address[1]}: "
+                                           f"{exc or 'timed out'}") from exc
+            conn.transport = transport  # (uvloop may call connection_made later)
+            setup: list[list[Arg]] = [self._auth] if self._auth else []
+            if self._db:
+                setup.append(["SELECT", self._db])
+            futures = []
+            for command in setup:
+                future: asyncio.Future[Any] = loop.create_future()
+                conn.waiting.append((future, time.monotonic()))
+                assert conn.transport is not None
+                conn.transport.write(pack(command))
+                futures.append(future)
+            try:
+                await asyncio.wait_for(asyncio.gather(*futures), self._connect_timeout_s)
+            except ResponseError as exc:
+                conn.fail(RedisConnectionError(str(exc)))
+                raise RedisConnectionError(f"Redis refused the connection's setup: {exc}") from exc
+            except TimeoutError as exc:
+                conn.fail(RedisTimeoutError("no answer to the connection's setup"))
+                raise RedisTimeoutError("no answer from Redis to the connection's setup") from exc
+            self._conn = conn
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = loop.create_task(self._watch())
+            return conn
+
+    async def _watch(self) -> None:
+        """Drop a connection whose oldest command has waited for more than ``timeout_s``."""
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            conn = self._conn
+            if conn is not None and conn.waiting and time.monotonic() - conn.waiting[0][1] > self._timeout_s:
+                conn.fail(RedisTimeoutError(f"no reply from Redis within {self._timeout_s:g} s"))
+
+
+class LeanScript:
+    """A Lua script run with EVALSHA on a :class:`LeanRedis` (EVAL once when Redis lacks it)."""
+
+    def __init__(self, client: LeanRedis, source: str) -> None:
+        self._client = client
+        self._source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        with contextlib.suppress(ResponseError):
+            await self._client.execute("SCRIPT", "LOAD", self._source)
+        return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
