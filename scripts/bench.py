@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--connect-concurrency", type=int, default=100)
     load.add_argument("--connections", type=int, default=10_000, help="idle: connections to open")
     load.add_argument("--tokens-per-s", type=float, default=50.0, help="llm: the scripted provider's pace")
+    load.add_argument("--stagger", type=float, default=1.0,
+                      help="llm: seconds over which the rooms' first questions are spread (0 = all at once)")
     load.add_argument("--first-delta-timeout", type=float, default=10.0, help="llm: seconds to wait for a delta")
     load.add_argument("--entries", type=int, default=1_000_000, help="history: entries in the stream")
     load.add_argument("--page", type=int, default=1000, help="history: entries per page")
@@ -151,7 +153,7 @@ async def idle_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
 
 async def llm_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
     return [await run_llm(ctx, LlmParams(rooms=args.rooms, members=args.members, duration_s=args.duration,
-                                         tokens_per_s=args.tokens_per_s,
+                                         tokens_per_s=args.tokens_per_s, stagger_s=args.stagger,
                                          first_delta_timeout_s=args.first_delta_timeout,
                                          drain_s=args.drain_timeout))]
 

@@ -6,7 +6,9 @@ answer to every member of the room as ``llm.streaming`` frames (``hd.rid``: the 
 (``bd.text``: the deltas joined). With ``LLM_PROVIDER=scripted`` the provider emits one token every
 ``LLM_SCRIPTED_DELAY_MS``.
 
-In every room the first member asks; when every member has the ``llm.response`` it asks again,
+In every room the first member asks (the rooms' first questions spread evenly over ``stagger_s``,
+as independent conversations are; 0 asks in every room at once, so that all generations stream in
+lockstep: the worst case); when every member has the ``llm.response`` it asks again,
 until ``duration_s`` is over; then the generations under way finish (at most ``drain_s``).
 Checked at every member, for every generation: each seq exactly once and in order, no gap, the
 final text equal to the deltas joined, and the stored entries against the room's stream.
@@ -43,6 +45,7 @@ class LlmParams:
     members: int = 2
     duration_s: float = 10.0
     tokens_per_s: float = TARGET_TOKENS_PER_S  # the scripted provider's pace (LLM_SCRIPTED_DELAY_MS)
+    stagger_s: float = 1.0  # the rooms' first questions are spread evenly over this time (0: all at once)
     first_delta_timeout_s: float = 10.0
     drain_s: float = 30.0
 
@@ -162,8 +165,9 @@ async def run_llm(ctx: Context, params: LlmParams) -> Report:
         for room in rooms:
             room.members.sort(key=lambda m: m.k)
         before = ctx.probe.cpu()
-        for room in rooms:
-            room.ask()
+        loop = asyncio.get_running_loop()
+        for room in rooms:  # independent conversations: not all in the same millisecond
+            loop.call_later(params.stagger_s * room.index / len(rooms), room.ask)
         await _expect_deltas(tally, params.first_delta_timeout_s)
         await asyncio.sleep(max(0.0, before.wall_s + params.duration_s - time.monotonic()))
         tally.asking = False
@@ -257,7 +261,8 @@ def _fill(report: Report, params: LlmParams, ctx: Context, rooms: list[Room], ta
     f = report.figures
     report.rows = [
         ("load", f"{params.rooms} rooms x {params.members} members, one generation per room at a time, "
-                 f"{params.tokens_per_s:g} tokens/s, {len(ctx.nodes)} node(s), {ctx.store}"),
+                 f"{params.tokens_per_s:g} tokens/s, first questions over {params.stagger_s:g} s, "
+                 f"{len(ctx.nodes)} node(s), {ctx.store}"),
         ("generations", f"{fmt(complete)} complete of {fmt(f['generations'])} in {used.wall_s:.1f} s"),
         ("deltas", f"{fmt(tally.deltas)} delivered ({fmt(f['deltas_per_s'])}/s)"),
         ("faults", f"{faults.lost} lost, {faults.duplicated} duplicated, {faults.reordered} reordered, "

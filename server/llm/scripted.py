@@ -1,7 +1,8 @@
 """The offline provider: a deterministic answer, streamed like a model's, with no network.
 
 The reply echoes the last user message and adds a fixed explanation: about 40 words, streamed
-:data:`WORDS_PER_CHUNK` words at a time with ``LLM_SCRIPTED_DELAY_MS`` between chunks. A last user
+:data:`WORDS_PER_CHUNK` words at a time, one chunk every ``LLM_SCRIPTED_DELAY_MS`` (on a fixed schedule from
+the first, as a model's tokens arrive: a busy event loop makes a chunk late, not the ones after it). A last user
 message containing :data:`LONG_MARKER` (``#long``) gets the explanation :data:`LONG_REPEAT` times
 (about 300 words, several seconds at the default pause), so a test can cancel it mid-answer.
 ``LLM_MAX_TOKENS`` (counted in words) cuts the reply short with finish reason ``length``.
@@ -46,9 +47,12 @@ class ScriptedProvider:
         finish_reason: FinishReason = "stop"
         if self._max_words is not None and len(words) > self._max_words:
             words, finish_reason = words[:self._max_words], "length"
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for start in range(0, len(words), WORDS_PER_CHUNK):
-            if start:
-                await asyncio.sleep(self._delay_s)
+            if start:  # on a fixed schedule, like a model's stream: a late wake-up does not slow the rest
+                due += self._delay_s
+                await asyncio.sleep(max(0.0, due - loop.time()))
             yield (" " if start else "") + " ".join(words[start:start + WORDS_PER_CHUNK])
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),

@@ -71,6 +71,7 @@ class Worker:
         self._running: dict[str, Generation] = {}  # rid -> generation
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._slot_freed = asyncio.Event()
 
     async def run(self) -> None:
         """Serve requests until cancelled (call :meth:`stop` first to end generations cleanly)."""
@@ -105,8 +106,9 @@ class Worker:
         await self._jobs.ensure_group()
         while True:
             free = self._free()
-            if free <= 0:
-                await asyncio.sleep(0.05)
+            if free <= 0:  # every slot is taken: read again as soon as one frees
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
                 continue
             self._start(await self._jobs.read(self.name, free, READ_BLOCK_MS))
 
@@ -158,6 +160,7 @@ class Worker:
             log.exception("room %s: generation %s failed; the request stays queued", request.room, request.rid)
         finally:
             self._running.pop(request.rid, None)
+            self._slot_freed.set()
 
     async def _generate(self, generation: Generation) -> None:
         request = generation.request
