@@ -163,7 +163,7 @@ class RoomFeed:
         try:
             while cursor.target is not None and cursor.target > id_tuple(cursor.id):
                 try:
-                    entries = await self._store.range(key, b"(" + cursor.id, "+", count=READ_COUNT)
+                    entries = await self._store.bodies(key, cursor.id, READ_COUNT)
                 except UNREACHABLE as exc:
                     log.warning("room %s: cannot read the stream (%s); retrying", room, exc)
                     await asyncio.sleep(backoff(failures))
@@ -173,8 +173,7 @@ class RoomFeed:
                 if self._cursors.get(room) is not cursor:
                     break
                 target = cursor.target
-                items = [(entry_id, fields.get(b"body", b"")) for entry_id, fields in entries
-                         if target is None or id_tuple(entry_id) <= target]
+                items = [item for item in entries if target is None or id_tuple(item[0]) <= target]
                 if not items:
                     break
                 self._advance(room, cursor, items)

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -34,6 +35,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int
+P = TypeVar("P", bound=asyncio.Protocol)
 _WATCH_INTERVAL_S = 0.5
 
 
@@ -136,41 +138,56 @@ class LeanRedis:
             self._conn.fail(RedisConnectionError("client closed"))
             self._conn = None
 
+    def subscriber(self, channel: str) -> LeanSubscriber:
+        return LeanSubscriber(self, channel)
+
+    async def open(self, protocol: type[P]) -> P:
+        """A new connection read by a ``protocol`` instance, authenticated (and its database
+        selected, for a command connection)."""
+        loop = asyncio.get_running_loop()
+        try:
+            transport, conn = await asyncio.wait_for(loop.create_connection(_Connection, *self._address),
+                                                     self._connect_timeout_s)
+        except (TimeoutError, OSError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self._address[0]}:{self._address[1]}: "
+                                       f"{exc or 'timed out'}") from exc
+        conn.transport = transport  # (uvloop may call connection_made later)
+        setup: list[list[Arg]] = [self._auth] if self._auth else []
+        if self._db and protocol is _Connection:
+            setup.append(["SELECT", self._db])
+        futures = []
+        for command in setup:
+            future: asyncio.Future[Any] = loop.create_future()
+            conn.waiting.append((future, time.monotonic()))
+            transport.write(pack(command))
+            futures.append(future)
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self._connect_timeout_s)
+        except ResponseError as exc:
+            conn.fail(RedisConnectionError(str(exc)))
+            raise RedisConnectionError(f"Redis refused the connection's setup: {exc}") from exc
+        except TimeoutError as exc:
+            conn.fail(RedisTimeoutError("no answer to the connection's setup"))
+            raise RedisTimeoutError("no answer from Redis to the connection's setup") from exc
+        if isinstance(conn, protocol):
+            return conn
+        other = protocol()  # the same socket, read by ``protocol`` from now on
+        other.connection_made(transport)
+        transport.set_protocol(other)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return other
+
     async def _connected(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._conn is not None and not self._conn.lost:
                 return self._conn
-            loop = asyncio.get_running_loop()
-            try:
-                transport, conn = await asyncio.wait_for(loop.create_connection(_Connection, *self._address),
-                                                 self._connect_timeout_s)
-            except (TimeoutError, OSError) as exc:
-                raise RedisConnectionError(f"cannot connect to Redis at {self._address[0]}:{self._address[1]}: "
-                                           f"{exc or 'timed out'}") from exc
-            conn.transport = transport  # (uvloop may call connection_made later)
-            setup: list[list[Arg]] = [self._auth] if self._auth else []
-            if self._db:
-                setup.append(["SELECT", self._db])
-            futures = []
-            for command in setup:
-                future: asyncio.Future[Any] = loop.create_future()
-                conn.waiting.append((future, time.monotonic()))
-                assert conn.transport is not None
-                conn.transport.write(pack(command))
-                futures.append(future)
-            try:
-                await asyncio.wait_for(asyncio.gather(*futures), self._connect_timeout_s)
-            except ResponseError as exc:
-                conn.fail(RedisConnectionError(str(exc)))
-                raise RedisConnectionError(f"Redis refused the connection's setup: {exc}") from exc
-            except TimeoutError as exc:
-                conn.fail(RedisTimeoutError("no answer to the connection's setup"))
-                raise RedisTimeoutError("no answer from Redis to the connection's setup") from exc
-            self._conn = conn
+            self._conn = conn = await self.open(_Connection)
             if self._watchdog is None or self._watchdog.done():
-                self._watchdog = loop.create_task(self._watch())
+                self._watchdog = asyncio.get_running_loop().create_task(self._watch())
             return conn
 
     async def _watch(self) -> None:
@@ -199,3 +216,94 @@ class LeanScript:
         with contextlib.suppress(ResponseError):
             await self._client.execute("SCRIPT", "LOAD", self._source)
         return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class _Pushes(asyncio.Protocol):
+    """A connection in subscribe mode: every reply is a push ``[kind, channel, data]``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.items: deque[tuple[str, bytes]] = deque()
+        self.waiter: asyncio.Future[tuple[str, bytes] | None] | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._lose(RedisConnectionError(f"Redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if isinstance(reply, ResponseError):
+                self._lose(RedisConnectionError(f"Redis refused: {reply}"))
+                return
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue
+            data_ = reply[2] if isinstance(reply[2], bytes) else b""
+            item = (reply[0].decode(), data_)
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(item)
+            else:
+                self.items.append(item)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+
+    def _lose(self, exc: Exception) -> None:
+        if self.lost is None:
+            self.lost = exc
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class LeanSubscriber:
+    """The messages of one pub/sub channel, on a connection of its own (no read timeout: it waits)."""
+
+    def __init__(self, client: LeanRedis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._conn: _Pushes | None = None
+
+    async def subscribe(self) -> None:
+        """Connect and subscribe; ``("subscribe", b"")`` comes first from :meth:`next`."""
+        self._conn = conn = await self._client.open(_Pushes)
+        assert conn.transport is not None
+        conn.transport.write(pack(["SUBSCRIBE", self._channel]))
+
+    async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
+        """``(kind, data)`` of the next push (kind ``subscribe``, ``message``...), or None after ``timeout_s``."""
+        conn = self._conn
+        assert conn is not None, "subscribe() first"
+        if conn.items:
+            return conn.items.popleft()
+        if conn.lost is not None:
+            raise conn.lost
+        loop = asyncio.get_running_loop()
+        waiter = conn.waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve_none, waiter)
+        try:
+            item: tuple[str, bytes] | None = await waiter
+            return item
+        finally:
+            timer.cancel()
+            conn.waiter = None
+
+    async def close(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.abort()
+        self._conn = None
+
+
+def _resolve_none(waiter: asyncio.Future[tuple[str, bytes] | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

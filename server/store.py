@@ -27,8 +27,9 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   :meth:`StreamStore.session` drops the connections of nodes that are no longer alive.
 
 The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL. On
-a real Redis, the two scripts run per message (append, ephemeral) go through :mod:`server.resp`'s
-lean pipelined connection instead of redis-py's pool.
+a real Redis, the two scripts run per message (append, ephemeral) and the feed's catch-up reads go
+through :mod:`server.resp`'s lean pipelined connection instead of redis-py's pool, and the node's
+announcements arrive on a lean subscriber connection.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.names import STREAM_KEY_PREFIX, stream_key
-from server.resp import LeanRedis, LeanScript
+from server.resp import LeanRedis, LeanScript, LeanSubscriber
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -219,6 +220,14 @@ class StreamStore:
                     count: int | None = None) -> list[Entry]:
         return list(await self._client.xrange(key, start, end, count=count))
 
+    async def bodies(self, key: str, after: bytes, count: int) -> list[tuple[bytes, bytes]]:
+        """``(id, body)`` of up to ``count`` entries after the id ``after``, oldest first."""
+        if self._lean is None:
+            return [(entry_id, fields.get(b"body", b""))
+                    for entry_id, fields in await self.range(key, b"(" + after, "+", count=count)]
+        reply = await self._lean.execute("XRANGE", key, b"(" + after, "+", "COUNT", count)
+        return [(entry_id, _field(fields, b"body")) for entry_id, fields in reply]
+
     async def revrange(self, key: str, end: str | bytes = "+", start: str | bytes = "-",
                        count: int | None = None) -> list[Entry]:
         """Entries from ``end`` down to ``start``, newest first (``XREVRANGE``: the end comes first)."""
@@ -256,8 +265,19 @@ class StreamStore:
     async def forget_node(self, node: str) -> None:
         await self._client.delete(NODE_PREFIX + node + ":alive")
 
-    def subscriber(self, node: str) -> Subscriber:
+    def subscriber(self, node: str) -> Subscriber | LeanSubscriber:
+        """The announcements to ``node``: ``subscribe()``, then ``next(timeout_s)``, then ``close()``."""
+        if self._lean is not None:
+            return self._lean.subscriber(NODE_PREFIX + node)
         return Subscriber(self._listener_client.pubsub(), NODE_PREFIX + node)
+
+
+def _field(flat: list[bytes], name: bytes) -> bytes:
+    """The value of ``name`` in a flat ``[field, value, ...]`` list (b"" when absent)."""
+    for i in range(0, len(flat) - 1, 2):
+        if flat[i] == name:
+            return flat[i + 1]
+    return b""
 
 
 def cid_key(key: str, participant: str, cid: str) -> str:
