@@ -125,3 +125,40 @@ async def test_the_database_of_the_url_is_selected(private_redis: RedisServer) -
         await client.aclose()
     assert redis.Redis.from_url(url).get("chat:resp:db") == b"three"
     assert redis.Redis.from_url(private_redis.url).get("chat:resp:db") is None
+
+
+async def test_a_subscriber_hears_its_channel_in_order_and_times_out_quietly(redis_url: str,
+                                                                            rdb: redis.Redis) -> None:
+    client = LeanRedis.from_url(redis_url)
+    assert client is not None
+    channel = key("channel")
+    subscriber = client.subscriber(channel)
+    try:
+        await subscriber.subscribe()
+        assert await subscriber.next(timeout_s=5.0) == ("subscribe", b"")
+        assert await subscriber.next(timeout_s=0.05) is None
+        for n in range(100):
+            rdb.publish(channel, f"m{n}")
+        assert [await subscriber.next(timeout_s=5.0) for _ in range(100)] == [("message", f"m{n}".encode())
+                                                                             for n in range(100)]
+    finally:
+        await subscriber.close()
+        await client.aclose()
+
+
+async def test_a_subscriber_whose_connection_is_lost_says_so(private_redis: RedisServer) -> None:
+    client = LeanRedis.from_url(private_redis.url)
+    assert client is not None
+    subscriber = client.subscriber("chat:resp:lost")
+    try:
+        await subscriber.subscribe()
+        assert await subscriber.next(timeout_s=5.0) == ("subscribe", b"")
+        waiting = asyncio.ensure_future(subscriber.next(timeout_s=30.0))
+        private_redis.stop()
+        with pytest.raises(RedisConnectionError):
+            await waiting
+        with pytest.raises(RedisConnectionError):
+            await subscriber.next(timeout_s=1.0)
+    finally:
+        await subscriber.close()
+        await client.aclose()
