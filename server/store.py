@@ -110,8 +110,18 @@ class StreamStore:
         self.embedded = embedded
 
     def _script(self, name: str) -> Any:
-        source = _SCRIPTS.joinpath(name).read_text()
+        return self.script(_SCRIPTS.joinpath(name).read_text())
+
+    def script(self, source: str) -> Any:
+        """A Lua script, called as ``await script(keys=[...], args=[...])``: on the lean connection
+        when there is one (for the scripts run per message or per generation)."""
         return self._client.register_script(source) if self._lean is None else LeanScript(self._lean, source)
+
+    async def call(self, *args: Any) -> Any:
+        """One command, raw (on the lean connection when there is one; never a blocking one)."""
+        if self._lean is None:
+            return await self._client.execute_command(*args)
+        return await self._lean.execute(*args)
 
     @classmethod
     def connect(cls, url: str | None) -> StreamStore:
@@ -218,6 +228,8 @@ class StreamStore:
 
     async def range(self, key: str, start: str | bytes = "-", end: str | bytes = "+",
                     count: int | None = None) -> list[Entry]:
+        if self._lean is not None:
+            return _entries(await self._lean.execute("XRANGE", key, start, end, *_count(count)))
         return list(await self._client.xrange(key, start, end, count=count))
 
     async def bodies(self, key: str, after: bytes, count: int) -> list[tuple[bytes, bytes]]:
@@ -231,6 +243,8 @@ class StreamStore:
     async def revrange(self, key: str, end: str | bytes = "+", start: str | bytes = "-",
                        count: int | None = None) -> list[Entry]:
         """Entries from ``end`` down to ``start``, newest first (``XREVRANGE``: the end comes first)."""
+        if self._lean is not None:
+            return _entries(await self._lean.execute("XREVRANGE", key, end, start, *_count(count)))
         return list(await self._client.xrevrange(key, end, start, count=count))
 
     async def exists(self, key: str) -> bool:
@@ -270,6 +284,14 @@ class StreamStore:
         if self._lean is not None:
             return self._lean.subscriber(NODE_PREFIX + node)
         return Subscriber(self._listener_client.pubsub(), NODE_PREFIX + node)
+
+
+def _count(count: int | None) -> tuple[Any, ...]:
+    return () if count is None else ("COUNT", count)
+
+
+def _entries(reply: list[Any]) -> list[Entry]:
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in reply]
 
 
 def _field(flat: list[bytes], name: bytes) -> bytes:

@@ -61,7 +61,9 @@ class Jobs:
         # from this process only, and a reader waits for this event instead.
         self._queued: asyncio.Event | None = asyncio.Event() if store.embedded else None
         self._listener = store.listener
-        self._script = self._redis.register_script(_SCRIPT)
+        self._store = store
+        self._script = store.script(_SCRIPT)  # per generation: on the lean connection when there is one
+        self._pipelined = self._redis.register_script(_SCRIPT)  # for the renewals, in a pipeline
 
     async def request(self, request: Request) -> bool:
         """Take the room's lock for the request and queue it; False when the room is busy."""
@@ -96,7 +98,8 @@ class Jobs:
         if generations:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room, rid in generations:
-                    await self._script(keys=[LOCK_PREFIX + room], args=["renew", rid, LOCK_TTL_MS], client=pipe)
+                    await self._pipelined(keys=[LOCK_PREFIX + room], args=["renew", rid, LOCK_TTL_MS],
+                                          client=pipe)
                 await pipe.execute()
 
     async def release(self, room: str, rid: str) -> bool:
@@ -148,10 +151,8 @@ class Jobs:
 
     async def ack(self, entry_ids: Sequence[str | bytes]) -> None:
         if entry_ids:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self._key, GROUP, *entry_ids)
-                pipe.xdel(self._key, *entry_ids)
-                await pipe.execute()
+            await asyncio.gather(self._store.call("XACK", self._key, GROUP, *entry_ids),
+                                 self._store.call("XDEL", self._key, *entry_ids))
 
     async def forget_consumer(self, consumer: str) -> None:
         """Remove a stopped worker's consumer from the group, if nothing is pending for it."""
