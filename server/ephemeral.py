@@ -20,15 +20,13 @@ from server.store import UNREACHABLE, StreamStore
 
 log = logging.getLogger(__name__)
 
-_Pending = tuple[str, bytes, asyncio.Future[None]]
-
-
 class Ephemeral:
     def __init__(self, store: StreamStore, node_id: str, feed: RoomFeed | None) -> None:
         self._store = store
         self._node = node_id if feed is not None else ""
         self._feed = feed
-        self._pending: list[_Pending] = []
+        self._pending: list[tuple[str, bytes]] = []  # (room, b"<after id> <frame>")
+        self._told: asyncio.Future[None] | None = None  # done when the pending frames have been sent
         self._flusher: asyncio.Task[None] | None = None
 
     async def send(self, room: str, after: bytes, frame: str, skip: object = None) -> None:
@@ -38,33 +36,36 @@ class Ephemeral:
 
     def post(self, room: str, after: bytes, frame: str, skip: object = None) -> asyncio.Future[None]:
         """:meth:`send` without waiting: the future is done once the other nodes have been told
-        (futures are done in the order they were posted)."""
+        (futures are done in the order they were posted; frames posted in one batch share one)."""
         if self._feed is not None:
             self._feed.frame(room, after, frame, skip)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((room, after + b" " + frame.encode(), future))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        return future
+        self._pending.append((room, after + b" " + frame.encode()))
+        if self._told is None:
+            loop = asyncio.get_running_loop()
+            self._told = loop.create_future()
+            if self._flusher is None:
+                self._flusher = loop.create_task(self._flush())
+        return self._told
 
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
+                batch, told = self._pending, self._told
+                self._pending, self._told = [], None
+                assert told is not None
                 by_room: dict[str, list[bytes]] = defaultdict(list)
-                for room, message, _ in batch:
+                for room, message in batch:
                     by_room[room].append(message)
                 try:
                     await self._store.ephemeral(by_room, self._node)
+                except asyncio.CancelledError:
+                    told.cancel()
+                    raise
                 except Exception as exc:
                     if not isinstance(exc, UNREACHABLE):
                         log.exception("ephemeral frames for %d rooms not sent", len(by_room))
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    told.set_exception(exc)
                     continue
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                told.set_result(None)
         finally:
             self._flusher = None

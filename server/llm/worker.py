@@ -207,7 +207,9 @@ class Worker:
                     # the generation is cancelled.
                     generation.text.append(event)
                     COUNTS.tokens_streamed += 1
-                    sent.append(self._ephemeral.post(request.room, after, streaming_frame(request, seq, event)))
+                    told = self._ephemeral.post(request.room, after, streaming_frame(request, seq, event))
+                    if not sent or sent[-1] is not told:
+                        sent.append(told)
                     seq += 1
             raise ProviderError("provider_unavailable", "The answer ended without a finish reason.")
         finally:
