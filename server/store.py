@@ -124,8 +124,9 @@ class StreamStore:
         return await self._lean.execute(*args)
 
     @classmethod
-    def connect(cls, url: str | None) -> StreamStore:
-        """A store on the Redis at ``url``, or on a new in-process fakeredis server when None."""
+    def connect(cls, url: str | None, *, lean: bool = True) -> StreamStore:
+        """A store on the Redis at ``url``, or on a new in-process fakeredis server when None
+        (``lean=False``: redis-py for everything, as for the URLs the lean client does not take)."""
         if url is None:
             import fakeredis
 
@@ -145,8 +146,8 @@ class StreamStore:
         # cut its reads), but TCP keepalive and periodic health checks instead.
         listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
                                            socket_keepalive=True, health_check_interval=30)
-        lean = LeanRedis.from_url(url, timeout_s=10.0, connect_timeout_s=5.0)
-        return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False, lean=lean)
+        fast = LeanRedis.from_url(url, timeout_s=10.0, connect_timeout_s=5.0) if lean else None
+        return cls(aioredis.Redis(connection_pool=pool), listener, embedded=False, lean=fast)
 
     @property
     def redis(self) -> Any:

@@ -103,10 +103,11 @@ def private_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis", "redis-py", "embedded"])
 async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
-    """The stream store on the test Redis and on the embedded fakeredis: one contract, two adapters."""
-    store = StreamStore.connect(redis_url if request.param == "redis" else None)
+    """The stream store on the test Redis (through the lean connection, and through redis-py alone,
+    as for TLS or Unix socket URLs) and on the embedded fakeredis: one contract, three adapters."""
+    store = StreamStore.connect(None if request.param == "embedded" else redis_url, lean=request.param == "redis")
     yield store
     await store.close()
 
