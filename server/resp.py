@@ -48,37 +48,53 @@ def pack(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
-class _Connection(asyncio.Protocol):
+class _Replies(asyncio.Protocol):
+    """What Redis sends on one connection, parsed with hiredis: each reply goes to :meth:`reply`."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (reply, sent at), in order
-        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        waiting = self.waiting
         while True:
             try:
                 reply = self.reader.gets()
             except hiredis.ProtocolError as exc:
                 self.fail(RedisConnectionError(f"Redis protocol error: {exc}"))
                 return
-            if reply is False:
+            if reply is False or not self.reply(reply):
                 return
-            if not waiting:  # nothing asked for this: the stream is out of step
-                self.fail(RedisConnectionError("unexpected reply from Redis"))
-                return
-            future, _ = waiting.popleft()
-            if future.done():
-                continue
+
+    def reply(self, reply: Any) -> bool:
+        """Take one reply; False when the connection was dropped because of it."""
+        raise NotImplementedError
+
+    def fail(self, exc: Exception) -> None:
+        """Drop the connection; whoever waits on it gets ``exc``."""
+        raise NotImplementedError
+
+
+class _Connection(_Replies):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (reply, sent at), in order
+        self.lost = False
+
+    def reply(self, reply: Any) -> bool:
+        if not self.waiting:  # nothing asked for this: the stream is out of step
+            self.fail(RedisConnectionError("unexpected reply from Redis"))
+            return False
+        future, _ = self.waiting.popleft()
+        if not future.done():
             if isinstance(reply, ResponseError):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -218,46 +234,31 @@ class LeanScript:
         return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-class _Pushes(asyncio.Protocol):
+class _Pushes(_Replies):
     """A connection in subscribe mode: every reply is a push ``[kind, channel, data]``."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = hiredis.Reader(replyError=ResponseError)
+        super().__init__()
         self.items: deque[tuple[str, bytes]] = deque()
         self.waiter: asyncio.Future[tuple[str, bytes] | None] | None = None
         self.lost: Exception | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while True:
-            try:
-                reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._lose(RedisConnectionError(f"Redis protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if isinstance(reply, ResponseError):
-                self._lose(RedisConnectionError(f"Redis refused: {reply}"))
-                return
-            if not isinstance(reply, list) or len(reply) < 3:
-                continue
-            data_ = reply[2] if isinstance(reply[2], bytes) else b""
-            item = (reply[0].decode(), data_)
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(item)
+    def reply(self, reply: Any) -> bool:
+        if isinstance(reply, ResponseError):
+            self.fail(RedisConnectionError(f"Redis refused: {reply}"))
+            return False
+        if isinstance(reply, list) and len(reply) >= 3:
+            item = (reply[0].decode(), reply[2] if isinstance(reply[2], bytes) else b"")
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(item)
             else:
                 self.items.append(item)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+        self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
 
-    def _lose(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
         if self.lost is None:
             self.lost = exc
         if self.waiter is not None and not self.waiter.done():
