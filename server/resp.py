@@ -19,6 +19,7 @@ others (TLS, Unix sockets), whose callers keep redis-py. The embedded store neve
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -48,7 +49,7 @@ def pack(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
-class _Replies(asyncio.Protocol):
+class _Replies(asyncio.Protocol, abc.ABC):
     """What Redis sends on one connection, parsed with hiredis: each reply goes to :meth:`reply`."""
 
     def __init__(self) -> None:
@@ -69,13 +70,13 @@ class _Replies(asyncio.Protocol):
             if reply is False or not self.reply(reply):
                 return
 
+    @abc.abstractmethod
     def reply(self, reply: Any) -> bool:
         """Take one reply; False when the connection was dropped because of it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fail(self, exc: Exception) -> None:
         """Drop the connection; whoever waits on it gets ``exc``."""
-        raise NotImplementedError
 
 
 class _Connection(_Replies):
