@@ -27,9 +27,10 @@ A room's messages live in the Redis Stream ``chat:session:<room>`` as entries wi
   :meth:`StreamStore.session` drops the connections of nodes that are no longer alive.
 
 The embedded mode runs the same code on an in-process fakeredis server instead of a Redis URL. On
-a real Redis, the two scripts run per message (append, ephemeral) and the feed's catch-up reads go
-through :mod:`server.resp`'s lean pipelined connection instead of redis-py's pool, and the node's
-announcements arrive on a lean subscriber connection.
+a real Redis (``redis://`` URLs), what runs per message or per generation - the append and ephemeral
+scripts, stream ranges (catch-up, replays, history pages, prompts), :meth:`StreamStore.script` and
+:meth:`StreamStore.call` - goes through :mod:`server.resp`'s lean pipelined connection instead of
+redis-py's pool, and the node's announcements arrive on a lean subscriber connection.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class StreamStore:
     def __init__(self, client: Any, listener_client: Any, *, embedded: bool, lean: LeanRedis | None = None) -> None:
         self._client = client  # shared pool: ranges, rosters, pings...
         self._listener_client = listener_client  # its own connection: the notification subscriber
-        self._lean = lean  # one pipelined connection for the scripts run per message (real Redis only)
+        self._lean = lean  # one pipelined connection for the hot path (real Redis only)
         self._append = self._script("append.lua")
         self._session = client.register_script(_SCRIPTS.joinpath("session.lua").read_text())
         self._ephemeral = self._script("ephemeral.lua")
