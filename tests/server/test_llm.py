@@ -232,3 +232,20 @@ async def test_a_killed_worker_s_request_is_finished_by_another(
     finally:
         first.kill()
         second.stop()
+
+
+async def test_a_worker_with_every_slot_taken_serves_the_queued_questions_as_slots_free(
+        start_server: Callable[..., ServerProcess], redis_url: str, rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_CONCURRENCY="1")
+    rooms = [f"t{RUN}-slots-{secrets.token_hex(3)}-{n}" for n in range(3)]
+    clients = [await Client.open(node.ws(room, role="A")) for room in rooms]
+    try:
+        for client in clients:  # three questions for one slot: two wait in the queue
+            await client.chat("@llm one at a time?")
+        for client in clients:
+            frames = await until_end(client)
+            assert check_generation(frames, frames[0])["bd"]["finish_reason"] == "stop"
+    finally:
+        for client in clients:
+            await client.close()
+    assert [rdb.xlen(stream_key(room)) for room in rooms] == [2, 2, 2]
