@@ -17,7 +17,6 @@ from protocol.names import (
     Event,
     is_valid_room,
     is_valid_stream_id,
-    stream_key,
 )
 
 __all__ = [
@@ -38,5 +37,4 @@ __all__ = [
     "is_valid_stream_id",
     "parse_frame",
     "stored_body",
-    "stream_key",
 ]

@@ -1,4 +1,5 @@
-"""Event names, roles, room ids, stream ids and the Redis key layout: the protocol's nouns."""
+"""Event names, roles, room ids and stream ids: the protocol's nouns (Redis key names live in
+:mod:`server.store.keys`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STREAM_ID = re.compile(r"(0|[1-9][0-9]{0,19})(-(0|[1-9][0-9]{0,19}))?")
 _MAX_ID_PART = 2**64 - 1
-STREAM_KEY_PREFIX = "chat:session:"
 
 
 def is_valid_room(room: str) -> bool:
@@ -47,7 +47,3 @@ def is_valid_stream_id(value: str) -> bool:
     if _STREAM_ID.fullmatch(value) is None:
         return False
     return all(int(part) <= _MAX_ID_PART for part in value.split("-"))
-
-
-def stream_key(room: str) -> str:
-    return STREAM_KEY_PREFIX + room

@@ -38,7 +38,8 @@ from typing import Any
 import orjson
 import redis
 
-from protocol import CLIENT_ROLES, DEFAULT_ROLE, LLM_ROLE, is_valid_room, stream_key
+from protocol import CLIENT_ROLES, DEFAULT_ROLE, LLM_ROLE, is_valid_room
+from server.store.keys import stream_key
 
 PROG = "check_redis_chat.py"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"

@@ -1,13 +1,11 @@
-"""The composition root: ``create_app(settings)`` wires the store, the appender, the room feed,
-the hub and the endpoints, and owns their lifecycle in Starlette's lifespan."""
+"""The ASGI app: ``create_app(settings)`` builds the process's parts (:mod:`server.wiring`, the
+composition root), puts the endpoints in front of them and runs them in Starlette's lifespan."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,75 +16,17 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.admission import Admission
-from server.appender import Appender, Retention
-from server.auth import Auth
-from server.dispatch import Dispatcher
 from server.docs_routes import docs_routes
-from server.ephemeral import Ephemeral
-from server.feed import RoomFeed
 from server.history import history_routes
-from server.hub import Hub
-from server.llm import make_provider
-from server.llm.front import LLMFront
-from server.llm.jobs import Jobs
-from server.llm.worker import Worker
 from server.metrics import metrics_routes
 from server.rooms_api import rooms_routes
-from server.session import Sessions
 from server.settings import Settings
-from server.store import UNREACHABLE, StreamStore
+from server.store import open_store
+from server.store.ports import Store, StoreUnavailable
+from server.wiring import Relay
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_GENERATIONS_S = 5.0
-
-
-class Relay:
-    """The running parts of one server process."""
-
-    def __init__(self, settings: Settings, store: StreamStore) -> None:
-        self.settings = settings
-        self.node_id = secrets.token_hex(6)
-        self.auth = Auth(settings.auth_secret, settings.admin_key)
-        self.store = store
-        self.hub = Hub()
-        self.feed = RoomFeed(store, self.hub.deliver, self.hub.deliver_frame, self.node_id, settings.node_ttl_s)
-        self.hub.attach(self.feed)
-        self.appender = Appender(
-            store, Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s),
-            self.node_id, self.feed.appended)
-        self.ephemeral = Ephemeral(store, self.node_id, self.feed)
-        self.sessions = Sessions(store, self.ephemeral, self.node_id, settings.room_ttl_seconds,
-                                 settings.max_connections_per_room)
-        self.feed.on_forgotten = lambda: self.sessions.restore(self.hub.all_members())
-        self.feed.on_beat = self.sessions.sweep
-        self.jobs = Jobs(store, settings.llm.queue)
-        self.dispatcher = Dispatcher(self.appender, LLMFront(self.jobs, self.appender, settings.llm.trigger))
-        self.provider = make_provider(settings.llm) if settings.llm.workers > 0 else None
-        self.workers = [
-            Worker(f"{self.node_id}-{n}", self.jobs, store, self.appender, self.ephemeral, self.provider,
-                   settings.llm, settings.llm.concurrency)
-            for n in range(settings.llm.workers) if self.provider is not None
-        ]
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(self.appender.run(), name="appender"),
-                 asyncio.create_task(self.feed.run(), name="room-feed"),
-                 *(asyncio.create_task(worker.run(), name=worker.name) for worker in self.workers)]
-        try:
-            yield
-        finally:
-            # Running generations end as "cancelled" and are stored while the store is still up.
-            await asyncio.gather(*(worker.stop(SHUTDOWN_GENERATIONS_S) for worker in self.workers))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*(worker.forget() for worker in self.workers), return_exceptions=True)
-            if self.provider is not None:
-                await self.provider.aclose()
-            await self.store.close()
 
 
 class RelayApp(Starlette):
@@ -109,8 +49,8 @@ class RelayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, store: StreamStore | None = None) -> Starlette:
-    relay = Relay(settings, store or StreamStore.connect(settings.redis_url))
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    relay = Relay(settings, store or open_store(settings.redis_url))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
                             relay.auth, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
@@ -121,16 +61,16 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
     async def readyz(request: Request) -> JSONResponse:
         try:
             await relay.store.ping()
-        except UNREACHABLE as exc:
+        except StoreUnavailable as exc:
             return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, status_code=503)
-        return JSONResponse({"status": "ready", "store": "embedded" if relay.store.embedded else "redis"})
+        return JSONResponse({"status": "ready", "store": relay.store.kind})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not relay.auth.enabled:
             log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
                         "as any role and read or delete any history")
-        if relay.store.embedded:
+        if relay.store.kind == "embedded":
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
         async with relay.running():
@@ -148,7 +88,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
             Route("/readyz", readyz),
             *history_routes(relay),
             *rooms_routes(relay.auth, settings.auth_token_ttl_s),
-            *metrics_routes(relay.hub.counts),
+            *metrics_routes(relay.fanout.counts),
             *docs_routes(),
         ],
         lifespan=lifespan,

@@ -14,32 +14,24 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from server.metrics import ACCEPT_TO_DELIVERY_SECONDS, XADD_SECONDS
-from server.store import UNREACHABLE, Duplicate, NewEntry, StreamStore
+from server.store.ports import Duplicate, NewEntry, Retention, RoomLog, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Called once per append with its outcome: the new entry's id, a :class:`Duplicate` (the same
 #: cid was stored within the dedupe window: nothing was appended), or the error.
 Done = Callable[[bytes | Duplicate | Exception], None]
-#: Told after each batch, per stream key: the newest id before the batch and the ``(id, body)`` appended.
+#: Told after each batch, per room: the newest id before the batch and the ``(id, body)`` appended.
 Appended = Callable[[str, bytes, list[tuple[bytes, bytes]]], None]
 
 MAX_BATCH = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Retention:
-    maxlen: int  # approximate trim length of every stream (0 = unbounded)
-    ttl_s: int  # expiry renewed on every write (0 = never)
-    dedupe_s: int = 0  # how long an entry's cid is remembered (0 = not at all)
-
-
 class Appender:
-    def __init__(self, store: StreamStore, retention: Retention, node_id: str, appended: Appended) -> None:
-        self._store = store
+    def __init__(self, room_log: RoomLog, retention: Retention, node_id: str, appended: Appended) -> None:
+        self._log = room_log
         self._retention = retention
         self._node_id = node_id
         self._appended = appended
@@ -89,13 +81,10 @@ class Appender:
     async def _flush(self, batch: list[tuple[NewEntry, Done | None]], accepted_at: float) -> None:
         sent_at = time.perf_counter()
         try:
-            result = await self._store.append_batch(
-                [entry for entry, _ in batch], maxlen=self._retention.maxlen,
-                ttl_s=self._retention.ttl_s, node=self._node_id, dedupe_s=self._retention.dedupe_s,
-            )
+            result = await self._log.append_batch([entry for entry, _ in batch], self._retention, self._node_id)
             before, ids = result.before, result.ids
             XADD_SECONDS.observe(time.perf_counter() - sent_at)
-        except UNREACHABLE as exc:
+        except StoreUnavailable as exc:
             log.warning("append of %d entries failed: Redis unreachable (%s)", len(batch), exc)
             before, ids = {}, [exc] * len(batch)
         except Exception as exc:
@@ -109,9 +98,9 @@ class Appender:
         stored: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
         for (entry, _), entry_id in zip(batch, ids, strict=True):
             if isinstance(entry_id, bytes):
-                stored[entry.key].append((entry_id, entry.body))
-        for key, items in stored.items():
-            self._appended(key, before[key], items)
+                stored[entry.room].append((entry_id, entry.body))
+        for room, items in stored.items():
+            self._appended(room, before[room], items)
         for (_, done), entry_id in zip(batch, ids, strict=True):
             if done is None:
                 continue

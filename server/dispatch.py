@@ -15,13 +15,13 @@ from typing import Any
 from protocol.codec import format_ts, frame_with_id, stored_body
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
-from protocol.names import Event, stream_key
+from protocol.names import Event
 from server.appender import Appender
 from server.errors import error_for
 from server.llm.front import LLMFront
 from server.member import Member
 from server.metrics import COUNTS
-from server.store import Duplicate, NewEntry
+from server.store.ports import Duplicate, NewEntry
 
 MAX_INFLIGHT = 64  # a member's appends awaiting Redis before its reads pause (backpressure)
 
@@ -79,7 +79,7 @@ class Dispatcher:
             if drained is not None and member.inflight < MAX_INFLIGHT // 2:
                 drained.set()
 
-        self._appender.submit(NewEntry(stream_key(member.room), hd["role"], stored_body(hd, bd), cid), done)
+        self._appender.submit(NewEntry(member.room, hd["role"], stored_body(hd, bd), cid), done)
 
     def _spawn(self, member: Member, work: Coroutine[Any, Any, None], cid: str | None) -> None:
         async def run() -> None:

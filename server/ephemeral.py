@@ -16,13 +16,13 @@ import logging
 from collections import defaultdict
 
 from server.feed import RoomFeed
-from server.store import UNREACHABLE, StreamStore
+from server.store.ports import NodeBus, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 class Ephemeral:
-    def __init__(self, store: StreamStore, node_id: str, feed: RoomFeed | None) -> None:
-        self._store = store
+    def __init__(self, bus: NodeBus, node_id: str, feed: RoomFeed | None) -> None:
+        self._bus = bus
         self._node = node_id if feed is not None else ""
         self._feed = feed
         self._pending: list[tuple[str, bytes]] = []  # (room, b"<after id> <frame>")
@@ -57,12 +57,12 @@ class Ephemeral:
                 for room, message in batch:
                     by_room[room].append(message)
                 try:
-                    await self._store.ephemeral(by_room, self._node)
+                    await self._bus.publish(by_room, self._node)
                 except asyncio.CancelledError:
                     told.cancel()
                     raise
                 except Exception as exc:
-                    if not isinstance(exc, UNREACHABLE):
+                    if not isinstance(exc, StoreUnavailable):
                         log.exception("ephemeral frames for %d rooms not sent", len(by_room))
                     told.set_exception(exc)
                     continue

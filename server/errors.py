@@ -12,7 +12,7 @@ import logging
 from protocol.codec import error_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from server.metrics import COUNTS
-from server.store import UNREACHABLE
+from server.store.ports import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def error_code(exc: BaseException) -> tuple[str, str]:
     traceback."""
     if isinstance(exc, ProtocolError):
         code, message = exc.code, exc.message
-    elif isinstance(exc, UNREACHABLE):
+    elif isinstance(exc, StoreUnavailable):
         code, message = "unavailable", ERROR_CODES["unavailable"]
     else:
         log.error("internal error", exc_info=exc)

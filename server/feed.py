@@ -12,10 +12,11 @@ is delivered only when it directly follows the cursor.
   and delivers what it finds until it has reached the newest id it heard of. Meanwhile local
   batches do not take the fast path, so order is kept.
 - Announcements. This node listens on its own channel; following a room adds the node to the
-  room's node set *before* the cursor is read, so every later append by another node is either
-  announced to it or already behind the cursor. A heartbeat keeps the node alive; when Redis has
-  forgotten it (a stall, a Redis restart) or the channel reconnects, the node registers its rooms
-  again and catches every room up.
+  room's followers *before* the cursor is read, so every later append by another node is either
+  announced to it or already behind the cursor. A heartbeat keeps the node alive in each room it
+  follows; when Redis had forgotten it in a room (a stall, a Redis restart), the room is caught up and
+  its members here are put back in its roster (the ``restorer``); when the channel reconnects, every
+  room is caught up.
 - Frames that are not stored (presence, generation deltas) carry the id they must follow
   (``after``): a generation's deltas follow the message that triggered it. They are delivered at
   once when the cursor has reached that id, else held, in arrival order, until it has. Other
@@ -31,17 +32,29 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from typing import Protocol
 
-from protocol.names import STREAM_KEY_PREFIX, stream_key
-from server.store import UNREACHABLE, StreamStore
+from server.store.ports import NodeBus, RoomLog, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Item = tuple[bytes, bytes]  # (stream id, body)
-Deliver = Callable[[str, list[Item]], None]
-#: Deliver one unstored frame to a room's members, except ``skip`` (a member, or None).
-DeliverFrame = Callable[[str, str, object], None]
+
+
+class Sink(Protocol):
+    """Where the feed delivers: the members of a room on this process."""
+
+    def deliver(self, room: str, items: list[Item]) -> None:
+        """Entries, in stream order."""
+
+    def deliver_frame(self, room: str, frame: str, skip: object) -> None:
+        """One unstored frame, to every member but ``skip`` (a member, or None)."""
+
+
+class Restorer(Protocol):
+    async def restore(self, rooms: Sequence[str]) -> None:
+        """Put this node's members of ``rooms`` back in the rosters (Redis had forgotten them)."""
 
 READ_COUNT = 1000
 ALIVE_TTL_S = 30  # a node that has not beaten for this long is dead; it beats every third of it
@@ -70,32 +83,39 @@ class _Cursor:
 
 
 class RoomFeed:
-    def __init__(self, store: StreamStore, deliver: Deliver, deliver_frame: DeliverFrame, node_id: str,
+    def __init__(self, room_log: RoomLog, bus: NodeBus, sink: Sink, restorer: Restorer, node_id: str,
                  node_ttl_s: int = ALIVE_TTL_S) -> None:
-        self._store = store
+        self._log = room_log
+        self._bus = bus
         self._node_ttl_s = node_ttl_s
-        self._deliver = deliver
-        self._deliver_frame = deliver_frame
+        self._deliver = sink.deliver
+        self._deliver_frame = sink.deliver_frame
+        self._restorer = restorer
         self._node = node_id
         self._cursors: dict[str, _Cursor] = {}
         self._membership = asyncio.Lock()
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
-        #: Called after Redis had forgotten this node (and its rooms were registered again).
-        self.on_forgotten: Callable[[], Awaitable[None]] | None = None
-        #: Called after each heartbeat with the rooms followed here.
-        self.on_beat: Callable[[list[str]], Awaitable[None]] | None = None
+        self._beaten = asyncio.Event()  # set (and replaced) after each heartbeat that succeeded
 
     async def follow(self, room: str) -> None:
         """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
         await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
         async with self._membership:
-            await self._store.register([room], self._node)
-            self._cursors[room] = _Cursor(await self._store.last_id(stream_key(room)))
+            await self._bus.follow([room], self._node, self._node_ttl_s)
+            self._cursors[room] = _Cursor(await self._log.last_id(room))
 
     def cursor(self, room: str) -> bytes | None:
         """The id of the last entry of ``room`` delivered here (None: the room is not followed)."""
         cursor = self._cursors.get(room)
         return None if cursor is None else cursor.id
+
+    def rooms(self) -> list[str]:
+        """The rooms followed here."""
+        return list(self._cursors)
+
+    async def next_beat(self) -> None:
+        """Return after this node's next heartbeat that succeeds."""
+        await self._beaten.wait()
 
     def unfollow(self, room: str) -> None:
         self._cursors.pop(room, None)
@@ -104,13 +124,12 @@ class RoomFeed:
     async def _unregister(self, room: str) -> None:
         async with self._membership:
             if room not in self._cursors:
-                # On failure: appends forget nodes that are not alive, and a Redis restart forgets all.
-                with contextlib.suppress(*UNREACHABLE):
-                    await self._store.unregister(room, self._node)
+                # On failure: the node's time in the room runs out, and a Redis restart forgets all.
+                with contextlib.suppress(StoreUnavailable):
+                    await self._bus.unfollow([room], self._node)
 
-    def appended(self, key: str, before: bytes, items: list[Item]) -> None:
-        """A local batch appended ``items`` to ``key``, whose newest id was ``before``."""
-        room = key[len(STREAM_KEY_PREFIX):]
+    def appended(self, room: str, before: bytes, items: list[Item]) -> None:
+        """A local batch appended ``items`` to ``room``, whose newest id was ``before``."""
         cursor = self._cursors.get(room)
         if cursor is None:
             return
@@ -159,12 +178,12 @@ class RoomFeed:
             self._lag(room, cursor, _UNTIL_EMPTY)
 
     async def _catch_up(self, room: str, cursor: _Cursor) -> None:
-        key, failures = stream_key(room), 0
+        failures = 0
         try:
             while cursor.target is not None and cursor.target > id_tuple(cursor.id):
                 try:
-                    entries = await self._store.bodies(key, cursor.id, READ_COUNT)
-                except UNREACHABLE as exc:
+                    entries = await self._log.bodies(room, cursor.id, READ_COUNT)
+                except StoreUnavailable as exc:
                     log.warning("room %s: cannot read the stream (%s); retrying", room, exc)
                     await asyncio.sleep(backoff(failures))
                     failures += 1
@@ -198,13 +217,13 @@ class RoomFeed:
         finally:
             heartbeat.cancel()
             self._ready.clear()
-            with contextlib.suppress(*UNREACHABLE):
-                await self._store.forget_node(self._node)
+            with contextlib.suppress(StoreUnavailable):
+                await self._bus.unfollow(list(self._cursors), self._node)
 
     async def _listen(self) -> None:
         failures = 0
         while True:
-            subscriber = self._store.subscriber(self._node)
+            subscriber = self._bus.subscription(self._node)
             try:
                 await subscriber.subscribe()
                 while True:
@@ -219,7 +238,7 @@ class RoomFeed:
                         failures = 0
                     elif kind == "message":
                         self._announced(data)
-            except UNREACHABLE as exc:
+            except StoreUnavailable as exc:
                 if self._ready.is_set():
                     log.warning("announcements: Redis unreachable (%s); reconnecting", exc)
                 self._ready.clear()
@@ -234,23 +253,30 @@ class RoomFeed:
             if not self._ready.is_set():
                 continue
             try:
-                if await self._beat():
-                    log.warning("this node had been forgotten by Redis; registered its rooms again")
-                    self._catch_up_all()
-                if self.on_beat is not None and self._cursors:
-                    await self.on_beat(list(self._cursors))
-            except UNREACHABLE as exc:
+                lost = await self._beat()
+            except StoreUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
+                continue
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            if lost:
+                log.warning("Redis had forgotten this node in %d room(s); followed them again", len(lost))
+                for room in lost:
+                    cursor = self._cursors.get(room)
+                    if cursor is not None:
+                        self._lag(room, cursor, _UNTIL_EMPTY)
+            beaten, self._beaten = self._beaten, asyncio.Event()
+            beaten.set()
 
-    async def _beat(self) -> bool:
-        """Renew this node's liveness; when Redis had forgotten it, register its rooms again."""
-        lost = await self._store.heartbeat(self._node, self._node_ttl_s)
-        if lost and self._cursors:
-            async with self._membership:
-                await self._store.register(list(self._cursors), self._node)
-            if self.on_forgotten is not None:
-                await self.on_forgotten()
-        return lost and bool(self._cursors)
+    async def _beat(self) -> list[str]:
+        """Renew this node's time in every room it follows. Returns the rooms where Redis had
+        forgotten it (their members here are put back in the rosters; announcements may be lost)."""
+        async with self._membership:
+            lost = await self._bus.follow(list(self._cursors), self._node, self._node_ttl_s)
+        if lost:
+            await self._restorer.restore(lost)
+        return lost
 
     def _announced(self, data: bytes) -> None:
         """``<room> <newest id>`` (another node appended) or ``<room> <after id> <frame>``."""

@@ -26,16 +26,16 @@ from starlette.routing import BaseRoute, Route
 from protocol.codec import frame_with_id, stored_body
 from protocol.envelope import parse_frame
 from protocol.errors import ProtocolError
-from protocol.names import PARTICIPANTS, Event, is_valid_room, is_valid_stream_id, stream_key
+from protocol.names import PARTICIPANTS, Event, is_valid_room, is_valid_stream_id
 from server.auth import Grant, bearer
 from server.dispatch import message_header
 from server.errors import error_code
 from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
-from server.store import Duplicate, NewEntry
+from server.store.ports import Duplicate, NewEntry
 from server.transcript import EXPORTS, message
 
 if TYPE_CHECKING:
-    from server.app import Relay
+    from server.wiring import Relay
 
 #: HTTP status per error code; any other code is a 400.
 STATUS: dict[str, int] = {"unauthorized": 401, "forbidden": 403, "room_not_found": 404, "too_large": 413,
@@ -59,7 +59,7 @@ def history_routes(relay: Relay) -> list[BaseRoute]:
 
 class HistoryApi:
     def __init__(self, relay: Relay) -> None:
-        self._store = relay.store
+        self._log = relay.store.log
         self._appender = relay.appender
         self._limits = relay.settings.limits
         self._auth = relay.auth
@@ -76,9 +76,8 @@ class HistoryApi:
     async def page(self, request: Request) -> Response:
         self._grant(request)
         sid, query = _room(request), page_query(request.query_params)
-        key = stream_key(sid)
-        page = await read_page(self._store, key, query)
-        if not page.entries and not await self._store.exists(key):
+        page = await read_page(self._log, sid, query)
+        if not page.entries and not await self._log.exists(sid):
             raise ProtocolError("room_not_found")
         return _json({"sid": sid, "messages": [message(entry) for entry in page.entries],
                       "next_before": page.next_before, "next_after": page.next_after})
@@ -88,16 +87,16 @@ class HistoryApi:
         sid, name = _room(request), request.query_params.get("format", "json")
         if name not in EXPORTS:
             raise ProtocolError("invalid_format")
-        key, export = stream_key(sid), EXPORTS[name]
-        if not await self._store.exists(key):
+        export = EXPORTS[name]
+        if not await self._log.exists(sid):
             raise ProtocolError("room_not_found")
         # Streamed: a failure after the first bytes can only cut the download short.
-        return StreamingResponse(export.render(sid, read_all(self._store, key)), media_type=export.media_type,
+        return StreamingResponse(export.render(sid, read_all(self._log, sid)), media_type=export.media_type,
                                  headers={"Content-Disposition": f'attachment; filename="{sid}.{export.extension}"'})
 
     async def delete(self, request: Request) -> Response:
         self._grant(request, admin=True)
-        if not await self._store.delete(stream_key(_room(request))):
+        if not await self._log.delete(_room(request)):
             raise ProtocolError("room_not_found")
         return Response(status_code=204)
 
@@ -110,7 +109,7 @@ class HistoryApi:
         hd = message_header(envelope, sid, time.time_ns() // 1_000_000)
         body = stored_body(hd, envelope.bd)
         try:
-            stored = await self._appender.append(NewEntry(stream_key(sid), envelope.role, body, envelope.cid))
+            stored = await self._appender.append(NewEntry(sid, envelope.role, body, envelope.cid))
         except Exception as exc:
             return error_response(exc, request.method, envelope.cid)
         if isinstance(stored, Duplicate):  # a resend: the original answer again, as idempotent APIs do

@@ -1,8 +1,10 @@
-"""The hub: which members are in which room on this process, and fan-out to them.
+"""Which members are in which room on this process, and fan-out to them.
 
-Entries arrive from the room feed in stream order; each entry's frame is built once and the same
-text is pushed to every member of its room (the sender included). Joining the first member of a
-room makes the feed follow it; the last member leaving stops that.
+- :class:`Fanout` holds the rooms' members and pushes frames to them: entries arrive from the room
+  feed in stream order; each entry's frame is built once and the same text is pushed to every member
+  of its room (the sender included).
+- :class:`Hub` is how members join and leave: joining the first member of a room makes the feed
+  follow it; the last member leaving stops that.
 """
 
 from __future__ import annotations
@@ -28,57 +30,22 @@ class Room:
         self.refs = 0  # members joined or joining
 
 
-class Hub:
+class Fanout:
+    """The rooms with members on this process (the room feed's sink)."""
+
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
-        self._feed: RoomFeed | None = None
 
-    def attach(self, feed: RoomFeed) -> None:
-        self._feed = feed
-
-    @property
-    def feed(self) -> RoomFeed:
-        assert self._feed is not None, "Hub.attach() was not called"
-        return self._feed
-
-    async def join(self, member: Member) -> bytes:
-        """Add ``member`` to its room; from then on it receives every new entry of the room.
-
-        Returns the id of the last entry delivered in the room before the member joined: it
-        receives every later one. Raises (and leaves the hub unchanged) when the room cannot be
-        followed, e.g. when Redis is unreachable.
-        """
-        room = self.rooms.get(member.room)
-        if room is None or _failed(room.ready):
-            room = Room(member.room, asyncio.ensure_future(self.feed.follow(member.room)))
-            self.rooms[member.room] = room
-        room.refs += 1
-        try:
-            await asyncio.shield(room.ready)
-        except BaseException:
-            self._release(room)
-            raise
-        room.members.add(member)
-        return self.feed.cursor(member.room) or b"0-0"
-
-    def counts(self) -> tuple[int, int]:
-        """(connections, rooms) on this process."""
-        return sum(len(room.members) for room in self.rooms.values()), len(self.rooms)
+    def members(self, room_name: str) -> list[Member]:
+        room = self.rooms.get(room_name)
+        return [] if room is None else list(room.members)
 
     def all_members(self) -> list[Member]:
         return [member for room in self.rooms.values() for member in room.members]
 
-    def leave(self, member: Member) -> None:
-        room = self.rooms.get(member.room)
-        if room is not None and member in room.members:
-            room.members.discard(member)
-            self._release(room)
-
-    def _release(self, room: Room) -> None:
-        room.refs -= 1
-        if room.refs == 0 and self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
-            self.feed.unfollow(room.name)
+    def counts(self) -> tuple[int, int]:
+        """(connections, rooms) on this process."""
+        return sum(len(room.members) for room in self.rooms.values()), len(self.rooms)
 
     def deliver(self, room_name: str, items: list[Item]) -> None:
         room = self.rooms.get(room_name)
@@ -103,6 +70,44 @@ class Hub:
         for member in members:
             member.push(frame)
         COUNTS.delivered(frame, len(members))
+
+
+class Hub:
+    def __init__(self, fanout: Fanout, feed: RoomFeed) -> None:
+        self._rooms = fanout.rooms
+        self._feed = feed
+
+    async def join(self, member: Member) -> bytes:
+        """Add ``member`` to its room; from then on it receives every new entry of the room.
+
+        Returns the id of the last entry delivered in the room before the member joined: it
+        receives every later one. Raises (and leaves the hub unchanged) when the room cannot be
+        followed, e.g. when Redis is unreachable.
+        """
+        room = self._rooms.get(member.room)
+        if room is None or _failed(room.ready):
+            room = Room(member.room, asyncio.ensure_future(self._feed.follow(member.room)))
+            self._rooms[member.room] = room
+        room.refs += 1
+        try:
+            await asyncio.shield(room.ready)
+        except BaseException:
+            self._release(room)
+            raise
+        room.members.add(member)
+        return self._feed.cursor(member.room) or b"0-0"
+
+    def leave(self, member: Member) -> None:
+        room = self._rooms.get(member.room)
+        if room is not None and member in room.members:
+            room.members.discard(member)
+            self._release(room)
+
+    def _release(self, room: Room) -> None:
+        room.refs -= 1
+        if room.refs == 0 and self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+            self._feed.unfollow(room.name)
 
 
 def _failed(task: asyncio.Task[None]) -> bool:

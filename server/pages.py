@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.store import Entry, StreamStore
+from server.store.ports import Entry, RoomLog
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -51,9 +51,9 @@ class Page:
     next_after: str | None  # pass as ``after`` for the newer page; None: nothing newer (or no cursor given)
 
 
-async def read_page(store: StreamStore, key: str, query: PageQuery) -> Page:
+async def read_page(room_log: RoomLog, room: str, query: PageQuery) -> Page:
     """The page ``query`` asks for; an absent stream reads as an empty one."""
-    older, newer = _Older(store, key), _Newer(store, key)
+    older, newer = _Older(room_log, room), _Newer(room_log, room)
     if query.after is not None:
         entries, has_newer = await _scan(newer, _complete(query.after), query.limit, query.participant)
         has_older = bool(entries) and await older.beyond(_id(entries[0]))
@@ -66,15 +66,15 @@ async def read_page(store: StreamStore, key: str, query: PageQuery) -> Page:
     return Page(entries, _id(entries[0]) if has_older else None, _id(entries[-1]) if has_newer else None)
 
 
-async def read_all(store: StreamStore, key: str, size: int = EXPORT_CHUNK) -> AsyncIterator[list[Entry]]:
+async def read_all(room_log: RoomLog, room: str, size: int = EXPORT_CHUNK) -> AsyncIterator[list[Entry]]:
     """The whole stream, oldest first, in reads of ``size`` entries.
 
     Ends at the newest entry of the stream when it is called, so a busy room's export ends.
     """
-    end = (await store.last_id(key)).decode()
+    end = (await room_log.last_id(room)).decode()
     bound: str | None = None
     while end != _FIRST_ID and bound != end:
-        chunk = await store.range(key, "-" if bound is None else "(" + bound, end, count=size)
+        chunk = await room_log.range(room, "-" if bound is None else "(" + bound, end, count=size)
         if not chunk:
             return  # trimmed or deleted meanwhile
         yield chunk
@@ -112,32 +112,32 @@ class _Reader(Protocol):
 class _Older:
     """Newest first, going back in time."""
 
-    def __init__(self, store: StreamStore, key: str) -> None:
-        self._store, self._key = store, key
+    def __init__(self, room_log: RoomLog, room: str) -> None:
+        self._log, self._room = room_log, room
 
     async def read(self, bound: str | None, count: int) -> list[Entry]:
         if bound is None:
-            return await self._store.revrange(self._key, "+", "-", count=count)
+            return await self._log.revrange(self._room, "+", "-", count=count)
         # From a bound below the first entry, XREVRANGE walks the whole stream to find nothing (O(N)).
         if not await self.beyond(bound):
             return []
-        return await self._store.revrange(self._key, "(" + bound, "-", count=count)
+        return await self._log.revrange(self._room, "(" + bound, "-", count=count)
 
     async def beyond(self, bound: str) -> bool:
         # Forwards from the start: O(log N), where XREVRANGE "(bound" may be O(N) (see read).
-        return bound != _FIRST_ID and bool(await self._store.range(self._key, "-", "(" + bound, count=1))
+        return bound != _FIRST_ID and bool(await self._log.range(self._room, "-", "(" + bound, count=1))
 
 
 class _Newer:
     """Oldest first, going forward in time."""
 
-    def __init__(self, store: StreamStore, key: str) -> None:
-        self._store, self._key = store, key
+    def __init__(self, room_log: RoomLog, room: str) -> None:
+        self._log, self._room = room_log, room
 
     async def read(self, bound: str | None, count: int) -> list[Entry]:
         if bound == _LAST_ID:
             return []  # Redis refuses the empty interval "(<max>-<max> +"
-        return await self._store.range(self._key, "-" if bound is None else "(" + bound, "+", count=count)
+        return await self._log.range(self._room, "-" if bound is None else "(" + bound, "+", count=count)
 
     async def beyond(self, bound: str) -> bool:
         return bool(await self.read(bound, 1))

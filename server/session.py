@@ -5,7 +5,7 @@ Entering, in this order:
 1. The member joins the hub *holding* its live frames; the hub tells the id ``newest`` of the last
    entry delivered in the room before it joined. Every later entry reaches the member live.
 2. Its roster entry is recorded and the room's epoch, oldest retained id, newest trimmed id and
-   roster are read in one step (:meth:`StreamStore.session`).
+   roster are read in one step (:meth:`~server.store.ports.Roster.enter`).
 3. The other members hear ``presence.join``.
 4. With ``last_id`` (a resume), the entries after it up to ``newest`` are read from the stream
    and queued, in pages. Live frames queue after them, so nothing is missed or seen twice.
@@ -17,9 +17,10 @@ expired or lost and created again, which changes its epoch): the member then get
 retained and ``recovered: false``, never a partial replay presented as complete.
 
 Leaving removes the roster entry and tells the others ``presence.leave``. A process that dies
-cannot do that: once its heartbeat key expires (``NODE_TTL_S``), the next heartbeat of a node that
-follows the room (:meth:`Sessions.sweep`) drops its roster entries and says ``presence.leave`` for
-each, once.
+cannot do that: once its time in the room's followers runs out (``NODE_TTL_S`` after its last
+heartbeat), the next heartbeat of a node that follows the room (:meth:`Sessions.run`) drops its roster
+entries and says ``presence.leave`` for each, once. When Redis forgets a live node's roster entries (a
+restart without persistence), the node's next heartbeat puts them back (:class:`RosterRestorer`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +36,12 @@ import orjson
 
 from protocol.codec import format_ts, frame_with_id
 from protocol.errors import ProtocolError
-from protocol.names import DEFAULT_ROLE, Event, stream_key
+from protocol.names import DEFAULT_ROLE, Event
 from server.ephemeral import Ephemeral
-from server.feed import id_tuple
+from server.feed import RoomFeed, id_tuple
+from server.hub import Fanout
 from server.member import Member
-from server.store import UNREACHABLE, SessionInfo, StreamStore
+from server.store.ports import RoomLog, Roster, SessionInfo, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +56,40 @@ class Resume:
     epoch: str | None  # the epoch its cursor belongs to, when it knows it
 
 
+class RosterRestorer:
+    """Puts this node's members back in the rosters of rooms where Redis had forgotten the node."""
+
+    def __init__(self, roster: Roster, fanout: Fanout, node_id: str, roster_ttl_s: int) -> None:
+        self._roster = roster
+        self._fanout = fanout
+        self._node = node_id
+        self._roster_ttl_s = roster_ttl_s
+
+    async def restore(self, rooms: Sequence[str]) -> None:
+        entries = [(room, roster_field(self._node, member), role_of(member))
+                   for room in rooms for member in self._fanout.members(room)]
+        if entries:
+            await self._roster.restore(entries, self._roster_ttl_s)
+
+
 class Sessions:
-    def __init__(self, store: StreamStore, ephemeral: Ephemeral, node_id: str, roster_ttl_s: int,
-                 max_per_room: int = 0) -> None:
+    def __init__(self, room_log: RoomLog, roster: Roster, ephemeral: Ephemeral, feed: RoomFeed, node_id: str,
+                 roster_ttl_s: int, max_per_room: int = 0) -> None:
         self._max_per_room = max_per_room
-        self._store = store
+        self._log = room_log
+        self._roster = roster
         self._ephemeral = ephemeral
+        self._feed = feed
         self._node = node_id
         self._roster_ttl_s = roster_ttl_s
 
     def field(self, member: Member) -> str:
-        return f"{self._node}/{member.conn}"
+        return roster_field(self._node, member)
 
     async def enter(self, member: Member) -> SessionInfo:
         """Record ``member`` in its room's roster. Raises ``room_full`` when the room holds
         ``MAX_CONNECTIONS_PER_ROOM`` connections (on all nodes), or when Redis is unreachable."""
-        info = await self._store.session(member.room, self.field(member), role_of(member), self._roster_ttl_s,
+        info = await self._roster.enter(member.room, self.field(member), role_of(member), self._roster_ttl_s,
                                          self._max_per_room)
         if info.full:
             raise ProtocolError("room_full")
@@ -86,9 +107,8 @@ class Sessions:
         member.release()
 
     async def _replay(self, member: Member, start: str, newest: bytes) -> None:
-        key = stream_key(member.room)
         while not member.closing:
-            entries = await self._store.range(key, start, newest, count=PAGE)
+            entries = await self._log.range(member.room, start, newest, count=PAGE)
             frames = []
             for entry_id, fields in entries:
                 try:
@@ -100,28 +120,36 @@ class Sessions:
                 return
             start = "(" + entries[-1][0].decode()
 
-    async def restore(self, members: list[Member]) -> None:
-        """Record ``members`` in their rosters again, after Redis lost them (a restart)."""
-        await self._store.restore_roster([(m.room, self.field(m), role_of(m)) for m in members], self._roster_ttl_s)
+    async def run(self) -> None:
+        """After each heartbeat of this node, sweep the rooms it follows (until cancelled)."""
+        while True:
+            await self._feed.next_beat()
+            rooms = self._feed.rooms()
+            try:
+                await self.sweep(rooms)
+            except StoreUnavailable as exc:
+                log.warning("presence sweep failed: %s", exc)
+            except Exception:
+                log.exception("presence sweep failed")
 
     async def sweep(self, rooms: list[str]) -> None:
         """Drop the members of dead nodes from these rooms' rosters, with a ``presence.leave`` each."""
         for start in range(0, len(rooms), SWEEP_ROOMS):  # a script call holds Redis: keep each short
-            for room, field, role in await self._store.sweep(rooms[start:start + SWEEP_ROOMS]):
+            for room, field, role in await self._roster.sweep(rooms[start:start + SWEEP_ROOMS]):
                 frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2])
                 await self._ephemeral.send(room, _NONE, frame)
 
     async def leave(self, member: Member) -> None:
         """Remove ``member`` from the roster and tell the others; never raises."""
-        with contextlib.suppress(*UNREACHABLE):
-            await self._store.leave(member.room, self.field(member))
+        with contextlib.suppress(StoreUnavailable):
+            await self._roster.leave(member.room, self.field(member))
             await self._presence(member, Event.PRESENCE_LEAVE)
 
     async def _presence(self, member: Member, event: str) -> None:
         frame = presence_frame(event, member.room, role_of(member), member.conn)
         try:
             await self._ephemeral.send(member.room, _NONE, frame, skip=member)
-        except UNREACHABLE as exc:
+        except StoreUnavailable as exc:
             log.warning("room %s: %s not sent to other nodes: %s", member.room, event, exc)
 
 
@@ -132,6 +160,11 @@ def presence_frame(event: str, room: str, role: str, conn: str) -> str:
 
 def role_of(member: Member) -> str:
     return member.role or DEFAULT_ROLE
+
+
+def roster_field(node_id: str, member: Member) -> str:
+    """A connection's field in its room's roster: ``<node>/<connection>``."""
+    return f"{node_id}/{member.conn}"
 
 
 def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from protocol.codec import frame_with_id
-from server.store import Entry
+from server.store.ports import Entry
 
 Chunks = AsyncIterable[list[Entry]]
 

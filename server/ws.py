@@ -38,7 +38,7 @@ from server.hub import Hub
 from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR, Member
 from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
 from server.session import Resume, Sessions
-from server.store import UNREACHABLE
+from server.store.ports import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ChatEndpoint:
             member.start()
             await self._sessions.start(member, newest, info, resume)
             await self._receive_loop(member, receive)
-        except UNREACHABLE as exc:
+        except StoreUnavailable as exc:
             log.warning("room %s: session ended, Redis unreachable: %s", room, exc)
             member.close(WS_1011_INTERNAL_ERROR, "store unavailable")
         finally:

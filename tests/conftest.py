@@ -11,12 +11,18 @@ import itertools
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import fakeredis
 import pytest
 import redis
+import redis.asyncio
 
-from server.store import StreamStore
+from server.store.embedded import EmbeddedStore
+from server.store.ports import Store
+from server.store.redis_store import RedisStore
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
@@ -103,13 +109,33 @@ def private_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
+@dataclass
+class Backend:
+    """A store under test, and a plain client on the same data for the checks a port does not offer."""
+
+    store: Store
+    raw: Any  # a redis.asyncio (or fakeredis) client
+
+
 @pytest.fixture(params=["redis", "redis-py", "embedded"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[StreamStore]:
-    """The stream store on the test Redis (through the lean connection, and through redis-py alone,
-    as for TLS or Unix socket URLs) and on the embedded fakeredis: one contract, three adapters."""
-    store = StreamStore.connect(None if request.param == "embedded" else redis_url, lean=request.param == "redis")
-    yield store
+async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
+    """The store on the test Redis (through the lean connection, and through redis-py alone, as for
+    TLS or Unix socket URLs) and on the embedded fakeredis: one contract, three adapters."""
+    if request.param == "embedded":
+        fake = fakeredis.FakeServer()
+        store: Store = EmbeddedStore.create(fake)
+        raw: Any = fakeredis.FakeAsyncRedis(server=fake)
+    else:
+        store = RedisStore.connect(redis_url, lean=request.param == "redis")
+        raw = redis.asyncio.Redis.from_url(redis_url)
+    yield Backend(store, raw)
+    await raw.aclose()
     await store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ import redis
 
 from benchkit.context import Context
 from benchkit.stats import Report, Target, fmt, latency_ms
-from protocol import format_ts, stored_body, stream_key
+from protocol import format_ts, stored_body
+from server.store.keys import stream_key
 
 PIPELINE = 10_000
 KEY_TTL_S = 3600  # in case the run dies before deleting it

@@ -3,7 +3,7 @@
 - :mod:`server.llm.openai_provider`: any OpenAI-compatible chat completions API, streamed.
 - :mod:`server.llm.scripted`: a deterministic offline stand-in, for the demo and the tests.
 
-:func:`make_provider` picks one from :class:`~server.llm.settings.LLMSettings`. Only the OpenAI
+:func:`make_provider` picks one from :class:`~server.settings.LLMSettings`. Only the OpenAI
 adapter imports ``openai``, and only when it is chosen.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from server.llm.provider import Provider
 from server.llm.scripted import ScriptedProvider
-from server.llm.settings import LLMSettings
+from server.settings import LLMSettings
 
 
 def make_provider(settings: LLMSettings) -> Provider:

@@ -17,20 +17,19 @@ import secrets
 from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
-from protocol.names import stream_key
 from server.appender import Appender
 from server.errors import error_for
-from server.llm.jobs import Jobs, Request
-from server.llm.settings import Trigger
 from server.member import Member
-from server.store import Duplicate, NewEntry
+from server.settings import Trigger
+from server.store.ports import Duplicate, GenerationLocks, NewEntry, Request, RequestQueue
 
 _MENTION = re.compile(r"@llm\b", re.IGNORECASE)
 
 
 class LLMFront:
-    def __init__(self, jobs: Jobs, appender: Appender, trigger: Trigger) -> None:
-        self._jobs = jobs
+    def __init__(self, locks: GenerationLocks, requests: RequestQueue, appender: Appender, trigger: Trigger) -> None:
+        self._locks = locks
+        self._requests = requests
         self._appender = appender
         self._trigger = trigger
 
@@ -43,27 +42,37 @@ class LLMFront:
     async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
         """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
-        if not await self._jobs.request(request):
+        if not await self._locks.lock(request.room, request.rid):
             member.push(error_for(ProtocolError("busy", cid=cid)))
+            return
+        await self._queue(request)
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()
-        if not await self._jobs.lock(member.room, rid):
+        if not await self._locks.lock(member.room, rid):
             raise ProtocolError("busy", cid=envelope.cid)
         try:
-            stored = await self._appender.append(NewEntry(stream_key(member.room), envelope.role, body, envelope.cid))
+            stored = await self._appender.append(NewEntry(member.room, envelope.role, body, envelope.cid))
         except BaseException:
-            await self._jobs.release(member.room, rid)
+            await self._locks.release(member.room, rid)
             raise
         if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and answered)
-            await self._jobs.release(member.room, rid)
+            await self._locks.release(member.room, rid)
             member.push(frame_with_id(stored.body, stored.id.decode()))
             return
-        await self._jobs.queue(Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role))
+        await self._queue(Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role))
+
+    async def _queue(self, request: Request) -> None:
+        """Queue a request whose lock is taken (released again when it cannot be queued)."""
+        try:
+            await self._requests.add(request)
+        except BaseException:
+            await self._locks.release(request.room, request.rid)
+            raise
 
     async def cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         rid = envelope.bd["rid"]
-        if not await self._jobs.cancel(member.room, rid):
+        if not await self._locks.cancel(member.room, rid):
             raise ProtocolError("unknown_generation", f"No generation {rid!r} is running in this room.", envelope.cid)
 
 

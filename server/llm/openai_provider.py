@@ -32,7 +32,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from server.llm.provider import ChatMessage, Event, Outcome, ProviderError
-from server.llm.settings import LLMSettings
+from server.settings import LLMSettings
 
 T = TypeVar("T")
 

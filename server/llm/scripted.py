@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 from server.llm.provider import ChatMessage, Event, FinishReason, Outcome
-from server.llm.settings import LLMSettings
+from server.settings import LLMSettings
 
 MODEL = "scripted-1"
 WORDS_PER_CHUNK = 3

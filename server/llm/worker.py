@@ -1,6 +1,7 @@
 """An LLM worker: serves the bot's requests from the queue, streaming each answer into its room.
 
-For each request (see :mod:`server.llm.jobs`):
+For each request (see :class:`~server.store.ports.RequestQueue` and
+:class:`~server.store.ports.GenerationLocks`):
 
 1. A request delivered too many times (its workers kept dying) ends with ``llm.error``. One whose
    answer is already stored (a worker died between storing it and acknowledging the request) is
@@ -32,15 +33,23 @@ from typing import Any
 import orjson
 
 from protocol.codec import format_ts, stored_body
-from protocol.names import LLM_ROLE, Event, stream_key
+from protocol.names import LLM_ROLE, Event
 from server.appender import Appender
 from server.ephemeral import Ephemeral
 from server.feed import backoff
-from server.llm.jobs import CANCEL_CHANNEL, LOCK_TTL_MS, Jobs, Request
 from server.llm.provider import Outcome, Provider, ProviderError, build_messages
-from server.llm.settings import LLMSettings
+from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.metrics import COUNTS
-from server.store import UNREACHABLE, NewEntry, StreamStore, cid_key
+from server.settings import LLMSettings
+from server.store.ports import (
+    GENERATION_LOCK_TTL_MS,
+    GenerationLocks,
+    NewEntry,
+    Request,
+    RequestQueue,
+    RoomLog,
+    StoreUnavailable,
+)
 from server.transcript import message
 
 log = logging.getLogger(__name__)
@@ -58,11 +67,13 @@ class Generation:
 
 
 class Worker:
-    def __init__(self, name: str, jobs: Jobs, store: StreamStore, appender: Appender, ephemeral: Ephemeral,
-                 provider: Provider, settings: LLMSettings, concurrency: int) -> None:
+    def __init__(self, name: str, locks: GenerationLocks, requests: RequestQueue, room_log: RoomLog,
+                 appender: Appender, ephemeral: Ephemeral, provider: Provider, settings: LLMSettings,
+                 concurrency: int) -> None:
         self.name = name  # the consumer's name in the group
-        self._jobs = jobs
-        self._store = store
+        self._locks = locks
+        self._requests = requests
+        self._log = room_log
         self._appender = appender
         self._ephemeral = ephemeral
         self._provider = provider
@@ -88,7 +99,7 @@ class Worker:
 
     async def forget(self) -> None:
         """Leave the consumer group, unless requests are still pending for this worker."""
-        await self._jobs.forget_consumer(self.name)
+        await self._requests.forget_consumer(self.name)
 
     def _free(self) -> int:
         return 0 if self._stopping else self._concurrency - len(self._running)
@@ -103,14 +114,14 @@ class Worker:
             task.add_done_callback(self._tasks.discard)
 
     async def _read_loop(self) -> None:
-        await self._jobs.ensure_group()
+        await self._requests.ensure_group()
         while True:
             free = self._free()
             if free <= 0:  # every slot is taken: read again as soon as one frees
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            self._start(await self._jobs.read(self.name, free, READ_BLOCK_MS))
+            self._start(await self._requests.read(self.name, free, READ_BLOCK_MS))
 
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self._settings.reclaim_after_s * 1000)
@@ -118,43 +129,42 @@ class Worker:
             await asyncio.sleep(min(self._settings.reclaim_after_s / 3, 5.0))
             free = self._free()
             if free > 0:
-                self._start(await self._jobs.reclaim(self.name, idle_ms, free))
+                self._start(await self._requests.reclaim(self.name, idle_ms, free))
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await asyncio.sleep(LOCK_TTL_MS / 3000)
+            await asyncio.sleep(GENERATION_LOCK_TTL_MS / 3000)
             running = [generation.request for generation in self._running.values()]
-            await self._jobs.renew([(request.room, request.rid) for request in running])
-            await self._jobs.touch(self.name, [request.entry_id for request in running])
+            await self._locks.renew([(request.room, request.rid) for request in running])
+            await self._requests.touch(self.name, [request.entry_id for request in running])
 
     async def _cancel_loop(self) -> None:
-        pubsub = self._jobs.cancellations()
+        cancellations = self._locks.cancellations()
         try:
-            await pubsub.subscribe(CANCEL_CHANNEL)
+            await cancellations.subscribe()
             while True:
-                event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if event is not None and isinstance(event.get("data"), bytes):
-                    generation = self._running.get(event["data"].decode())
+                event = await cancellations.next(timeout_s=1.0)
+                if event is not None and event[0] == "message":
+                    generation = self._running.get(event[1].decode())
                     if generation is not None:
                         generation.cancel.set()
         finally:
-            await pubsub.aclose()
+            await cancellations.close()
 
     async def _serve(self, generation: Generation) -> None:
         request = generation.request
         try:
             if request.attempt > MAX_ATTEMPTS:
-                await self._jobs.release(request.room, request.rid)
+                await self._locks.release(request.room, request.rid)
                 await self._fail(request, None, ProviderError(
                     "provider_error", f"The answer failed {MAX_ATTEMPTS} times (its workers stopped); gave up."))
             else:
-                answered, cancelled = await self._jobs.start(
-                    request, cid_key(stream_key(request.room), LLM_ROLE, request.rid))
+                answered, cancelled = await self._locks.start(request.room, request.rid)
                 if cancelled:
                     generation.cancel.set()
                 if not answered:
                     await self._generate(generation)
-            await self._jobs.ack([request.entry_id])
+            await self._requests.ack([request.entry_id])
         except Exception:
             # Left pending: another worker (or this one) takes it over after LLM_RECLAIM_AFTER_S.
             log.exception("room %s: generation %s failed; the request stays queued", request.room, request.rid)
@@ -164,7 +174,7 @@ class Worker:
 
     async def _generate(self, generation: Generation) -> None:
         request = generation.request
-        entries = await self._store.revrange(stream_key(request.room), request.reply_to, "-",
+        entries = await self._log.revrange(request.room, request.reply_to, "-",
                                              count=self._settings.history_turns + 1)
         history = [message(entry) for entry in reversed(entries)]
         messages = build_messages(self._settings.system_prompt, history, self._settings.history_turns)
@@ -187,7 +197,7 @@ class Worker:
                 error = exc
         text = "".join(generation.text)
         COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
-        await self._jobs.release(request.room, request.rid)
+        await self._locks.release(request.room, request.rid)
         response_id = None
         if error is None or text:
             response_id = await self._store_answer(request, text, outcome, error)
@@ -228,7 +238,7 @@ class Worker:
                               "model": outcome.model if outcome else self._model_name()}
         if outcome is not None and outcome.usage is not None:
             bd["usage"] = outcome.usage
-        entry = NewEntry(stream_key(request.room), LLM_ROLE, stored_body(hd, bd), request.rid, ANSWER_DEDUPE_S)
+        entry = NewEntry(request.room, LLM_ROLE, stored_body(hd, bd), request.rid, ANSWER_DEDUPE_S)
         stored = await self._appender.append(entry)
         return stored if isinstance(stored, bytes) else stored.id
 
@@ -238,9 +248,7 @@ class Worker:
         await self._ephemeral.send(request.room, response_id or request.reply_to.encode(), frame)
 
     def _model_name(self) -> str:
-        from server.llm.scripted import MODEL
-
-        return self._settings.model if self._settings.provider == "openai" else MODEL
+        return self._settings.model if self._settings.provider == "openai" else SCRIPTED_MODEL
 
 
 def generation_header(event: str, request: Request) -> dict[str, Any]:
@@ -267,7 +275,7 @@ async def _forever(loop: Callable[[], Awaitable[None]]) -> None:
     while True:
         try:
             await loop()
-        except UNREACHABLE as exc:
+        except StoreUnavailable as exc:
             log.warning("LLM worker: Redis unreachable (%s); retrying", exc)
         except Exception:
             log.exception("LLM worker: %s failed; restarting it", getattr(loop, "__name__", loop))

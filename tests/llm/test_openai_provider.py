@@ -13,7 +13,7 @@ import pytest
 
 from server.llm.openai_provider import OpenAIProvider, provider_error
 from server.llm.provider import ChatMessage, Outcome, ProviderError, Turn, build_messages
-from server.llm.settings import LLMSettings
+from server.settings import LLMSettings
 from tests.support.fake_openai import FakeOpenAI, reply_text, reply_tokens
 from tests.support.redis_server import free_port
 

@@ -6,7 +6,7 @@ import contextlib
 
 from server.llm.provider import ChatMessage, Outcome
 from server.llm.scripted import EXPLANATION, MODEL, ScriptedProvider
-from server.llm.settings import LLMSettings
+from server.settings import LLMSettings
 
 ASKED: list[ChatMessage] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A: hello bot"}]
 

@@ -7,8 +7,7 @@ import pytest
 from server.llm import make_provider
 from server.llm.openai_provider import OpenAIProvider
 from server.llm.scripted import ScriptedProvider
-from server.llm.settings import DEFAULT_SYSTEM_PROMPT, LLMSettings
-from server.settings import SettingsError
+from server.settings import DEFAULT_SYSTEM_PROMPT, LLMSettings, SettingsError
 
 
 def test_defaults_without_any_variable_are_the_offline_scripted_provider() -> None:

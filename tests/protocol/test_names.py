@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import is_valid_room, is_valid_stream_id, stream_key
+from protocol import is_valid_room, is_valid_stream_id
 
 
 @pytest.mark.parametrize("room", ["room001", "a", "A-b_9", "x" * 64])
@@ -23,7 +23,3 @@ def test_valid_stream_ids(value: str) -> None:
 @pytest.mark.parametrize("value", ["", "-", "1-", "-1", "01-0", "a-0", "1-0-0", "18446744073709551616-0", "$", "+"])
 def test_invalid_stream_ids(value: str) -> None:
     assert not is_valid_stream_id(value)
-
-
-def test_stream_key_layout() -> None:
-    assert stream_key("room001") == "chat:session:room001"

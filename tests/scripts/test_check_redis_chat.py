@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess

@@ -10,7 +10,7 @@ import sys
 import orjson
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.schemas import ROOT
 from tests.support.server_process import ServerProcess
 

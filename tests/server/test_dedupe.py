@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess

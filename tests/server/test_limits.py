@@ -10,7 +10,7 @@ import pytest
 import redis
 from websockets.exceptions import InvalidStatus
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.conftest import new_room
 from tests.support.client import Client
 from tests.support.raw_ws import CLOSE, PING, PONG, TEXT, RawWebSocket

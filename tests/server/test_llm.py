@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.conftest import RUN
 from tests.support.client import Client
 from tests.support.fake_openai import FakeOpenAI

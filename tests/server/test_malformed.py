@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.corpus.malformed_frames import BOUND_ROLE, CORPUS
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess

@@ -1,4 +1,4 @@
-"""The lean Redis client (:mod:`server.resp`) against a real Redis."""
+"""The lean Redis client (:mod:`server.store.resp`) against a real Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.resp import LeanRedis, LeanScript, pack
+from server.store.resp import LeanRedis, LeanScript, pack
 from tests.conftest import RUN
 from tests.support.redis_server import RedisServer
 

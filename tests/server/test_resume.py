@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
 

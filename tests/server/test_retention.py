@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import redis
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.session import Resume, replay_start
-from server.store import SessionInfo
+from server.store.ports import SessionInfo
 
 
 def info(epoch: str | None = "e1", first: bytes | None = b"100-0", removed: int | None = 0) -> SessionInfo:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 
-from protocol import stream_key
+from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
 

@@ -1,16 +1,19 @@
-"""One contract, two adapters: the stream store on a real Redis and on the embedded fakeredis."""
+"""One contract, every adapter: the room log, roster and node bus ports on a real Redis (through the
+lean connection and through redis-py alone) and on the embedded fakeredis."""
 
 from __future__ import annotations
 
 import asyncio
 
-from protocol import stream_key
-from server.store import Duplicate, NewEntry, StreamStore, Subscriber
-from tests.conftest import new_room
+from server.store.keys import epoch_key, followers_key, stream_key
+from server.store.ports import Duplicate, NewEntry, Retention, Store, Subscription
+from tests.conftest import Backend, new_room
+
+KEEP_ALL = Retention()
 
 
 def entries(room: str, *texts: str) -> list[NewEntry]:
-    return [NewEntry(stream_key(room), "A", f'{{"hd":{{}},"bd":{{"text":"{t}"}}}}'.encode()) for t in texts]
+    return [NewEntry(room, "A", f'{{"hd":{{}},"bd":{{"text":"{t}"}}}}'.encode()) for t in texts]
 
 
 def tup(entry_id: bytes) -> tuple[int, int]:
@@ -18,153 +21,195 @@ def tup(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-async def test_a_batch_is_appended_in_order_and_reports_the_previous_newest_id(store: StreamStore) -> None:
+async def test_a_batch_is_appended_in_order_and_reports_the_previous_newest_id(store: Store) -> None:
     room1, room2 = new_room(), new_room()
-    first = await store.append_batch(entries(room1, "1", "2") + entries(room2, "x") + entries(room1, "3"),
-                                     maxlen=0, ttl_s=0, node="n1")
-    assert first.before == {stream_key(room1): b"0-0", stream_key(room2): b"0-0"}
+    first = await store.log.append_batch(entries(room1, "1", "2") + entries(room2, "x") + entries(room1, "3"),
+                                         KEEP_ALL, "n1")
+    assert first.before == {room1: b"0-0", room2: b"0-0"}
     ids = first.ids
     assert all(isinstance(i, bytes) for i in ids)
-    stored = await store.range(stream_key(room1))
+    stored = await store.log.range(room1)
     assert [e[0] for e in stored] == [ids[0], ids[1], ids[3]]
     assert [e[1][b"participant"] for e in stored] == [b"A"] * 3
     assert tup(ids[0]) < tup(ids[1]) < tup(ids[3])  # type: ignore[arg-type]
-    second = await store.append_batch(entries(room1, "4"), maxlen=0, ttl_s=0, node="n1")
-    assert second.before == {stream_key(room1): ids[3]}
+    second = await store.log.append_batch(entries(room1, "4"), KEEP_ALL, "n1")
+    assert second.before == {room1: ids[3]}
 
 
-async def test_range_reads_after_an_exclusive_cursor(store: StreamStore) -> None:
+async def test_range_reads_after_an_exclusive_cursor(store: Store) -> None:
     room = new_room()
-    ids = (await store.append_batch(entries(room, "1", "2", "3"), maxlen=0, ttl_s=0, node="n")).ids
-    after_first = await store.range(stream_key(room), b"(" + ids[0], "+")  # type: ignore[operator]
+    ids = (await store.log.append_batch(entries(room, "1", "2", "3"), KEEP_ALL, "n")).ids
+    after_first = await store.log.range(room, b"(" + ids[0], "+")  # type: ignore[operator]
     assert [e[0] for e in after_first] == ids[1:]
-    assert await store.last_id(stream_key(room)) == ids[2]
-    assert await store.last_id(stream_key(new_room())) == b"0-0"
+    assert await store.log.bodies(room, ids[0], 10) == [(e[0], e[1][b"body"]) for e in after_first]  # type: ignore[arg-type]
+    assert await store.log.last_id(room) == ids[2]
+    assert await store.log.last_id(new_room()) == b"0-0"
 
 
-async def test_appends_trim_approximately_and_renew_the_expiry(store: StreamStore, redis_url: str) -> None:
+async def test_appends_trim_approximately_and_renew_the_expiry(backend: Backend) -> None:
     room = new_room()
     for _ in range(10):
-        await store.append_batch(entries(room, *map(str, range(100))), maxlen=50, ttl_s=600, node="n")
-    kept = await store.range(stream_key(room))
+        await backend.store.log.append_batch(entries(room, *map(str, range(100))), Retention(maxlen=50, ttl_s=600),
+                                             "n")
+    kept = await backend.store.log.range(room)
     assert 50 <= len(kept) < 1000
-    client = store._client
-    assert 0 < await client.ttl(stream_key(room)) <= 600
+    assert 0 < await backend.raw.ttl(stream_key(room)) <= 600
 
 
-async def _listening(store: StreamStore, node: str) -> Subscriber:
-    subscriber = store.subscriber(node)
-    await subscriber.subscribe()
-    while (message := await subscriber.next(timeout_s=5)) is None or message[0] != "subscribe":
+async def _listening(store: Store, node: str) -> Subscription:
+    subscription = store.bus.subscription(node)
+    await subscription.subscribe()
+    while (message := await subscription.next(timeout_s=5)) is None or message[0] != "subscribe":
         pass
-    return subscriber
+    return subscription
 
 
-async def _next_announcement(subscriber: Subscriber) -> bytes:
+async def _next_message(subscription: Subscription) -> bytes:
     while True:
-        message = await subscriber.next(timeout_s=5)
+        message = await subscription.next(timeout_s=5)
         if message is not None and message[0] == "message":
             return message[1]
 
 
-async def test_appends_are_announced_to_the_other_live_nodes_of_the_room(store: StreamStore) -> None:
+async def test_appends_are_announced_to_the_other_live_followers_of_the_room(store: Store) -> None:
     room, other, writer = new_room(), f"n{new_room()}", f"n{new_room()}"
-    subscriber = await _listening(store, other)
-    assert await store.heartbeat(other, 30) is True  # first beat: it was not alive
-    assert await store.heartbeat(other, 30) is False
-    await store.register([room], other)
-    await store.register([room], writer)  # the writer follows too, but is not told of its own appends
-    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node=writer)).ids
-    announcement = await asyncio.wait_for(_next_announcement(subscriber), 10)
+    subscription = await _listening(store, other)
+    assert await store.bus.follow([room], other, 30) == [room]  # it did not follow the room before
+    assert await store.bus.follow([room], other, 30) == []  # a heartbeat
+    await store.bus.follow([room], writer, 30)  # the writer follows too, but is not told of its own appends
+    ids = (await store.log.append_batch(entries(room, "1", "2"), KEEP_ALL, writer)).ids
+    announcement = await asyncio.wait_for(_next_message(subscription), 10)
     assert announcement == f"{room} ".encode() + ids[1]  # type: ignore[operator]
-    await subscriber.close()
-    await store.forget_node(other)
+    await subscription.close()
+    await store.bus.unfollow([room], other)
+    await store.bus.unfollow([room], writer)
 
 
-async def test_appends_forget_nodes_that_are_not_alive(store: StreamStore) -> None:
-    room, dead = new_room(), f"n{new_room()}"
-    await store.register([room], dead)
-    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=0, node="writer")
-    assert await store._client.smembers(f"chat:room-nodes:{room}") == set()
+async def test_appends_forget_followers_whose_time_is_up(backend: Backend) -> None:
+    room, dead, live = new_room(), f"n{new_room()}", f"n{new_room()}"
+    await backend.store.bus.follow([room], live, 30)
+    await backend.raw.zadd(followers_key(room), {dead: 1})  # alive until 1 ms after 1970
+    await backend.store.log.append_batch(entries(room, "1"), KEEP_ALL, "writer")
+    assert await backend.raw.zrange(followers_key(room), 0, -1) == [live.encode()]
+    await backend.store.bus.unfollow([room], live)
 
 
-async def test_an_append_to_a_key_that_is_not_a_stream_fails_alone(store: StreamStore) -> None:
+async def test_a_follower_forgotten_by_redis_is_told_so_at_its_next_heartbeat(backend: Backend) -> None:
+    room, other, node = new_room(), new_room(), f"n{new_room()}"
+    await backend.store.bus.follow([room, other], node, 30)
+    await backend.raw.delete(followers_key(room))  # Redis restarted without its data, or the node stalled
+    assert await backend.store.bus.follow([room, other], node, 30) == [room]
+    await backend.store.bus.unfollow([room, other], node)
+    assert await backend.raw.exists(followers_key(room), followers_key(other)) == 0
+
+
+async def test_an_append_to_a_key_that_is_not_a_stream_fails_alone(backend: Backend) -> None:
     good, bad = new_room(), new_room()
-    await store._client.set(stream_key(bad), "not a stream")
-    result = await store.append_batch(entries(good, "1") + entries(bad, "2") + entries(good, "3"),
-                                      maxlen=0, ttl_s=0, node="n")
+    await backend.raw.set(stream_key(bad), "not a stream")
+    result = await backend.store.log.append_batch(entries(good, "1") + entries(bad, "2") + entries(good, "3"),
+                                                  KEEP_ALL, "n")
     assert isinstance(result.ids[0], bytes) and isinstance(result.ids[2], bytes)
     assert isinstance(result.ids[1], Exception)
-    assert len(await store.range(stream_key(good))) == 2
-    await store._client.delete(stream_key(bad))
+    assert len(await backend.store.log.range(good)) == 2
+    await backend.raw.delete(stream_key(bad))
 
 
-async def test_revrange_reads_newest_first_from_an_exclusive_bound(store: StreamStore) -> None:
+async def test_revrange_reads_newest_first_from_an_exclusive_bound(store: Store) -> None:
     room = new_room()
-    ids = (await store.append_batch(entries(room, "1", "2", "3", "4"), maxlen=0, ttl_s=0, node="n")).ids
-    newest = await store.revrange(stream_key(room), count=2)
+    ids = (await store.log.append_batch(entries(room, "1", "2", "3", "4"), KEEP_ALL, "n")).ids
+    newest = await store.log.revrange(room, count=2)
     assert [e[0] for e in newest] == [ids[3], ids[2]]
-    before_last = await store.revrange(stream_key(room), b"(" + ids[3], "-")  # type: ignore[operator]
+    before_last = await store.log.revrange(room, b"(" + ids[3], "-")  # type: ignore[operator]
     assert [e[0] for e in before_last] == [ids[2], ids[1], ids[0]]
 
 
-async def test_delete_removes_a_stream_once(store: StreamStore) -> None:
+async def test_delete_removes_a_stream_once(store: Store) -> None:
     room = new_room()
-    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=0, node="n")
-    assert await store.exists(stream_key(room))
-    assert await store.delete(stream_key(room))
-    assert not await store.exists(stream_key(room))
-    assert not await store.delete(stream_key(room))
+    await store.log.append_batch(entries(room, "1"), KEEP_ALL, "n")
+    assert await store.log.exists(room)
+    assert await store.log.delete(room)
+    assert not await store.log.exists(room)
+    assert not await store.log.delete(room)
 
 
-async def test_a_cid_is_stored_once_per_sender_within_the_window(store: StreamStore) -> None:
-    room = new_room()
-    first, resend, other_role = (NewEntry(stream_key(room), role, f'{{"hd":{{}},"bd":{{"n":{n}}}}}'.encode(), "c1")
+async def test_a_cid_is_stored_once_per_sender_within_the_window(store: Store) -> None:
+    room, window = new_room(), Retention(dedupe_s=60)
+    first, resend, other_role = (NewEntry(room, role, f'{{"hd":{{}},"bd":{{"n":{n}}}}}'.encode(), "c1")
                                  for n, role in ((1, "A"), (2, "A"), (3, "B")))
-    ids = (await store.append_batch([first, resend, other_role], maxlen=0, ttl_s=0, node="n", dedupe_s=60)).ids
+    ids = (await store.log.append_batch([first, resend, other_role], window, "n")).ids
     assert isinstance(ids[0], bytes) and isinstance(ids[2], bytes)
     assert ids[1] == Duplicate(ids[0], first.body)  # the original's id and body
-    again = (await store.append_batch([resend], maxlen=0, ttl_s=0, node="n", dedupe_s=60)).ids
+    again = (await store.log.append_batch([resend], window, "n")).ids
     assert again == [Duplicate(ids[0], first.body)]
-    assert len(await store.range(stream_key(room))) == 2
+    assert len(await store.log.range(room)) == 2
 
 
-async def test_a_new_stream_gets_a_new_epoch(store: StreamStore) -> None:
-    room = new_room()
-    await store.append_batch(entries(room, "1"), maxlen=0, ttl_s=60, node="n")
-    epoch = await store.epoch(room)
-    await store.append_batch(entries(room, "2"), maxlen=0, ttl_s=60, node="n")
-    assert epoch and await store.epoch(room) == epoch
-    assert 0 < await store._client.ttl(f"chat:epoch:{room}") <= 60
-    await store.delete(stream_key(room))
-    assert await store.epoch(room) is None
-    await store.append_batch(entries(room, "3"), maxlen=0, ttl_s=0, node="n")
-    assert await store.epoch(room) not in (None, epoch)
+async def test_a_new_stream_gets_a_new_epoch(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+
+    async def epoch() -> str | None:
+        return (await store.roster.enter(room, "", "", 0)).epoch
+
+    await store.log.append_batch(entries(room, "1"), Retention(ttl_s=60), "n")
+    first = await epoch()
+    await store.log.append_batch(entries(room, "2"), Retention(ttl_s=60), "n")
+    assert first and await epoch() == first
+    assert 0 < await backend.raw.ttl(epoch_key(room)) <= 60
+    await store.log.delete(room)
+    assert await epoch() is None
+    await store.log.append_batch(entries(room, "3"), KEEP_ALL, "n")
+    assert await epoch() not in (None, first)
 
 
-async def test_session_records_the_roster_and_drops_dead_nodes(store: StreamStore) -> None:
+async def test_entering_records_the_roster_and_drops_the_entries_of_dead_nodes(store: Store) -> None:
     room, live, dead = new_room(), f"n{new_room()}", f"n{new_room()}"
-    await store.heartbeat(live, 30)
-    ids = (await store.append_batch(entries(room, "1", "2"), maxlen=0, ttl_s=0, node="n")).ids
-    await store.session(room, f"{dead}/c0", "B", 0)
-    info = await store.session(room, f"{live}/c1", "A", 0)
+    await store.bus.follow([room], live, 30)
+    ids = (await store.log.append_batch(entries(room, "1", "2"), KEEP_ALL, "n")).ids
+    await store.roster.enter(room, f"{dead}/c0", "B", 0)
+    info = await store.roster.enter(room, f"{live}/c1", "A", 0)
     assert info.roster == [(f"{live}/c1", "A")]
-    assert (info.epoch, info.first_id, info.removed) == (await store.epoch(room), ids[0], 0)
-    await store.leave(room, f"{live}/c1")
-    assert (await store.session(room, "", "", 0)).roster == []
-    await store.forget_node(live)
+    assert (info.first_id, info.removed) == (ids[0], 0)
+    await store.roster.leave(room, f"{live}/c1")
+    assert (await store.roster.enter(room, "", "", 0)).roster == []
+    await store.bus.unfollow([room], live)
 
 
-async def test_unstored_frames_reach_the_other_live_nodes(store: StreamStore) -> None:
+async def test_a_room_full_of_connections_refuses_one_more(store: Store) -> None:
+    room, node = new_room(), f"n{new_room()}"
+    await store.bus.follow([room], node, 30)
+    assert not (await store.roster.enter(room, f"{node}/c1", "A", 0, most=1)).full
+    refused = await store.roster.enter(room, f"{node}/c2", "B", 0, most=1)
+    assert refused.full and refused.roster == [(f"{node}/c1", "A")]
+    await store.bus.unfollow([room], node)
+
+
+async def test_a_sweep_removes_each_dead_entry_once_and_restore_puts_entries_back(backend: Backend) -> None:
+    store, room, live, dead = backend.store, new_room(), f"n{new_room()}", f"n{new_room()}"
+    await store.bus.follow([room], live, 30)
+    await store.bus.follow([room], dead, 30)
+    await store.roster.enter(room, f"{live}/c1", "A", 0)
+    await store.roster.enter(room, f"{dead}/c2", "B", 0)
+    await backend.raw.zadd(followers_key(room), {dead: 1})  # its time is up
+    assert await store.roster.sweep([room, new_room()]) == [(room, f"{dead}/c2", "B")]
+    assert await store.roster.sweep([room]) == []
+    await store.roster.restore([(room, f"{live}/c3", "B")], 60)
+    assert sorted((await store.roster.enter(room, "", "", 0)).roster) == [(f"{live}/c1", "A"), (f"{live}/c3", "B")]
+    await store.bus.unfollow([room, room], live)
+
+
+async def test_unstored_frames_reach_the_other_live_followers(store: Store) -> None:
     room, other, sender = new_room(), f"n{new_room()}", f"n{new_room()}"
-    subscriber = await _listening(store, other)
-    await store.heartbeat(other, 30)
-    await store.heartbeat(sender, 30)
-    await store.register([room], other)
-    await store.register([room], sender)
-    await store.ephemeral({room: [b"0-0 {}", b"5-0 {\"x\":1}"]}, sender)
-    assert await asyncio.wait_for(_next_announcement(subscriber), 10) == f"{room} 0-0 {{}}".encode()
-    assert await asyncio.wait_for(_next_announcement(subscriber), 10) == f'{room} 5-0 {{"x":1}}'.encode()
-    await subscriber.close()
-    await store.forget_node(other)
-    await store.forget_node(sender)
+    subscription = await _listening(store, other)
+    await store.bus.follow([room], other, 30)
+    await store.bus.follow([room], sender, 30)
+    await store.bus.publish({room: [b"0-0 {}", b"5-0 {\"x\":1}"], new_room(): [b"0-0 {}"]}, sender)
+    assert await asyncio.wait_for(_next_message(subscription), 10) == f"{room} 0-0 {{}}".encode()
+    assert await asyncio.wait_for(_next_message(subscription), 10) == f'{room} 5-0 {{"x":1}}'.encode()
+    await subscription.close()
+    await store.bus.unfollow([room], other)
+    await store.bus.unfollow([room], sender)
+
+
+async def test_a_store_reports_its_kind_and_answers_a_ping(store: Store) -> None:
+    assert store.kind in ("redis", "embedded")
+    await store.ping()

@@ -1,20 +1,21 @@
 -- A connection enters a room: record it in the room's presence roster and read what its
 -- session.ready needs, atomically.
 --
--- KEYS: the room's stream (chat:session:<room>), epoch (chat:epoch:<room>) and roster
---       (chat:presence:<room>, a hash "<node>/<connection>" -> role).
+-- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
+--       sorted set node -> alive-until, in ms).
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none), and
 --       the most connections the room may hold (0 = no limit).
 -- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster,
 -- full} (full = 1 when the room already held the most connections: the connection was not added),
 -- the removed count being what XINFO reports as entries-added minus length, and roster being a
 -- flat array field, role, ... of the connections on live nodes; entries of nodes that are no longer
--- alive (chat:node:<node>:alive expired: the process died) are removed on the way.
+-- alive (their time in the followers set is up: the process died) are removed on the way.
+local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local epoch = redis.call('GET', KEYS[2])
+local epoch = redis.call('GET', epoch_key)
 local first, removed = false, false
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info, added, length = redis.call('XINFO', 'STREAM', KEYS[1]), false, false
+if redis.call('EXISTS', stream) == 1 then
+  local info, added, length = redis.call('XINFO', 'STREAM', stream), false, false
   for i = 1, #info, 2 do
     if info[i] == 'first-entry' and type(info[i + 1]) == 'table' then first = info[i + 1][1] end
     if info[i] == 'entries-added' then added = info[i + 1] end
@@ -22,18 +23,21 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   if added and length then removed = added - length end
 end
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local roster, alive = {}, {}
-local fields = redis.call('HGETALL', KEYS[3])
+local fields = redis.call('HGETALL', presence)
 for i = 1, #fields, 2 do
   local node = string.match(fields[i], '^([^/]+)/') or ''
   if alive[node] == nil then
-    alive[node] = redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1
+    local until_ms = redis.call('ZSCORE', followers, node)
+    alive[node] = until_ms ~= false and tonumber(until_ms) >= now_ms
   end
   if alive[node] then
     roster[#roster + 1] = fields[i]
     roster[#roster + 1] = fields[i + 1]
   else
-    redis.call('HDEL', KEYS[3], fields[i])
+    redis.call('HDEL', presence, fields[i])
   end
 end
 local full = 0
@@ -41,8 +45,8 @@ if field ~= '' then
   if most > 0 and #roster / 2 >= most then
     full = 1
   else
-    redis.call('HSET', KEYS[3], field, role)
-    if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+    redis.call('HSET', presence, field, role)
+    if ttl > 0 then redis.call('EXPIRE', presence, ttl) end
     roster[#roster + 1] = field
     roster[#roster + 1] = role
   end

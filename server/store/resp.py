@@ -14,7 +14,9 @@ connection is ``ConnectionError``, a reply that does not come within ``timeout_s
 ``ResponseError``. An error inside an array reply is returned in place, as redis-py does.
 
 Only plain TCP URLs (``redis://``) are handled; :meth:`LeanRedis.from_url` returns None for the
-others (TLS, Unix sockets), whose callers keep redis-py. The embedded store never uses this.
+others (TLS, Unix sockets), whose callers keep redis-py. The embedded store never uses this, and no
+module outside the Redis adapter (:mod:`server.store.redis_store`) imports it: it is an
+implementation detail of the store's ports, kept only for the measured reason above.
 """
 
 from __future__ import annotations
@@ -147,6 +149,26 @@ class LeanRedis:
         conn.transport.write(pack(args))
         return await future
 
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order: an error reply is
+        returned in place (a ``ResponseError``); a lost connection or a timeout raises."""
+        conn = self._conn
+        if conn is None or conn.lost:
+            conn = await self._connected()
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        futures: list[asyncio.Future[Any]] = []
+        for _ in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            conn.waiting.append((future, now))
+            futures.append(future)
+        assert conn.transport is not None
+        conn.transport.write(b"".join(pack(command) for command in commands))
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     async def aclose(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -233,6 +255,20 @@ class LeanScript:
         with contextlib.suppress(ResponseError):
             await self._client.execute("SCRIPT", "LOAD", self._source)
         return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    async def many(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``, all in one write; error replies in place."""
+        commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await self._client.execute_many(commands)
+        missing = [i for i, reply in enumerate(replies)
+                   if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")]
+        if missing:
+            with contextlib.suppress(ResponseError):
+                await self._client.execute("SCRIPT", "LOAD", self._source)
+            again = await self._client.execute_many([commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
 
 class _Pushes(_Replies):

@@ -1,0 +1,63 @@
+-- Append a batch of entries to one room's stream, atomically and in order.
+--
+-- KEYS: the room's stream, its epoch, its followers (a sorted set node -> alive-until, in ms), then
+--       the dedupe keys of the entries that have a cid.
+-- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, a fresh random epoch (for a
+--       stream this batch creates), the prefix of the nodes' channels, the room, then for each entry
+--       four values: its participant, its body, the index in KEYS of its dedupe key (0: no cid) and
+--       how long the dedupe key is kept, in seconds.
+-- Returns an array: the id of the newest entry the stream held before this batch ("0-0" when none),
+-- then, for each entry, its new id, or {original id, original body} when its dedupe key names an
+-- entry stored within the window (nothing is appended), or an error reply when it failed.
+-- A stream that held nothing before this batch gets the new epoch, which expires with it.
+-- Tells every other live follower what was appended, by publishing "<room> <newest id>" on its
+-- channel; forgets followers whose time is up.
+local stream, epoch_key, followers = KEYS[1], KEYS[2], KEYS[3]
+local maxlen, ttl, self, epoch, prefix, room = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+local before = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
+local out, newest = {before}, false
+for j = 7, #ARGV, 4 do
+  local d = tonumber(ARGV[j + 2])
+  local dedupe = d > 0 and KEYS[d]
+  local prior = dedupe and redis.call('GET', dedupe)
+  local id
+  if prior then
+    local original = redis.call('XRANGE', stream, prior, prior)
+    local body = ARGV[j + 1]
+    if original[1] then
+      for f = 1, #original[1][2], 2 do
+        if original[1][2][f] == 'body' then body = original[1][2][f + 1] end
+      end
+    end
+    id = {prior, body}
+  else
+    if maxlen > 0 then
+      id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+    else
+      id = redis.pcall('XADD', stream, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+    end
+    if type(id) == 'string' then
+      newest = id
+      if dedupe then redis.call('SET', dedupe, id, 'EX', ARGV[j + 3]) end
+    end
+  end
+  out[#out + 1] = id
+end
+if newest then
+  if before == '0-0' then
+    redis.call('SET', epoch_key, epoch)
+  else
+    redis.call('SET', epoch_key, epoch, 'NX')
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', epoch_key, ttl)
+  end
+  local now = redis.call('TIME')
+  redis.call('ZREMRANGEBYSCORE', followers, '-inf', '(' .. (now[1] * 1000 + math.floor(now[2] / 1000)))
+  for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
+    if node ~= self then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest) end
+  end
+end
+return out

@@ -1,0 +1,524 @@
+"""The store's ports on Redis: :class:`RedisStore` and one adapter class per port.
+
+The ports' contracts are in :mod:`server.store.ports`, the key names in :mod:`server.store.keys`, the
+Lua scripts in ``lua/`` (each touches the keys of one room, all passed in ``KEYS``). A batch that
+spans several rooms is one script call per room, all written in one go (one round trip).
+
+On a ``redis://`` URL, what runs per message or per generation (the append and ephemeral scripts,
+stream ranges: catch-up, replays, history pages, prompts; the generation scripts and acks) goes
+through :mod:`server.store.resp`'s lean pipelined connection instead of redis-py's pool, and the
+node's announcements arrive on a lean subscriber connection. Other URLs (TLS, Unix sockets) use
+redis-py alone. :mod:`server.store.embedded` runs these same adapters on an in-process fakeredis
+server.
+
+Every public coroutine of an adapter raises :class:`~server.store.ports.StoreUnavailable` when Redis
+cannot be reached and :class:`~server.store.ports.StoreError` when it refuses a command; nothing of
+redis-py escapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol.names import LLM_ROLE
+from server.store.keys import (
+    LLM_CANCEL_CHANNEL,
+    LLM_GROUP,
+    NODE_CHANNEL_PREFIX,
+    dedupe_key,
+    epoch_key,
+    followers_key,
+    llm_cancelled_key,
+    llm_lock_key,
+    llm_requests_key,
+    node_channel,
+    presence_key,
+    stream_key,
+)
+from server.store.ports import (
+    GENERATION_LOCK_TTL_MS,
+    BatchResult,
+    Duplicate,
+    Entry,
+    NewEntry,
+    Request,
+    Retention,
+    SessionInfo,
+    StoreError,
+    StoreUnavailable,
+)
+from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Errors meaning "Redis cannot be reached right now".
+UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+CANCELLED_TTL_S = 600
+REQUESTS_MAXLEN = 100_000
+_POOL_CONNECTIONS = 64
+_POOL_WAIT_S = 10.0
+_LUA = resources.files("server.store").joinpath("lua")
+
+
+def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``method`` raising the ports' exceptions instead of redis-py's."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except UNREACHABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except ResponseError as exc:
+            raise StoreError(str(exc)) from exc
+
+    return call
+
+
+class Connections:
+    """The clients of one Redis: a pool (``client``), a client for subscriptions, and the lean
+    pipelined connection for the hot path when the URL allows it."""
+
+    def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None) -> None:
+        self.client = client
+        self.listener = listener
+        self.lean = lean
+
+    @classmethod
+    def connect(cls, url: str, *, lean: bool = True) -> Connections:
+        # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
+        # connection that Redis dropped (a restart) fails its next command: that command is sent
+        # again on a new connection, twice at most. Timeouts are not retried (the command may
+        # have run).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_S,
+            socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(RedisConnectionError,)),
+        )
+        # The subscriber waits for messages indefinitely: no socket timeout (the default 5 s would
+        # cut its reads), but TCP keepalive and periodic health checks instead.
+        listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
+                                           socket_keepalive=True, health_check_interval=30)
+        fast = LeanRedis.from_url(url, timeout_s=10.0, connect_timeout_s=5.0) if lean else None
+        return cls(aioredis.Redis(connection_pool=pool), listener, fast)
+
+    def script(self, name: str) -> Script:
+        return Script(self, _LUA.joinpath(name).read_text())
+
+    async def call(self, *args: Any) -> Any:
+        """One command, raw (on the lean connection when there is one; never a blocking one)."""
+        if self.lean is None:
+            return await self.client.execute_command(*args)
+        return await self.lean.execute(*args)
+
+    def subscription(self, channel: str) -> TranslatedSubscription:
+        if self.lean is not None:
+            return TranslatedSubscription(self.lean.subscriber(channel))
+        return TranslatedSubscription(PubSubSubscription(self.listener.pubsub(), channel))
+
+    async def close(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()
+        await self.listener.aclose()
+        await self.client.aclose()
+
+
+class Script:
+    """A Lua script, called as ``await script(keys, args)``, or for several calls in one round trip
+    with :meth:`many`: on the lean connection when there is one."""
+
+    def __init__(self, connections: Connections, source: str) -> None:
+        self._lean = None if connections.lean is None else LeanScript(connections.lean, source)
+        self._client = connections.client
+        self._script = connections.client.register_script(source)
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._lean is not None:
+            return await self._lean(keys, args)
+        return await self._script(keys=keys, args=args)
+
+    async def many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """The replies of each ``(keys, args)`` call, in order; an error reply is returned in place."""
+        if self._lean is not None:
+            return await self._lean.many(calls)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await self._script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+
+class RedisRoomLog:
+    def __init__(self, connections: Connections) -> None:
+        self._client = connections.client
+        self._lean = connections.lean
+        self._append = connections.script("append.lua")
+
+    @translated
+    async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
+        rooms: dict[str, list[int]] = {}
+        for index, entry in enumerate(entries):
+            rooms.setdefault(entry.room, []).append(index)
+        epoch = secrets.token_hex(8)
+        calls = [self._call(room, [entries[i] for i in indexes], retention, node, epoch)
+                 for room, indexes in rooms.items()]
+        replies = await self._append.many(calls)
+        before: dict[str, bytes] = {}
+        ids: list[bytes | Duplicate | Exception] = [b""] * len(entries)
+        for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
+            if isinstance(reply, Exception):
+                for i in indexes:
+                    ids[i] = StoreError(str(reply))
+                continue
+            before[room] = reply[0]
+            for i, outcome in zip(indexes, reply[1:], strict=True):
+                ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
+                          else StoreError(str(outcome)) if isinstance(outcome, Exception) else outcome)
+        return BatchResult(before=before, ids=ids)
+
+    @staticmethod
+    def _call(room: str, entries: list[NewEntry], retention: Retention, node: str,
+              epoch: str) -> tuple[list[Any], list[Any]]:
+        keys: list[Any] = [stream_key(room), epoch_key(room), followers_key(room)]
+        args: list[Any] = [retention.maxlen, retention.ttl_s, node, epoch, NODE_CHANNEL_PREFIX, room]
+        for entry in entries:
+            window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
+            dedupe = 0
+            if entry.cid is not None and window > 0:
+                keys.append(dedupe_key(room, entry.participant, entry.cid))
+                dedupe = len(keys)
+            args += (entry.participant, entry.body, dedupe, max(window, 1))
+        return keys, args
+
+    @translated
+    async def range(self, room: str, start: str | bytes = "-", end: str | bytes = "+",
+                    count: int | None = None) -> list[Entry]:
+        if self._lean is not None:
+            return _entries(await self._lean.execute("XRANGE", stream_key(room), start, end, *_count(count)))
+        return list(await self._client.xrange(stream_key(room), start, end, count=count))
+
+    @translated
+    async def revrange(self, room: str, end: str | bytes = "+", start: str | bytes = "-",
+                       count: int | None = None) -> list[Entry]:
+        if self._lean is not None:
+            return _entries(await self._lean.execute("XREVRANGE", stream_key(room), end, start, *_count(count)))
+        return list(await self._client.xrevrange(stream_key(room), end, start, count=count))
+
+    @translated
+    async def bodies(self, room: str, after: bytes, count: int) -> list[tuple[bytes, bytes]]:
+        if self._lean is None:
+            return [(entry_id, fields.get(b"body", b""))
+                    for entry_id, fields in await self._client.xrange(stream_key(room), b"(" + after, "+",
+                                                                      count=count)]
+        reply = await self._lean.execute("XRANGE", stream_key(room), b"(" + after, "+", "COUNT", count)
+        return [(entry_id, _field(fields, b"body")) for entry_id, fields in reply]
+
+    @translated
+    async def last_id(self, room: str) -> bytes:
+        newest = await self._client.xrevrange(stream_key(room), count=1)
+        return newest[0][0] if newest else b"0-0"
+
+    @translated
+    async def exists(self, room: str) -> bool:
+        return bool(await self._client.exists(stream_key(room)))
+
+    @translated
+    async def delete(self, room: str) -> bool:
+        deleted = await self._client.delete(stream_key(room))
+        await self._client.delete(epoch_key(room))
+        return bool(deleted)
+
+
+class RedisRoster:
+    def __init__(self, connections: Connections) -> None:
+        self._client = connections.client
+        self._session = connections.script("session.lua")
+        self._sweep = connections.script("sweep.lua")
+
+    @translated
+    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
+        epoch, first, removed, roster, full = await self._session(
+            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)], [field, role, ttl_s, most])
+        pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
+        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full))
+
+    @translated
+    async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, field, role in entries:
+                pipe.hset(presence_key(room), field, role)
+                if ttl_s > 0:
+                    pipe.expire(presence_key(room), ttl_s)
+            await pipe.execute()
+
+    @translated
+    async def sweep(self, rooms: Sequence[str]) -> list[tuple[str, str, str]]:
+        if not rooms:
+            return []
+        replies = await self._sweep.many([([presence_key(room), followers_key(room)], []) for room in rooms])
+        removed = []
+        for room, flat in zip(rooms, replies, strict=True):
+            if isinstance(flat, Exception):
+                raise flat
+            removed += [(room, flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+        return removed
+
+    @translated
+    async def leave(self, room: str, field: str) -> None:
+        await self._client.hdel(presence_key(room), field)
+
+
+class RedisNodeBus:
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._client = connections.client
+        self._follow = connections.script("follow.lua")
+        self._ephemeral = connections.script("ephemeral.lua")
+
+    @translated
+    async def follow(self, rooms: Sequence[str], node: str, ttl_s: int) -> list[str]:
+        if not rooms:
+            return []
+        replies = await self._follow.many([([followers_key(room)], [node, ttl_s * 1000]) for room in rooms])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [room for room, new in zip(rooms, replies, strict=True) if new]
+
+    @translated
+    async def unfollow(self, rooms: Sequence[str], node: str) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.zrem(followers_key(room), node)
+            await pipe.execute()
+
+    @translated
+    async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
+        replies = await self._ephemeral.many([([followers_key(room)], [node, NODE_CHANNEL_PREFIX, room, *batch])
+                                              for room, batch in messages.items()])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+
+    def subscription(self, node: str) -> TranslatedSubscription:
+        return self._connections.subscription(node_channel(node))
+
+
+class RedisLocks:
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._script = connections.script("jobs.lua")
+
+    @translated
+    async def lock(self, room: str, rid: str) -> bool:
+        return bool(await self._script([llm_lock_key(room)], ["lock", rid, GENERATION_LOCK_TTL_MS]))
+
+    @translated
+    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
+        if generations:
+            await self._script.many([([llm_lock_key(room)], ["renew", rid, GENERATION_LOCK_TTL_MS])
+                                     for room, rid in generations])
+
+    @translated
+    async def release(self, room: str, rid: str) -> bool:
+        return bool(await self._script([llm_lock_key(room)], ["release", rid]))
+
+    @translated
+    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
+        answered, cancelled = await self._script(
+            [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid)],
+            ["start", rid, GENERATION_LOCK_TTL_MS])
+        return bool(answered), bool(cancelled)
+
+    @translated
+    async def cancel(self, room: str, rid: str) -> bool:
+        return bool(await self._script([llm_lock_key(room), llm_cancelled_key(room, rid)],
+                                       ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S]))
+
+    def cancellations(self) -> TranslatedSubscription:
+        return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))
+
+
+class RedisRequestQueue:
+    def __init__(self, connections: Connections, queue: str) -> None:
+        self._connections = connections
+        self._client = connections.client
+        self._key = llm_requests_key(queue)
+
+    @translated
+    async def add(self, request: Request) -> None:
+        await self._client.xadd(self._key, _fields(request), maxlen=REQUESTS_MAXLEN, approximate=True)
+
+    @translated
+    async def ensure_group(self) -> None:
+        try:
+            await self._client.xgroup_create(self._key, LLM_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @translated
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Request]:
+        reply = await self._client.xreadgroup(LLM_GROUP, consumer, {self._key: ">"}, count=count, block=block_ms)
+        return requests_of(reply)
+
+    @translated
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Request]:
+        reply = await self._client.xautoclaim(self._key, LLM_GROUP, consumer, min_idle_ms, "0-0", count=count)
+        entries = [entry for entry in reply[1] if entry and entry[1]]
+        deleted = _deleted_ids(reply)
+        if deleted:
+            await self._ack(deleted)
+        if not entries:
+            return []
+        pending = await self._client.xpending_range(self._key, LLM_GROUP, min=entries[0][0], max=entries[-1][0],
+                                                    count=len(entries) + 100, consumername=consumer)
+        attempts = {item["message_id"]: int(item["times_delivered"]) for item in pending}
+        return _requests(entries, attempts)
+
+    @translated
+    async def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._client.xclaim(self._key, LLM_GROUP, consumer, 0, list(entry_ids), justid=True)
+
+    @translated
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        await self._ack(entry_ids)
+
+    async def _ack(self, entry_ids: Sequence[str | bytes]) -> None:
+        if entry_ids:
+            await self._connections.call("XACK", self._key, LLM_GROUP, *entry_ids)
+            await self._connections.call("XDEL", self._key, *entry_ids)
+
+    @translated
+    async def forget_consumer(self, consumer: str) -> None:
+        pending = await self._client.xpending_range(self._key, LLM_GROUP, min="-", max="+", count=1,
+                                                    consumername=consumer)
+        if not pending:
+            await self._client.xgroup_delconsumer(self._key, LLM_GROUP, consumer)
+
+
+class RedisStore:
+    """Every port on one Redis."""
+
+    kind = "redis"
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self.log = RedisRoomLog(connections)
+        self.roster = RedisRoster(connections)
+        self.bus = RedisNodeBus(connections)
+        self.locks = RedisLocks(connections)
+        self._queues: dict[str, RedisRequestQueue] = {}
+
+    @classmethod
+    def connect(cls, url: str, *, lean: bool = True) -> RedisStore:
+        """The store on the Redis at ``url`` (``lean=False``: redis-py for everything, as for the URLs
+        the lean client does not take)."""
+        return cls(Connections.connect(url, lean=lean))
+
+    def requests(self, queue: str) -> RedisRequestQueue:
+        if queue not in self._queues:
+            self._queues[queue] = self._queue(queue)
+        return self._queues[queue]
+
+    def _queue(self, queue: str) -> RedisRequestQueue:
+        return RedisRequestQueue(self._connections, queue)
+
+    @translated
+    async def ping(self) -> None:
+        await self._connections.client.ping()
+
+    async def close(self) -> None:
+        await self._connections.close()
+
+
+class PubSubSubscription:
+    """One channel through redis-py's pub/sub."""
+
+    def __init__(self, pubsub: Any, channel: str) -> None:
+        self._pubsub = pubsub
+        self._channel = channel
+
+    async def subscribe(self) -> None:
+        await self._pubsub.subscribe(self._channel)
+
+    async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
+        message = await self._pubsub.get_message(timeout=timeout_s)
+        if message is None:
+            return None
+        data = message["data"]
+        return message["type"], data if isinstance(data, bytes) else b""
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()
+
+
+class TranslatedSubscription:
+    """A subscription raising the ports' exceptions."""
+
+    def __init__(self, inner: PubSubSubscription | LeanSubscriber) -> None:
+        self._inner = inner
+
+    @translated
+    async def subscribe(self) -> None:
+        await self._inner.subscribe()
+
+    @translated
+    async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
+        return await self._inner.next(timeout_s)
+
+    async def close(self) -> None:
+        with contextlib.suppress(*UNREACHABLE):
+            await self._inner.close()
+
+
+def _fields(request: Request) -> dict[str, str]:
+    return {"room": request.room, "rid": request.rid, "reply_to": request.reply_to, "asker": request.asker}
+
+
+def requests_of(reply: Any) -> list[Request]:
+    return [request for _, entries in reply or [] for request in _requests(entries, attempts={})]
+
+
+def _requests(entries: list[Any], attempts: dict[bytes, int]) -> list[Request]:
+    requests = []
+    for entry_id, raw in entries:
+        fields = {key.decode(): value.decode() for key, value in raw.items()}
+        requests.append(Request(room=fields.get("room", ""), rid=fields.get("rid", ""),
+                                reply_to=fields.get("reply_to", ""), asker=fields.get("asker", ""),
+                                entry_id=entry_id.decode(), attempt=attempts.get(entry_id, 1)))
+    return requests
+
+
+def _deleted_ids(reply: list[Any]) -> list[bytes]:
+    """XAUTOCLAIM (Redis >= 7) also lists pending ids whose entries were deleted."""
+    return list(reply[2]) if len(reply) > 2 else []
+
+
+def _count(count: int | None) -> tuple[Any, ...]:
+    return () if count is None else ("COUNT", count)
+
+
+def _entries(reply: list[Any]) -> list[Entry]:
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in reply]
+
+
+def _field(flat: list[bytes], name: bytes) -> bytes:
+    """The value of ``name`` in a flat ``[field, value, ...]`` list (b"" when absent)."""
+    for i in range(0, len(flat) - 1, 2):
+        if flat[i] == name:
+            return flat[i + 1]
+    return b""

@@ -1,0 +1,119 @@
+"""The composition root: every part of a process built once, each given its collaborators when it
+is built, and run for as long as the process serves.
+
+- :class:`Relay` is ``python -m server``: rooms (the feed, the hub, sessions, the dispatcher) plus the
+  parts every process has.
+- :class:`WorkerNode` is ``python -m server.llm_worker``: LLM workers only, in a process that follows
+  no room; its frames reach the rooms through the store like any node's.
+
+Both build the shared parts the same way (:class:`Parts`): the appender, the unstored-frame sender and
+the LLM workers. The order of construction is the order of dependence, inward first::
+
+    store ports -> fanout -> feed (log, bus, fanout, roster restorer) -> hub (fanout, feed)
+                -> appender (log, feed) -> ephemeral (bus, feed) -> sessions (log, roster, ephemeral, feed)
+                -> LLM front (locks, queue, appender) -> dispatcher (appender, front) -> workers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from server.appender import Appended, Appender
+from server.auth import Auth
+from server.dispatch import Dispatcher
+from server.ephemeral import Ephemeral
+from server.feed import RoomFeed
+from server.hub import Fanout, Hub
+from server.llm import make_provider
+from server.llm.front import LLMFront
+from server.llm.provider import Provider
+from server.llm.worker import Worker
+from server.session import RosterRestorer, Sessions
+from server.settings import Settings
+from server.store.ports import Retention, Store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GENERATIONS_S = 5.0
+
+
+class Parts:
+    """What every process runs: appends, unstored frames, and ``workers`` LLM worker consumers."""
+
+    def __init__(self, settings: Settings, store: Store, node_id: str, feed: RoomFeed | None, workers: int,
+                 appended: Appended) -> None:
+        self.settings = settings
+        self.store = store
+        self.node_id = node_id
+        retention = Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s)
+        self.appender = Appender(store.log, retention, node_id, appended)
+        self.ephemeral = Ephemeral(store.bus, node_id, feed)
+        self.requests = store.requests(settings.llm.queue)
+        self.provider: Provider | None = make_provider(settings.llm) if workers > 0 else None
+        self.workers = [
+            Worker(f"{node_id}-{n}", store.locks, self.requests, store.log, self.appender, self.ephemeral,
+                   self.provider, settings.llm, settings.llm.concurrency)
+            for n in range(workers) if self.provider is not None
+        ]
+
+    @contextlib.asynccontextmanager
+    async def running(self, *loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+        """Run the parts' loops (and ``loops``) until the block ends; then end running generations as
+        ``cancelled`` (stored while the store is still up), stop everything and close the store."""
+        tasks = [asyncio.create_task(self.appender.run(), name="appender"),
+                 *(asyncio.create_task(loop) for loop in loops),
+                 *(asyncio.create_task(worker.run(), name=worker.name) for worker in self.workers)]
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(worker.stop(SHUTDOWN_GENERATIONS_S) for worker in self.workers))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(worker.forget() for worker in self.workers), return_exceptions=True)
+            if self.provider is not None:
+                await self.provider.aclose()
+            await self.store.close()
+
+
+class Relay:
+    """The running parts of one server process."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.node_id = secrets.token_hex(6)
+        self.auth = Auth(settings.auth_secret, settings.admin_key)
+        self.fanout = Fanout()
+        restorer = RosterRestorer(store.roster, self.fanout, self.node_id, settings.room_ttl_seconds)
+        self.feed = RoomFeed(store.log, store.bus, self.fanout, restorer, self.node_id, settings.node_ttl_s)
+        self.hub = Hub(self.fanout, self.feed)
+        self.parts = Parts(settings, store, self.node_id, self.feed, settings.llm.workers, self.feed.appended)
+        self.appender = self.parts.appender
+        self.sessions = Sessions(store.log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
+                                 settings.room_ttl_seconds, settings.max_connections_per_room)
+        front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger)
+        self.dispatcher = Dispatcher(self.appender, front)
+
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.parts.running(self.feed.run(), self.sessions.run())
+
+
+class WorkerNode:
+    """The running parts of ``python -m server.llm_worker``: at least one LLM worker consumer."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.node_id = "w" + secrets.token_hex(6)
+        self.parts = Parts(settings, store, self.node_id, None, max(settings.llm.workers, 1), _nobody_follows)
+
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.parts.running()
+
+
+def _nobody_follows(room: str, before: bytes, items: list[tuple[bytes, bytes]]) -> None:
+    """A worker process follows no room: what it appends reaches the rooms through their feeds."""
