@@ -8,11 +8,70 @@ ASGI ``send`` callable. When the client reads slowly (its transport stops taking
 task waits for that member alone. A member whose queue passes ``queue_max`` frames is a slow
 consumer: its queue is dropped and the connection is closed with 1013 and reason ``slow
 consumer``, so it can resume from its last stream id instead of holding memory for everyone else.
+
+The outbound side is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
+maps ``(state, trigger)`` to the next state, and every change of state goes through
+:meth:`Member._fire`, which raises :class:`MemberStateError` for a pair that is not in the table.
+
+=================  ===============  =================  ==========================================
+state              trigger          next state         who fires it
+=================  ===============  =================  ==========================================
+NEW                START_DIRECT     DIRECT             start(), the transport can be written to
+NEW                START_ASGI       ASGI               start(), no direct outlet: a writer task
+NEW                CLOSE            CLOSE_REQUESTED    close() before start()
+DIRECT             STALL            SLOW               a flush found the transport full
+DIRECT             CLOSE            CLOSING            close()
+DIRECT             GONE             CLOSED             a flush found the connection gone
+SLOW               WRITABLE         DIRECT             the writer task wrote everything queued
+SLOW               CLOSE            CLOSING            close()
+SLOW               GONE             CLOSED             the writer task could not write
+ASGI               CLOSE            CLOSING            close()
+ASGI               GONE             CLOSED             the writer task could not send
+CLOSE_REQUESTED    START_DIRECT     CLOSING            start(): the close goes out once accepted
+CLOSE_REQUESTED    START_ASGI       CLOSING            start(), likewise
+CLOSE_REQUESTED    CLOSE            CLOSE_REQUESTED    close() again: the first code is kept
+CLOSING            CLOSE            CLOSING            close() again: the first code is kept
+CLOSING            CLOSE_SENT       CLOSED             the writer task sent the close frame
+CLOSING            GONE             CLOSED             the writer task could not send (or timed out)
+CLOSED             CLOSE            CLOSED             close() again: nothing to do
+=================  ===============  =================  ==========================================
+
+What each state means for the frames:
+
+- NEW: not accepted yet. Frames queue; nothing is written.
+- DIRECT: frames are written straight to the transport by :meth:`Member._flush`, scheduled with
+  ``call_soon`` by the first push of a loop pass, so a pass's frames go out in one ``write``.
+- SLOW: the transport took no more bytes; the writer task waits until it does, writes what is
+  queued, and hands back to DIRECT (WRITABLE). Pushes only queue.
+- ASGI: no direct outlet (another server, a wrapped ``send``): the writer task sends each frame
+  through the ASGI ``send`` and sleeps on an event while the queue is empty.
+- CLOSE_REQUESTED: closed before being accepted (the held frames overflowed): the close frame is
+  sent once :meth:`Member.start` is called.
+- CLOSING: a writer task sends what is still queued, then the close frame. Pushes are ignored.
+- CLOSED: nothing more is written (the close frame went out, or the client is gone).
+
+Two bits of state stay outside the table, like h11's keep-alive flag. ``_awake`` is True when the
+writing side will look at the queue without being woken (a flush is scheduled, the writer task is
+running, writing has not started, or the member is closing); only DIRECT and an idle ASGI writer
+clear it. ``_held`` is the resume's concern, not the lifecycle's: while a replay is read, live
+frames are set aside (:meth:`hold`) and queued after the replay (:meth:`release`).
+
+The hot path. Transitions happen a few times per connection; pushes, once per member per delivered
+frame. So :meth:`push` never looks at the table: the states are ordered (an ``IntEnum``) so that
+one comparison tells whether frames are still taken, then it picks the queue (``_held``), checks
+its length, appends, and calls :meth:`_wake` only when ``_awake`` is False (the first push of a
+loop pass, in DIRECT).
+
+Cost, measured when the table was introduced (ten started members on a fake outlet, Python 3.11,
+best of many runs; before -> after): a push alone, a flush already due, 108 -> 79 ns; five pushes
+per member per loop pass, flushes included, 271 -> 249 ns per push; one push per member per pass
+(a ``call_soon`` and a flush each time) 967 -> 946 ns per push.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import secrets
 from collections import deque
@@ -24,6 +83,7 @@ from server.outlet import DirectOutlet, Gone, outlet_for
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+OutletFor = Callable[[Send], DirectOutlet | None]
 
 WS_1000_NORMAL = 1000
 WS_1008_POLICY_VIOLATION = 1008
@@ -32,53 +92,115 @@ WS_1013_TRY_AGAIN_LATER = 1013
 CLOSE_TIMEOUT_S = 5.0
 
 
-class Member:
-    __slots__ = ("_closing", "_drained", "_flush_due", "_held", "_idle", "_loop", "_outlet", "_queue", "_queue_max",
-                 "_send", "_writer", "conn", "inflight", "role", "room")
+class State(enum.IntEnum):
+    """Where a member's outbound side is. Ordered: from CLOSE_REQUESTED on, frames are refused."""
 
-    def __init__(self, send: Send, room: str, role: str | None, queue_max: int) -> None:
+    NEW = 0
+    DIRECT = 1
+    SLOW = 2
+    ASGI = 3
+    CLOSE_REQUESTED = 4
+    CLOSING = 5
+    CLOSED = 6
+
+
+class Trigger(enum.Enum):
+    """What moves a member from one :class:`State` to the next."""
+
+    START_DIRECT = "start_direct"  # start(), with a direct outlet
+    START_ASGI = "start_asgi"  # start(), without one
+    STALL = "stall"  # a direct write found the transport full
+    WRITABLE = "writable"  # the writer task wrote everything: direct writes again
+    CLOSE = "close"  # close()
+    CLOSE_SENT = "close_sent"  # the writer task sent the close frame
+    GONE = "gone"  # the connection can no longer be written to (or the writer task stopped)
+
+
+NEW, DIRECT, SLOW, ASGI, CLOSE_REQUESTED, CLOSING, CLOSED = State  # module globals: cheap on the hot path
+
+#: The whole lifecycle: ``(state, trigger) -> next state``. A pair not listed is a bug.
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (NEW, Trigger.START_DIRECT): DIRECT,
+    (NEW, Trigger.START_ASGI): ASGI,
+    (NEW, Trigger.CLOSE): CLOSE_REQUESTED,
+    (DIRECT, Trigger.STALL): SLOW,
+    (DIRECT, Trigger.CLOSE): CLOSING,
+    (DIRECT, Trigger.GONE): CLOSED,
+    (SLOW, Trigger.WRITABLE): DIRECT,
+    (SLOW, Trigger.CLOSE): CLOSING,
+    (SLOW, Trigger.GONE): CLOSED,
+    (ASGI, Trigger.CLOSE): CLOSING,
+    (ASGI, Trigger.GONE): CLOSED,
+    (CLOSE_REQUESTED, Trigger.START_DIRECT): CLOSING,
+    (CLOSE_REQUESTED, Trigger.START_ASGI): CLOSING,
+    (CLOSE_REQUESTED, Trigger.CLOSE): CLOSE_REQUESTED,
+    (CLOSING, Trigger.CLOSE): CLOSING,
+    (CLOSING, Trigger.CLOSE_SENT): CLOSED,
+    (CLOSING, Trigger.GONE): CLOSED,
+    (CLOSED, Trigger.CLOSE): CLOSED,
+}
+
+
+class MemberStateError(RuntimeError):
+    """A trigger that the member's current state does not allow: a bug in the server, not the client."""
+
+
+class Member:
+    __slots__ = ("_awake", "_close_frame", "_drained", "_held", "_idle", "_loop", "_outlet", "_outlet_for",
+                 "_queue", "_queue_max", "_send", "_state", "_writer", "conn", "inflight", "role", "room")
+
+    def __init__(self, send: Send, room: str, role: str | None, queue_max: int,
+                 outlet_for: OutletFor = outlet_for) -> None:
         self._send = send
+        self._outlet_for = outlet_for  # tests inject a fake outlet here
         self.room = room
         self.role = role  # the role the connection is bound to (?role=A), if any
         self.conn = secrets.token_hex(4)  # the connection's id in the room's roster
+        self._state = NEW
+        self._awake = True  # see the module docstring: push wakes the writing side only when False
         self._queue: deque[str] = deque()
         self._held: deque[str] | None = None
         self._drained: asyncio.Event | None = None  # made while a history replay waits for the queue
         self._queue_max = queue_max
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._outlet: DirectOutlet | None = None
-        self._flush_due = False  # a flush is scheduled for the end of this loop pass
         self._idle: asyncio.Event | None = None  # wakes the writer task that sends through ASGI
-        self._writer: asyncio.Task[None] | None = None
-        self._closing: tuple[int, str] | None = None
+        self._writer: asyncio.Task[None] | None = None  # the latest writer task
+        self._close_frame: tuple[int, str] = (WS_1000_NORMAL, "")  # set by the first close()
         self.inflight = 0  # this member's appends not yet answered by Redis
 
     @property
+    def state(self) -> State:
+        return self._state
+
+    @property
     def closing(self) -> bool:
-        return self._closing is not None
+        """Closing or closed: no more frames will be sent."""
+        return self._state >= CLOSE_REQUESTED
 
     def start(self) -> None:
         """Start writing; call once the WebSocket is accepted."""
         self._loop = asyncio.get_running_loop()
-        self._outlet = outlet_for(self._send)
-        if self._outlet is None or self._closing is not None:
-            self._start_writer()
-        elif self._queue:
-            self._wake()
+        self._outlet = self._outlet_for(self._send)
+        state = self._fire(Trigger.START_ASGI if self._outlet is None else Trigger.START_DIRECT)
+        if state is DIRECT:
+            if self._queue:
+                self._wake()
+            return
+        if state is ASGI:
+            self._idle = asyncio.Event()
+        self._start_writer()  # ASGI, or CLOSING (closed before start: the close frame goes out now)
 
     def push(self, frame: str) -> None:
         """Queue one text frame for this member. Never blocks."""
-        if self._closing is not None:
+        if self._state >= CLOSE_REQUESTED:
             return
         queue = self._queue if self._held is None else self._held
         if len(queue) >= self._queue_max:
-            log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, len(queue))
-            self._queue.clear()
-            self._held = None
-            self.close(WS_1013_TRY_AGAIN_LATER, "slow consumer")
+            self._overflow(len(queue))
             return
         queue.append(frame)
-        if self._held is None:
+        if not self._awake and self._held is None:
             self._wake()
 
     def hold(self) -> None:
@@ -87,29 +209,35 @@ class Member:
 
     async def push_history(self, frames: list[str]) -> None:
         """Queue frames ahead of the held ones; waits while the queue is more than half full."""
-        while self._closing is None and len(self._queue) > self._queue_max // 2:
+        while self._state < CLOSE_REQUESTED and len(self._queue) > self._queue_max // 2:
             self._drained = asyncio.Event()
             await self._drained.wait()
-        if self._closing is None:
+        if self._state < CLOSE_REQUESTED:
             self._queue.extend(frames)
             self._wake()
 
     def release(self) -> None:
         """Queue the frames held since :meth:`hold`, after everything queued so far."""
         held, self._held = self._held, None
-        if held and self._closing is None:
+        if held and self._state < CLOSE_REQUESTED:
             self._queue.extend(held)
             self._wake()
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after the frames already queued (none, for a slow consumer) have been sent."""
-        if self._closing is None:
-            self._closing = (code, reason)
-            if self._writer is None and self._loop is not None:
-                self._start_writer()
-            self._wake()
-            if self._drained is not None:
-                self._drained.set()
+        before = self._state
+        after = self._fire(Trigger.CLOSE)
+        if after is before:
+            return  # closing or closed already: the first close() decides the code
+        self._close_frame = (code, reason)
+        if before is DIRECT:
+            self._start_writer()
+        elif before is ASGI:
+            assert self._idle is not None
+            self._idle.set()
+        # SLOW: the writer task is waiting for the transport; it sends the close frame after the rest.
+        # NEW: start() starts the writer task.
+        self._history_may_go_on()
 
     async def wait_closed(self) -> None:
         if self._writer is not None:
@@ -117,27 +245,57 @@ class Member:
             await asyncio.wait([writer], timeout=CLOSE_TIMEOUT_S)
             writer.cancel()
 
+    def _fire(self, trigger: Trigger) -> State:
+        """The only place the state changes: the next state from :data:`TRANSITIONS`."""
+        try:
+            state = TRANSITIONS[self._state, trigger]
+        except KeyError:
+            raise MemberStateError(f"member {self.conn} of room {self.room}: can't handle {trigger.name} "
+                                   f"in state {self._state.name}") from None
+        self._state = state
+        self._awake = state is not DIRECT  # DIRECT is entered with no flush scheduled
+        return state
+
+    def _overflow(self, queued: int) -> None:
+        log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, queued)
+        self._queue.clear()
+        self._held = None
+        self.close(WS_1013_TRY_AGAIN_LATER, "slow consumer")
+
     def _wake(self) -> None:
-        if self._writer is not None:
-            if self._idle is not None:
-                self._idle.set()
-        elif self._outlet is not None and not self._flush_due:
+        """Make the writing side look at the queue: schedule a flush (DIRECT) or wake the writer (ASGI)."""
+        if self._awake:
+            return
+        self._awake = True
+        if self._state is DIRECT:
             assert self._loop is not None
-            self._flush_due = True
             self._loop.call_soon(self._flush)
+        else:
+            assert self._state is ASGI and self._idle is not None
+            self._idle.set()
+
+    def _history_may_go_on(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
 
     def _flush(self) -> None:
         """Write everything queued straight to the transport (the direct outlet's path)."""
-        self._flush_due = False
+        if self._state is not DIRECT:
+            return  # closing since the flush was scheduled: the writer task has the queue
+        self._awake = False
         queue, outlet = self._queue, self._outlet
-        if self._writer is not None or not queue or outlet is None:
+        if not queue or outlet is None:
             return
         try:
             if not outlet.write(queue):
-                self._start_writer()  # the client reads slowly: wait for it in a task of its own
+                self._fire(Trigger.STALL)  # the client reads slowly: wait for it in a task of its own
+                self._start_writer()
                 return
-        except Gone:
-            pass  # the receive loop sees the disconnect and ends the session
+        except Gone:  # the receive loop sees the disconnect and ends the session
+            queue.clear()
+            self._fire(Trigger.GONE)
+            self._history_may_go_on()
+            return
         except Exception:
             log.exception("room %s: write failed", self.room)
         queue.clear()
@@ -149,33 +307,43 @@ class Member:
         self._writer = self._loop.create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
-        queue, send, outlet = self._queue, self._send, self._outlet
+        """The writer task (SLOW, ASGI, CLOSING): ends with WRITABLE, CLOSE_SENT or GONE."""
         try:
-            while True:
-                if outlet is None:
-                    while queue:
-                        await send({"type": "websocket.send", "text": queue.popleft()})
-                else:
-                    while queue:
-                        await outlet.writable()
-                        if outlet.write(queue):
-                            queue.clear()
-                if self._drained is not None:
-                    self._drained.set()
-                if self._closing is not None:
-                    code, reason = self._closing
-                    await send({"type": "websocket.close", "code": code, "reason": reason})
-                    return
-                if outlet is not None:
-                    self._writer = None  # writable again: back to direct writes
-                    return
-                if self._idle is None:
-                    self._idle = asyncio.Event()
-                self._idle.clear()
-                await self._idle.wait()
+            end = await self._write()
         except (OSError, RuntimeError, Gone) as exc:  # the client went away mid-send
             log.debug("room %s: writer stopped: %r", self.room, exc)
-        except asyncio.CancelledError:
+            end = Trigger.GONE
+        except asyncio.CancelledError:  # wait_closed() gave up on the client
+            self._queue.clear()
+            self._fire(Trigger.GONE)
             raise
         except Exception:
             log.exception("room %s: writer failed", self.room)
+            end = Trigger.GONE
+        if end is Trigger.GONE:
+            self._queue.clear()
+        self._fire(end)
+        self._history_may_go_on()
+
+    async def _write(self) -> Trigger:
+        queue, send, outlet = self._queue, self._send, self._outlet
+        while True:
+            if outlet is None:
+                while queue:
+                    await send({"type": "websocket.send", "text": queue.popleft()})
+            else:
+                while queue:
+                    await outlet.writable()
+                    if outlet.write(queue):
+                        queue.clear()
+            self._history_may_go_on()
+            if self._state is CLOSING:
+                code, reason = self._close_frame
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return Trigger.CLOSE_SENT
+            if outlet is not None:
+                return Trigger.WRITABLE  # writable again: back to direct writes
+            assert self._idle is not None
+            self._awake = False
+            self._idle.clear()
+            await self._idle.wait()
