@@ -1,0 +1,468 @@
+"""In-memory fakes of the store's ports (:mod:`server.store.ports`) and a clock, for unit tests of the
+core: no sockets, no Redis, no fakeredis.
+
+They keep the ports' contracts (ids increase per room, batches report the newest id before them,
+appends are announced to the room's other live followers, a cid is stored once within its window)
+and let a test take control where the real store would race:
+
+- :attr:`FakeLog.gate`: when set to an unset :class:`asyncio.Event`, every append and read waits for
+  it (a slow Redis), so a test decides what happens while a batch is in flight.
+- :attr:`FakeLog.failing` / :attr:`FakeBus.failing` / ...: an exception every call raises until it is
+  cleared (``StoreUnavailable(...)`` for a lost Redis).
+- :class:`FakeSubscription` holds what was published to a node until the test lets the node read it
+  (:meth:`FakeSubscription.hold`), so announcements can arrive late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from server.store.ports import (
+    BatchResult,
+    Duplicate,
+    Entry,
+    NewEntry,
+    Request,
+    Retention,
+    SessionInfo,
+    StoreUnavailable,
+)
+
+
+class FakeClock:
+    """Wall-clock milliseconds that move only when the test says so."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000) -> None:
+        self.now_ms = now_ms
+
+    def advance(self, seconds: float) -> None:
+        self.now_ms += int(seconds * 1000)
+
+
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _bound(value: str | bytes, low: bool) -> tuple[tuple[int, int], bool]:
+    """An XRANGE bound as ``(id, exclusive)``."""
+    text = value.decode() if isinstance(value, bytes) else value
+    if text == "-":
+        return (0, 0), False
+    if text == "+":
+        return (2**64, 0), False
+    exclusive = text.startswith("(")
+    text = text.removeprefix("(")
+    ms, _, seq = text.partition("-")
+    return (int(ms), int(seq) if seq else (0 if low else 2**64)), exclusive
+
+
+class _Failing:
+    failing: Exception | None = None
+
+    def _check(self) -> None:
+        if self.failing is not None:
+            raise self.failing
+
+
+class FakeSubscription:
+    """One node's channel: ``("subscribe", b"")`` first, then what was published to it."""
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[str, bytes]] = deque()
+        self.subscribed = False
+        self.closed = False
+        self.failing: Exception | None = None
+        self._held = False
+        self._wake = asyncio.Event()
+
+    def put(self, data: bytes) -> None:
+        if self.subscribed and not self.closed:
+            self.messages.append(("message", data))
+            self._wake.set()
+
+    def hold(self, held: bool = True) -> None:
+        """While held, :meth:`next` delivers nothing (announcements arrive late)."""
+        self._held = held
+        self._wake.set()
+
+    def lose(self, exc: Exception | None = None) -> None:
+        """The connection drops: the next :meth:`next` raises."""
+        self.failing = exc or StoreUnavailable("connection to Redis lost")
+        self._wake.set()
+
+    async def subscribe(self) -> None:
+        if self.failing is not None:
+            raise self.failing
+        self.subscribed = True
+        self.messages.append(("subscribe", b""))
+        self._wake.set()
+
+    async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    if self.failing is not None:
+                        raise self.failing
+                    if self.messages and not self._held:
+                        return self.messages.popleft()
+                    self._wake.clear()
+                    await self._wake.wait()
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+        self.subscribed = False
+
+
+class FakeBus(_Failing):
+    """Followers per room (node -> alive until, in ms of the fake clock) and one channel per node."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.followers: dict[str, dict[str, int]] = {}
+        self.channels: dict[str, list[FakeSubscription]] = {}
+        self.published: list[tuple[str, bytes]] = []  # (node, data), everything ever sent
+
+    def alive(self, room: str) -> list[str]:
+        now = self.clock.now_ms
+        return [node for node, until in self.followers.get(room, {}).items() if until >= now]
+
+    def send(self, node: str, data: bytes) -> None:
+        self.published.append((node, data))
+        for subscription in self.channels.get(node, []):
+            subscription.put(data)
+
+    async def follow(self, rooms: Sequence[str], node: str, ttl_s: int) -> list[str]:
+        self._check()
+        lost = []
+        for room in rooms:
+            followers = self.followers.setdefault(room, {})
+            if followers.get(node, -1) < self.clock.now_ms:
+                lost.append(room)
+            followers[node] = self.clock.now_ms + ttl_s * 1000
+        return lost
+
+    async def unfollow(self, rooms: Sequence[str], node: str) -> None:
+        self._check()
+        for room in rooms:
+            self.followers.get(room, {}).pop(node, None)
+
+    async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
+        self._check()
+        for room, batch in messages.items():
+            for other in self.alive(room):
+                if other != node:
+                    for message in batch:
+                        self.send(other, room.encode() + b" " + message)
+
+    def subscription(self, node: str) -> FakeSubscription:
+        subscription = FakeSubscription()
+        self.channels.setdefault(node, []).append(subscription)
+        return subscription
+
+    def forget(self, room: str | None = None) -> None:
+        """Redis loses the followers (of one room, or of all): a restart without persistence."""
+        if room is None:
+            self.followers.clear()
+        else:
+            self.followers.pop(room, None)
+
+
+class FakeLog(_Failing):
+    """Streams in memory, announcing appends on a :class:`FakeBus`."""
+
+    def __init__(self, bus: FakeBus, clock: FakeClock) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.streams: dict[str, list[Entry]] = {}
+        self.epochs: dict[str, str] = {}
+        self.added: dict[str, int] = {}  # entries ever added per room (XINFO's entries-added)
+        self.cids: dict[tuple[str, str, str], bytes] = {}
+        self.gate: asyncio.Event | None = None
+        self.failing_rooms: dict[str, Exception] = {}
+        self.batches: list[list[NewEntry]] = []  # every batch appended, as received
+        self._last: tuple[int, int] = (0, 0)
+        self._epochs = 0
+
+    async def _wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self._check()
+
+    def _next_id(self) -> bytes:
+        ms = max(self.clock.now_ms, self._last[0])
+        self._last = (ms, self._last[1] + 1) if ms == self._last[0] else (ms, 0)
+        return f"{self._last[0]}-{self._last[1]}".encode()
+
+    def add(self, room: str, body: bytes, participant: str = "A") -> bytes:
+        """Append one entry directly (another node, or another tool), without announcing it."""
+        entry_id = self._next_id()
+        self.streams.setdefault(room, []).append((entry_id, {b"participant": participant.encode(), b"body": body}))
+        self.added[room] = self.added.get(room, 0) + 1
+        if room not in self.epochs:
+            self._epochs += 1
+            self.epochs[room] = f"e{self._epochs}"
+        return entry_id
+
+    def trim(self, room: str, keep: int) -> None:
+        self.streams[room] = self.streams.get(room, [])[-keep:] if keep else []
+
+    async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
+        await self._wait()
+        self.batches.append(list(entries))
+        before: dict[str, bytes] = {}
+        ids: list[bytes | Duplicate | Exception] = []
+        newest: dict[str, bytes] = {}
+        for entry in entries:
+            if entry.room not in before:
+                before[entry.room] = self.last(entry.room)
+            if entry.room in self.failing_rooms:
+                ids.append(self.failing_rooms[entry.room])
+                continue
+            window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
+            key = (entry.room, entry.participant, entry.cid or "")
+            if entry.cid is not None and window > 0 and key in self.cids:
+                prior = self.cids[key]
+                original = [fields for entry_id, fields in self.streams.get(entry.room, []) if entry_id == prior]
+                ids.append(Duplicate(prior, original[0][b"body"] if original else entry.body))
+                continue
+            entry_id = self.add(entry.room, entry.body, entry.participant)
+            if entry.cid is not None and window > 0:
+                self.cids[key] = entry_id
+            newest[entry.room] = entry_id
+            ids.append(entry_id)
+        for room, entry_id in newest.items():
+            for other in self.bus.alive(room):
+                if other != node:
+                    self.bus.send(other, room.encode() + b" " + entry_id)
+        return BatchResult(before, ids)
+
+    def last(self, room: str) -> bytes:
+        stream = self.streams.get(room)
+        return stream[-1][0] if stream else b"0-0"
+
+    def _slice(self, room: str, start: str | bytes, end: str | bytes) -> list[Entry]:
+        (low, low_open), (high, high_open) = _bound(start, True), _bound(end, False)
+        return [entry for entry in self.streams.get(room, [])
+                if (low < id_key(entry[0]) if low_open else low <= id_key(entry[0]))
+                and (id_key(entry[0]) < high if high_open else id_key(entry[0]) <= high)]
+
+    async def range(self, room: str, start: str | bytes = "-", end: str | bytes = "+",
+                    count: int | None = None) -> list[Entry]:
+        await self._wait()
+        return self._slice(room, start, end)[:count]
+
+    async def revrange(self, room: str, end: str | bytes = "+", start: str | bytes = "-",
+                       count: int | None = None) -> list[Entry]:
+        await self._wait()
+        return list(reversed(self._slice(room, start, end)))[:count]
+
+    async def bodies(self, room: str, after: bytes, count: int) -> list[tuple[bytes, bytes]]:
+        return [(entry_id, fields[b"body"]) for entry_id, fields in await self.range(room, b"(" + after, "+", count)]
+
+    async def last_id(self, room: str) -> bytes:
+        await self._wait()
+        return self.last(room)
+
+    async def exists(self, room: str) -> bool:
+        await self._wait()
+        return room in self.streams
+
+    async def delete(self, room: str) -> bool:
+        await self._wait()
+        self.epochs.pop(room, None)
+        self.added.pop(room, None)
+        return self.streams.pop(room, None) is not None
+
+
+class FakeRoster(_Failing):
+    def __init__(self, log: FakeLog, bus: FakeBus) -> None:
+        self.log = log
+        self.bus = bus
+        self.rosters: dict[str, dict[str, str]] = {}
+
+    def _dead(self, room: str) -> list[str]:
+        alive = set(self.bus.alive(room))
+        return [f for f in self.rosters.get(room, {}) if f.partition("/")[0] not in alive]
+
+    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
+        self._check()
+        roster = self.rosters.setdefault(room, {})
+        for dead in self._dead(room):
+            del roster[dead]
+        full = False
+        if field:
+            if most and len(roster) >= most:
+                full = True
+            else:
+                roster[field] = role
+        stream = self.log.streams.get(room)
+        first = stream[0][0] if stream else None
+        removed = None if stream is None else self.log.added.get(room, 0) - len(stream)
+        return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full)
+
+    async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
+        self._check()
+        for room, field, role in entries:
+            self.rosters.setdefault(room, {})[field] = role
+
+    async def sweep(self, rooms: Sequence[str]) -> list[tuple[str, str, str]]:
+        self._check()
+        removed = []
+        for room in rooms:
+            for dead in self._dead(room):
+                removed.append((room, dead, self.rosters[room].pop(dead)))
+        return removed
+
+    async def leave(self, room: str, field: str) -> None:
+        self._check()
+        self.rosters.get(room, {}).pop(field, None)
+
+
+class FakeLocks(_Failing):
+    def __init__(self, log: FakeLog) -> None:
+        self.log = log
+        self.held: dict[str, str] = {}  # room -> rid
+        self.cancelled: set[tuple[str, str]] = set()
+        self.renewed: list[tuple[str, str]] = []
+        self.listeners: list[FakeSubscription] = []
+
+    async def lock(self, room: str, rid: str) -> bool:
+        self._check()
+        if self.held.get(room, rid) != rid:
+            return False
+        self.held[room] = rid
+        return True
+
+    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
+        self._check()
+        self.renewed += [(room, rid) for room, rid in generations if self.held.get(room) == rid]
+
+    async def release(self, room: str, rid: str) -> bool:
+        self._check()
+        if self.held.get(room) != rid:
+            return False
+        del self.held[room]
+        return True
+
+    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
+        self._check()
+        answered = (room, "llm", rid) in self.log.cids
+        if not answered and self.held.get(room, rid) == rid:
+            self.held[room] = rid
+        return answered, (room, rid) in self.cancelled
+
+    async def cancel(self, room: str, rid: str) -> bool:
+        self._check()
+        if self.held.get(room) != rid:
+            return False
+        self.cancelled.add((room, rid))
+        for listener in self.listeners:
+            listener.put(rid.encode())
+        return True
+
+    def cancellations(self) -> FakeSubscription:
+        subscription = FakeSubscription()
+        self.listeners.append(subscription)
+        return subscription
+
+
+@dataclass
+class _Pending:
+    request: Request
+    consumer: str
+    deliveries: int = 1
+    idle_since_ms: int = 0
+
+
+class FakeRequestQueue(_Failing):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.new: deque[Request] = deque()
+        self.pending: dict[str, _Pending] = {}
+        self.acked: list[str] = []
+        self.forgotten: list[str] = []
+        self._ids = 0
+        self._added = asyncio.Event()
+
+    async def add(self, request: Request) -> None:
+        self._check()
+        self._ids += 1
+        self.new.append(Request(request.room, request.rid, request.reply_to, request.asker, f"{self._ids}-0"))
+        self._added.set()
+
+    async def ensure_group(self) -> None:
+        self._check()
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Request]:
+        self._check()
+        if not self.new:
+            self._added.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._added.wait(), block_ms / 1000)
+            self._check()
+        taken: list[Request] = []
+        while self.new and len(taken) < count:
+            request = self.new.popleft()
+            self.pending[request.entry_id] = _Pending(request, consumer, 1, self.clock.now_ms)
+            taken.append(request)
+        return taken
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Request]:
+        self._check()
+        taken: list[Request] = []
+        for entry_id, pending in self.pending.items():
+            if len(taken) < count and self.clock.now_ms - pending.idle_since_ms >= min_idle_ms:
+                pending.consumer, pending.idle_since_ms = consumer, self.clock.now_ms
+                pending.deliveries += 1
+                request = pending.request
+                taken.append(Request(request.room, request.rid, request.reply_to, request.asker, entry_id,
+                                     pending.deliveries))
+        return taken
+
+    async def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
+        self._check()
+        for entry_id in entry_ids:
+            if entry_id in self.pending:
+                self.pending[entry_id].idle_since_ms = self.clock.now_ms
+
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        self._check()
+        for entry_id in entry_ids:
+            self.pending.pop(entry_id, None)
+            self.acked.append(entry_id)
+
+    async def forget_consumer(self, consumer: str) -> None:
+        self._check()
+        if not any(p.consumer == consumer for p in self.pending.values()):
+            self.forgotten.append(consumer)
+
+
+@dataclass
+class FakeStore:
+    """Every port, in memory, sharing one clock."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    kind: str = "fake"
+
+    def __post_init__(self) -> None:
+        self.bus = FakeBus(self.clock)
+        self.log = FakeLog(self.bus, self.clock)
+        self.roster = FakeRoster(self.log, self.bus)
+        self.locks = FakeLocks(self.log)
+        self.queues: dict[str, FakeRequestQueue] = {}
+        self.closed = False
+
+    def requests(self, queue: str) -> FakeRequestQueue:
+        return self.queues.setdefault(queue, FakeRequestQueue(self.clock))
+
+    async def ping(self) -> None:
+        self.log._check()
+
+    async def close(self) -> None:
+        self.closed = True

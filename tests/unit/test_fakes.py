@@ -1,0 +1,31 @@
+"""The fakes keep the ports' contracts where the core relies on them (and type-check as the ports)."""
+
+from __future__ import annotations
+
+from server.store.ports import NewEntry, Retention, Store
+from tests.unit.fakes import FakeStore
+
+
+def as_store(store: FakeStore) -> Store:
+    return store  # mypy: the fakes implement every port
+
+
+async def test_a_fake_batch_reports_the_newest_id_before_it_and_announces_to_other_followers() -> None:
+    store = FakeStore()
+    channel = store.bus.subscription("n2")
+    await channel.subscribe()
+    assert await store.bus.follow(["r"], "n2", 30) == ["r"]
+    first = await store.log.append_batch([NewEntry("r", "A", b"{}")], Retention(), "n1")
+    second = await store.log.append_batch([NewEntry("r", "A", b"{}"), NewEntry("r", "B", b"{}")], Retention(), "n1")
+    assert first.before == {"r": b"0-0"} and second.before == {"r": first.ids[0]}
+    assert [await channel.next(1) for _ in range(3)] == [
+        ("subscribe", b""), ("message", b"r " + first.ids[0]), ("message", b"r " + second.ids[1])]  # type: ignore[operator]
+
+
+async def test_a_fake_follower_whose_time_is_up_is_not_alive() -> None:
+    store = FakeStore()
+    await store.bus.follow(["r"], "n1", 30)
+    store.clock.advance(31)
+    assert store.bus.alive("r") == []
+    assert await store.bus.follow(["r"], "n1", 30) == ["r"]
+    assert as_store(store).kind == "fake"
