@@ -308,8 +308,8 @@ class FakeRoster(_Failing):
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         self._check()
-        for room, field, role in entries:
-            self.rosters.setdefault(room, {})[field] = role
+        for room, roster_field, role in entries:
+            self.rosters.setdefault(room, {})[roster_field] = role
 
     async def sweep(self, rooms: Sequence[str]) -> list[tuple[str, str, str]]:
         self._check()
