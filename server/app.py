@@ -21,9 +21,8 @@ from server.history import history_routes
 from server.metrics import metrics_routes
 from server.rooms_api import rooms_routes
 from server.settings import Settings
-from server.store import open_store
 from server.store.ports import Store, StoreUnavailable
-from server.wiring import Relay
+from server.wiring import Relay, open_store
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)

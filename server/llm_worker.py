@@ -16,8 +16,7 @@ import signal
 import sys
 
 from server.settings import Settings, settings_or_exit
-from server.store import open_store
-from server.wiring import WorkerNode
+from server.wiring import WorkerNode, open_store
 
 log = logging.getLogger("server.llm_worker")
 

@@ -35,11 +35,19 @@ from server.llm.provider import Provider
 from server.llm.worker import Worker
 from server.session import RosterRestorer, Sessions
 from server.settings import Settings
+from server.store.embedded import EmbeddedStore
 from server.store.ports import Retention, Store
+from server.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GENERATIONS_S = 5.0
+
+
+def open_store(url: str | None, *, lean: bool = True) -> Store:
+    """The store on the Redis at ``url``, or on a new in-process fakeredis server when None
+    (``lean=False``: redis-py for everything, as for the URLs the lean client does not take)."""
+    return EmbeddedStore.create() if url is None else RedisStore.connect(url, lean=lean)
 
 
 class Parts:
