@@ -21,13 +21,14 @@ Guarantees the core relies on:
   also reports the newest id the stream held *before* the batch: a caller that has delivered exactly
   up to that id may deliver the batch from memory, with no read. An entry with a cid is stored at most
   once per room, sender and cid within its dedupe window (:class:`Duplicate`).
-- Each append is announced (``"<room> <newest id>"``) to every other live node that follows the room
+- Each append is announced (``"<room> <newest id>"``) to every other node that follows the room
   (:meth:`NodeBus.follow`), on the node's :meth:`NodeBus.subscription`. Frames that are not stored
   (:meth:`NodeBus.publish`) travel on the same channel, ordered with the announcements.
 - Ranges cost O(log N + count). Every append trims the stream approximately to ``maxlen`` and renews
   its expiry; each stream has an epoch, a random id set when an append finds it empty or absent.
-- A node is alive in a room until the deadline its last :meth:`NodeBus.follow` set; roster entries
-  of nodes that are not alive are dropped by :meth:`Roster.enter` and :meth:`Roster.sweep`.
+- A node is alive in a room until the deadline its last :meth:`NodeBus.follow` set (heartbeats renew
+  it, and remove the followers whose deadline passed); roster entries of nodes that are not alive are
+  dropped by :meth:`Roster.enter` and :meth:`Roster.sweep`.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class NodeBus(Protocol):
     async def unfollow(self, rooms: Sequence[str], node: str) -> None: ...
 
     async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
-        """Send each room's ``messages`` (``b"<after id> <frame>"``) to the room's other live followers,
+        """Send each room's ``messages`` (``b"<after id> <frame>"``) to the room's other followers,
         in one round trip (``node`` is the sender: "" when it follows no room)."""
         ...
 

@@ -85,12 +85,13 @@ async def test_appends_are_announced_to_the_other_live_followers_of_the_room(sto
     await store.bus.unfollow([room], writer)
 
 
-async def test_appends_forget_followers_whose_time_is_up(backend: Backend) -> None:
+async def test_heartbeats_forget_followers_whose_time_is_up(backend: Backend) -> None:
     room, dead, live = new_room(), f"n{new_room()}", f"n{new_room()}"
     await backend.store.bus.follow([room], live, 30)
     await backend.raw.zadd(followers_key(room), {dead: 1})  # alive until 1 ms after 1970
-    await backend.store.log.append_batch(entries(room, "1"), KEEP_ALL, "writer")
+    await backend.store.bus.follow([room], live, 30)
     assert await backend.raw.zrange(followers_key(room), 0, -1) == [live.encode()]
+    assert 25_000 < await backend.raw.pttl(followers_key(room)) <= 30_000  # gone when nobody beats
     await backend.store.bus.unfollow([room], live)
 
 

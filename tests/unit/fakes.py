@@ -2,7 +2,7 @@
 core: no sockets, no Redis, no fakeredis.
 
 They keep the ports' contracts (ids increase per room, batches report the newest id before them,
-appends are announced to the room's other live followers, a cid is stored once within its window)
+appends are announced to the room's other followers, a cid is stored once within its window)
 and let a test take control where the real store would race:
 
 - :attr:`FakeLog.gate`: when set to an unset :class:`asyncio.Event`, every append and read waits for
@@ -140,11 +140,14 @@ class FakeBus(_Failing):
     async def follow(self, rooms: Sequence[str], node: str, ttl_s: int) -> list[str]:
         self._check()
         lost = []
+        now = self.clock.now_ms
         for room in rooms:
             followers = self.followers.setdefault(room, {})
-            if followers.get(node, -1) < self.clock.now_ms:
+            if followers.get(node, -1) < now:
                 lost.append(room)
-            followers[node] = self.clock.now_ms + ttl_s * 1000
+            for dead in [other for other, until in followers.items() if until < now]:
+                del followers[dead]
+            followers[node] = now + ttl_s * 1000
         return lost
 
     async def unfollow(self, rooms: Sequence[str], node: str) -> None:
@@ -155,7 +158,7 @@ class FakeBus(_Failing):
     async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
         self._check()
         for room, batch in messages.items():
-            for other in self.alive(room):
+            for other in list(self.followers.get(room, {})):
                 if other != node:
                     for message in batch:
                         self.send(other, room.encode() + b" " + message)
@@ -237,7 +240,7 @@ class FakeLog(_Failing):
             newest[entry.room] = entry_id
             ids.append(entry_id)
         for room, entry_id in newest.items():
-            for other in self.bus.alive(room):
+            for other in list(self.bus.followers.get(room, {})):
                 if other != node:
                     self.bus.send(other, room.encode() + b" " + entry_id)
         return BatchResult(before, ids)

@@ -10,8 +10,9 @@
 -- then, for each entry, its new id, or {original id, original body} when its dedupe key names an
 -- entry stored within the window (nothing is appended), or an error reply when it failed.
 -- A stream that held nothing before this batch gets the new epoch, which expires with it.
--- Tells every other live follower what was appended, by publishing "<room> <newest id>" on its
--- channel; forgets followers whose time is up.
+-- Tells every other follower what was appended, by publishing "<room> <newest id>" on its channel
+-- (a follower whose time is up, a process that died, hears nothing: its followers' heartbeats
+-- remove it, see follow.lua).
 local stream, epoch_key, followers = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, ttl, self, epoch, prefix, room = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
@@ -54,8 +55,6 @@ if newest then
     redis.call('EXPIRE', stream, ttl)
     redis.call('EXPIRE', epoch_key, ttl)
   end
-  local now = redis.call('TIME')
-  redis.call('ZREMRANGEBYSCORE', followers, '-inf', '(' .. (now[1] * 1000 + math.floor(now[2] / 1000)))
   for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
     if node ~= self then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest) end
   end
