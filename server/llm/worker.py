@@ -199,7 +199,7 @@ class Worker:
 
     def _start(self, requests: list[Request]) -> None:
         for request in requests:
-            if request.rid in self._running:
+            if request.rid in self._running or self._stopping:  # (read while stopping: left for a retake)
                 continue
             self._running[request.rid] = generation = Generation(request)
             task = asyncio.get_running_loop().create_task(self._serve(generation))
@@ -280,21 +280,8 @@ class Worker:
         messages = build_messages(self._settings.system_prompt, history, self._settings.history_turns)
         outcome: Outcome | None = None
         error: ProviderError | None = None
-        pump = asyncio.get_running_loop().create_task(self._pump(generation, messages))
-        cancelled = asyncio.get_running_loop().create_task(generation.cancel.wait())
-        try:
-            await asyncio.wait([pump, cancelled], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-            if not pump.done():
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-        if not pump.cancelled():
-            try:
-                outcome = pump.result()
-            except ProviderError as exc:
-                error = exc
+        if not generation.cancel.is_set():  # cancelled while it was queued: the model is not asked
+            outcome, error = await self._ask(generation, messages)
         generation.fire(Trigger.END)
         text = "".join(generation.text)
         COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
@@ -305,6 +292,26 @@ class Worker:
         if error is not None:
             await self._fail(request, response_id, error)
         generation.fire(Trigger.FAIL if error else Trigger.FINISH if outcome else Trigger.CANCEL)
+
+    async def _ask(self, generation: Generation, messages: Any) -> tuple[Outcome | None, ProviderError | None]:
+        """Stream the model's answer until it ends or the generation is cancelled: its outcome or its error
+        (neither when cancelled)."""
+        pump = asyncio.get_running_loop().create_task(self._pump(generation, messages))
+        cancelled = asyncio.get_running_loop().create_task(generation.cancel.wait())
+        try:
+            await asyncio.wait([pump, cancelled], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        if pump.cancelled():
+            return None, None
+        try:
+            return pump.result(), None
+        except ProviderError as exc:
+            return None, exc
 
     async def _pump(self, generation: Generation, messages: Any) -> Outcome:
         request, after = generation.request, generation.request.reply_to.encode()
