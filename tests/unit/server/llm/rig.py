@@ -181,6 +181,13 @@ class Rig:
         assert read.rid == request.rid
         return read
 
+    async def ask_about(self, entry_id: bytes, room: str = "r", consumer: str = "w1") -> Request:
+        """A request answering the stored entry ``entry_id``, its lock taken, read by ``consumer``."""
+        request = await self.queue_request(room, entry_id.decode())
+        [read] = await self.queue.read(consumer, 1, 0)
+        assert read.rid == request.rid
+        return read
+
     async def queue_request(self, room: str, reply_to: str, lock: bool = True) -> Request:
         self._rids += 1
         request = Request(room=room, rid=f"g-{self._rids}", reply_to=reply_to, asker="A")

@@ -194,6 +194,19 @@ async def test_the_model_sees_the_system_prompt_and_the_last_turns_up_to_the_que
         ]]
 
 
+async def test_the_model_sees_its_earlier_answers_and_invokes_as_turns() -> None:
+    async with Rig() as rig:
+        rig.provider.script("Hello", " there", Outcome("stop", "m", None))
+        await rig.serve(await rig.ask(text="@llm hi"))
+        invoke = rig.store.log.add("r", chat_body("r", "and then?", role="B", event="llm.invoke"), participant="B")
+        await rig.serve(await rig.ask_about(invoke))
+        assert rig.provider.asked[1][1:] == [
+            {"role": "user", "content": "A: @llm hi"},
+            {"role": "assistant", "content": "Hello there"},
+            {"role": "user", "content": "B: and then?"},
+        ]
+
+
 # -- attempts ----------------------------------------------------------------------------------------
 
 async def test_a_request_delivered_more_than_max_attempts_times_ends_with_llm_error_and_is_acked() -> None:
@@ -321,6 +334,20 @@ async def test_at_most_concurrency_generations_run_and_a_freed_slot_reads_again(
             gate.set()
         await settle(lambda: len(rig.queue.acked) == 3)
         assert [len(rig.answers(room)) for room in gates] == [1, 1, 1]
+
+
+async def test_an_abandoned_generation_frees_its_slot_and_the_read_loop_reads_again() -> None:
+    async with Rig(concurrency=1) as rig:
+        for room in ("r1", "r2"):
+            await rig.store.bus.follow([room], "n2", 3600)
+            await rig.queue_request(room, rig.store.log.add(room, chat_body(room, "@llm")).decode())
+        rig.store.locks.failing = StoreUnavailable("down")  # the first start fails
+        rig.spawn(rig.worker._read_loop())
+        await settle(lambda: len(rig.queue.new) == 1 and not rig.worker._running)
+        rig.store.locks.failing = None
+        await settle(lambda: len(rig.queue.acked) == 1)
+        assert rig.answers("r1") == [] and len(rig.answers("r2")) == 1
+        assert [p.request.room for p in rig.queue.pending.values()] == ["r1"]  # left for a retake
 
 
 async def test_a_request_already_running_is_not_started_twice() -> None:
