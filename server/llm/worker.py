@@ -18,12 +18,40 @@ Generation runs as tasks on the worker's event loop: the provider is asynchronou
 never blocks the relay or other rooms. While a generation runs, the worker renews the room's lock
 and its claim on the request. ``llm.cancel`` (heard on the cancel channel) and shutdown stop a
 generation; the provider then closes its upstream stream.
+
+A generation's lifecycle is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
+maps ``(state, trigger)`` to the next state, and every change of state goes through
+:meth:`Generation.fire`, which raises :class:`GenerationStateError` for a pair that is not in the
+table. A final state is entered once the generation's effects are done (the lock released, the
+answer stored, ``llm.error`` sent); only the request's acknowledgement comes after it.
+
+==========  ========  ==========  ===========================================================================
+state       trigger   next state  what happened
+==========  ========  ==========  ===========================================================================
+CLAIMED     GIVE_UP   GAVE_UP     delivered more than MAX_ATTEMPTS times: lock released, ``llm.error`` sent
+CLAIMED     START     STARTING    the worker asks whether it is answered or cancelled (retaking the lock)
+CLAIMED     ERROR     ABANDONED   an exception: not acknowledged, the request stays queued
+STARTING    ANSWERED  SKIPPED     its answer is already stored (its worker died before acknowledging it)
+STARTING    STREAM    STREAMING   the model is asked (unless cancelled already); its deltas go to the room
+STARTING    ERROR     ABANDONED   an exception (the store unreachable): the request stays queued
+STREAMING   END       STORING     the stream ended (finished, cancelled or failed): the lock is released
+STREAMING   ERROR     ABANDONED   an exception (the history unreadable): the request stays queued
+STORING     FINISH    DONE        the answer is stored
+STORING     CANCEL    CANCELLED   the answer so far is stored with ``finish_reason`` ``cancelled``
+STORING     FAIL      FAILED      the answer so far (if any) is stored with ``error``, then ``llm.error`` sent
+STORING     ERROR     ABANDONED   an exception (the answer not stored): the request stays queued
+==========  ========  ==========  ===========================================================================
+
+An abandoned request is taken over after ``LLM_RECLAIM_AFTER_S`` by a worker (this one or another),
+as a new generation with the next attempt number; so is a finished one whose acknowledgement failed,
+which then ends SKIPPED when its answer was stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,17 +87,81 @@ ANSWER_DEDUPE_S = 24 * 3600  # how long a stored answer's rid is remembered (no 
 READ_BLOCK_MS = 1000
 
 
+class State(enum.Enum):
+    """Where a generation is (see the module docstring's table)."""
+
+    CLAIMED = "claimed"  # read or reclaimed by this worker
+    STARTING = "starting"
+    STREAMING = "streaming"
+    STORING = "storing"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    GAVE_UP = "gave_up"
+    ABANDONED = "abandoned"
+
+
+class Trigger(enum.Enum):
+    """What moves a generation from one :class:`State` to the next."""
+
+    GIVE_UP = "give_up"  # too many attempts: the lock released, llm.error sent
+    START = "start"  # locks.start is asked
+    ANSWERED = "answered"  # locks.start said its answer is stored
+    STREAM = "stream"  # not answered: the model is asked
+    END = "end"  # the stream ended (or was cancelled): the lock is released next
+    FINISH = "finish"  # the complete answer is stored
+    CANCEL = "cancel"  # the cancelled answer is stored
+    FAIL = "fail"  # the failed answer is stored (when any text was streamed) and llm.error sent
+    ERROR = "error"  # an exception: the request is left queued
+
+
+CLAIMED, STARTING, STREAMING, STORING, DONE, CANCELLED, FAILED, SKIPPED, GAVE_UP, ABANDONED = State
+
+#: A generation's whole lifecycle: ``(state, trigger) -> next state``. A pair not listed is a bug.
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (CLAIMED, Trigger.GIVE_UP): GAVE_UP,
+    (CLAIMED, Trigger.START): STARTING,
+    (CLAIMED, Trigger.ERROR): ABANDONED,
+    (STARTING, Trigger.ANSWERED): SKIPPED,
+    (STARTING, Trigger.STREAM): STREAMING,
+    (STARTING, Trigger.ERROR): ABANDONED,
+    (STREAMING, Trigger.END): STORING,
+    (STREAMING, Trigger.ERROR): ABANDONED,
+    (STORING, Trigger.FINISH): DONE,
+    (STORING, Trigger.CANCEL): CANCELLED,
+    (STORING, Trigger.FAIL): FAILED,
+    (STORING, Trigger.ERROR): ABANDONED,
+}
+
+FINAL_STATES = frozenset({DONE, CANCELLED, FAILED, SKIPPED, GAVE_UP, ABANDONED})
+
+
+class GenerationStateError(RuntimeError):
+    """A trigger that the generation's current state does not allow: a bug in the worker."""
+
+
 @dataclass(slots=True)
 class Generation:
     request: Request
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     text: list[str] = field(default_factory=list)
+    state: State = CLAIMED
+
+    def fire(self, trigger: Trigger) -> State:
+        """The only place the state changes: the next state from :data:`TRANSITIONS`."""
+        try:
+            self.state = TRANSITIONS[self.state, trigger]
+        except KeyError:
+            raise GenerationStateError(f"generation {self.request.rid} of room {self.request.room}: can't handle "
+                                       f"{trigger.name} in state {self.state.name}") from None
+        return self.state
 
 
 class Worker:
     def __init__(self, name: str, locks: GenerationLocks, requests: RequestQueue, room_log: RoomLog,
                  appender: Appender, ephemeral: Ephemeral, provider: Provider, settings: LLMSettings,
-                 concurrency: int) -> None:
+                 concurrency: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.name = name  # the consumer's name in the group
         self._locks = locks
         self._requests = requests
@@ -79,6 +171,7 @@ class Worker:
         self._provider = provider
         self._settings = settings
         self._concurrency = concurrency
+        self._sleep = sleep  # the loops' pauses (tests pass their own)
         self._running: dict[str, Generation] = {}  # rid -> generation
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -87,7 +180,7 @@ class Worker:
     async def run(self) -> None:
         """Serve requests until cancelled (call :meth:`stop` first to end generations cleanly)."""
         loops = [self._read_loop, self._reclaim_loop, self._keepalive_loop, self._cancel_loop]
-        await asyncio.gather(*(_forever(loop) for loop in loops))
+        await asyncio.gather(*(_forever(loop, self._sleep) for loop in loops))
 
     async def stop(self, timeout_s: float) -> None:
         """Take no new requests; end running generations as ``cancelled`` (stored) and wait for them."""
@@ -106,7 +199,7 @@ class Worker:
 
     def _start(self, requests: list[Request]) -> None:
         for request in requests:
-            if request.rid in self._running:
+            if request.rid in self._running or self._stopping:  # (read while stopping: left for a retake)
                 continue
             self._running[request.rid] = generation = Generation(request)
             task = asyncio.get_running_loop().create_task(self._serve(generation))
@@ -126,14 +219,14 @@ class Worker:
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self._settings.reclaim_after_s * 1000)
         while True:
-            await asyncio.sleep(min(self._settings.reclaim_after_s / 3, 5.0))
+            await self._sleep(min(self._settings.reclaim_after_s / 3, 5.0))
             free = self._free()
             if free > 0:
                 self._start(await self._requests.reclaim(self.name, idle_ms, free))
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await asyncio.sleep(GENERATION_LOCK_TTL_MS / 3000)
+            await self._sleep(GENERATION_LOCK_TTL_MS / 3000)
             running = [generation.request for generation in self._running.values()]
             await self._locks.renew([(request.room, request.rid) for request in running])
             await self._requests.touch(self.name, [request.entry_id for request in running])
@@ -158,16 +251,23 @@ class Worker:
                 await self._locks.release(request.room, request.rid)
                 await self._fail(request, None, ProviderError(
                     "provider_error", f"The answer failed {MAX_ATTEMPTS} times (its workers stopped); gave up."))
+                generation.fire(Trigger.GIVE_UP)
             else:
+                generation.fire(Trigger.START)
                 answered, cancelled = await self._locks.start(request.room, request.rid)
                 if cancelled:
                     generation.cancel.set()
-                if not answered:
+                if answered:
+                    generation.fire(Trigger.ANSWERED)
+                else:
+                    generation.fire(Trigger.STREAM)
                     await self._generate(generation)
             await self._requests.ack([request.entry_id])
         except Exception:
             # Left pending: another worker (or this one) takes it over after LLM_RECLAIM_AFTER_S.
             log.exception("room %s: generation %s failed; the request stays queued", request.room, request.rid)
+            if generation.state not in FINAL_STATES:
+                generation.fire(Trigger.ERROR)
         finally:
             self._running.pop(request.rid, None)
             self._slot_freed.set()
@@ -180,6 +280,22 @@ class Worker:
         messages = build_messages(self._settings.system_prompt, history, self._settings.history_turns)
         outcome: Outcome | None = None
         error: ProviderError | None = None
+        if not generation.cancel.is_set():  # cancelled while it was queued: the model is not asked
+            outcome, error = await self._ask(generation, messages)
+        generation.fire(Trigger.END)
+        text = "".join(generation.text)
+        COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
+        await self._locks.release(request.room, request.rid)
+        response_id = None
+        if error is None or text:
+            response_id = await self._store_answer(request, text, outcome, error)
+        if error is not None:
+            await self._fail(request, response_id, error)
+        generation.fire(Trigger.FAIL if error else Trigger.FINISH if outcome else Trigger.CANCEL)
+
+    async def _ask(self, generation: Generation, messages: Any) -> tuple[Outcome | None, ProviderError | None]:
+        """Stream the model's answer until it ends or the generation is cancelled: its outcome or its error
+        (neither when cancelled)."""
         pump = asyncio.get_running_loop().create_task(self._pump(generation, messages))
         cancelled = asyncio.get_running_loop().create_task(generation.cancel.wait())
         try:
@@ -190,19 +306,12 @@ class Worker:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
-        if not pump.cancelled():
-            try:
-                outcome = pump.result()
-            except ProviderError as exc:
-                error = exc
-        text = "".join(generation.text)
-        COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
-        await self._locks.release(request.room, request.rid)
-        response_id = None
-        if error is None or text:
-            response_id = await self._store_answer(request, text, outcome, error)
-        if error is not None:
-            await self._fail(request, response_id, error)
+        if pump.cancelled():
+            return None, None
+        try:
+            return pump.result(), None
+        except ProviderError as exc:
+            return None, exc
 
     async def _pump(self, generation: Generation, messages: Any) -> Outcome:
         request, after = generation.request, generation.request.reply_to.encode()
@@ -268,7 +377,8 @@ def streaming_frame(request: Request, seq: int, delta: str) -> str:
     return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
 
 
-async def _forever(loop: Callable[[], Awaitable[None]]) -> None:
+async def _forever(loop: Callable[[], Awaitable[None]],
+                   sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
     """Run one of the worker's loops; when it fails (Redis unreachable, or restarted and without the
     consumer group), start it again after a pause."""
     failures = 0
@@ -279,5 +389,5 @@ async def _forever(loop: Callable[[], Awaitable[None]]) -> None:
             log.warning("LLM worker: Redis unreachable (%s); retrying", exc)
         except Exception:
             log.exception("LLM worker: %s failed; restarting it", getattr(loop, "__name__", loop))
-        await asyncio.sleep(backoff(failures))
+        await sleep(backoff(failures))
         failures += 1

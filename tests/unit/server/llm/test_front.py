@@ -1,0 +1,241 @@
+"""The bot's front desk on fakes: which messages trigger it, and the lock and queue rules of a request.
+
+Fencing rules, each named by a test: a request is queued only while it holds the room's lock (one
+generation per room); the lock is released whenever the request does not end up queued; an
+``llm.invoke`` is refused ``busy`` before anything is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from protocol.codec import frame_with_id
+from protocol.envelope import ClientEnvelope
+from protocol.errors import ProtocolError
+from server.appender import Appender
+from server.llm.front import LLMFront, new_rid
+from server.member import Member
+from server.settings import Trigger
+from server.store.ports import Request, Retention, StoreUnavailable
+from tests.unit.fakes import FakeStore
+from tests.unit.server.llm.rig import chat_body
+
+
+class RecordingMember(Member):
+    """A member that records the frames pushed to it (no connection)."""
+
+    def __init__(self, room: str = "r") -> None:
+        super().__init__(self._no_send, room, None, 8, outlet_for=lambda _send: None)
+        self.pushed: list[dict[str, Any]] = []
+
+    @staticmethod
+    async def _no_send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent")
+
+    def push(self, frame: str) -> None:
+        self.pushed.append(orjson.loads(frame))
+
+
+class Desk:
+    """A front on fakes, with a running appender. Use as ``async with Desk() as desk``."""
+
+    def __init__(self, trigger: Trigger = "mention") -> None:
+        self.store = FakeStore()
+        self.queue = self.store.requests("default")
+        self.appender = Appender(self.store.log, Retention(dedupe_s=3600), "n1", lambda *_: None)
+        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger)
+        self.member = RecordingMember()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Desk:
+        self._flusher = asyncio.ensure_future(self.appender.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._flusher is not None
+        self._flusher.cancel()
+        await asyncio.gather(self._flusher, return_exceptions=True)
+
+    @property
+    def queued(self) -> list[Request]:
+        return list(self.queue.new)
+
+    async def invoke(self, prompt: str = "hi", cid: str | None = "c1", role: str = "A") -> None:
+        envelope = ClientEnvelope("llm.invoke", role, cid, {"prompt": prompt})
+        await self.front.invoke(self.member, envelope, chat_body("r", prompt, role, event="llm.invoke"))
+
+
+def chat(text: str | None) -> ClientEnvelope:
+    return ClientEnvelope("chat.message", "A", None, {} if text is None else {"text": text})
+
+
+def front(trigger: Trigger) -> LLMFront:
+    store = FakeStore()
+    return LLMFront(store.locks, store.requests("q"), Appender(store.log, Retention(), "n1", lambda *_: None), trigger)
+
+
+# -- which messages trigger the bot ------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["@llm hi", "hey @llm", "@LLM what?", "ask @llm, please", "(@llm)"])
+def test_a_mention_of_at_llm_triggers(text: str) -> None:
+    assert front("mention").triggers(chat(text))
+
+
+@pytest.mark.parametrize("text", ["hello", "llm", "@llmbot", "@llm_2", "@llm2", "@ llm", ""])
+def test_a_mention_needs_at_llm_as_a_whole_word(text: str) -> None:
+    assert not front("mention").triggers(chat(text))
+
+
+def test_a_message_without_text_mentions_nobody() -> None:
+    assert not front("mention").triggers(chat(None))
+
+
+def test_explicit_means_only_llm_invoke_asks_the_bot() -> None:
+    explicit = front("explicit")
+    assert not explicit.triggers(chat("@llm hi")) and not explicit.triggers(chat("hello"))
+
+
+def test_always_means_every_chat_message_asks_the_bot() -> None:
+    always = front("always")
+    assert always.triggers(chat("hello")) and always.triggers(chat("@llm")) and always.triggers(chat(None))
+
+
+def test_rids_are_fresh_and_prefixed() -> None:
+    rids = {new_rid() for _ in range(100)}
+    assert len(rids) == 100 and all(rid.startswith("g-") and len(rid) == 18 for rid in rids)
+
+
+# -- answer: a stored chat message that triggers the bot ----------------------------------------
+
+async def test_answer_takes_the_rooms_lock_and_queues_a_request_for_the_message() -> None:
+    async with Desk() as desk:
+        await desk.front.answer(desk.member, b"5-0", "B", "c1")
+        [request] = desk.queued
+        assert (request.room, request.reply_to, request.asker, request.attempt) == ("r", "5-0", "B", 1)
+        assert request.rid.startswith("g-")
+        assert desk.store.locks.held == {"r": request.rid}
+        assert desk.member.pushed == []
+
+
+async def test_answer_in_a_busy_room_tells_the_sender_busy_and_leaves_the_message_stored() -> None:
+    async with Desk() as desk:
+        assert await desk.store.locks.lock("r", "g-other")
+        entry_id = desk.store.log.add("r", chat_body("r", "@llm hi"))
+        await desk.front.answer(desk.member, entry_id, "A", "c7")
+        assert desk.queued == []
+        [error] = desk.member.pushed
+        assert error["hd"]["event"] == "error" and error["bd"]["code"] == "busy" and error["bd"]["cid"] == "c7"
+        assert desk.store.locks.held == {"r": "g-other"}  # the running generation keeps it
+        assert [entry[0] for entry in desk.store.log.streams["r"]] == [entry_id]
+
+
+async def test_answer_releases_the_lock_when_the_request_cannot_be_queued() -> None:
+    async with Desk() as desk:
+        desk.queue.failing = StoreUnavailable("down")
+        with pytest.raises(StoreUnavailable):
+            await desk.front.answer(desk.member, b"5-0", "A", None)
+        assert desk.store.locks.held == {}
+
+
+# -- invoke ---------------------------------------------------------------------------------------
+
+async def test_invoke_stores_the_frame_then_queues_a_request_answering_it() -> None:
+    async with Desk() as desk:
+        await desk.invoke("what time is it", cid="c1", role="B")
+        [(entry_id, fields)] = desk.store.log.streams["r"]
+        assert fields[b"participant"] == b"B"
+        assert orjson.loads(fields[b"body"])["bd"] == {"prompt": "what time is it"}
+        [[entry]] = desk.store.log.batches
+        assert entry.cid == "c1"  # stored once per cid
+        [request] = desk.queued
+        assert (request.reply_to, request.asker) == (entry_id.decode(), "B")
+        assert desk.store.locks.held == {"r": request.rid}
+
+
+async def test_invoke_in_a_busy_room_is_refused_before_anything_is_stored() -> None:
+    async with Desk() as desk:
+        assert await desk.store.locks.lock("r", "g-other")
+        with pytest.raises(ProtocolError) as refused:
+            await desk.invoke(cid="c9")
+        assert (refused.value.code, refused.value.cid) == ("busy", "c9")
+        assert desk.store.log.batches == [] and desk.queued == []
+        assert desk.store.locks.held == {"r": "g-other"}
+
+
+async def test_invoke_releases_the_lock_when_the_append_fails() -> None:
+    async with Desk() as desk:
+        desk.store.log.failing = StoreUnavailable("down")
+        with pytest.raises(StoreUnavailable):
+            await desk.invoke()
+        assert desk.store.locks.held == {} and desk.queued == []
+
+
+async def test_invoke_releases_the_lock_when_the_append_is_cancelled() -> None:
+    async with Desk() as desk:
+        desk.store.log.gate = asyncio.Event()  # the append hangs
+        task = asyncio.ensure_future(desk.invoke())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert desk.store.locks.held != {}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert desk.store.locks.held == {}
+        desk.store.log.gate.set()
+
+
+async def test_a_duplicate_invoke_releases_its_lock_and_answers_the_sender_with_the_original() -> None:
+    async with Desk() as desk:
+        await desk.invoke("first", cid="c1")
+        [first] = desk.queued
+        await desk.store.locks.release("r", first.rid)  # its generation ended
+        await desk.invoke("first (resent)", cid="c1")
+        assert desk.queued == [first]  # not asked twice
+        assert desk.store.locks.held == {}
+        [(entry_id, fields)] = desk.store.log.streams["r"]
+        assert desk.member.pushed == [orjson.loads(frame_with_id(fields[b"body"], entry_id.decode()))]
+
+
+async def test_a_resent_invoke_while_its_answer_is_running_is_busy() -> None:
+    async with Desk() as desk:
+        await desk.invoke(cid="c1")
+        with pytest.raises(ProtocolError, match="busy"):
+            await desk.invoke(cid="c1")
+        assert len(desk.queued) == 1 and len(desk.store.log.streams["r"]) == 1
+
+
+async def test_invoke_releases_the_lock_when_the_request_cannot_be_queued() -> None:
+    async with Desk() as desk:
+        desk.queue.failing = StoreUnavailable("down")
+        with pytest.raises(StoreUnavailable):
+            await desk.invoke()
+        assert desk.store.locks.held == {}
+        assert len(desk.store.log.streams["r"]) == 1  # the question itself is stored
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+async def test_cancel_of_a_generation_not_running_is_unknown_generation() -> None:
+    async with Desk() as desk:
+        for held in ({}, {"r": "g-other"}):
+            desk.store.locks.held = dict(held)
+            with pytest.raises(ProtocolError) as refused:
+                await desk.front.cancel(desk.member, ClientEnvelope("llm.cancel", "A", "c3", {"rid": "g-1"}))
+            assert (refused.value.code, refused.value.cid) == ("unknown_generation", "c3")
+            assert "'g-1'" in refused.value.message
+        assert desk.store.locks.cancelled == set()
+
+
+async def test_cancel_marks_the_running_generation_cancelled_and_tells_every_worker() -> None:
+    async with Desk() as desk:
+        heard = desk.store.locks.cancellations()
+        await heard.subscribe()
+        await desk.invoke()
+        [request] = desk.queued
+        await desk.front.cancel(desk.member, ClientEnvelope("llm.cancel", "B", None, {"rid": request.rid}))
+        assert desk.store.locks.cancelled == {("r", request.rid)}
+        assert [await heard.next(1), await heard.next(1)] == [("subscribe", b""), ("message", request.rid.encode())]
+        assert desk.store.locks.held == {"r": request.rid}  # the worker releases it when the answer ends
