@@ -19,16 +19,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from protocol.close import NORMAL, SLOW_CONSUMER
 from server.outlet import DirectOutlet, Gone, outlet_for
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-WS_1000_NORMAL = 1000
-WS_1008_POLICY_VIOLATION = 1008
-WS_1011_INTERNAL_ERROR = 1011
-WS_1013_TRY_AGAIN_LATER = 1013
+WS_1000_NORMAL = NORMAL.code  # the close codes and reasons are protocol.close's table
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -75,7 +73,7 @@ class Member:
             log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, len(queue))
             self._queue.clear()
             self._held = None
-            self.close(WS_1013_TRY_AGAIN_LATER, "slow consumer")
+            self.close(SLOW_CONSUMER.code, SLOW_CONSUMER.reason)
             return
         queue.append(frame)
         if self._held is None:
