@@ -1,4 +1,13 @@
-"""Serialization of server frames, with orjson, in one place.
+"""Serialization of server frames, with orjson, in one place: a builder per frame the server sends.
+
+Builders take plain values (room, role, ids, a timestamp in milliseconds...) and return the frame's
+text (or, for stored events, the entry's ``body`` bytes); each builds one dict and encodes it once.
+
+- ``session.ready``: :func:`session_ready_frame`; ``presence.join`` / ``presence.leave``:
+  :func:`presence_frame`; ``error``: :func:`error_frame`.
+- ``chat.message`` and ``llm.invoke`` are stored: :func:`message_body` is the entry's ``body``.
+- The bot's: ``llm.streaming``: :func:`llm_streaming_frame`; ``llm.error``: :func:`llm_error_frame`;
+  ``llm.response`` is stored: :func:`llm_response_body`.
 
 Broadcast frames are built once per message and the same text goes to every member. A stored
 entry's ``body`` is the broadcast envelope without ``hd.id`` (the id is the entry's own stream
@@ -8,9 +17,12 @@ id, known only after the append); :func:`frame_with_id` splices the id in withou
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
+
+from protocol.names import LLM_ROLE, Event
 
 _HD_PREFIX = b'{"hd":{'
 
@@ -47,7 +59,70 @@ def frame_with_id(body: bytes, entry_id: str) -> str:
 
 
 def error_frame(code: str, message: str, cid: str | None = None) -> str:
+    """``error``: a refusal of one client frame (a code of :data:`protocol.errors.ERRORS`), to its sender."""
     bd: dict[str, Any] = {"code": code, "message": message}
     if cid is not None:
         bd["cid"] = cid
-    return orjson.dumps({"hd": {"event": "error"}, "bd": bd}).decode()
+    return orjson.dumps({"hd": {"event": Event.ERROR}, "bd": bd}).decode()
+
+
+def session_ready_frame(room: str, role: str, conn: str, last_id: str | None, epoch: str | None, recovered: bool,
+                        members: Iterable[tuple[str, str]]) -> str:
+    """``session.ready`` for connection ``conn`` (bound to ``role``): the room's newest id (None: no
+    entry yet), its stream's epoch, whether the resume is complete, and the ``(role, conn)`` of
+    every member present."""
+    bd: dict[str, Any] = {"last_id": last_id, "epoch": epoch, "recovered": recovered,
+                          "members": [{"role": r, "conn": c} for r, c in members]}
+    hd = {"event": Event.SESSION_READY, "sid": room, "role": role, "conn": conn}
+    return orjson.dumps({"hd": hd, "bd": bd}).decode()
+
+
+def presence_frame(event: str, room: str, role: str, conn: str, now_ms: int) -> str:
+    """``presence.join`` or ``presence.leave`` (``event``) of connection ``conn``, as ``role``."""
+    hd = {"event": event, "role": role, "sid": room, "conn": conn, "ts": format_ts(now_ms)}
+    return orjson.dumps({"hd": hd, "bd": {}}).decode()
+
+
+def message_body(event: str, role: str, room: str, now_ms: int, cid: str | None, bd: dict[str, Any]) -> bytes:
+    """The stored ``body`` of an accepted client message (``chat.message``, ``llm.invoke``): the
+    client's event, role, cid and body, with the room and the server's timestamp."""
+    hd: dict[str, Any] = {"event": event, "role": role, "sid": room, "ts": format_ts(now_ms)}
+    if cid is not None:
+        hd["cid"] = cid
+    return orjson.dumps({"hd": hd, "bd": bd})
+
+
+def _generation_header(event: str, room: str, rid: str, reply_to: str, now_ms: int, attempt: int) -> dict[str, Any]:
+    hd: dict[str, Any] = {"event": event, "role": LLM_ROLE, "sid": room, "ts": format_ts(now_ms), "rid": rid,
+                          "reply_to": reply_to}
+    if attempt > 1:
+        hd["attempt"] = attempt
+    return hd
+
+
+def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str, attempt: int = 1) -> str:
+    """``llm.streaming``: text delta ``seq`` (from 0) of generation ``rid``, which answers entry ``reply_to``;
+    ``attempt`` > 1 when the generation started over on another worker."""
+    hd: dict[str, Any] = {"event": Event.LLM_STREAMING, "role": LLM_ROLE, "sid": room, "rid": rid,
+                          "reply_to": reply_to, "seq": seq}
+    if attempt > 1:
+        hd["attempt"] = attempt
+    return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
+
+
+def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,
+                    attempt: int = 1) -> str:
+    """``llm.error``: generation ``rid`` failed (``code``: one of :data:`protocol.errors.LLM_ERROR_CODES`)."""
+    hd = _generation_header(Event.LLM_ERROR, room, rid, reply_to, now_ms, attempt)
+    return orjson.dumps({"hd": hd, "bd": {"code": code, "message": message}}).decode()
+
+
+def llm_response_body(room: str, rid: str, reply_to: str, now_ms: int, text: str, finish_reason: str, model: str,
+                      usage: dict[str, int] | None = None, attempt: int = 1) -> bytes:
+    """The stored ``body`` of ``llm.response``: generation ``rid``'s whole text and how it ended
+    (``stop``, ``length``, ``cancelled``, ``error``); ``usage`` when the provider reported it."""
+    hd = _generation_header(Event.LLM_RESPONSE, room, rid, reply_to, now_ms, attempt)
+    bd: dict[str, Any] = {"text": text, "finish_reason": finish_reason, "model": model}
+    if usage is not None:
+        bd["usage"] = usage
+    return orjson.dumps({"hd": hd, "bd": bd})

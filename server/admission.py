@@ -64,7 +64,7 @@ class Admission:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         if not origin_allowed(websocket.headers.get("origin"), self._origins):
-            await deny(websocket, 403, "origin_not_allowed", ERROR_CODES["origin_not_allowed"])
+            await deny(websocket, "origin_not_allowed", ERROR_CODES["origin_not_allowed"])
             return
         client = scope.get("client")
         if self._slots is None or client is None:
@@ -75,7 +75,7 @@ class Admission:
     async def _holding_a_slot(self, slots: ConnectionSlots, address: str, websocket: WebSocket, scope: Scope,
                               receive: Receive, send: Send) -> None:
         if not slots.take(address):
-            await deny(websocket, 429, "too_many_connections", ERROR_CODES["too_many_connections"])
+            await deny(websocket, "too_many_connections", ERROR_CODES["too_many_connections"])
             return
         held = True
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from protocol.codec import format_ts, frame_with_id, stored_body
+from protocol.codec import frame_with_id, message_body
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from protocol.names import Event
@@ -45,15 +45,17 @@ class Dispatcher:
         await self._handlers[envelope.event](member, envelope)
 
     async def _chat_message(self, member: Member, envelope: ClientEnvelope) -> None:
-        hd = message_header(envelope, member.room, time.time_ns() // 1_000_000)
+        body = message_body(envelope.event, envelope.role, member.room, time.time_ns() // 1_000_000, envelope.cid,
+                            envelope.bd)
         llm = self._llm if self._llm is not None and self._llm.triggers(envelope) else None
-        self._store(member, hd, envelope.bd, llm)
+        self._store(member, envelope.role, envelope.cid, body, llm)
         if member.inflight >= MAX_INFLIGHT:
             await self._wait_drained(member)
 
     async def _llm_invoke(self, member: Member, envelope: ClientEnvelope) -> None:
-        hd = message_header(envelope, member.room, time.time_ns() // 1_000_000)
-        await self._bot(envelope).invoke(member, envelope, stored_body(hd, envelope.bd))
+        body = message_body(envelope.event, envelope.role, member.room, time.time_ns() // 1_000_000, envelope.cid,
+                            envelope.bd)
+        await self._bot(envelope).invoke(member, envelope, body)
 
     async def _llm_cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         await self._bot(envelope).cancel(member, envelope)
@@ -63,8 +65,7 @@ class Dispatcher:
             raise ProtocolError("unknown_event", "This server has no LLM bot.", envelope.cid)
         return self._llm
 
-    def _store(self, member: Member, hd: dict[str, Any], bd: dict[str, Any], llm: LLMFront | None = None) -> None:
-        cid = hd.get("cid")
+    def _store(self, member: Member, role: str, cid: str | None, body: bytes, llm: LLMFront | None = None) -> None:
         member.inflight += 1
 
         def done(outcome: bytes | Duplicate | Exception) -> None:
@@ -74,12 +75,12 @@ class Dispatcher:
             elif isinstance(outcome, Duplicate):  # a resend of a stored message: its broadcast, to the sender
                 member.push(frame_with_id(outcome.body, outcome.id.decode()))
             elif llm is not None:
-                self._spawn(member, llm.answer(member, outcome, hd["role"], cid), cid)
+                self._spawn(member, llm.answer(member, outcome, role, cid), cid)
             drained = self._drained.get(member)
             if drained is not None and member.inflight < MAX_INFLIGHT // 2:
                 drained.set()
 
-        self._appender.submit(NewEntry(member.room, hd["role"], stored_body(hd, bd), cid), done)
+        self._appender.submit(NewEntry(member.room, role, body, cid), done)
 
     def _spawn(self, member: Member, work: Coroutine[Any, Any, None], cid: str | None) -> None:
         async def run() -> None:
@@ -98,12 +99,4 @@ class Dispatcher:
             await drained.wait()
         finally:
             del self._drained[member]
-
-
-def message_header(envelope: ClientEnvelope, room: str, now_ms: int) -> dict[str, Any]:
-    """The server's header for an accepted message: the client's event, role and cid, stamped."""
-    hd: dict[str, Any] = {"event": envelope.event, "role": envelope.role, "sid": room, "ts": format_ts(now_ms)}
-    if envelope.cid is not None:
-        hd["cid"] = envelope.cid
-    return hd
 

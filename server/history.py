@@ -6,9 +6,10 @@
     POST   /api/chat/{sid}/messages         publish a client envelope, as a WebSocket member would
 
 Every refusal is ``{"error": {"code", "message"[, "cid"]}}`` with a code of
-:data:`protocol.ERROR_CODES`; its HTTP status follows from the code alone (:data:`STATUS`). A
-published message is validated like a WebSocket frame and answered (201, the broadcast envelope)
-only once it is stored and handed to the room's fan-out, so members have it or are about to.
+:data:`protocol.errors.ERRORS`; its HTTP status follows from the code alone
+(:func:`protocol.errors.http_status`). A published message is validated like a WebSocket frame
+and answered (201, the broadcast envelope) only once it is stored and handed to the room's
+fan-out, so members have it or are about to.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from protocol.codec import frame_with_id, stored_body
+from protocol.codec import frame_with_id, message_body
 from protocol.envelope import parse_frame
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, http_status, refusal_body
 from protocol.names import PARTICIPANTS, Event, is_valid_room, is_valid_stream_id
 from server.auth import Grant, bearer
-from server.dispatch import message_header
 from server.errors import error_code
 from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
 from server.store.ports import Duplicate, NewEntry
@@ -37,9 +37,6 @@ from server.transcript import EXPORTS, message
 if TYPE_CHECKING:
     from server.wiring import Relay
 
-#: HTTP status per error code; any other code is a 400.
-STATUS: dict[str, int] = {"unauthorized": 401, "forbidden": 403, "room_not_found": 404, "too_large": 413,
-                          "internal": 500, "unavailable": 503}
 UNAVAILABLE_READ = "The message store is unreachable. Try again."
 
 _LIMIT = re.compile(r"[0-9]{1,7}")
@@ -106,8 +103,7 @@ class HistoryApi:
         envelope = parse_frame(await _body(request, self._limits.max_message_bytes), self._limits, bound_role)
         if envelope.event != Event.CHAT_MESSAGE:
             raise ProtocolError("unknown_event", "Only chat.message can be published over HTTP.", envelope.cid)
-        hd = message_header(envelope, sid, time.time_ns() // 1_000_000)
-        body = stored_body(hd, envelope.bd)
+        body = message_body(envelope.event, envelope.role, sid, time.time_ns() // 1_000_000, envelope.cid, envelope.bd)
         try:
             stored = await self._appender.append(NewEntry(sid, envelope.role, body, envelope.cid))
         except Exception as exc:
@@ -174,11 +170,8 @@ def error_response(exc: Exception, method: str, cid: str | None = None) -> Respo
     code, text = error_code(exc)
     if code == "unavailable" and method != "POST":
         text = UNAVAILABLE_READ  # the vocabulary's message speaks of a message not stored
-    error: dict[str, Any] = {"code": code, "message": text}
     cid = exc.cid if isinstance(exc, ProtocolError) and exc.cid is not None else cid
-    if cid is not None:
-        error["cid"] = cid
-    return _json({"error": error}, STATUS.get(code, 400))
+    return _json(refusal_body(code, text, cid), http_status(code))
 
 
 def _json(payload: Any, status: int = 200) -> Response:

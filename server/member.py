@@ -78,6 +78,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from protocol.close import NORMAL, SLOW_CONSUMER
 from server.outlet import DirectOutlet, Gone, outlet_for
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 OutletFor = Callable[[Send], DirectOutlet | None]
 
-WS_1000_NORMAL = 1000
-WS_1008_POLICY_VIOLATION = 1008
-WS_1011_INTERNAL_ERROR = 1011
-WS_1013_TRY_AGAIN_LATER = 1013
+WS_1000_NORMAL = NORMAL.code  # the close codes and reasons are protocol.close's table
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -260,7 +258,7 @@ class Member:
         log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, queued)
         self._queue.clear()
         self._held = None
-        self.close(WS_1013_TRY_AGAIN_LATER, "slow consumer")
+        self.close(SLOW_CONSUMER.code, SLOW_CONSUMER.reason)
 
     def _wake(self) -> None:
         """Make the writing side look at the queue: schedule a flush (DIRECT) or wake the writer (ASGI)."""

@@ -30,11 +30,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-from protocol.codec import format_ts, frame_with_id
+from protocol.codec import frame_with_id, presence_frame, session_ready_frame
 from protocol.errors import ProtocolError
 from protocol.names import DEFAULT_ROLE, Event
 from server.ephemeral import Ephemeral
@@ -136,7 +133,7 @@ class Sessions:
         """Drop the members of dead nodes from these rooms' rosters, with a ``presence.leave`` each."""
         for start in range(0, len(rooms), SWEEP_ROOMS):  # a script call holds Redis: keep each short
             for room, field, role in await self._roster.sweep(rooms[start:start + SWEEP_ROOMS]):
-                frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2])
+                frame = presence_frame(Event.PRESENCE_LEAVE, room, role, field.partition("/")[2], _now_ms())
                 await self._ephemeral.send(room, _NONE, frame)
 
     async def leave(self, member: Member) -> None:
@@ -146,16 +143,15 @@ class Sessions:
             await self._presence(member, Event.PRESENCE_LEAVE)
 
     async def _presence(self, member: Member, event: str) -> None:
-        frame = presence_frame(event, member.room, role_of(member), member.conn)
+        frame = presence_frame(event, member.room, role_of(member), member.conn, _now_ms())
         try:
             await self._ephemeral.send(member.room, _NONE, frame, skip=member)
         except StoreUnavailable as exc:
             log.warning("room %s: %s not sent to other nodes: %s", member.room, event, exc)
 
 
-def presence_frame(event: str, room: str, role: str, conn: str) -> str:
-    hd = {"event": event, "role": role, "sid": room, "conn": conn, "ts": format_ts(time.time_ns() // 1_000_000)}
-    return orjson.dumps({"hd": hd, "bd": {}}).decode()
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def role_of(member: Member) -> str:
@@ -184,8 +180,6 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
 
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:
-    members = [{"role": role, "conn": field.partition("/")[2]} for field, role in info.roster]
-    bd: dict[str, Any] = {"last_id": None if newest == _NONE else newest.decode(), "epoch": info.epoch,
-                          "recovered": recovered, "members": members}
-    hd = {"event": Event.SESSION_READY, "sid": member.room, "role": role_of(member), "conn": member.conn}
-    return orjson.dumps({"hd": hd, "bd": bd}).decode()
+    members = ((role, field.partition("/")[2]) for field, role in info.roster)
+    return session_ready_frame(member.room, role_of(member), member.conn, None if newest == _NONE else newest.decode(),
+                               info.epoch, recovered, members)

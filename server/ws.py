@@ -14,28 +14,29 @@ adds state checks the loop already guarantees.
 Every frame received counts against the connection's rate limit (:mod:`server.ratelimit`): one
 over it is answered ``rate_limited`` and not processed; a client that keeps flooding is closed
 with 1008. Origins and connections per address are checked before this endpoint, by
-:mod:`server.admission`.
+:mod:`server.admission`. Every refusal's HTTP status is :func:`protocol.errors.http_status`'s, and
+every close is a row of :mod:`protocol.close`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from protocol.close import NORMAL, RATE_LIMIT, STORE_UNAVAILABLE
 from protocol.codec import error_frame
 from protocol.envelope import frame_cid, parse_frame
-from protocol.errors import ERROR_CODES, ProtocolError
+from protocol.errors import ERROR_CODES, ProtocolError, http_status, refusal_body
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
 from server.auth import Auth, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
-from server.member import WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR, Member
+from server.member import Member
 from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
 from server.session import Resume, Sessions
 from server.store.ports import StoreUnavailable
@@ -62,13 +63,13 @@ class ChatEndpoint:
         room, role = query.get("sid", ""), query.get("role")
         refusal = handshake_refusal(room, role) or resume_refusal(query.get("last_id"), query.get("epoch"))
         if refusal is not None:
-            await deny(websocket, 400, *refusal)
+            await deny(websocket, *refusal)
             return
         if self._auth.enabled:
             try:
                 role = authorized_role(self._auth, query.get("token") or bearer(websocket.headers), room, role)
             except ProtocolError as exc:
-                await deny(websocket, 403 if exc.code in ("forbidden", "role_mismatch") else 401, exc.code, exc.message)
+                await deny(websocket, exc.code, exc.message)
                 return
         last_id = query.get("last_id")
         resume = None if last_id is None else Resume(last_id, query.get("epoch"))
@@ -92,11 +93,11 @@ class ChatEndpoint:
             await self._receive_loop(member, receive)
         except StoreUnavailable as exc:
             log.warning("room %s: session ended, Redis unreachable: %s", room, exc)
-            member.close(WS_1011_INTERNAL_ERROR, "store unavailable")
+            member.close(STORE_UNAVAILABLE.code, STORE_UNAVAILABLE.reason)
         finally:
             self._hub.leave(member)
             await self._sessions.leave(member)  # first: once the client sees the close, it is off the roster
-            member.close(WS_1000_NORMAL)
+            member.close(NORMAL.code, NORMAL.reason)
             await member.wait_closed()
 
     async def _receive_loop(self, member: Member, receive: Receive) -> None:
@@ -110,7 +111,7 @@ class ChatEndpoint:
             if limiter is not None and (verdict := limiter.admit()) is not Verdict.ACCEPT:
                 if verdict is Verdict.CLOSE:
                     log.warning("room %s: a member kept sending over its rate limit: closed (1008)", member.room)
-                    member.close(WS_1008_POLICY_VIOLATION, "rate limit exceeded")
+                    member.close(RATE_LIMIT.code, RATE_LIMIT.reason)
                     return
                 cid = None if text is None else frame_cid(text, limits)
                 member.push(error_for(ProtocolError("rate_limited", cid=cid)))  # counted in the metrics too
@@ -154,10 +155,10 @@ def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | 
 
 
 async def deny_failure(websocket: WebSocket, exc: Exception) -> None:
-    code, message = error_code(exc)
-    await deny(websocket, {"unavailable": 503, "room_full": 429}.get(code, 500), code, message)
+    await deny(websocket, *error_code(exc))
 
 
-async def deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    await websocket.send_denial_response(JSONResponse(body, status_code=status))
+async def deny(websocket: WebSocket, code: str, message: str) -> None:
+    """Refuse the handshake with ``code``: its HTTP status and a JSON body; the socket is never accepted."""
+    body = refusal_body(code, message)
+    await websocket.send_denial_response(JSONResponse(body, status_code=http_status(code, handshake=True)))

@@ -18,16 +18,9 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
+from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE, PARTICIPANTS
-
-INVOKE_EVENT = "llm.invoke"  # an explicit request to the bot; its question is bd.prompt
-
-PROVIDER_ERROR_CODES: dict[str, str] = {
-    "provider_rate_limited": "The LLM provider is rate limiting us (HTTP 429). Try again later.",
-    "provider_timeout": "The LLM provider did not finish answering in time.",
-    "provider_unavailable": "The LLM provider could not be reached, or the connection dropped mid-answer.",
-    "provider_error": "The LLM provider failed to answer.",
-}
+from protocol.names import Event as WireEvent
 
 
 class ChatMessage(TypedDict):
@@ -60,13 +53,14 @@ Event = str | Outcome
 
 
 class ProviderError(Exception):
-    """A generation the provider could not complete. ``code`` is one of :data:`PROVIDER_ERROR_CODES`."""
+    """A generation the provider could not complete: the ``code`` and ``message`` of its ``llm.error``
+    frame. ``code`` is one of :data:`protocol.errors.LLM_ERROR_CODES`, whose message is the default."""
 
     def __init__(self, code: str, message: str | None = None) -> None:
-        if code not in PROVIDER_ERROR_CODES:
+        if code not in LLM_ERROR_CODES:
             raise ValueError(f"undocumented provider error code {code!r}")
         self.code = code
-        self.message = message or PROVIDER_ERROR_CODES[code]
+        self.message = message or LLM_ERROR_CODES[code]
         super().__init__(f"{code}: {self.message}")
 
 
@@ -106,7 +100,7 @@ def _history_message(entry: Mapping[str, Any]) -> ChatMessage | None:
     participant, bd = entry.get("participant"), entry.get("bd")
     if participant not in PARTICIPANTS or not isinstance(bd, Mapping):
         return None
-    text = bd.get("prompt") if entry.get("event") == INVOKE_EVENT else bd.get("text")
+    text = bd.get("prompt") if entry.get("event") == WireEvent.LLM_INVOKE else bd.get("text")
     if not isinstance(text, str) or not text.strip():
         return None
     if participant == LLM_ROLE:

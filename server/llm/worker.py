@@ -58,10 +58,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from protocol.codec import format_ts, stored_body
-from protocol.names import LLM_ROLE, Event
+from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_frame
+from protocol.names import LLM_ROLE
 from server.appender import Appender
 from server.ephemeral import Ephemeral
 from server.feed import backoff
@@ -326,7 +324,8 @@ class Worker:
                     # the generation is cancelled.
                     generation.text.append(event)
                     COUNTS.tokens_streamed += 1
-                    told = self._ephemeral.post(request.room, after, streaming_frame(request, seq, event))
+                    told = self._ephemeral.post(request.room, after, llm_streaming_frame(
+                        request.room, request.rid, request.reply_to, seq, event, request.attempt))
                     if not sent or sent[-1] is not told:
                         sent.append(told)
                     seq += 1
@@ -341,40 +340,25 @@ class Worker:
 
     async def _store_answer(self, request: Request, text: str, outcome: Outcome | None,
                             error: ProviderError | None) -> bytes | None:
-        hd = generation_header(Event.LLM_RESPONSE, request)
         finish = outcome.finish_reason if outcome else "error" if error else "cancelled"
-        bd: dict[str, Any] = {"text": text, "finish_reason": finish,
-                              "model": outcome.model if outcome else self._model_name()}
-        if outcome is not None and outcome.usage is not None:
-            bd["usage"] = outcome.usage
-        entry = NewEntry(request.room, LLM_ROLE, stored_body(hd, bd), request.rid, ANSWER_DEDUPE_S)
+        body = llm_response_body(request.room, request.rid, request.reply_to, _now_ms(), text, finish,
+                                 outcome.model if outcome else self._model_name(),
+                                 outcome.usage if outcome else None, request.attempt)
+        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S)
         stored = await self._appender.append(entry)
         return stored if isinstance(stored, bytes) else stored.id
 
     async def _fail(self, request: Request, response_id: bytes | None, error: ProviderError) -> None:
-        hd = generation_header(Event.LLM_ERROR, request)
-        frame = orjson.dumps({"hd": hd, "bd": {"code": error.code, "message": error.message}}).decode()
+        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), error.code, error.message,
+                                request.attempt)
         await self._ephemeral.send(request.room, response_id or request.reply_to.encode(), frame)
 
     def _model_name(self) -> str:
         return self._settings.model if self._settings.provider == "openai" else SCRIPTED_MODEL
 
 
-def generation_header(event: str, request: Request) -> dict[str, Any]:
-    hd: dict[str, Any] = {"event": event, "role": LLM_ROLE, "sid": request.room,
-                          "ts": format_ts(time.time_ns() // 1_000_000), "rid": request.rid,
-                          "reply_to": request.reply_to}
-    if request.attempt > 1:
-        hd["attempt"] = request.attempt
-    return hd
-
-
-def streaming_frame(request: Request, seq: int, delta: str) -> str:
-    hd: dict[str, Any] = {"event": Event.LLM_STREAMING, "role": LLM_ROLE, "sid": request.room, "rid": request.rid,
-                          "reply_to": request.reply_to, "seq": seq}
-    if request.attempt > 1:
-        hd["attempt"] = request.attempt
-    return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 async def _forever(loop: Callable[[], Awaitable[None]],

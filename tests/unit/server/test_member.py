@@ -18,12 +18,10 @@ from typing import Any
 import pytest
 
 import server.member as member_module
+from protocol.close import NORMAL, RATE_LIMIT, SLOW_CONSUMER, STORE_UNAVAILABLE
 from server.member import (
     TRANSITIONS,
     WS_1000_NORMAL,
-    WS_1008_POLICY_VIOLATION,
-    WS_1011_INTERNAL_ERROR,
-    WS_1013_TRY_AGAIN_LATER,
     Member,
     MemberStateError,
     State,
@@ -163,9 +161,8 @@ def test_the_docstring_presents_the_table() -> None:
     assert documented == TRANSITIONS
 
 
-def test_close_codes_stay_importable_from_member() -> None:
-    assert (WS_1000_NORMAL, WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR, WS_1013_TRY_AGAIN_LATER) == \
-        (1000, 1008, 1011, 1013)
+def test_the_normal_close_code_stays_importable_from_member() -> None:
+    assert WS_1000_NORMAL == NORMAL.code == 1000
 
 
 REFUSED = [pair for pair in itertools.product(State, Trigger) if pair not in TRANSITIONS]
@@ -211,7 +208,7 @@ async def test_new_start_asgi_to_asgi() -> None:
 
 async def test_new_close_to_close_requested() -> None:
     member, send, _ = direct_member()
-    member.close(WS_1008_POLICY_VIOLATION, "bye")
+    member.close(RATE_LIMIT.code, "bye")
     assert member.state is State.CLOSE_REQUESTED and member.closing
     await member.wait_closed()  # never started: nothing to wait for, nothing sent
     assert send.messages == []
@@ -318,7 +315,7 @@ async def test_close_requested_start_direct_to_closing() -> None:
 async def test_close_requested_start_asgi_to_closing() -> None:
     member, send = asgi_member()
     member.push("a")
-    member.close(WS_1011_INTERNAL_ERROR, "early")
+    member.close(STORE_UNAVAILABLE.code, "early")
     member.start()
     assert member.state is State.CLOSING
     await member.wait_closed()
@@ -327,7 +324,7 @@ async def test_close_requested_start_asgi_to_closing() -> None:
 
 async def test_close_requested_close_stays() -> None:
     member, send, _ = direct_member()
-    member.close(WS_1013_TRY_AGAIN_LATER, "first")
+    member.close(SLOW_CONSUMER.code, "first")
     member.close(WS_1000_NORMAL)
     assert member.state is State.CLOSE_REQUESTED
     member.start()
@@ -338,7 +335,7 @@ async def test_close_requested_close_stays() -> None:
 async def test_closing_close_stays() -> None:
     member, send, _ = direct_member()
     member.start()
-    member.close(WS_1008_POLICY_VIOLATION, "first")
+    member.close(RATE_LIMIT.code, "first")
     member.close(WS_1000_NORMAL)
     assert member.state is State.CLOSING
     await member.wait_closed()
@@ -381,7 +378,7 @@ async def test_closed_close_stays() -> None:
     member.start()
     member.close(WS_1000_NORMAL)
     await member.wait_closed()
-    member.close(WS_1011_INTERNAL_ERROR)
+    member.close(STORE_UNAVAILABLE.code)
     assert member.state is State.CLOSED
     await member.wait_closed()
     assert send.closes == [(1000, "")]
