@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from server.feed import CursorState, RoomFeed
+from server.feed import CursorState, Restorer, RoomFeed, Sink
 from server.member import Member
 from server.outlet import DirectOutlet
 from server.store.ports import NewEntry, Retention
@@ -90,13 +90,15 @@ class RecordingRestorer:
 class Node:
     """One relay node's feed on a (shared) fake store, with a recording sink and a fake sleep."""
 
-    def __init__(self, store: FakeStore, node_id: str = "n1", node_ttl_s: int = 30) -> None:
+    def __init__(self, store: FakeStore, node_id: str = "n1", node_ttl_s: int = 30, sink: Sink | None = None,
+                 restorer: Restorer | None = None) -> None:
         self.store = store
         self.id = node_id
         self.sink = RecordingSink()
         self.restorer = RecordingRestorer()
         self.sleep = FakeSleep()
-        self.feed = RoomFeed(store.log, store.bus, self.sink, self.restorer, node_id, node_ttl_s, sleep=self.sleep)
+        self.feed = RoomFeed(store.log, store.bus, sink or self.sink, restorer or self.restorer, node_id, node_ttl_s,
+                             sleep=self.sleep)
         self.sink.feed = self.feed
         self.task: asyncio.Task[None] | None = None
 
