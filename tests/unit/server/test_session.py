@@ -215,8 +215,9 @@ async def test_a_replay_whose_last_page_ends_at_newest_stops_there(monkeypatch: 
     entries = stream_of(store, 4)
     here = await site(store)
     reads = spy_ranges(store)
-    await here.connect(resume=Resume("0", None))
+    _, outlet = await here.connect(resume=Resume("0", None))
     assert len(reads) == 2  # the second page ends with newest: no third read
+    assert ids(outlet) == [*entries, "session.ready"]
 
 
 async def test_a_resume_from_another_epoch_replays_everything_retained_not_recovered() -> None:
