@@ -33,7 +33,7 @@ def test_a_history_message_shows_the_broadcast_envelope_with_its_id_first() -> N
                      "hd": {"id": "5-0", "event": "chat.message", "role": "A", "sid": "r",
                             "ts": "2025-01-01T00:00:00.000Z"},
                      "bd": {"text": "hello"}}
-    assert list(shown["hd"])[0] == "id"
+    assert next(iter(shown["hd"])) == "id"
     assert {"hd": shown["hd"], "bd": shown["bd"]} == orjson.loads(frame_with_id(OURS, "5-0"))  # what members got
 
 
@@ -44,7 +44,8 @@ def test_an_entry_written_by_another_tool_is_shaped_as_members_received_it() -> 
 
 
 async def test_a_json_export_is_one_valid_document_from_any_number_of_chunks() -> None:
-    document = await rendered(json_export("r", chunks_of([entry("1-0", OURS)], [entry("2-0", OURS), entry("3-0", OURS)])))
+    chunks = chunks_of([entry("1-0", OURS)], [entry("2-0", OURS), entry("3-0", OURS)])
+    document = await rendered(json_export("r", chunks))
     parsed = orjson.loads(document)
     assert parsed["sid"] == "r" and [m["id"] for m in parsed["messages"]] == ["1-0", "2-0", "3-0"]
     assert orjson.loads(await rendered(json_export("r", chunks_of()))) == {"sid": "r", "messages": []}
