@@ -62,7 +62,9 @@ class Appender:
         return await future
 
     async def run(self) -> None:
-        """The flusher loop; runs until cancelled, then fails whatever is still pending."""
+        """The flusher loop; runs until cancelled, then fails whatever is still pending (the batch in
+        flight included: its outcome is unknown, and its submitters must not wait forever)."""
+        batch: list[tuple[NewEntry, Done | None]] = []
         try:
             while True:
                 await self._wake.wait()
@@ -72,8 +74,9 @@ class Appender:
                     del self._pending[:MAX_BATCH]
                     self._oldest_at = time.perf_counter()  # (for what is left, if anything)
                     await self._flush(batch, accepted_at)
+                    batch = []
         finally:
-            pending, self._pending = self._pending, []
+            pending, self._pending = batch + self._pending, []
             for _, done in pending:
                 if done is not None:
                     done(ConnectionError("server shutting down"))

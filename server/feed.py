@@ -24,15 +24,46 @@ is delivered only when it directly follows the cursor.
   announced after a frame before that frame. For the same reason a catch-up delivers entries
   only up to the newest id it heard of (except after a reconnection, when it reads to the end).
 - When Redis is unreachable, readers retry with backoff and resume from their cursors.
+
+Each followed room's cursor is a state machine, in the style of h11's ``_state.py``:
+:data:`TRANSITIONS` maps ``(state, trigger)`` to the next state, and every change of state goes
+through :meth:`_Cursor.fire`, which raises :class:`FeedStateError` for a pair not in the table.
+
+=============  ==========  =============  ==============================================================
+state          trigger     next state     when
+=============  ==========  =============  ==============================================================
+LIVE           GAP         CATCHING_UP    something was appended that does not follow the cursor: a reader starts
+LIVE           UNFOLLOW    UNFOLLOWED     the room's last member left
+CATCHING_UP    GAP         CATCHING_UP    more was heard of: the reader's target moves on
+CATCHING_UP    HOLD        HOLDING        a frame must wait for entries the reader has not delivered yet
+CATCHING_UP    CAUGHT_UP   LIVE           the reader reached its target (or found nothing more to read)
+CATCHING_UP    UNFOLLOW    UNFOLLOWED     the room's last member left: the reader stops at its next step
+HOLDING        GAP         HOLDING        more was heard of: the reader's target moves on
+HOLDING        HOLD        HOLDING        another frame waits, behind the held ones
+HOLDING        RELEASED    CATCHING_UP    the reader delivered the entries every held frame follows, and them
+HOLDING        CAUGHT_UP   LIVE           the reader stopped: held frames whose entries are gone are released
+HOLDING        UNFOLLOW    UNFOLLOWED     the room's last member left: held frames are dropped
+UNFOLLOWED     CAUGHT_UP   UNFOLLOWED     the reader of a room no longer followed stops, delivering nothing
+=============  ==========  =============  ==============================================================
+
+- LIVE: no reader, nothing held. A local batch whose ``before`` is the cursor is delivered from
+  memory (the fast path: :meth:`RoomFeed.appended` checks the state and the id, nothing else), and
+  a frame that follows the cursor is delivered at once.
+- CATCHING_UP: a reader task reads the stream from the cursor up to the newest id heard of; local
+  batches only move that target on. Nothing is held: a frame following the cursor goes out at once.
+- HOLDING: CATCHING_UP with frames held, in arrival order; every new frame queues behind them, and
+  the reader releases each one right after the entry it follows.
+- UNFOLLOWED: the cursor is no longer the room's (a new follow makes a new cursor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from server.store.ports import NodeBus, RoomLog, StoreUnavailable
@@ -72,20 +103,76 @@ def backoff(failures: int) -> float:
     return _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
 
 
-class _Cursor:
-    __slots__ = ("held", "id", "reader", "target")
+class CursorState(enum.Enum):
+    """Where a followed room's cursor is (see the module docstring)."""
 
-    def __init__(self, entry_id: bytes) -> None:
+    LIVE = "live"
+    CATCHING_UP = "catching_up"
+    HOLDING = "holding"
+    UNFOLLOWED = "unfollowed"
+
+
+class CursorTrigger(enum.Enum):
+    """What moves a cursor from one :class:`CursorState` to the next."""
+
+    GAP = "gap"  # an id beyond the cursor was heard of (another node's append, a lag, a lost announcement)
+    HOLD = "hold"  # a frame must wait until the reader has delivered the entry it follows
+    RELEASED = "released"  # every held frame was delivered
+    CAUGHT_UP = "caught_up"  # the reader task ended
+    UNFOLLOW = "unfollow"  # the room is no longer followed here
+
+
+LIVE, CATCHING_UP, HOLDING, UNFOLLOWED = CursorState  # module globals: cheap on the hot path
+_GAP, _HOLD, _RELEASED, _CAUGHT_UP, _UNFOLLOW = CursorTrigger
+
+#: The whole life of a cursor: ``(state, trigger) -> next state``. A pair not listed is a bug.
+TRANSITIONS: dict[tuple[CursorState, CursorTrigger], CursorState] = {
+    (LIVE, _GAP): CATCHING_UP,
+    (LIVE, _UNFOLLOW): UNFOLLOWED,
+    (CATCHING_UP, _GAP): CATCHING_UP,
+    (CATCHING_UP, _HOLD): HOLDING,
+    (CATCHING_UP, _CAUGHT_UP): LIVE,
+    (CATCHING_UP, _UNFOLLOW): UNFOLLOWED,
+    (HOLDING, _GAP): HOLDING,
+    (HOLDING, _HOLD): HOLDING,
+    (HOLDING, _RELEASED): CATCHING_UP,
+    (HOLDING, _CAUGHT_UP): LIVE,
+    (HOLDING, _UNFOLLOW): UNFOLLOWED,
+    (UNFOLLOWED, _CAUGHT_UP): UNFOLLOWED,
+}
+
+
+class FeedStateError(RuntimeError):
+    """A trigger that a cursor's current state does not allow: a bug in the feed."""
+
+
+class _Cursor:
+    __slots__ = ("held", "id", "reader", "room", "state", "target")
+
+    def __init__(self, room: str, entry_id: bytes) -> None:
+        self.room = room
         self.id = entry_id  # last id delivered here
+        self.state = LIVE
         self.target: tuple[int, int] | None = None  # newest id heard of but not yet delivered
-        self.reader: asyncio.Task[None] | None = None
-        self.held: deque[tuple[tuple[int, int], str, object]] = deque()  # (after, frame, skip)
+        self.reader: asyncio.Task[None] | None = None  # set while CATCHING_UP or HOLDING
+        self.held: deque[tuple[tuple[int, int], str, object]] = deque()  # (after, frame, skip): while HOLDING
+
+    def fire(self, trigger: CursorTrigger) -> CursorState:
+        """The only place the state changes: the next state from :data:`TRANSITIONS`."""
+        try:
+            state = TRANSITIONS[self.state, trigger]
+        except KeyError:
+            raise FeedStateError(f"cursor of room {self.room}: can't handle {trigger.name} "
+                                 f"in state {self.state.name}") from None
+        self.state = state
+        return state
 
 
 class RoomFeed:
     def __init__(self, room_log: RoomLog, bus: NodeBus, sink: Sink, restorer: Restorer, node_id: str,
-                 node_ttl_s: int = ALIVE_TTL_S) -> None:
+                 node_ttl_s: int = ALIVE_TTL_S, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._log = room_log
+        self._sleep = sleep  # the heartbeat's interval and the backoffs (tests pass a fake)
         self._bus = bus
         self._node_ttl_s = node_ttl_s
         self._deliver = sink.deliver
@@ -102,12 +189,21 @@ class RoomFeed:
         await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
         async with self._membership:
             await self._bus.follow([room], self._node, self._node_ttl_s)
-            self._cursors[room] = _Cursor(await self._log.last_id(room))
+            cursor = _Cursor(room, await self._log.last_id(room))
+            replaced = self._cursors.get(room)
+            if replaced is not None:
+                replaced.fire(_UNFOLLOW)
+            self._cursors[room] = cursor
 
     def cursor(self, room: str) -> bytes | None:
         """The id of the last entry of ``room`` delivered here (None: the room is not followed)."""
         cursor = self._cursors.get(room)
         return None if cursor is None else cursor.id
+
+    def state(self, room: str) -> CursorState | None:
+        """Where the cursor of ``room`` is (None: the room is not followed)."""
+        cursor = self._cursors.get(room)
+        return None if cursor is None else cursor.state
 
     def rooms(self) -> list[str]:
         """The rooms followed here."""
@@ -118,7 +214,9 @@ class RoomFeed:
         await self._beaten.wait()
 
     def unfollow(self, room: str) -> None:
-        self._cursors.pop(room, None)
+        cursor = self._cursors.pop(room, None)
+        if cursor is not None:
+            cursor.fire(_UNFOLLOW)
         asyncio.get_running_loop().create_task(self._unregister(room))
 
     async def _unregister(self, room: str) -> None:
@@ -133,7 +231,7 @@ class RoomFeed:
         cursor = self._cursors.get(room)
         if cursor is None:
             return
-        if cursor.reader is None and before == cursor.id:
+        if cursor.state is LIVE and before == cursor.id:
             self._advance(room, cursor, items)
         else:
             self._lag(room, cursor, id_tuple(items[-1][0]))
@@ -144,34 +242,41 @@ class RoomFeed:
         if cursor is None:
             return
         after_id = id_tuple(after)
-        if not cursor.held and after_id <= id_tuple(cursor.id):
+        if cursor.state is not HOLDING and after_id <= id_tuple(cursor.id):
             self._deliver_frame(room, frame, skip)
             return
-        cursor.held.append((after_id, frame, skip))
         if after_id > id_tuple(cursor.id):
             self._lag(room, cursor, after_id)
+        cursor.held.append((after_id, frame, skip))
+        cursor.fire(_HOLD)
 
     def _advance(self, room: str, cursor: _Cursor, items: list[Item]) -> None:
-        if not cursor.held:
+        if cursor.state is not HOLDING:
             cursor.id = items[-1][0]
             self._deliver(room, items)
             return
         for item in items:  # frames are held: deliver them between the entries they follow
             cursor.id = item[0]
             self._deliver(room, [item])
-            self._release(room, cursor)
+            if cursor.state is HOLDING:
+                self._release(room, cursor)
 
     def _release(self, room: str, cursor: _Cursor) -> None:
         reached = id_tuple(cursor.id)
         while cursor.held and cursor.held[0][0] <= reached:
             _, frame, skip = cursor.held.popleft()
             self._deliver_frame(room, frame, skip)
+        if not cursor.held:
+            cursor.fire(_RELEASED)
 
     def _lag(self, room: str, cursor: _Cursor, newest: tuple[int, int]) -> None:
         if cursor.target is None or newest > cursor.target:
             cursor.target = newest
-        if cursor.reader is None:
+        if cursor.state is LIVE:
+            cursor.fire(_GAP)
             cursor.reader = asyncio.get_running_loop().create_task(self._catch_up(room, cursor))
+        else:
+            cursor.fire(_GAP)
 
     def _catch_up_all(self) -> None:
         for room, cursor in list(self._cursors.items()):
@@ -185,11 +290,11 @@ class RoomFeed:
                     entries = await self._log.bodies(room, cursor.id, READ_COUNT)
                 except StoreUnavailable as exc:
                     log.warning("room %s: cannot read the stream (%s); retrying", room, exc)
-                    await asyncio.sleep(backoff(failures))
+                    await self._sleep(backoff(failures))
                     failures += 1
                     continue
                 failures = 0
-                if self._cursors.get(room) is not cursor:
+                if cursor.state is UNFOLLOWED:
                     break
                 target = cursor.target
                 items = [item for item in entries if target is None or id_tuple(item[0]) <= target]
@@ -199,15 +304,14 @@ class RoomFeed:
         finally:
             cursor.target = None
             cursor.reader = None
-            if self._cursors.get(room) is cursor:
+            if cursor.fire(_CAUGHT_UP) is LIVE:
                 self._release_all(room, cursor)
 
     def _release_all(self, room: str, cursor: _Cursor) -> None:
         """Held frames whose entries cannot be read (trimmed, deleted) are not held forever."""
-        if cursor.held and cursor.reader is None:
-            while cursor.held:
-                _, frame, skip = cursor.held.popleft()
-                self._deliver_frame(room, frame, skip)
+        while cursor.held:
+            _, frame, skip = cursor.held.popleft()
+            self._deliver_frame(room, frame, skip)
 
     async def run(self) -> None:
         """Listen to this node's announcements and keep it alive, until cancelled."""
@@ -242,14 +346,14 @@ class RoomFeed:
                 if self._ready.is_set():
                     log.warning("announcements: Redis unreachable (%s); reconnecting", exc)
                 self._ready.clear()
-                await asyncio.sleep(backoff(failures))
+                await self._sleep(backoff(failures))
                 failures += 1
             finally:
                 await subscriber.close()
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self._node_ttl_s / 3)
+            await self._sleep(self._node_ttl_s / 3)
             if not self._ready.is_set():
                 continue
             try:
