@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
+from protocol.codec import message_body
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from protocol.names import CLIENT_EVENTS
 from server.appender import Appender
-from server.dispatch import MAX_INFLIGHT, Dispatcher, message_header
+from server.dispatch import MAX_INFLIGHT, Dispatcher
 from server.llm.front import LLMFront
 from server.metrics import COUNTS
 from server.settings import Trigger
@@ -67,8 +68,9 @@ async def test_a_chat_message_is_stored_with_the_servers_header_and_the_clients_
 
 
 def test_a_header_has_no_cid_when_the_client_gave_none() -> None:
-    hd = message_header(chat(cid=None), "r", 1_700_000_000_123)
-    assert hd == {"event": "chat.message", "role": "A", "sid": "r", "ts": "2023-11-14T22:13:20.123Z"}
+    body = message_body("chat.message", "A", "r", 1_700_000_000_123, None, {"text": "hi"})
+    assert orjson.loads(body)["hd"] == {"event": "chat.message", "role": "A", "sid": "r",
+                                        "ts": "2023-11-14T22:13:20.123Z"}
 
 
 async def test_the_sender_gets_no_direct_answer_for_a_stored_message() -> None:

@@ -106,6 +106,11 @@ async def _stop_writers() -> AsyncIterator[None]:
     _made.clear()
 
 
+
+def state(member: Member) -> State:
+    """The member's state, read afresh (mypy would keep a narrowed property across calls)."""
+    return member.state
+
 def direct_member(queue_max: int = QUEUE_MAX) -> tuple[Member, FakeSend, FakeOutlet]:
     send, outlet = FakeSend(), FakeOutlet()
     member = Member(send, "room", None, queue_max, outlet_for=lambda _send: outlet)
@@ -143,7 +148,7 @@ async def slow_member() -> tuple[Member, FakeSend, FakeOutlet]:
     outlet.stall()
     member.push("a")
     await loop_pass()  # the flush finds the transport full
-    assert member.state is State.SLOW
+    assert state(member) is State.SLOW
     return member, send, outlet
 
 
@@ -188,9 +193,9 @@ async def test_start_twice_is_refused() -> None:
 
 async def test_new_start_direct_to_direct() -> None:
     member, _, outlet = direct_member()
-    assert member.state is State.NEW and not member.closing
+    assert state(member) is State.NEW and not member.closing
     member.start()
-    assert member.state is State.DIRECT
+    assert state(member) is State.DIRECT
     member.push("a")
     await loop_pass()
     assert outlet.writes == [["a"]]
@@ -200,7 +205,7 @@ async def test_new_start_direct_to_direct() -> None:
 async def test_new_start_asgi_to_asgi() -> None:
     member, send = asgi_member()
     member.start()
-    assert member.state is State.ASGI
+    assert state(member) is State.ASGI
     member.push("a")
     await writer_idle(member)
     assert send.texts == ["a"]
@@ -209,7 +214,7 @@ async def test_new_start_asgi_to_asgi() -> None:
 async def test_new_close_to_close_requested() -> None:
     member, send, _ = direct_member()
     member.close(RATE_LIMIT.code, "bye")
-    assert member.state is State.CLOSE_REQUESTED and member.closing
+    assert state(member) is State.CLOSE_REQUESTED and member.closing
     await member.wait_closed()  # never started: nothing to wait for, nothing sent
     assert send.messages == []
 
@@ -226,7 +231,7 @@ async def test_direct_close_to_closing() -> None:
     member, send, _ = direct_member()
     member.start()
     member.close(WS_1000_NORMAL)
-    assert member.state is State.CLOSING and member.closing
+    assert state(member) is State.CLOSING and member.closing
     await member.wait_closed()
     assert send.closes == [(1000, "")]
 
@@ -237,7 +242,7 @@ async def test_direct_gone_to_closed() -> None:
     outlet.gone = True
     member.push("a")
     await loop_pass()
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     assert not member._queue
     member.push("b")
     member.close(WS_1000_NORMAL)  # the session's finally: nothing is left to send it to
@@ -250,7 +255,7 @@ async def test_slow_writable_to_direct() -> None:
     member.push("b")
     outlet.unstall()
     await writer_ended(member)
-    assert member.state is State.DIRECT
+    assert state(member) is State.DIRECT
     assert outlet.writes == [["a", "b"]]
     member.push("c")  # direct writes again
     await loop_pass()
@@ -260,10 +265,10 @@ async def test_slow_writable_to_direct() -> None:
 async def test_slow_close_to_closing() -> None:
     member, send, outlet = await slow_member()
     member.close(WS_1000_NORMAL, "done")
-    assert member.state is State.CLOSING
+    assert state(member) is State.CLOSING
     outlet.unstall()
     await member.wait_closed()
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     assert outlet.frames == ["a"] and send.closes == [(1000, "done")]
 
 
@@ -272,7 +277,7 @@ async def test_slow_gone_to_closed() -> None:
     outlet.gone = True
     outlet.ready.set()
     await writer_ended(member)
-    assert member.state is State.CLOSED and member.closing
+    assert state(member) is State.CLOSED and member.closing
     assert not member._queue and send.messages == []
 
 
@@ -282,7 +287,7 @@ async def test_asgi_close_to_closing() -> None:
     member.push("a")
     await writer_idle(member)
     member.close(WS_1000_NORMAL)
-    assert member.state is State.CLOSING
+    assert state(member) is State.CLOSING
     await member.wait_closed()
     assert send.messages == [{"type": "websocket.send", "text": "a"},
                              {"type": "websocket.close", "code": 1000, "reason": ""}]
@@ -295,7 +300,7 @@ async def test_asgi_gone_to_closed() -> None:
     member.push("a")
     member.push("b")
     await writer_ended(member)
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     assert not member._queue
     member.push("c")
     assert not member._queue
@@ -306,9 +311,9 @@ async def test_close_requested_start_direct_to_closing() -> None:
     member.push("a")
     member.close(WS_1000_NORMAL, "early")
     member.start()
-    assert member.state is State.CLOSING
+    assert state(member) is State.CLOSING
     await member.wait_closed()
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     assert outlet.frames == ["a"] and send.closes == [(1000, "early")]
 
 
@@ -317,7 +322,7 @@ async def test_close_requested_start_asgi_to_closing() -> None:
     member.push("a")
     member.close(STORE_UNAVAILABLE.code, "early")
     member.start()
-    assert member.state is State.CLOSING
+    assert state(member) is State.CLOSING
     await member.wait_closed()
     assert send.texts == ["a"] and send.closes == [(1011, "early")]
 
@@ -326,7 +331,7 @@ async def test_close_requested_close_stays() -> None:
     member, send, _ = direct_member()
     member.close(SLOW_CONSUMER.code, "first")
     member.close(WS_1000_NORMAL)
-    assert member.state is State.CLOSE_REQUESTED
+    assert state(member) is State.CLOSE_REQUESTED
     member.start()
     await member.wait_closed()
     assert send.closes == [(1013, "first")]
@@ -337,7 +342,7 @@ async def test_closing_close_stays() -> None:
     member.start()
     member.close(RATE_LIMIT.code, "first")
     member.close(WS_1000_NORMAL)
-    assert member.state is State.CLOSING
+    assert state(member) is State.CLOSING
     await member.wait_closed()
     assert send.closes == [(1008, "first")]
 
@@ -347,7 +352,7 @@ async def test_closing_close_sent_to_closed() -> None:
     member.start()
     member.close(WS_1000_NORMAL)
     await writer_ended(member)
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     assert send.closes == [(1000, "")]
 
 
@@ -357,7 +362,7 @@ async def test_closing_gone_to_closed() -> None:
     member.start()
     member.close(WS_1000_NORMAL)
     await member.wait_closed()
-    assert member.state is State.CLOSED and send.messages == []
+    assert state(member) is State.CLOSED and send.messages == []
 
 
 async def test_closing_gone_when_wait_closed_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,7 +375,7 @@ async def test_closing_gone_when_wait_closed_gives_up(monkeypatch: pytest.Monkey
     await member.wait_closed()  # gives up at once and cancels the writer
     with pytest.raises(asyncio.CancelledError):
         await writer_ended(member)
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
 
 
 async def test_closed_close_stays() -> None:
@@ -379,7 +384,7 @@ async def test_closed_close_stays() -> None:
     member.close(WS_1000_NORMAL)
     await member.wait_closed()
     member.close(STORE_UNAVAILABLE.code)
-    assert member.state is State.CLOSED
+    assert state(member) is State.CLOSED
     await member.wait_closed()
     assert send.closes == [(1000, "")]
 
@@ -421,7 +426,7 @@ async def test_plain_send_gets_the_asgi_writer_by_default() -> None:
     send = FakeSend()
     member = Member(send, "room", None, QUEUE_MAX)  # outlet_for: the real one, which knows only uvicorn
     member.start()
-    assert member.state is State.ASGI
+    assert state(member) is State.ASGI
     member.close(WS_1000_NORMAL)
     await member.wait_closed()
     assert send.closes == [(1000, "")]
@@ -431,9 +436,9 @@ async def test_a_full_queue_closes_with_1013_and_drops_the_queue() -> None:
     member, send, outlet = await slow_member()
     for n in range(QUEUE_MAX - 1):
         member.push(str(n))
-    assert member.state is State.SLOW
+    assert state(member) is State.SLOW
     member.push("one too many")
-    assert member.state is State.CLOSING and not member._queue
+    assert state(member) is State.CLOSING and not member._queue
     member.push("after")
     assert not member._queue
     outlet.unstall()
@@ -446,7 +451,7 @@ async def test_held_frames_overflowing_before_start_close_with_1013_once_started
     member.hold()
     for frame in "abc":
         member.push(frame)
-    assert member.state is State.CLOSE_REQUESTED
+    assert state(member) is State.CLOSE_REQUESTED
     assert member._held is None
     member.start()
     await member.wait_closed()
@@ -525,10 +530,10 @@ async def test_wait_closed_returns() -> None:
         member.close(WS_1000_NORMAL)
         await member.wait_closed()
         assert member._writer is not None and member._writer.done()
-        assert member.state is State.CLOSED
+        assert state(member) is State.CLOSED
 
 
 async def test_wait_closed_on_a_member_never_started_returns() -> None:
     member, _, _ = direct_member()
     await member.wait_closed()
-    assert member.state is State.NEW
+    assert state(member) is State.NEW
