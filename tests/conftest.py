@@ -3,6 +3,9 @@
 Redis: ``TEST_REDIS_URL`` when set (CI starts one and passes it), otherwise a private
 ``redis-server`` on a free port. Every room a test uses is named ``t<run>-<n>``, and only keys of
 this run's rooms are deleted at the end, so a shared Redis keeps everything else.
+
+Tests that drive the client tools (newman, Node, Chromium) are marked ``clients``
+(``scripts/test.sh clients``); the pure ones live in ``tests/unit`` (``scripts/test.sh unit``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 import redis
 
 from server.store import StreamStore
+from tests.support import tools
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
@@ -28,6 +32,16 @@ _rooms = itertools.count(1)
 
 def new_room() -> str:
     return f"t{RUN}-{next(_rooms)}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Let the client tools be used by ``clients`` tests only (their session fixtures included)."""
+    tools.clients_test = item.get_closest_marker("clients") is not None
+    try:
+        return (yield)
+    finally:
+        tools.clients_test = False
 
 
 @pytest.fixture(scope="session")

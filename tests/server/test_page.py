@@ -31,6 +31,8 @@ STATUS = '[data-testid="status"]'
 PRESENCE = '[data-testid="presence"] li'
 BOT = f'{MESSAGES} li[data-role="llm"]'
 
+pytestmark = pytest.mark.clients  # Chromium: scripts/test.sh clients
+
 expect.set_options(timeout=WAIT_TIMEOUT_MS)
 
 NewPage = Callable[[str], Awaitable[Page]]
