@@ -31,6 +31,7 @@ from server.llm.front import LLMFront
 from server.llm.jobs import Jobs
 from server.llm.worker import Worker
 from server.metrics import metrics_routes
+from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.session import Sessions
 from server.settings import Settings
@@ -127,6 +128,7 @@ def create_app(settings: Settings, store: StreamStore | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("write path: %s", write_path())  # direct (uvicorn X.Y sans-I/O), or ASGI send (why not)
         if not relay.auth.enabled:
             log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
                         "as any role and read or delete any history")
