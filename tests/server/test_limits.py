@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -15,11 +16,12 @@ from tests.conftest import new_room
 from tests.support.client import Client
 from tests.support.raw_ws import CLOSE, PING, PONG, TEXT, RawWebSocket
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 StartServer = Callable[..., ServerProcess]
 
 
-async def refusal(url: str, **options: object) -> tuple[int, str]:
+async def refusal(url: str, **options: Any) -> tuple[int, str]:
     """``(status, error code)`` of a refused handshake."""
     with pytest.raises(InvalidStatus) as info:
         await Client.open(url, **options)
@@ -77,7 +79,7 @@ async def test_frames_over_the_limit_are_refused_unstored_and_a_flood_is_closed(
         assert refused == [("rate_limited", f"f{n}") for n in range(5, 10)]
         seen = await observer.recv_n(5)
         assert [f["hd"]["cid"] for f in seen] == accepted
-        assert [entry_id for entry_id, _ in rdb.xrange(stream_key(room))] == [f["hd"]["id"] for f in seen]
+        assert [entry_id for entry_id, _ in xrange(rdb, stream_key(room))] == [f["hd"]["id"] for f in seen]
 
         # Five refusals ignored: the next frame closes the connection.
         await flooder.chat("one more", cid="f10")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from protocol import stream_key
+from server.resp import LeanSubscriber
 from server.store import Duplicate, NewEntry, StreamStore, Subscriber
 from tests.conftest import new_room
 
@@ -52,7 +53,7 @@ async def test_appends_trim_approximately_and_renew_the_expiry(store: StreamStor
     assert 0 < await client.ttl(stream_key(room)) <= 600
 
 
-async def _listening(store: StreamStore, node: str) -> Subscriber:
+async def _listening(store: StreamStore, node: str) -> Subscriber | LeanSubscriber:
     subscriber = store.subscriber(node)
     await subscriber.subscribe()
     while (message := await subscriber.next(timeout_s=5)) is None or message[0] != "subscribe":
@@ -60,7 +61,7 @@ async def _listening(store: StreamStore, node: str) -> Subscriber:
     return subscriber
 
 
-async def _next_announcement(subscriber: Subscriber) -> bytes:
+async def _next_announcement(subscriber: Subscriber | LeanSubscriber) -> bytes:
     while True:
         message = await subscriber.next(timeout_s=5)
         if message is not None and message[0] == "message":
