@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -25,8 +26,14 @@ def _refuse(what: str) -> Any:
     return refuse
 
 
+UNIT = Path(__file__).parent
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    # Called for every test of the session once this conftest is loaded (pytest tests), not only for ours.
+    if UNIT not in item.path.parents:
+        return (yield)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("connect", "connect_ex", "bind"):
             patch.setattr(socket.socket, name, _refuse(f"{name} a socket"))
