@@ -19,6 +19,7 @@ from server.admission import Admission
 from server.docs_routes import docs_routes
 from server.history import history_routes
 from server.metrics import metrics_routes
+from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.settings import Settings
 from server.store.ports import Store, StoreUnavailable
@@ -66,6 +67,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("write path: %s", write_path())  # direct (uvicorn X.Y sans-I/O), or ASGI send (why not)
         if not relay.auth.enabled:
             log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
                         "as any role and read or delete any history")

@@ -10,6 +10,9 @@ The two latency histograms are observed once per append batch.
 - ``chat_errors_total{code}``: refusals and failures sent to clients.
 - ``chat_llm_generations_total{outcome}`` (a finish reason, or an ``llm.error`` code) and
   ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent).
+- ``chat_write_path{path}``: 1 for the way members' frames are written under the installed uvicorn,
+  ``direct`` (straight to its sans-I/O transport) or ``asgi`` (the ASGI ``send``), 0 for the other
+  (:func:`server.outlet.write_path`).
 - ``chat_xadd_seconds``: one append batch's round trip to Redis; ``chat_accept_to_delivery_seconds``:
   from a frame's acceptance to its delivery to the members on this process (per batch, its oldest).
 """
@@ -25,6 +28,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+
+from server.outlet import write_path
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _EVENT_AT = len(b'{"hd":{"event":"')
@@ -82,6 +87,12 @@ class _Collector(Collector):
         tokens = CounterMetricFamily("chat_llm_tokens_streamed", "llm.streaming frames sent.")
         tokens.add_metric([], self._counts.tokens_streamed)
         yield tokens
+        direct = write_path().direct
+        path = GaugeMetricFamily("chat_write_path", "How members' frames are written: 1 for the path in use.",
+                                 labels=["path"])
+        path.add_metric(["direct"], int(direct))
+        path.add_metric(["asgi"], int(not direct))
+        yield path
 
 
 def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:

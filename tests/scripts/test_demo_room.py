@@ -13,6 +13,7 @@ import redis
 from server.store.keys import stream_key
 from tests.support.schemas import ROOT
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 DEMO = ROOT / "scripts" / "demo_room.py"
 LINES = ["    A | Hi B! Shall we ask the bot about Redis Streams?",
@@ -49,7 +50,7 @@ def test_the_demo_uses_a_running_server_with_url(server: ServerProcess, room: st
     assert "demo server" not in output
     assert_conversation(output)
     stored = [(fields["participant"], orjson.loads(fields["body"])["hd"]["event"])
-              for _, fields in rdb.xrange(stream_key(room))]
+              for _, fields in xrange(rdb, stream_key(room))]
     assert stored == [("A", "chat.message"), ("B", "chat.message"), ("llm", "llm.response"), ("A", "chat.message")]
 
 

@@ -17,6 +17,7 @@ from tests.conftest import RUN
 from tests.support.client import Client
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.server_process import ServerProcess, WorkerProcess
+from tests.support.streams import xrange
 
 END = ("llm.response", "llm.error")
 
@@ -53,7 +54,7 @@ def check_generation(frames: list[dict[str, Any]], trigger: dict[str, Any]) -> d
 
 
 def stored(rdb: redis.Redis, room: str, entry_id: str) -> tuple[str, dict[str, Any]]:
-    [(_, fields)] = rdb.xrange(stream_key(room), entry_id, entry_id)
+    [(_, fields)] = xrange(rdb, stream_key(room), entry_id, entry_id)
     return fields["participant"], orjson.loads(fields["body"])
 
 
@@ -101,7 +102,7 @@ async def test_busy_across_two_processes_and_free_again_at_once(server: ServerPr
         assert first_delta["hd"]["event"] == "llm.streaming"
         await b.send({"event": "llm.invoke", "cid": "i1"}, {"prompt": "me too"})
         await b.chat("@llm and me", cid="m1")
-        replies = {}
+        replies: dict[str, str] = {}
         while len(replies) < 3:
             frame = await b.recv()
             if frame["hd"]["event"] == "error":
@@ -115,7 +116,7 @@ async def test_busy_across_two_processes_and_free_again_at_once(server: ServerPr
         assert (await a.recv())["hd"]["event"] == "llm.invoke"
         assert (await a.recv())["hd"]["event"] == "llm.streaming"
         await until_end(a)
-    events = [orjson.loads(fields["body"])["hd"]["event"] for _, fields in rdb.xrange(stream_key(room))]
+    events = [orjson.loads(fields["body"])["hd"]["event"] for _, fields in xrange(rdb, stream_key(room))]
     assert events == ["chat.message", "chat.message", "llm.response", "llm.invoke", "llm.response"]
 
 
@@ -227,7 +228,7 @@ async def test_a_killed_worker_s_request_is_finished_by_another(
         response = frames[-1]
         assert response["hd"]["rid"] == early["hd"]["rid"] and response["hd"]["attempt"] == 2
         assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in retried)
-        answers = [f for _, f in rdb.xrange(stream_key(room)) if f["participant"] == "llm"]
+        answers = [f for _, f in xrange(rdb, stream_key(room)) if f["participant"] == "llm"]
         assert len(answers) == 1
     finally:
         first.kill()

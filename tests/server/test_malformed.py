@@ -9,6 +9,7 @@ from server.store.keys import stream_key
 from tests.corpus.malformed_frames import BOUND_ROLE, CORPUS
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 
 def room_keys(rdb: redis.Redis, room: str) -> set[str]:
@@ -37,7 +38,7 @@ async def test_every_malformed_frame_gets_its_code_and_the_connection_stays_usab
         assert (accepted["hd"]["event"], accepted["hd"]["role"], accepted["hd"]["cid"]) == \
             ("chat.message", BOUND_ROLE, "after-the-corpus")
         assert await other.recv() == accepted  # the other member saw nothing before it
-    [(entry_id, fields)] = rdb.xrange(stream_key(room))
+    [(entry_id, fields)] = xrange(rdb, stream_key(room))
     assert entry_id == accepted["hd"]["id"] and fields["participant"] == BOUND_ROLE
 
 

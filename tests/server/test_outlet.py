@@ -3,7 +3,8 @@
 The server normally writes straight to uvicorn's sans-I/O transport (:mod:`server.outlet`); these
 tests run an uvicorn server in the test's loop with a tiny ASGI app around a :class:`Member`, so the
 direct path is checked against the uvicorn that is installed, next to the ASGI ``send`` path that
-any other server gets, and the switch to a writer task while the client does not read.
+any other server gets, and the switch to a writer task while the client does not read. And
+``python -m server`` says it writes directly, in its start-up log and on ``/metrics``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from typing import Any
 
+import httpx
 import uvicorn
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.member import WS_1000_NORMAL, Member
 from server.outlet import DirectOutlet, outlet_for
 from tests.support.raw_ws import CLOSE, RawWebSocket
+from tests.support.server_process import ServerProcess
 
 Script = Callable[[Member], Any]
 
@@ -119,3 +124,13 @@ async def test_a_client_that_stops_reading_gets_every_frame_once_it_reads_again(
     assert numbers == list(range(count))
     assert int.from_bytes(payload[:2], "big") == WS_1000_NORMAL
     assert isinstance(app.outlets[0], DirectOutlet)
+
+
+async def test_the_server_says_it_writes_directly_in_its_log_and_on_its_metrics(server: ServerProcess) -> None:
+    uvicorn_version = ".".join(version("uvicorn").split(".")[:2])
+    assert f"write path: direct (uvicorn {uvicorn_version} sans-I/O)" in server.log_path.read_text(errors="replace")
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        response = await http.get("/metrics")
+    paths = {sample.labels["path"]: sample.value for family in text_string_to_metric_families(response.text)
+             if family.name == "chat_write_path" for sample in family.samples}
+    assert paths == {"direct": 1, "asgi": 0}

@@ -31,6 +31,8 @@ STATUS = '[data-testid="status"]'
 PRESENCE = '[data-testid="presence"] li'
 BOT = f'{MESSAGES} li[data-role="llm"]'
 
+pytestmark = pytest.mark.clients  # Chromium: scripts/test.sh clients
+
 expect.set_options(timeout=WAIT_TIMEOUT_MS)
 
 NewPage = Callable[[str], Awaitable[Page]]
@@ -145,6 +147,7 @@ async def test_chat_with_another_member_and_the_bot(server: ServerProcess, room:
         await expect(bot).to_have_attribute("data-final", "true")
         response = await until(b, lambda frame: frame["hd"]["event"] == "llm.response")
         final = await bot.locator(".text").text_content()
+        assert final is not None
         assert final == response["bd"]["text"] and final.startswith("You said: A: @llm what is a stream.")
         partial = [text for is_final, text in await page.evaluate("window.botStates") if is_final == "false"]
         assert any(0 < len(text) < len(final) and final.startswith(text) for text in partial)  # it streamed in

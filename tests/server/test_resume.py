@@ -10,6 +10,7 @@ import redis
 from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 
 def ids(frames: list[dict[str, Any]]) -> list[str]:
@@ -65,7 +66,7 @@ async def test_resume_while_another_member_keeps_sending(server: ServerProcess, 
             stored_before_ready = resumed.ready["bd"]["last_id"]
             after = resumed.replayed + await resumed.recv_n(total - 50 - len(resumed.replayed))
             await sender
-        stream = [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]
+        stream = [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
     assert len(stream) == total
     assert ids(before) + ids(after) == stream  # no gap, no duplicate, stream order
     assert [f["bd"]["text"] for f in before + after] == [f"n{n}" for n in range(total)]
@@ -82,10 +83,10 @@ async def test_cursor_older_than_what_is_retained_is_not_recovered(start_server:
         for n in range(1, 400):  # approximate trimming removes whole nodes of ~100 entries
             await a.chat(f"m{n}")
         last = (await a.recv_n(399))[-1]
-    assert rdb.xrange(stream_key(room), count=1)[0][0] != first["hd"]["id"]  # m0 was trimmed away
+    assert xrange(rdb, stream_key(room), count=1)[0][0] != first["hd"]["id"]  # m0 was trimmed away
     async with await Client.open(node.ws(room, last_id=first["hd"]["id"])) as c:
         assert c.ready["bd"]["recovered"] is False
-        assert ids(c.replayed) == [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]
+        assert ids(c.replayed) == [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
     async with await Client.open(node.ws(room, last_id=last["hd"]["id"])) as c:
         assert c.replayed == [] and c.ready["bd"]["recovered"] is True
     async with await Client.open(node.ws(room, last_id="0")) as c:

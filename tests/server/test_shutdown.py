@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 
 async def test_sigterm_closes_connections_and_stores_running_answers(
@@ -34,5 +35,5 @@ async def test_sigterm_closes_connections_and_stores_running_answers(
         code = await asyncio.to_thread(node.process.wait, 10)  # the process exits within 10 s
         assert code in (0, -signal.SIGTERM)  # uvicorn ends a graceful shutdown by re-raising the signal
         assert "Application shutdown complete" in node.log()
-    answers = [orjson.loads(f["body"]) for _, f in rdb.xrange(stream_key(room)) if f["participant"] == "llm"]
+    answers = [orjson.loads(f["body"]) for _, f in xrange(rdb, stream_key(room)) if f["participant"] == "llm"]
     assert [(a["hd"]["rid"], a["bd"]["finish_reason"]) for a in answers] == [(streaming["hd"]["rid"], "cancelled")]

@@ -11,6 +11,7 @@ from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.raw_ws import CLOSE, RawWebSocket
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 
 async def test_a_reader_that_never_reads_does_not_hold_up_the_room(start_server: Callable[..., ServerProcess],
@@ -27,7 +28,7 @@ async def test_a_reader_that_never_reads_does_not_hold_up_the_room(start_server:
             frame_a, frame_b = await asyncio.gather(a.recv(), b.recv())
             got_a.append(frame_a)
             got_b.append(frame_b)
-    stored = [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]
+    stored = [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
     assert [f["hd"]["id"] for f in got_a] == [f["hd"]["id"] for f in got_b] == stored
     assert len(stored) == count
     # When the stalled client finally reads, it finds at most a queue's worth of frames, then the close.

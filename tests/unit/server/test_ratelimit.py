@@ -85,7 +85,7 @@ def test_sending_at_twice_the_rate_is_half_refused_but_never_closed() -> None:
 def test_sending_well_over_twice_the_rate_is_closed() -> None:
     clock = Clock()
     limiter = FrameLimiter(per_s=10, burst=3, clock=clock)
-    verdicts = []
+    verdicts: list[Verdict] = []
     while Verdict.CLOSE not in verdicts and len(verdicts) < 1000:
         clock.advance(0.02)  # 50 frames/s against 10/s
         verdicts.append(limiter.admit())

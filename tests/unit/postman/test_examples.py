@@ -1,0 +1,35 @@
+"""``postman/POSTMAN_EXAMPLES.md``: there are examples of every kind, and every frame shown matches
+``protocol/asyncapi.yaml``. (That a live server answers them as shown: ``tests/postman/test_examples.py``.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.examples import Example, parse_examples
+from tests.support.schemas import check_server_frame, frame_errors
+
+EXAMPLES = parse_examples()
+#: Refusals a client frame earns by its shape alone: the AsyncAPI client schemas refuse it too.
+SHAPE_REFUSALS = {"invalid_json", "invalid_envelope", "unknown_event", "invalid_role", "reserved_role", "empty_text",
+                  "too_large"}
+
+
+def test_there_are_enough_examples_of_every_kind() -> None:
+    assert len(EXAMPLES) >= 12
+    events = {e.frame["hd"].get("event") for e in EXAMPLES}
+    assert {"chat.message", "llm.invoke", "llm.cancel"} <= events
+    codes = {a.frame["bd"]["code"] for e in EXAMPLES for a in e.answers if a.frame["hd"]["event"] == "error"}
+    assert {"invalid_role", "reserved_role", "empty_text", "unknown_event", "invalid_envelope"} <= codes
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.title for e in EXAMPLES])
+def test_example_frames_match_the_asyncapi_schemas(example: Example) -> None:
+    for answer in example.answers:
+        assert "id" in answer.frame["hd"] or answer.frame["hd"]["event"] == "error"  # answers are stored or refusals
+        check_server_frame(answer.frame)
+    refused = {a.frame["bd"]["code"] for a in example.answers if a.frame["hd"]["event"] == "error"}
+    errors = frame_errors(example.frame, "receive")
+    if refused & SHAPE_REFUSALS:
+        assert errors, f"the schemas accept a frame the server refuses with {refused}"
+    else:
+        assert not errors
