@@ -50,7 +50,7 @@ class RelayApp(Starlette):
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    relay = Relay(settings, store or open_store(settings.redis_url))
+    relay = Relay(settings, store or open_store(settings.redis_url, timeout_s=settings.redis_timeout_s))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
                             relay.auth, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)

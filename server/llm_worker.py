@@ -21,7 +21,7 @@ from server.wiring import WorkerNode, open_store
 log = logging.getLogger("server.llm_worker")
 
 async def serve(settings: Settings) -> None:
-    node = WorkerNode(settings, open_store(settings.redis_url))
+    node = WorkerNode(settings, open_store(settings.redis_url, timeout_s=settings.redis_timeout_s))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

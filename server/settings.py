@@ -30,6 +30,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     redis_url: str | None = None  # None: the embedded in-process store
+    redis_timeout_s: float = 10.0  # a Redis reply later than this fails its command (the store is unavailable)
     log_level: str = "info"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
@@ -156,6 +157,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "send_queue_max": _int(1, 1_000_000),
     "dedupe_window_s": _int(0, 7 * 24 * 3600),
     "node_ttl_s": _int(3, 3600),
+    "redis_timeout_s": _float(0.0, 600.0, low_open=True),
     "auth_secret": _secret(32),  # HS256 wants a key of at least 256 bits
     "admin_key": _secret(16),
     "auth_token_ttl_s": _int(1, 366 * 24 * 3600),

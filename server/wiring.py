@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GENERATIONS_S = 5.0
 
 
-def open_store(url: str | None, *, lean: bool = True) -> Store:
+def open_store(url: str | None, *, lean: bool = True, timeout_s: float = 10.0) -> Store:
     """The store on the Redis at ``url``, or on a new in-process fakeredis server when None
     (``lean=False``: redis-py for everything, as for the URLs the lean client does not take)."""
-    return EmbeddedStore.create() if url is None else RedisStore.connect(url, lean=lean)
+    return EmbeddedStore.create() if url is None else RedisStore.connect(url, lean=lean, timeout_s=timeout_s)
 
 
 class Parts:

@@ -98,21 +98,21 @@ class Connections:
         self.lean = lean
 
     @classmethod
-    def connect(cls, url: str, *, lean: bool = True) -> Connections:
+    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
         # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
         # connection that Redis dropped (a restart) fails its next command: that command is sent
         # again on a new connection, twice at most. Timeouts are not retried (the command may
         # have run).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_S,
-            socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=30,
+            socket_timeout=timeout_s, socket_connect_timeout=5.0, health_check_interval=30,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(RedisConnectionError,)),
         )
         # The subscriber waits for messages indefinitely: no socket timeout (the default 5 s would
         # cut its reads), but TCP keepalive and periodic health checks instead.
         listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
                                            socket_keepalive=True, health_check_interval=30)
-        fast = LeanRedis.from_url(url, timeout_s=10.0, connect_timeout_s=5.0) if lean else None
+        fast = LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0) if lean else None
         return cls(aioredis.Redis(connection_pool=pool), listener, fast)
 
     def script(self, name: str) -> Script:
@@ -424,10 +424,10 @@ class RedisStore:
         self._queues: dict[str, RedisRequestQueue] = {}
 
     @classmethod
-    def connect(cls, url: str, *, lean: bool = True) -> RedisStore:
+    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> RedisStore:
         """The store on the Redis at ``url`` (``lean=False``: redis-py for everything, as for the URLs
-        the lean client does not take)."""
-        return cls(Connections.connect(url, lean=lean))
+        the lean client does not take); a reply later than ``timeout_s`` fails its command."""
+        return cls(Connections.connect(url, lean=lean, timeout_s=timeout_s))
 
     def requests(self, queue: str) -> RedisRequestQueue:
         if queue not in self._queues:
