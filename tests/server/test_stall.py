@@ -19,6 +19,7 @@ from tests.conftest import new_room
 from tests.support.client import Client
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 TIMEOUT_S = 1.0  # REDIS_TIMEOUT_S of the nodes
 FREEZE_S = 2.5  # past the reply timeout
@@ -92,7 +93,7 @@ async def test_a_redis_stall_past_the_reply_timeout_keeps_one_order_and_truthful
             await member.client.chat(cid, cid=cid)
 
     def stored(room: str) -> list[str]:
-        return [entry_id for entry_id, _ in rdb.xrange(stream_key(room))]  # type: ignore[union-attr]
+        return [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
 
     deadline = time.monotonic() + 30
     while not all(set(stored(room)) <= set(member.ids) for room in rooms for member in members[room]):
@@ -107,8 +108,7 @@ async def test_a_redis_stall_past_the_reply_timeout_keeps_one_order_and_truthful
 
     for room in rooms:
         stream = stored(room)
-        cids = [orjson.loads(entry["body"])["hd"]["cid"]
-                for _, entry in rdb.xrange(stream_key(room))]  # type: ignore[union-attr]
+        cids = [orjson.loads(entry["body"])["hd"]["cid"] for _, entry in xrange(rdb, stream_key(room))]
         assert len(cids) == len(set(cids)), f"room {room}: a message was stored twice"
         for n, member in enumerate(members[room]):
             # A re-sent cid is re-broadcast to its sender alone: the senders' repeats aside.
