@@ -23,9 +23,9 @@ from tests.support.streams import xrange
 
 TIMEOUT_S = 1.0  # REDIS_TIMEOUT_S of the nodes
 FREEZE_S = 2.5  # past the reply timeout
-SEND_EVERY_S = 0.001
-ROOMS = 3
-MESSAGES = 1500
+SEND_EVERY_S = 0.01
+ROOMS = 2
+MESSAGES = 100_000  # until the stall is over
 
 
 class Member:
@@ -41,7 +41,7 @@ class Member:
     async def read(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             while True:
-                frame = await self.client.recv(timeout_s=60)
+                frame = await self.client.recv(timeout_s=600)
                 hd = frame["hd"]
                 if hd.get("event") == "chat.message":
                     self.ids.append(hd["id"])
@@ -95,7 +95,7 @@ async def test_a_redis_stall_past_the_reply_timeout_keeps_one_order_and_truthful
     def stored(room: str) -> list[str]:
         return [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not all(set(stored(room)) <= set(member.ids) for room in rooms for member in members[room]):
         if time.monotonic() > deadline:
             raise AssertionError("members did not catch up with the stream: " + "; ".join(
