@@ -32,15 +32,18 @@ for j = 7, #ARGV, 4 do
   local id
   if prior then
     local prior_epoch, prior_id = string.match(prior, '^(%S+) (%S+)$')
-    local original = redis.call('XRANGE', stream, prior_id or prior, prior_id or prior)
-    if prior_epoch == epoch or (not prior_epoch and original[1]) then
-      local body = ARGV[j + 1]
-      if original[1] then
-        for f = 1, #original[1][2], 2 do
-          if original[1][2][f] == 'body' then body = original[1][2][f + 1] end
+    if not prior_epoch then prior_id = prior end
+    if not prior_epoch or prior_epoch == epoch then
+      local original = redis.call('XRANGE', stream, prior_id, prior_id)
+      if prior_epoch or original[1] then
+        local body = ARGV[j + 1]  -- the original's, unless it was trimmed away
+        if original[1] then
+          for f = 1, #original[1][2], 2 do
+            if original[1][2][f] == 'body' then body = original[1][2][f + 1] end
+          end
         end
+        id = {prior_id, body}
       end
-      id = {prior_id or prior, body}
     end
   end
   if not id then
