@@ -13,8 +13,10 @@ Entering, in this order:
    (``recovered``) and who is present on every node; then the held live frames follow.
 
 A cursor cannot be honoured when entries after it are gone (trimmed, or the stream was deleted,
-expired or lost and created again, which changes its epoch): the member then gets everything
-retained and ``recovered: false``, never a partial replay presented as complete.
+expired or lost and created again, which changes its epoch), nor when it is newer than the stream's
+newest entry (entries the client received were lost with Redis: a restart from an older snapshot, a
+failover to a replica that lagged): the member then gets everything retained and
+``recovered: false``, never a partial replay presented as complete.
 
 Leaving removes the roster entry and tells the others ``presence.leave``. A process that dies
 cannot do that: once its time in the room's followers runs out (``NODE_TTL_S`` after its last
@@ -166,9 +168,12 @@ def roster_field(node_id: str, member: Member) -> str:
 def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
     """Where a resume's replay starts (an XRANGE start) and whether it will be complete.
 
-    Streams only lose their oldest entries (trimming), so a cursor at or after the oldest
-    retained entry is honoured. One older than that is not: entries after it may be gone (Redis
-    does not tell which ids trimming removed). ``last_id=0`` is complete when nothing was removed.
+    Streams only lose their oldest entries (trimming), so a cursor from the oldest retained entry
+    up to the newest is honoured. One older than that is not: entries after it may be gone (Redis
+    does not tell which ids trimming removed). One newer than the newest entry is not either: the
+    stream lost entries the client had (Redis restarted from an older snapshot, or failed over to a
+    replica that lagged), so the client's view is not the stream's: it gets everything retained.
+    ``last_id=0`` is complete when nothing was removed.
     """
     if resume.epoch is not None and resume.epoch != info.epoch:
         return "-", False  # another stream than the client's: everything retained, incomplete
@@ -176,7 +181,10 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
         return "-", resume.last_id == "0"  # nothing stored: complete only for a client that had nothing
     if resume.last_id == "0":
         return "-", info.removed == 0
-    return "(" + resume.last_id, id_tuple(resume.last_id.encode()) >= id_tuple(info.first_id)
+    cursor = id_tuple(resume.last_id.encode())
+    if info.newest_id is not None and cursor > id_tuple(info.newest_id):
+        return "-", False  # entries up to the cursor were lost: everything retained, incomplete
+    return "(" + resume.last_id, cursor >= id_tuple(info.first_id)
 
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:

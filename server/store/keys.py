@@ -10,7 +10,9 @@ scripts). A room's keys:
 - ``chat:presence:<room>``: the roster, a hash ``<node>/<connection>`` -> role.
 - ``chat:followers:<room>``: the nodes that follow the room, a sorted set node -> the time (ms, Redis's
   clock) until which the node is alive; a node renews it with each heartbeat.
-- ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window.
+- ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window: ``<epoch>
+  <id>``, counted only in that epoch of the stream (a bare ``<id>``, written before, while the stream
+  holds it); the LLM's answer marker too (participant ``llm``, cid = the generation's rid).
 - ``chat:llm:lock:<room>``: the rid of the room's running generation.
 - ``chat:llm:cancelled:<room>:<rid>``: a generation cancelled before its worker started it.
 

@@ -20,7 +20,9 @@ Guarantees the core relies on:
   room), so a room's entries get increasing ids in the order they were submitted. For each room it
   also reports the newest id the stream held *before* the batch: a caller that has delivered exactly
   up to that id may deliver the batch from memory, with no read. An entry with a cid is stored at most
-  once per room, sender and cid within its dedupe window (:class:`Duplicate`).
+  once per room, sender and cid within its dedupe window (:class:`Duplicate`), and the window belongs
+  to the stream's epoch: once the stream is deleted, expires or is lost, its cids are forgotten (the
+  same cid sent to the room's next epoch is stored anew).
 - Each append is announced (``"<room> <newest id>"``) to every other node that follows the room
   (:meth:`NodeBus.follow`), on the node's :meth:`NodeBus.subscription`. Frames that are not stored
   (:meth:`NodeBus.publish`) travel on the same channel, ordered with the announcements.
@@ -88,6 +90,7 @@ class SessionInfo:
     removed: int | None  # how many entries were ever trimmed or deleted (None: unknown)
     roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
     full: bool = False  # the room held the most connections allowed: this one was not added
+    newest_id: bytes | None = None  # the newest retained entry (None: the room has no stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,8 @@ class RoomLog(Protocol):
     async def exists(self, room: str) -> bool: ...
 
     async def delete(self, room: str) -> bool:
-        """Remove the room's stream and its epoch; False when there was no stream."""
+        """Remove the room's stream and its epoch, in one step (so the cids sent to it are forgotten:
+        the room's next append starts a new epoch); False when there was no stream."""
         ...
 
 
@@ -199,7 +203,9 @@ class GenerationLocks(Protocol):
 
     async def start(self, room: str, rid: str) -> tuple[bool, bool]:
         """A worker starts ``rid``: ``(answered, cancelled)``, in one step; unless its answer is already
-        stored, the lock is taken for it again when free (it may have expired while it waited)."""
+        stored, the lock is taken for it again when free (it may have expired while it waited).
+        ``answered`` holds for an answer stored in any epoch of the room within its window: a rid names
+        one question, never generated (and paid for) twice, even when the room was deleted since."""
         ...
 
     async def cancel(self, room: str, rid: str) -> bool:

@@ -236,9 +236,13 @@ class RedisRoomLog:
 
     @translated
     async def delete(self, room: str) -> bool:
-        deleted = await self._client.delete(stream_key(room))
-        await self._client.delete(epoch_key(room))
-        return bool(deleted)
+        # One transaction: an append between two DELs would give the stream an epoch the second DEL
+        # removes, and the next append another one (forgetting the cids of the first).
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(stream_key(room))
+            pipe.delete(stream_key(room), epoch_key(room))
+            existed, _ = await pipe.execute()
+        return bool(existed)
 
 
 class RedisRoster:
@@ -249,10 +253,11 @@ class RedisRoster:
 
     @translated
     async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
-        epoch, first, removed, roster, full = await self._session(
+        epoch, first, removed, roster, full, newest = await self._session(
             [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)], [field, role, ttl_s, most])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
-        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full))
+        return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
+                           newest_id=newest or None)
 
     @translated
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 from protocol.names import LLM_ROLE
 from server.store.keys import dedupe_key, llm_lock_key, llm_requests_key
-from server.store.ports import GENERATION_LOCK_TTL_MS, Request, Store
+from server.store.ports import GENERATION_LOCK_TTL_MS, NewEntry, Request, Retention, Store
 from tests.conftest import RUN, Backend, new_room
 
 
@@ -38,6 +38,18 @@ async def test_start_tells_an_answered_request_and_retakes_a_lost_lock(backend: 
     await backend.raw.set(dedupe_key(room, LLM_ROLE, "g-9"), "5-0")  # its llm.response is stored
     assert await locks.start(room, "g-9") == (True, False)
     await locks.release(room, "g-9")
+
+
+async def test_an_answer_stored_in_an_earlier_epoch_of_the_room_still_counts(backend: Backend) -> None:
+    """A rid is one question: deleting the room does not make its stored answer "unanswered"."""
+    store, room = backend.store, new_room()
+    answer = NewEntry(room, LLM_ROLE, b'{"hd":{},"bd":{}}', "g-7", 60)
+    [stored] = (await store.log.append_batch([answer], Retention(), "n")).ids
+    assert isinstance(stored, bytes)
+    assert await store.locks.start(room, "g-7") == (True, False)
+    assert await store.log.delete(room)
+    assert await store.locks.start(room, "g-7") == (True, False)
+    assert await backend.raw.get(llm_lock_key(room)) is None  # answered: the lock is not taken
 
 
 async def test_a_cancel_reaches_every_subscribed_worker(store: Store) -> None:

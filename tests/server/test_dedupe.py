@@ -8,6 +8,7 @@ import redis
 from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
 
 
 async def test_resend_with_same_cid_is_stored_once(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
@@ -56,3 +57,35 @@ async def test_dedupe_window_zero_turns_it_off(start_server, redis_url: str, roo
         first, second = await a.recv_n(2)
     assert first["hd"]["id"] != second["hd"]["id"]
     assert rdb.xlen(stream_key(room)) == 2
+
+
+async def test_a_deleted_room_forgets_its_cids_over_http(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    """Exactly-once per room instance: after DELETE, the same cid is a new message of the new room."""
+    envelope = {"hd": {"event": "chat.message", "role": "A", "cid": "post-1"}, "bd": {"text": "again"}}
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        first = await http.post(f"/api/chat/{room}/messages", json=envelope)
+        assert (await http.delete(f"/api/chat/history/{room}")).status_code == 204
+        second = await http.post(f"/api/chat/{room}/messages", json=envelope)
+        assert second.status_code == 201 and "Idempotent-Replayed" not in second.headers
+        history = await http.get(f"/api/chat/history/{room}")
+        third = await http.post(f"/api/chat/{room}/messages", json=envelope)  # the new room remembers it
+    assert first.status_code == 201
+    stored = [entry_id for entry_id, _ in xrange(rdb, stream_key(room))]
+    assert stored == [second.json()["hd"]["id"]]
+    assert history.status_code == 200
+    assert [m["id"] for m in history.json()["messages"]] == stored
+    assert third.headers["Idempotent-Replayed"] == "true" and third.json() == second.json()
+
+
+async def test_a_deleted_room_forgets_its_cids_over_websocket(server: ServerProcess, room: str,
+                                                              rdb: redis.Redis) -> None:
+    async with await Client.open(server.ws(room, role="A")) as a:
+        await a.chat("once", cid="c-1")
+        await a.recv()
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.delete(f"/api/chat/history/{room}")).status_code == 204
+    async with await Client.open(server.ws(room, role="A")) as a, await Client.open(server.ws(room, role="B")) as b:
+        await a.chat("once", cid="c-1")
+        again = await a.recv()
+        assert (await b.recv())["hd"]["id"] == again["hd"]["id"]  # a new message: everyone receives it
+    assert [entry_id for entry_id, _ in xrange(rdb, stream_key(room))] == [again["hd"]["id"]]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from websockets.exceptions import InvalidStatus
 
 from server.store.keys import stream_key
 from tests.support.client import Client
+from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 from tests.support.streams import xrange
 
@@ -132,3 +136,61 @@ async def test_bad_resume_parameters_are_refused_at_the_handshake(server: Server
                                                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
         assert response.status_code == 400, query
         assert response.json()["error"]["code"] == "invalid_resume"
+
+
+async def open_once_redis_answers(url: str) -> Client:
+    """Connect, polling while the node still answers 503 (its connections to a restarted Redis are
+    opened again on their next command)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await Client.open(url)
+        except InvalidStatus as exc:
+            if exc.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_cursor_newer_than_the_newest_entry_after_redis_lost_writes_is_not_recovered(
+        start_server: Callable[..., ServerProcess], private_redis: RedisServer, room: str) -> None:
+    """Redis restarts from a snapshot older than the client's cursor: the epoch survived, the newest
+    entries did not. The client is told (``recovered: false``) and gets everything retained."""
+    node = start_server(REDIS_URL=private_redis.url)
+    async with await Client.open(node.ws(room, role="A")) as a:
+        await a.chat("kept")
+        kept = await a.recv()
+    async with await Client.open(node.ws(room, role="A")) as a:
+        epoch = a.ready["bd"]["epoch"]
+        snapshot = redis.Redis.from_url(private_redis.url)
+        snapshot.save()  # what a restart will come back to
+        snapshot.close()
+        await a.chat("lost 1")
+        await a.chat("lost 2")
+        lost = await a.recv_n(2)
+    private_redis.stop()  # no save on the way down: the two newest entries are gone
+    private_redis.start()
+    cursor = lost[-1]["hd"]["id"]
+    async with await open_once_redis_answers(node.ws(room, last_id=cursor, epoch=epoch)) as c:
+        assert c.ready["bd"]["epoch"] == epoch  # the same stream, which lost its newest entries
+        assert c.ready["bd"]["recovered"] is False
+        assert ids(c.replayed) == [kept["hd"]["id"]]  # everything retained
+        assert c.ready["bd"]["last_id"] == kept["hd"]["id"]
+    async with await Client.open(node.ws(room, last_id=kept["hd"]["id"], epoch=epoch)) as c:
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is True  # at the newest entry: nothing missed
+
+
+async def test_cursor_into_a_redis_restarted_without_persistence_is_not_recovered(
+        start_server: Callable[..., ServerProcess], private_redis: RedisServer, room: str) -> None:
+    node = start_server(REDIS_URL=private_redis.url)
+    async with await Client.open(node.ws(room, role="A")) as a:
+        await a.chat("gone")
+        gone = await a.recv()
+    async with await Client.open(node.ws(room)) as c:
+        epoch = c.ready["bd"]["epoch"]
+    private_redis.stop()
+    private_redis.start()
+    async with await open_once_redis_answers(node.ws(room, last_id=gone["hd"]["id"], epoch=epoch)) as c:
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is False
+        assert c.ready["bd"]["epoch"] is None and c.ready["bd"]["last_id"] is None
+    async with await Client.open(node.ws(room, last_id=gone["hd"]["id"])) as c:  # without its epoch too
+        assert c.replayed == [] and c.ready["bd"]["recovered"] is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.store.keys import epoch_key, followers_key, stream_key
+from server.store.keys import dedupe_key, epoch_key, followers_key, stream_key
 from server.store.ports import Duplicate, NewEntry, Retention, Store, Subscription
 from tests.conftest import Backend, new_room
 
@@ -145,6 +145,34 @@ async def test_a_cid_is_stored_once_per_sender_within_the_window(store: Store) -
     assert len(await store.log.range(room)) == 2
 
 
+async def test_a_cid_is_remembered_within_the_streams_epoch_only(backend: Backend) -> None:
+    """Exactly-once per room instance: a deleted, expired or lost stream forgets its cids."""
+    store, room, window = backend.store, new_room(), Retention(dedupe_s=60)
+    sent = NewEntry(room, "A", b'{"hd":{},"bd":{"n":1}}', "c1")
+    [first] = (await store.log.append_batch([sent], window, "n")).ids
+    assert await store.log.delete(room)  # DELETE /api/chat/history/{sid}
+    [second] = (await store.log.append_batch([sent], window, "n")).ids  # stored anew, in the new epoch
+    assert isinstance(first, bytes) and isinstance(second, bytes)  # (its id may equal the first's, in the same ms)
+    assert [entry_id for entry_id, _ in await store.log.range(room)] == [second]
+    assert (await store.log.append_batch([sent], window, "n")).ids == [Duplicate(second, sent.body)]
+    await backend.raw.delete(stream_key(room))  # expired or lost, its epoch key left behind
+    [third] = (await store.log.append_batch([sent], window, "n")).ids
+    assert isinstance(third, bytes) and [entry_id for entry_id, _ in await store.log.range(room)] == [third]
+
+
+async def test_a_cid_remembered_without_an_epoch_counts_while_the_stream_holds_its_entry(backend: Backend) -> None:
+    """A dedupe key written before the window belonged to epochs holds the bare id."""
+    store, room, window = backend.store, new_room(), Retention(dedupe_s=60)
+    sent = NewEntry(room, "A", b'{"hd":{},"bd":{"n":1}}', "c1")
+    [first] = (await store.log.append_batch(entries(room, "0"), window, "n")).ids
+    assert isinstance(first, bytes)
+    await backend.raw.set(dedupe_key(room, "A", "c1"), first, ex=60)
+    assert (await store.log.append_batch([sent], window, "n")).ids == [Duplicate(first, entries(room, "0")[0].body)]
+    await backend.raw.set(dedupe_key(room, "A", "c1"), b"1-0", ex=60)  # an entry the stream does not hold
+    [stored] = (await store.log.append_batch([sent], window, "n")).ids
+    assert isinstance(stored, bytes) and len(await store.log.range(room)) == 2
+
+
 async def test_a_new_stream_gets_a_new_epoch(backend: Backend) -> None:
     store, room = backend.store, new_room()
 
@@ -169,10 +197,19 @@ async def test_entering_records_the_roster_and_drops_the_entries_of_dead_nodes(s
     await store.roster.enter(room, f"{dead}/c0", "B", 0)
     info = await store.roster.enter(room, f"{live}/c1", "A", 0)
     assert info.roster == [(f"{live}/c1", "A")]
-    assert (info.first_id, info.removed) == (ids[0], 0)
+    assert (info.first_id, info.newest_id, info.removed) == (ids[0], ids[1], 0)
     await store.roster.leave(room, f"{live}/c1")
     assert (await store.roster.enter(room, "", "", 0)).roster == []
     await store.bus.unfollow([room], live)
+
+
+async def test_entering_tells_the_newest_retained_entry_not_the_last_generated_id(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+    assert (await store.roster.enter(room, "", "", 0)).newest_id is None
+    ids = (await store.log.append_batch(entries(room, "1", "2", "3"), KEEP_ALL, "n")).ids
+    await backend.raw.xdel(stream_key(room), ids[2])  # the newest entry is gone (lost)
+    info = await store.roster.enter(room, "", "", 0)
+    assert (info.first_id, info.newest_id) == (ids[0], ids[1])
 
 
 async def test_a_room_full_of_connections_refuses_one_more(store: Store) -> None:

@@ -2,7 +2,8 @@
 core: no sockets, no Redis, no fakeredis.
 
 They keep the ports' contracts (ids increase per room, batches report the newest id before them,
-appends are announced to the room's other followers, a cid is stored once within its window)
+appends are announced to the room's other followers, a cid is stored once within its window and the
+stream's epoch)
 and let a test take control where the real store would race:
 
 - :attr:`FakeLog.gate`: when set to an unset :class:`asyncio.Event`, every append and read waits for
@@ -185,7 +186,7 @@ class FakeLog(_Failing):
         self.streams: dict[str, list[Entry]] = {}
         self.epochs: dict[str, str] = {}
         self.added: dict[str, int] = {}  # entries ever added per room (XINFO's entries-added)
-        self.cids: dict[tuple[str, str, str], bytes] = {}
+        self.cids: dict[tuple[str, str, str], tuple[str, bytes]] = {}  # (room, participant, cid) -> (epoch, id)
         self.gate: asyncio.Event | None = None
         self.failing_rooms: dict[str, Exception] = {}
         self.batches: list[list[NewEntry]] = []  # every batch appended, as received
@@ -205,15 +206,24 @@ class FakeLog(_Failing):
     def add(self, room: str, body: bytes, participant: str = "A") -> bytes:
         """Append one entry directly (another node, or another tool), without announcing it."""
         entry_id = self._next_id()
-        self.streams.setdefault(room, []).append((entry_id, {b"participant": participant.encode(), b"body": body}))
-        self.added[room] = self.added.get(room, 0) + 1
-        if room not in self.epochs:
+        if not self.streams.get(room) or room not in self.epochs:  # a stream that held nothing: a new epoch
             self._epochs += 1
             self.epochs[room] = f"e{self._epochs}"
+        self.streams.setdefault(room, []).append((entry_id, {b"participant": participant.encode(), b"body": body}))
+        self.added[room] = self.added.get(room, 0) + 1
         return entry_id
 
     def trim(self, room: str, keep: int) -> None:
         self.streams[room] = self.streams.get(room, [])[-keep:] if keep else []
+
+    def lose_newest(self, room: str, count: int) -> None:
+        """Redis loses the room's ``count`` newest entries and their cids (restarted from an older
+        snapshot, or failed over to a replica that lagged); the epoch stays."""
+        stream = self.streams.get(room, [])
+        keep = max(len(stream) - count, 0)
+        lost = {entry_id for entry_id, _ in stream[keep:]}
+        self.streams[room] = stream[:keep]
+        self.cids = {key: value for key, value in self.cids.items() if value[1] not in lost}
 
     async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
         await self._wait()
@@ -229,14 +239,15 @@ class FakeLog(_Failing):
                 continue
             window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
             key = (entry.room, entry.participant, entry.cid or "")
-            if entry.cid is not None and window > 0 and key in self.cids:
-                prior = self.cids[key]
+            prior_epoch, prior = self.cids.get(key, ("", b""))
+            if (entry.cid is not None and window > 0 and self.streams.get(entry.room)
+                    and prior_epoch == self.epochs.get(entry.room)):  # the window belongs to the epoch
                 original = [fields for entry_id, fields in self.streams.get(entry.room, []) if entry_id == prior]
                 ids.append(Duplicate(prior, original[0][b"body"] if original else entry.body))
                 continue
             entry_id = self.add(entry.room, entry.body, entry.participant)
             if entry.cid is not None and window > 0:
-                self.cids[key] = entry_id
+                self.cids[key] = (self.epochs[entry.room], entry_id)
             newest[entry.room] = entry_id
             ids.append(entry_id)
         for room, entry_id in newest.items():
@@ -307,7 +318,8 @@ class FakeRoster(_Failing):
         stream = self.log.streams.get(room)
         first = stream[0][0] if stream else None
         removed = None if stream is None else self.log.added.get(room, 0) - len(stream)
-        return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full)
+        return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full,
+                           newest_id=stream[-1][0] if stream else None)
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         self._check()

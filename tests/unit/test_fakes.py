@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.store.ports import NewEntry, Retention, Store
+from server.store.ports import Duplicate, NewEntry, Retention, Store
 from tests.unit.fakes import FakeStore
 
 
@@ -29,3 +29,25 @@ async def test_a_fake_follower_whose_time_is_up_is_not_alive() -> None:
     assert store.bus.alive("r") == []
     assert await store.bus.follow(["r"], "n1", 30) == ["r"]
     assert as_store(store).kind == "fake"
+
+
+async def test_a_fake_cid_is_remembered_within_the_streams_epoch_only() -> None:
+    store = FakeStore()
+    entry = NewEntry("r", "A", b"{}", "c1")
+    [first] = (await store.log.append_batch([entry], Retention(dedupe_s=300), "n1")).ids
+    assert isinstance(first, bytes)
+    assert (await store.log.append_batch([entry], Retention(dedupe_s=300), "n1")).ids == [Duplicate(first, b"{}")]
+    epoch = store.log.epochs["r"]
+    assert await store.log.delete("r")
+    [again] = (await store.log.append_batch([entry], Retention(dedupe_s=300), "n1")).ids
+    assert isinstance(again, bytes) and again != first and store.log.epochs["r"] != epoch
+    assert [entry_id for entry_id, _ in await store.log.range("r")] == [again]
+
+
+async def test_a_fake_session_info_tells_the_newest_retained_entry() -> None:
+    store = FakeStore()
+    assert (await store.roster.enter("r", "", "A", 0)).newest_id is None
+    ids = [store.log.add("r", b"{}") for _ in range(3)]
+    store.log.lose_newest("r", 1)
+    info = await store.roster.enter("r", "", "A", 0)
+    assert (info.first_id, info.newest_id) == (ids[0], ids[1])

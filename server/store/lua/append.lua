@@ -8,15 +8,22 @@
 --       how long the dedupe key is kept, in seconds.
 -- Returns an array: the id of the newest entry the stream held before this batch ("0-0" when none),
 -- then, for each entry, its new id, or {original id, original body} when its dedupe key names an
--- entry stored within the window (nothing is appended), or an error reply when it failed.
--- A stream that held nothing before this batch gets the new epoch, which expires with it.
+-- entry stored within the window in this epoch of the stream (nothing is appended), or an error reply
+-- when it failed.
+-- A stream that held nothing before this batch gets the new epoch, which expires with it; the batch
+-- appends in that epoch. A dedupe key holds "<epoch> <id>": a cid remembered from another epoch (the
+-- stream was deleted, expired or lost since) is forgotten, and the entry is appended anew. A value
+-- without an epoch (written before epochs were kept there) counts while the stream still holds its id.
 -- Tells every other follower what was appended, by publishing "<room> <newest id>" on its channel
 -- (a follower whose time is up, a process that died, hears nothing: its followers' heartbeats
 -- remove it, see follow.lua).
 local stream, epoch_key, followers = KEYS[1], KEYS[2], KEYS[3]
-local maxlen, ttl, self, epoch, prefix, room = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local maxlen, ttl, self, fresh, prefix, room = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local before = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
+local epoch = before ~= '0-0' and redis.call('GET', epoch_key)
+local created = not epoch
+if created then epoch = fresh end
 local out, newest = {before}, false
 for j = 7, #ARGV, 4 do
   local d = tonumber(ARGV[j + 2])
@@ -24,15 +31,22 @@ for j = 7, #ARGV, 4 do
   local prior = dedupe and redis.call('GET', dedupe)
   local id
   if prior then
-    local original = redis.call('XRANGE', stream, prior, prior)
-    local body = ARGV[j + 1]
-    if original[1] then
-      for f = 1, #original[1][2], 2 do
-        if original[1][2][f] == 'body' then body = original[1][2][f + 1] end
+    local prior_epoch, prior_id = string.match(prior, '^(%S+) (%S+)$')
+    if not prior_epoch then prior_id = prior end
+    if not prior_epoch or prior_epoch == epoch then
+      local original = redis.call('XRANGE', stream, prior_id, prior_id)
+      if prior_epoch or original[1] then
+        local body = ARGV[j + 1]  -- the original's, unless it was trimmed away
+        if original[1] then
+          for f = 1, #original[1][2], 2 do
+            if original[1][2][f] == 'body' then body = original[1][2][f + 1] end
+          end
+        end
+        id = {prior_id, body}
       end
     end
-    id = {prior, body}
-  else
+  end
+  if not id then
     if maxlen > 0 then
       id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
     else
@@ -40,17 +54,13 @@ for j = 7, #ARGV, 4 do
     end
     if type(id) == 'string' then
       newest = id
-      if dedupe then redis.call('SET', dedupe, id, 'EX', ARGV[j + 3]) end
+      if dedupe then redis.call('SET', dedupe, epoch .. ' ' .. id, 'EX', ARGV[j + 3]) end
     end
   end
   out[#out + 1] = id
 end
 if newest then
-  if before == '0-0' then
-    redis.call('SET', epoch_key, epoch)
-  else
-    redis.call('SET', epoch_key, epoch, 'NX')
-  end
+  if created then redis.call('SET', epoch_key, epoch) end
   if ttl > 0 then
     redis.call('EXPIRE', stream, ttl)
     redis.call('EXPIRE', epoch_key, ttl)

@@ -6,18 +6,21 @@
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none), and
 --       the most connections the room may hold (0 = no limit).
 -- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster,
--- full} (full = 1 when the room already held the most connections: the connection was not added),
--- the removed count being what XINFO reports as entries-added minus length, and roster being a
+-- full, newest retained id or nil} (full = 1 when the room already held the most connections: the
+-- connection was not added), the removed count being what XINFO reports as entries-added minus
+-- length, the newest id being XINFO's last-entry (not last-generated-id: a resume cursor newer than the
+-- newest entry names entries the stream no longer holds), and roster being a
 -- flat array field, role, ... of the connections on live nodes; entries of nodes that are no longer
 -- alive (their time in the followers set is up: the process died) are removed on the way.
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local epoch = redis.call('GET', epoch_key)
-local first, removed = false, false
+local first, removed, newest = false, false, false
 if redis.call('EXISTS', stream) == 1 then
   local info, added, length = redis.call('XINFO', 'STREAM', stream), false, false
   for i = 1, #info, 2 do
     if info[i] == 'first-entry' and type(info[i + 1]) == 'table' then first = info[i + 1][1] end
+    if info[i] == 'last-entry' and type(info[i + 1]) == 'table' then newest = info[i + 1][1] end
     if info[i] == 'entries-added' then added = info[i + 1] end
     if info[i] == 'length' then length = info[i + 1] end
   end
@@ -51,4 +54,4 @@ if field ~= '' then
     roster[#roster + 1] = role
   end
 end
-return {epoch, first, removed, roster, full}
+return {epoch, first, removed, roster, full, newest}

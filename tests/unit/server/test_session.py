@@ -257,6 +257,29 @@ async def test_a_resume_in_a_room_whose_stream_is_gone_is_not_recovered() -> Non
                                       "members": ready_of(outlet)["bd"]["members"]}
 
 
+async def test_a_resume_from_a_cursor_newer_than_the_newest_entry_is_not_recovered() -> None:
+    """Redis lost the entries the client saw last (restarted from an older snapshot), the epoch stayed:
+    the client's cursor names an entry the stream no longer holds."""
+    store = FakeStore()
+    entries = stream_of(store, 4)
+    epoch = store.log.epochs["r"]
+    store.log.lose_newest("r", 2)
+    here = await site(store)
+    _, outlet = await here.connect(resume=Resume(entries[-1], epoch))
+    assert ids(outlet) == [*entries[:2], "session.ready"]  # everything retained
+    assert ready_of(outlet)["bd"]["recovered"] is False
+    assert ready_of(outlet)["bd"]["epoch"] == epoch and ready_of(outlet)["bd"]["last_id"] == entries[1]
+
+
+async def test_a_resume_from_the_newest_entry_after_a_loss_is_recovered() -> None:
+    store = FakeStore()
+    entries = stream_of(store, 4)
+    store.log.lose_newest("r", 2)
+    here = await site(store)
+    _, outlet = await here.connect(resume=Resume(entries[1], store.log.epochs["r"]))
+    assert ids(outlet) == ["session.ready"] and ready_of(outlet)["bd"]["recovered"] is True
+
+
 async def test_a_replayed_entry_whose_body_is_not_json_is_skipped() -> None:
     store = FakeStore()
     good = store.log.add("r", body("ok")).decode()

@@ -145,7 +145,7 @@ async def test_the_answer_is_stored_with_cid_rid_so_it_is_stored_once() -> None:
         await rig.serve(request)
         [[entry]] = rig.store.log.batches
         assert (entry.participant, entry.cid, entry.dedupe_s) == (LLM_ROLE, request.rid, ANSWER_DEDUPE_S)
-        assert rig.store.log.cids[("r", LLM_ROLE, request.rid)] == rig.answers()[0][0].encode()
+        assert rig.store.log.cids[("r", LLM_ROLE, request.rid)][1] == rig.answers()[0][0].encode()
 
 
 async def test_a_retake_after_the_answer_was_stored_is_only_acknowledged() -> None:
