@@ -541,5 +541,5 @@ async def test_a_worker_loop_that_raises_anything_is_started_again() -> None:
                 break
             asked = len(ticks.asked)
             ticks.tick()
-            await settle(lambda asked=asked: len(ticks.asked) > asked or supervisor.is_up("llm-cancel"))
+            await settle(lambda asked=asked: len(ticks.asked) > asked or supervisor.is_up("llm-cancel"))  # type: ignore[misc]
         assert ("llm-cancel", True, 1) in supervisor.loops()
