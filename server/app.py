@@ -22,7 +22,7 @@ from server.metrics import metrics_routes
 from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.settings import Settings
-from server.store.ports import Store, StoreUnavailable
+from server.store.ports import Store, StoreError, StoreUnavailable
 from server.wiring import Relay, open_store
 from server.ws import PATH, ChatEndpoint
 
@@ -59,10 +59,17 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         return JSONResponse({"status": "ok", "node": relay.node_id})
 
     async def readyz(request: Request) -> JSONResponse:
+        """200 when Redis answers and every supervised loop works; else 503 with a reason that names
+        what fails (never an address or an exception's text)."""
         try:
             await relay.store.ping()
-        except StoreUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, status_code=503)
+        except StoreUnavailable:
+            return _unavailable("redis unreachable")
+        except StoreError:
+            return _unavailable("redis refuses commands")
+        down = relay.supervisor.down()
+        if down:
+            return _unavailable(f"loop down: {', '.join(down)}")
         return JSONResponse({"status": "ready", "store": relay.store.kind})
 
     @contextlib.asynccontextmanager
@@ -89,10 +96,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/readyz", readyz),
             *history_routes(relay),
             *rooms_routes(relay.auth, settings.auth_token_ttl_s),
-            *metrics_routes(relay.fanout.counts),
+            *metrics_routes(relay.fanout.counts, relay.supervisor.loops),
             *docs_routes(),
         ],
         lifespan=lifespan,
     )
     app.state.relay = relay
     return app
+
+
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)

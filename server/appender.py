@@ -5,6 +5,12 @@ work; one script call per pass costs little more than one. A single flusher send
 time, in submission order, so a room's entries keep the order in which its members' frames were
 accepted. While a batch is in flight, new appends gather for the next one. After each batch the
 feed is told what was appended (it delivers from memory when it can), then each submitter.
+
+The flusher never dies: a batch that fails (Redis unreachable, or refusing writes: NOREPLICAS,
+READONLY, OOM, MISCONF, BUSY) fails its submitters with the error and the next batch goes on; a bug
+that escapes it fails the batch in flight and ends :meth:`Appender.run`, which its supervisor (the
+``appender`` loop) starts again with what was still waiting. Failed batches are logged once a minute
+per kind of failure, not once per batch.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from server.metrics import ACCEPT_TO_DELIVERY_SECONDS, XADD_SECONDS
-from server.store.ports import Duplicate, NewEntry, Retention, RoomLog, StoreUnavailable
+from server.store.ports import Duplicate, NewEntry, Retention, RoomLog, StoreRefused, StoreUnavailable
+from server.supervise import Throttled
 
 log = logging.getLogger(__name__)
+_failures = Throttled(log)  # a failing Redis fails every batch: logged once a minute per kind
 
 #: Called once per append with its outcome: the new entry's id, a :class:`Duplicate` (the same
 #: cid was stored within the dedupe window: nothing was appended), or the error.
@@ -63,7 +71,9 @@ class Appender:
 
     async def run(self) -> None:
         """The flusher loop; runs until cancelled, then fails whatever is still pending (the batch in
-        flight included: its outcome is unknown, and its submitters must not wait forever)."""
+        flight included: its outcome is unknown, and its submitters must not wait forever). An
+        unexpected exception fails only the batch in flight and is raised: run it again (supervised),
+        and what is pending is sent."""
         batch: list[tuple[NewEntry, Done | None]] = []
         try:
             while True:
@@ -75,11 +85,15 @@ class Appender:
                     self._oldest_at = time.perf_counter()  # (for what is left, if anything)
                     await self._flush(batch, accepted_at)
                     batch = []
-        finally:
+        except asyncio.CancelledError:
             pending, self._pending = batch + self._pending, []
-            for _, done in pending:
-                if done is not None:
-                    done(ConnectionError("server shutting down"))
+            _fail(pending, ConnectionError("server shutting down"))
+            raise
+        except Exception as exc:
+            _fail(batch, exc)
+            if self._pending:
+                self._wake.set()  # for the flusher started again
+            raise
 
     async def _flush(self, batch: list[tuple[NewEntry, Done | None]], accepted_at: float) -> None:
         sent_at = time.perf_counter()
@@ -88,7 +102,10 @@ class Appender:
             before, ids = result.before, result.ids
             XADD_SECONDS.observe(time.perf_counter() - sent_at)
         except StoreUnavailable as exc:
-            log.warning("append of %d entries failed: Redis unreachable (%s)", len(batch), exc)
+            _failures.warning("appends failed: Redis unreachable (the senders are told unavailable)", exc)
+            before, ids = {}, [exc] * len(batch)
+        except StoreRefused as exc:
+            _failures.warning("appends refused by Redis (nothing stored; the senders are told unavailable)", exc)
             before, ids = {}, [exc] * len(batch)
         except Exception as exc:
             log.exception("append of %d entries failed", len(batch))
@@ -103,11 +120,23 @@ class Appender:
             if isinstance(entry_id, bytes):
                 stored[entry.room].append((entry_id, entry.body))
         for room, items in stored.items():
-            self._appended(room, before[room], items)
+            try:
+                self._appended(room, before[room], items)
+            except Exception:  # a bug in the feed: the senders still hear their outcome
+                log.exception("room %s: the feed failed to take %d appended entries", room, len(items))
         for (_, done), entry_id in zip(batch, ids, strict=True):
             if done is None:
                 continue
             try:
                 done(entry_id)
+            except Exception:
+                log.exception("append callback failed")
+
+
+def _fail(batch: list[tuple[NewEntry, Done | None]], exc: Exception) -> None:
+    for _, done in batch:
+        if done is not None:
+            try:
+                done(exc)
             except Exception:
                 log.exception("append callback failed")

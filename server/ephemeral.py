@@ -16,7 +16,7 @@ import logging
 from collections import defaultdict
 
 from server.feed import RoomFeed
-from server.store.ports import NodeBus, StoreUnavailable
+from server.store.ports import NodeBus, StoreRefused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Ephemeral:
                     told.cancel()
                     raise
                 except Exception as exc:
-                    if not isinstance(exc, StoreUnavailable):
+                    if not isinstance(exc, StoreUnavailable | StoreRefused):  # the caller is told
                         log.exception("ephemeral frames for %d rooms not sent", len(by_room))
                     told.set_exception(exc)
                     continue

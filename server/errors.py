@@ -1,8 +1,10 @@
 """One place that turns an exception into what the client sees.
 
 A :class:`~protocol.errors.ProtocolError` becomes an ``error`` frame with its own code; Redis
-being unreachable becomes ``unavailable``; anything else is a bug: it is logged with its
-traceback and the client gets ``internal``, with no details.
+being unreachable, or refusing writes (:class:`~server.store.ports.StoreRefused`: NOREPLICAS,
+READONLY, OOM, MISCONF, BUSY..., so nothing was written), becomes ``unavailable`` (a refusal is
+logged once a minute per kind, not once per message); anything else is a bug: it is logged with
+its traceback and the client gets ``internal``, with no details.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import logging
 from protocol.codec import error_frame
 from protocol.errors import ERROR_CODES, ProtocolError
 from server.metrics import COUNTS
-from server.store.ports import StoreUnavailable
+from server.store.ports import StoreRefused, StoreUnavailable
+from server.supervise import Throttled
 
 log = logging.getLogger(__name__)
+_refusals = Throttled(log)
 
 
 def error_code(exc: BaseException) -> tuple[str, str]:
@@ -23,6 +27,9 @@ def error_code(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ProtocolError):
         code, message = exc.code, exc.message
     elif isinstance(exc, StoreUnavailable):
+        code, message = "unavailable", ERROR_CODES["unavailable"]
+    elif isinstance(exc, StoreRefused):
+        _refusals.warning("Redis refused a write (the client is told unavailable)", exc)
         code, message = "unavailable", ERROR_CODES["unavailable"]
     else:
         log.error("internal error", exc_info=exc)

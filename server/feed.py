@@ -23,7 +23,11 @@ is delivered only when it directly follows the cursor.
   nodes hear them on the same channel as the announcements, so a node never delivers an entry
   announced after a frame before that frame. For the same reason a catch-up delivers entries
   only up to the newest id it heard of (except after a reconnection, when it reads to the end).
-- When Redis is unreachable, readers retry with backoff and resume from their cursors.
+- When Redis is unreachable or refuses a command, readers retry with backoff and resume from their
+  cursors. The listener (``announcements``), the ``heartbeat`` and the readers (``catch-up``) are
+  supervised (:mod:`server.supervise`): whatever they raise, they come back by themselves, and the
+  node is reported not ready while one of them is failing. Rooms where Redis had forgotten the node
+  are restored at the next heartbeat that can, however many heartbeats failed in between.
 
 Each followed room's cursor is a state machine, in the style of h11's ``_state.py``:
 :data:`TRANSITIONS` maps ``(state, trigger)`` to the next state, and every change of state goes
@@ -66,7 +70,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from server.store.ports import NodeBus, RoomLog, StoreUnavailable
+from server.store.ports import NodeBus, RoomLog, StoreError, StoreUnavailable
+from server.supervise import Supervisor, backoff
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +96,13 @@ READ_COUNT = 1000
 ALIVE_TTL_S = 30  # a node that has not beaten for this long is dead; it beats every third of it
 READY_TIMEOUT_S = 5.0
 _UNTIL_EMPTY = (2**64, 0)
-_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: The feed's supervised loops (their names in ``/readyz`` and ``/metrics``).
+ANNOUNCEMENTS, HEARTBEAT, CATCH_UP = "announcements", "heartbeat", "catch-up"
 
 
 def id_tuple(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
-
-
-def backoff(failures: int) -> float:
-    return _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
 
 
 class CursorState(enum.Enum):
@@ -170,9 +172,13 @@ class _Cursor:
 
 class RoomFeed:
     def __init__(self, room_log: RoomLog, bus: NodeBus, sink: Sink, restorer: Restorer, node_id: str,
-                 node_ttl_s: int = ALIVE_TTL_S, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 node_ttl_s: int = ALIVE_TTL_S, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 supervisor: Supervisor | None = None) -> None:
         self._log = room_log
         self._sleep = sleep  # the heartbeat's interval and the backoffs (tests pass a fake)
+        self._supervisor = supervisor or Supervisor(sleep)
+        for name in (ANNOUNCEMENTS, HEARTBEAT, CATCH_UP):
+            self._supervisor.register(name)
         self._bus = bus
         self._node_ttl_s = node_ttl_s
         self._deliver = sink.deliver
@@ -183,10 +189,15 @@ class RoomFeed:
         self._membership = asyncio.Lock()
         self._ready = asyncio.Event()  # listening on the node's channel, and alive
         self._beaten = asyncio.Event()  # set (and replaced) after each heartbeat that succeeded
+        self._unrestored: set[str] = set()  # rooms Redis had forgotten the node in, rosters not yet restored
 
     async def follow(self, room: str) -> None:
-        """Start delivering ``room``'s new entries. Raises when Redis is unreachable."""
-        await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        """Start delivering ``room``'s new entries. Raises when Redis is unreachable or refuses it, and
+        :class:`StoreUnavailable` when the node has not been listening for ``READY_TIMEOUT_S``."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            raise StoreUnavailable("this node is not listening to its announcements") from None
         async with self._membership:
             await self._bus.follow([room], self._node, self._node_ttl_s)
             cursor = _Cursor(room, await self._log.last_id(room))
@@ -223,7 +234,7 @@ class RoomFeed:
         async with self._membership:
             if room not in self._cursors:
                 # On failure: the node's time in the room runs out, and a Redis restart forgets all.
-                with contextlib.suppress(StoreUnavailable):
+                with contextlib.suppress(StoreUnavailable, StoreError):
                     await self._bus.unfollow([room], self._node)
 
     def appended(self, room: str, before: bytes, items: list[Item]) -> None:
@@ -288,12 +299,16 @@ class RoomFeed:
             while cursor.target is not None and cursor.target > id_tuple(cursor.id):
                 try:
                     entries = await self._log.bodies(room, cursor.id, READ_COUNT)
-                except StoreUnavailable as exc:
-                    log.warning("room %s: cannot read the stream (%s); retrying", room, exc)
+                except Exception as exc:  # unreachable, refused, anything: read again from the cursor
+                    self._supervisor.failed(CATCH_UP, exc, room)
                     await self._sleep(backoff(failures))
                     failures += 1
+                    if cursor.state is UNFOLLOWED:
+                        break
                     continue
-                failures = 0
+                if failures:
+                    failures = 0
+                    self._supervisor.up(CATCH_UP, room)
                 if cursor.state is UNFOLLOWED:
                     break
                 target = cursor.target
@@ -302,6 +317,8 @@ class RoomFeed:
                     break
                 self._advance(room, cursor, items)
         finally:
+            if failures:  # the reader stops (unfollowed, cancelled): its room no longer fails
+                self._supervisor.up(CATCH_UP, room)
             cursor.target = None
             cursor.reader = None
             if cursor.fire(_CAUGHT_UP) is LIVE:
@@ -314,73 +331,69 @@ class RoomFeed:
             self._deliver_frame(room, frame, skip)
 
     async def run(self) -> None:
-        """Listen to this node's announcements and keep it alive, until cancelled."""
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        """Listen to this node's announcements and keep it alive, until cancelled (both supervised)."""
+        heartbeat = asyncio.get_running_loop().create_task(self._supervisor.run(HEARTBEAT, self._heartbeat))
         try:
-            await self._listen()
+            await self._supervisor.run(ANNOUNCEMENTS, self._listen)
         finally:
             heartbeat.cancel()
             self._ready.clear()
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(StoreUnavailable, StoreError):
                 await self._bus.unfollow(list(self._cursors), self._node)
 
     async def _listen(self) -> None:
-        failures = 0
-        while True:
-            subscriber = self._bus.subscription(self._node)
-            try:
-                await subscriber.subscribe()
-                while True:
-                    message = await subscriber.next(timeout_s=1.0)
-                    if message is None:
-                        continue
-                    kind, data = message
-                    if kind == "subscribe":
-                        await self._beat()
-                        self._catch_up_all()
-                        self._ready.set()
-                        failures = 0
-                    elif kind == "message":
-                        self._announced(data)
-            except StoreUnavailable as exc:
-                if self._ready.is_set():
-                    log.warning("announcements: Redis unreachable (%s); reconnecting", exc)
-                self._ready.clear()
-                await self._sleep(backoff(failures))
-                failures += 1
-            finally:
-                await subscriber.close()
+        """Subscribe to the node's channel, beat (following every room again), catch every room up
+        and become ready; then take announcements until the channel fails (the supervisor starts
+        this again after a backoff)."""
+        subscriber = self._bus.subscription(self._node)
+        try:
+            await subscriber.subscribe()
+            while True:
+                message = await subscriber.next(timeout_s=1.0)
+                if message is None:
+                    continue
+                kind, data = message
+                if kind == "subscribe":
+                    await self._beat()
+                    self._catch_up_all()
+                    self._ready.set()
+                    self._supervisor.up(ANNOUNCEMENTS)
+                elif kind == "message":
+                    self._announced(data)
+        finally:
+            self._ready.clear()
+            await subscriber.close()
 
     async def _heartbeat(self) -> None:
+        """Every third of the node's time to live, renew it in every room (while listening); a failure
+        ends this (the supervisor starts it again after a backoff)."""
         while True:
             await self._sleep(self._node_ttl_s / 3)
             if not self._ready.is_set():
                 continue
-            try:
-                lost = await self._beat()
-            except StoreUnavailable as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            except Exception:
-                log.exception("heartbeat failed")
-                continue
-            if lost:
-                log.warning("Redis had forgotten this node in %d room(s); followed them again", len(lost))
-                for room in lost:
-                    cursor = self._cursors.get(room)
-                    if cursor is not None:
-                        self._lag(room, cursor, _UNTIL_EMPTY)
+            await self._beat()
+            self._supervisor.up(HEARTBEAT)
             beaten, self._beaten = self._beaten, asyncio.Event()
             beaten.set()
 
-    async def _beat(self) -> list[str]:
-        """Renew this node's time in every room it follows. Returns the rooms where Redis had
-        forgotten it (their members here are put back in the rosters; announcements may be lost)."""
+    async def _beat(self) -> None:
+        """Renew this node's time in every room it follows. Rooms where Redis had forgotten it are
+        caught up to the end (announcements may have been missed) and their members here put back in
+        the rosters; a restore that fails is tried again at the next beat, until it succeeds."""
         async with self._membership:
             lost = await self._bus.follow(list(self._cursors), self._node, self._node_ttl_s)
         if lost:
-            await self._restorer.restore(lost)
-        return lost
+            log.warning("Redis had forgotten this node in %d room(s); followed them again", len(lost))
+            for room in lost:
+                cursor = self._cursors.get(room)
+                if cursor is not None:
+                    self._lag(room, cursor, _UNTIL_EMPTY)
+            self._unrestored.update(lost)
+        self._unrestored.intersection_update(self._cursors)  # rooms no longer followed need nothing
+        if self._unrestored:
+            rooms = sorted(self._unrestored)
+            await self._restorer.restore(rooms)
+            self._unrestored.difference_update(rooms)
 
     def _announced(self, data: bytes) -> None:
         """``<room> <newest id>`` (another node appended) or ``<room> <after id> <frame>``."""

@@ -13,6 +13,8 @@ The two latency histograms are observed once per append batch.
 - ``chat_write_path{path}``: 1 for the way members' frames are written under the installed uvicorn,
   ``direct`` (straight to its sans-I/O transport) or ``asgi`` (the ASGI ``send``), 0 for the other
   (:func:`server.outlet.write_path`).
+- ``chat_loop_up{loop}``: 1 while a supervised background loop works, 0 while it fails
+  (:mod:`server.supervise`); ``chat_loop_failures_total{loop}``: its failures since the process started.
 - ``chat_xadd_seconds``: one append batch's round trip to Redis; ``chat_accept_to_delivery_seconds``:
   from a frame's acceptance to its delivery to the members on this process (per batch, its oldest).
 """
@@ -20,7 +22,7 @@ The two latency histograms are observed once per append batch.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,10 +73,15 @@ ACCEPT_TO_DELIVERY_SECONDS = Histogram(
     buckets=_BUCKETS, registry=None)
 
 
+#: ``(name, up, failures)`` of each supervised loop (:meth:`server.supervise.Supervisor.loops`).
+Loops = Callable[[], Iterable[tuple[str, bool, int]]]
+
+
 class _Collector(Collector):
-    def __init__(self, counts: Counts, gauges: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, counts: Counts, gauges: Callable[[], tuple[int, int]], loops: Loops) -> None:
         self._counts = counts
         self._gauges = gauges
+        self._loops = loops
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         connections, rooms = self._gauges()
@@ -93,6 +100,15 @@ class _Collector(Collector):
         path.add_metric(["direct"], int(direct))
         path.add_metric(["asgi"], int(not direct))
         yield path
+        up = GaugeMetricFamily("chat_loop_up", "1 while a supervised background loop works, 0 while it fails.",
+                               labels=["loop"])
+        failures = CounterMetricFamily("chat_loop_failures", "Failures of a supervised background loop.",
+                                       labels=["loop"])
+        for name, is_up, failed in self._loops():
+            up.add_metric([name], int(is_up))
+            failures.add_metric([name], failed)
+        yield up
+        yield failures
 
 
 def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
@@ -102,10 +118,11 @@ def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterM
     return family
 
 
-def metrics_routes(gauges: Callable[[], tuple[int, int]]) -> list[BaseRoute]:
-    """The ``/metrics`` route; ``gauges`` tells the current (connections, rooms)."""
+def metrics_routes(gauges: Callable[[], tuple[int, int]], loops: Loops = list) -> list[BaseRoute]:
+    """The ``/metrics`` route; ``gauges`` tells the current (connections, rooms), ``loops`` the
+    supervised loops."""
     registry = CollectorRegistry()
-    for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges)):
+    for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges, loops)):
         registry.register(collector)
 
     async def metrics(request: Request) -> Response:

@@ -23,6 +23,10 @@ cannot do that: once its time in the room's followers runs out (``NODE_TTL_S`` a
 heartbeat), the next heartbeat of a node that follows the room (:meth:`Sessions.run`) drops its roster
 entries and says ``presence.leave`` for each, once. When Redis forgets a live node's roster entries (a
 restart without persistence), the node's next heartbeat puts them back (:class:`RosterRestorer`).
+The sweeps run as a supervised loop (``sweep``, :mod:`server.supervise`): whatever a sweep raises, the
+next one runs after a backoff. Redis refusing writes while a member leaves (a replica during a failover,
+NOREPLICAS, OOM...) never keeps the connection from closing: its roster entry then goes with its node's
+time, or with the next sweep.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ from server.ephemeral import Ephemeral
 from server.feed import RoomFeed, id_tuple
 from server.hub import Fanout
 from server.member import Member
-from server.store.ports import RoomLog, Roster, SessionInfo, StoreUnavailable
+from server.store.ports import RoomLog, Roster, SessionInfo, StoreError, StoreUnavailable
+from server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
 SWEEP_ROOMS = 200
+SWEEP = "sweep"  # the supervised loop's name
 _NONE = b"0-0"
 
 
@@ -73,8 +79,10 @@ class RosterRestorer:
 
 class Sessions:
     def __init__(self, room_log: RoomLog, roster: Roster, ephemeral: Ephemeral, feed: RoomFeed, node_id: str,
-                 roster_ttl_s: int, max_per_room: int = 0) -> None:
+                 roster_ttl_s: int, max_per_room: int = 0, supervisor: Supervisor | None = None) -> None:
         self._max_per_room = max_per_room
+        self._supervisor = supervisor or Supervisor()
+        self._supervisor.register(SWEEP)
         self._log = room_log
         self._roster = roster
         self._ephemeral = ephemeral
@@ -120,16 +128,14 @@ class Sessions:
             start = "(" + entries[-1][0].decode()
 
     async def run(self) -> None:
-        """After each heartbeat of this node, sweep the rooms it follows (until cancelled)."""
+        """After each heartbeat of this node, sweep the rooms it follows (until cancelled; supervised)."""
+        await self._supervisor.run(SWEEP, self._sweeps)
+
+    async def _sweeps(self) -> None:
         while True:
             await self._feed.next_beat()
-            rooms = self._feed.rooms()
-            try:
-                await self.sweep(rooms)
-            except StoreUnavailable as exc:
-                log.warning("presence sweep failed: %s", exc)
-            except Exception:
-                log.exception("presence sweep failed")
+            await self.sweep(self._feed.rooms())
+            self._supervisor.up(SWEEP)
 
     async def sweep(self, rooms: list[str]) -> None:
         """Drop the members of dead nodes from these rooms' rosters, with a ``presence.leave`` each."""
@@ -140,7 +146,7 @@ class Sessions:
 
     async def leave(self, member: Member) -> None:
         """Remove ``member`` from the roster and tell the others; never raises."""
-        with contextlib.suppress(StoreUnavailable):
+        with contextlib.suppress(StoreUnavailable, StoreError):
             await self._roster.leave(member.room, self.field(member))
             await self._presence(member, Event.PRESENCE_LEAVE)
 
@@ -148,8 +154,8 @@ class Sessions:
         frame = presence_frame(event, member.room, role_of(member), member.conn, _now_ms())
         try:
             await self._ephemeral.send(member.room, _NONE, frame, skip=member)
-        except StoreUnavailable as exc:
-            log.warning("room %s: %s not sent to other nodes: %s", member.room, event, exc)
+        except (StoreUnavailable, StoreError) as exc:
+            log.warning("room %s: %s not sent to other nodes: %s", member.room, event, type(exc).__name__)
 
 
 def _now_ms() -> int:

@@ -7,7 +7,10 @@ is built, and run for as long as the process serves.
   no room; its frames reach the rooms through the store like any node's.
 
 Both build the shared parts the same way (:class:`Parts`): the appender, the unstored-frame sender and
-the LLM workers. The order of construction is the order of dependence, inward first::
+the LLM workers. One :class:`~server.supervise.Supervisor` per process runs every background loop
+(the appender's flusher, the feed's listener, heartbeat and readers, the sweeps, the workers' loops):
+each survives any error and comes back by itself; ``/readyz`` and ``/metrics`` read it. The order of
+construction is the order of dependence, inward first::
 
     store ports -> fanout -> feed (log, bus, fanout, roster restorer) -> hub (fanout, feed)
                 -> appender (log, feed) -> ephemeral (bus, feed) -> sessions (log, roster, ephemeral, feed)
@@ -38,10 +41,12 @@ from server.settings import Settings
 from server.store.embedded import EmbeddedStore
 from server.store.ports import Retention, Store
 from server.store.redis_store import RedisStore
+from server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GENERATIONS_S = 5.0
+APPENDER = "appender"  # the flusher's name as a supervised loop
 
 
 def open_store(url: str | None, *, lean: bool = True, timeout_s: float = 10.0) -> Store:
@@ -54,10 +59,11 @@ class Parts:
     """What every process runs: appends, unstored frames, and ``workers`` LLM worker consumers."""
 
     def __init__(self, settings: Settings, store: Store, node_id: str, feed: RoomFeed | None, workers: int,
-                 appended: Appended) -> None:
+                 appended: Appended, supervisor: Supervisor) -> None:
         self.settings = settings
         self.store = store
         self.node_id = node_id
+        self.supervisor = supervisor
         retention = Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s)
         self.appender = Appender(store.log, retention, node_id, appended)
         self.ephemeral = Ephemeral(store.bus, node_id, feed)
@@ -65,15 +71,20 @@ class Parts:
         self.provider: Provider | None = make_provider(settings.llm) if workers > 0 else None
         self.workers = [
             Worker(f"{node_id}-{n}", store.locks, self.requests, store.log, self.appender, self.ephemeral,
-                   self.provider, settings.llm, settings.llm.concurrency)
+                   self.provider, settings.llm, settings.llm.concurrency, supervisor=supervisor, label=f"llm{n}")
             for n in range(workers) if self.provider is not None
         ]
+        supervisor.register(APPENDER)
+        for worker in self.workers:
+            for name in worker.loop_names():
+                supervisor.register(name)
 
     @contextlib.asynccontextmanager
     async def running(self, *loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         """Run the parts' loops (and ``loops``) until the block ends; then end running generations as
         ``cancelled`` (stored while the store is still up), stop everything and close the store."""
-        tasks = [asyncio.create_task(self.appender.run(), name="appender"),
+        tasks = [asyncio.create_task(self.supervisor.run(APPENDER, self.appender.run, up_on_start=True),
+                                     name=APPENDER),
                  *(asyncio.create_task(loop) for loop in loops),
                  *(asyncio.create_task(worker.run(), name=worker.name) for worker in self.workers)]
         try:
@@ -96,15 +107,18 @@ class Relay:
         self.settings = settings
         self.store = store
         self.node_id = secrets.token_hex(6)
+        self.supervisor = Supervisor()
         self.auth = Auth(settings.auth_secret, settings.admin_key)
         self.fanout = Fanout()
         restorer = RosterRestorer(store.roster, self.fanout, self.node_id, settings.room_ttl_seconds)
-        self.feed = RoomFeed(store.log, store.bus, self.fanout, restorer, self.node_id, settings.node_ttl_s)
+        self.feed = RoomFeed(store.log, store.bus, self.fanout, restorer, self.node_id, settings.node_ttl_s,
+                             supervisor=self.supervisor)
         self.hub = Hub(self.fanout, self.feed)
-        self.parts = Parts(settings, store, self.node_id, self.feed, settings.llm.workers, self.feed.appended)
+        self.parts = Parts(settings, store, self.node_id, self.feed, settings.llm.workers, self.feed.appended,
+                           self.supervisor)
         self.appender = self.parts.appender
         self.sessions = Sessions(store.log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
-                                 settings.room_ttl_seconds, settings.max_connections_per_room)
+                                 settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
         front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger)
         self.dispatcher = Dispatcher(self.appender, front)
 
@@ -117,7 +131,9 @@ class WorkerNode:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.node_id = "w" + secrets.token_hex(6)
-        self.parts = Parts(settings, store, self.node_id, None, max(settings.llm.workers, 1), _nobody_follows)
+        self.supervisor = Supervisor()
+        self.parts = Parts(settings, store, self.node_id, None, max(settings.llm.workers, 1), _nobody_follows,
+                           self.supervisor)
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         return self.parts.running()

@@ -39,7 +39,7 @@ from server.hub import Hub
 from server.member import Member
 from server.ratelimit import NO_RATE_LIMIT, RateLimit, Verdict
 from server.session import Resume, Sessions
-from server.store.ports import StoreUnavailable
+from server.store.ports import StoreRefused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class ChatEndpoint:
             member.start()
             await self._sessions.start(member, newest, info, resume)
             await self._receive_loop(member, receive)
-        except StoreUnavailable as exc:
-            log.warning("room %s: session ended, Redis unreachable: %s", room, exc)
+        except (StoreUnavailable, StoreRefused) as exc:
+            log.warning("room %s: session ended, Redis unreachable or refusing: %s", room, type(exc).__name__)
             member.close(STORE_UNAVAILABLE.code, STORE_UNAVAILABLE.reason)
         finally:
             self._hub.leave(member)

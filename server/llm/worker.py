@@ -19,6 +19,11 @@ never blocks the relay or other rooms. While a generation runs, the worker renew
 and its claim on the request. ``llm.cancel`` (heard on the cancel channel) and shutdown stop a
 generation; the provider then closes its upstream stream.
 
+The worker's four loops (``<label>-read``, ``-reclaim``, ``-keepalive``, ``-cancel``) are supervised
+(:mod:`server.supervise`): whatever one raises (Redis unreachable or refusing writes, the consumer
+group gone after a Redis restart, a bug), it starts again after a backoff, and it is down until it
+works again.
+
 A generation's lifecycle is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
 :meth:`Generation.fire`, which raises :class:`GenerationStateError` for a pair that is not in the
@@ -62,7 +67,6 @@ from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_fra
 from protocol.names import LLM_ROLE
 from server.appender import Appender
 from server.ephemeral import Ephemeral
-from server.feed import backoff
 from server.llm.provider import Outcome, Provider, ProviderError, build_messages
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.metrics import COUNTS
@@ -74,8 +78,8 @@ from server.store.ports import (
     Request,
     RequestQueue,
     RoomLog,
-    StoreUnavailable,
 )
+from server.supervise import Supervisor
 from server.transcript import message
 
 log = logging.getLogger(__name__)
@@ -159,8 +163,11 @@ class Generation:
 class Worker:
     def __init__(self, name: str, locks: GenerationLocks, requests: RequestQueue, room_log: RoomLog,
                  appender: Appender, ephemeral: Ephemeral, provider: Provider, settings: LLMSettings,
-                 concurrency: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+                 concurrency: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 supervisor: Supervisor | None = None, label: str = "llm") -> None:
         self.name = name  # the consumer's name in the group
+        self.label = label  # its loops' names start with it (``/readyz``, ``/metrics``)
+        self._supervisor = supervisor or Supervisor(sleep)
         self._locks = locks
         self._requests = requests
         self._log = room_log
@@ -175,10 +182,17 @@ class Worker:
         self._stopping = False
         self._slot_freed = asyncio.Event()
 
+    def loop_names(self) -> list[str]:
+        return [f"{self.label}-{kind}" for kind in ("read", "reclaim", "keepalive", "cancel")]
+
     async def run(self) -> None:
         """Serve requests until cancelled (call :meth:`stop` first to end generations cleanly)."""
         loops = [self._read_loop, self._reclaim_loop, self._keepalive_loop, self._cancel_loop]
-        await asyncio.gather(*(_forever(loop, self._sleep) for loop in loops))
+        await asyncio.gather(*(self._supervisor.run(name, loop)
+                               for name, loop in zip(self.loop_names(), loops, strict=True)))
+
+    def _up(self, kind: str) -> None:
+        self._supervisor.up(f"{self.label}-{kind}")
 
     async def stop(self, timeout_s: float) -> None:
         """Take no new requests; end running generations as ``cancelled`` (stored) and wait for them."""
@@ -212,7 +226,9 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            self._start(await self._requests.read(self.name, free, READ_BLOCK_MS))
+            requests = await self._requests.read(self.name, free, READ_BLOCK_MS)
+            self._up("read")
+            self._start(requests)
 
     async def _reclaim_loop(self) -> None:
         idle_ms = int(self._settings.reclaim_after_s * 1000)
@@ -220,7 +236,9 @@ class Worker:
             await self._sleep(min(self._settings.reclaim_after_s / 3, 5.0))
             free = self._free()
             if free > 0:
-                self._start(await self._requests.reclaim(self.name, idle_ms, free))
+                requests = await self._requests.reclaim(self.name, idle_ms, free)
+                self._up("reclaim")
+                self._start(requests)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -228,11 +246,13 @@ class Worker:
             running = [generation.request for generation in self._running.values()]
             await self._locks.renew([(request.room, request.rid) for request in running])
             await self._requests.touch(self.name, [request.entry_id for request in running])
+            self._up("keepalive")
 
     async def _cancel_loop(self) -> None:
         cancellations = self._locks.cancellations()
         try:
             await cancellations.subscribe()
+            self._up("cancel")
             while True:
                 event = await cancellations.next(timeout_s=1.0)
                 if event is not None and event[0] == "message":
@@ -359,19 +379,3 @@ class Worker:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def _forever(loop: Callable[[], Awaitable[None]],
-                   sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
-    """Run one of the worker's loops; when it fails (Redis unreachable, or restarted and without the
-    consumer group), start it again after a pause."""
-    failures = 0
-    while True:
-        try:
-            await loop()
-        except StoreUnavailable as exc:
-            log.warning("LLM worker: Redis unreachable (%s); retrying", exc)
-        except Exception:
-            log.exception("LLM worker: %s failed; restarting it", getattr(loop, "__name__", loop))
-        await sleep(backoff(failures))
-        failures += 1

@@ -10,9 +10,11 @@
 Two adapters implement every port with the same behaviour: :mod:`server.store.redis_store` (a Redis
 URL) and :mod:`server.store.embedded` (an in-process fakeredis server, the zero-setup default); one
 contract suite (``tests/server/store/``) runs against both. No adapter hands its client to the rest of
-the server. Failures reach the core as two exceptions only: :class:`StoreUnavailable` (the store
-cannot be reached right now: the client is told ``unavailable``) and :class:`StoreError` (the store
-refused a command: a bug or a misconfigured Redis, answered ``internal``).
+the server. Failures reach the core as these exceptions only: :class:`StoreUnavailable` (the store
+cannot be reached right now: the client is told ``unavailable``), :class:`StoreRefused` (the store
+refused to run a command, so nothing was written: it does not take writes right now, NOREPLICAS,
+READONLY, OOM, MISCONF, BUSY...; the client is told ``unavailable`` too) and any other
+:class:`StoreError` (the store refused a command otherwise: a bug, answered ``internal``).
 
 Guarantees the core relies on:
 
@@ -49,6 +51,12 @@ class StoreUnavailable(Exception):
 
 class StoreError(Exception):
     """The store refused a command."""
+
+
+class StoreRefused(StoreError):
+    """The store refused to run a command, and wrote nothing: it takes no writes right now (no replica
+    to acknowledge them, a replica during a failover, out of memory, a failing disk, a script running
+    too long). Try again later."""
 
 
 @dataclass(frozen=True, slots=True)

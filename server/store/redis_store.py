@@ -12,7 +12,9 @@ redis-py alone. :mod:`server.store.embedded` runs these same adapters on an in-p
 server.
 
 Every public coroutine of an adapter raises :class:`~server.store.ports.StoreUnavailable` when Redis
-cannot be reached and :class:`~server.store.ports.StoreError` when it refuses a command; nothing of
+cannot be reached, :class:`~server.store.ports.StoreRefused` when it refuses to run a command (no
+writes taken right now: NOREPLICAS, READONLY, OOM, MISCONF, BUSY, ...) and
+:class:`~server.store.ports.StoreError` when it refuses a command otherwise; nothing of
 redis-py escapes.
 """
 
@@ -29,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.names import LLM_ROLE
@@ -57,6 +59,7 @@ from server.store.ports import (
     Retention,
     SessionInfo,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
 )
 from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
@@ -71,6 +74,24 @@ REQUESTS_MAXLEN = 100_000
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
 _LUA = resources.files("server.store").joinpath("lua")
+#: Error replies of a Redis that runs no write right now (the command was not run): by their first word,
+#: and by the classes redis-py makes of some of them (it strips the word from their message).
+REFUSALS = frozenset({"NOREPLICAS", "READONLY", "OOM", "MISCONF", "BUSY", "MASTERDOWN", "TRYAGAIN", "LOADING"})
+_REFUSAL_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
+    (ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"), (MasterDownError, "MASTERDOWN"),
+    (TryAgainError, "TRYAGAIN"))
+
+
+def store_error(reply: Exception) -> StoreError:
+    """The port's exception for an error reply: :class:`StoreRefused` when Redis refused to run the
+    command (nothing was written), else :class:`StoreError`."""
+    message = str(reply)
+    for cls, word in _REFUSAL_CLASSES:
+        if isinstance(reply, cls):
+            return StoreRefused(f"{word} {message}")
+    if message.split(" ", 1)[0] in REFUSALS:
+        return StoreRefused(message)
+    return StoreError(message)
 
 
 def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -83,7 +104,7 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
         except UNREACHABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
         except ResponseError as exc:
-            raise StoreError(str(exc)) from exc
+            raise store_error(exc) from exc
 
     return call
 
@@ -180,12 +201,12 @@ class RedisRoomLog:
         for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
             if isinstance(reply, Exception):
                 for i in indexes:
-                    ids[i] = StoreError(str(reply))
+                    ids[i] = store_error(reply)
                 continue
             before[room] = reply[0]
             for i, outcome in zip(indexes, reply[1:], strict=True):
                 ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
-                          else StoreError(str(outcome)) if isinstance(outcome, Exception) else outcome)
+                          else store_error(outcome) if isinstance(outcome, Exception) else outcome)
         return BatchResult(before=before, ids=ids)
 
     @staticmethod

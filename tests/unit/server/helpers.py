@@ -15,6 +15,7 @@ from server.feed import CursorState, Restorer, RoomFeed, Sink
 from server.member import Member
 from server.outlet import DirectOutlet
 from server.store.ports import NewEntry, Retention
+from server.supervise import Supervisor
 from tests.unit.fakes import FakeStore
 
 QUEUE_MAX = 1000
@@ -97,8 +98,9 @@ class Node:
         self.sink = RecordingSink()
         self.restorer = RecordingRestorer()
         self.sleep = FakeSleep()
+        self.supervisor = Supervisor(self.sleep)  # its backoffs wait on the same fake sleep
         self.feed = RoomFeed(store.log, store.bus, sink or self.sink, restorer or self.restorer, node_id, node_ttl_s,
-                             sleep=self.sleep)
+                             sleep=self.sleep, supervisor=self.supervisor)
         self.sink.feed = self.feed
         self.task: asyncio.Task[None] | None = None
 

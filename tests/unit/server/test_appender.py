@@ -4,14 +4,25 @@ told before the submitters, and what happens to pending appends on shutdown."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from server.appender import MAX_BATCH, Appender
-from server.store.ports import BatchResult, Duplicate, NewEntry, Retention, StoreError, StoreUnavailable
+from server.store.ports import (
+    BatchResult,
+    Duplicate,
+    NewEntry,
+    Retention,
+    RoomLog,
+    StoreError,
+    StoreRefused,
+    StoreUnavailable,
+)
+from server.supervise import Supervisor, backoff
 from tests.unit.fakes import FakeStore
-from tests.unit.server.helpers import no_leftover_tasks, passes, until
+from tests.unit.server.helpers import FakeSleep, no_leftover_tasks, passes, until
 
 Outcome = bytes | Duplicate | Exception
 NO_RETENTION = Retention()
@@ -216,3 +227,73 @@ async def test_batch_result_reports_before_per_room() -> None:
     earlier = store.log.add("r", b"x")
     result = await store.log.append_batch([NewEntry("r", "A", b"y"), NewEntry("s", "A", b"z")], Retention(), "n1")
     assert result == BatchResult({"r": earlier, "s": b"0-0"}, result.ids)
+
+
+# -- the flusher never dies ---------------------------------------------------------------------
+
+
+async def test_a_refused_batch_fails_its_appends_logs_once_per_kind_and_the_next_batch_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    rig.log.failing = StoreRefused("NOREPLICAS Not enough good replicas to write.")
+    with caplog.at_level(logging.WARNING, "server.appender"):
+        for n in range(3):  # three batches, all refused
+            rig.submit(n)
+            await rig.settled(n + 1)
+    assert all(isinstance(rig.outcomes[n], StoreRefused) for n in range(3)) and rig.told == []
+    assert len([record for record in caplog.records if "refused" in record.getMessage()]) == 1
+    rig.log.failing = None
+    rig.submit(3)
+    await rig.settled(4)
+    assert isinstance(rig.outcomes[3], bytes) and len(rig.told) == 1
+    await rig.stop()
+
+
+async def test_a_bug_in_the_feed_still_tells_every_sender_its_outcome() -> None:
+    rig = Rig()
+
+    def broken(room: str, before: bytes, items: list[tuple[bytes, bytes]]) -> None:
+        raise RuntimeError("feed bug")
+
+    rig.appender._appended = broken
+    rig.submit(1)
+    await rig.settled(1)
+    assert isinstance(rig.outcomes[1], bytes)
+    await rig.stop()
+
+
+class MiscountingLog:
+    """A room log whose first batch result has one outcome too many (an adapter's bug)."""
+
+    def __init__(self, inner: RoomLog) -> None:
+        self.inner = inner
+        self.broken = True
+
+    async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
+        result = await self.inner.append_batch(entries, retention, node)
+        if self.broken:
+            self.broken = False
+            return BatchResult(before=result.before, ids=[*result.ids, b"0-1"])
+        return result
+
+
+async def test_a_flusher_that_raises_fails_its_batch_and_is_restarted_by_its_supervisor_with_what_waits() -> None:
+    store = FakeStore()
+    log = MiscountingLog(store.log)
+    sleep = FakeSleep()
+    supervisor = Supervisor(sleep)
+    appender = Appender(log, NO_RETENTION, "n1", lambda room, before, items: None)  # type: ignore[arg-type]
+    runner = asyncio.get_running_loop().create_task(supervisor.run("appender", appender.run, up_on_start=True))
+    first = asyncio.ensure_future(appender.append(NewEntry("r", "A", b"m1")))
+    await until(lambda: backoff(0) in sleep.sleeping())
+    with pytest.raises(ValueError):
+        await first  # the batch in flight fails with the bug: its sender is not left waiting
+    assert supervisor.down() == ["appender"]
+    second = asyncio.ensure_future(appender.append(NewEntry("r", "A", b"m2")))  # waits for the flusher
+    await passes()
+    assert not second.done()
+    sleep.wake(backoff(0))
+    assert isinstance(await second, bytes)
+    assert supervisor.down() == [] and supervisor.loops() == [("appender", True, 1)]
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)

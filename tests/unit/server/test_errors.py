@@ -10,7 +10,7 @@ import pytest
 from protocol.errors import ERROR_CODES, ProtocolError
 from server.errors import error_code, error_for
 from server.metrics import COUNTS
-from server.store.ports import StoreError, StoreUnavailable
+from server.store.ports import StoreError, StoreRefused, StoreUnavailable
 
 
 def test_a_protocol_error_keeps_its_code_message_and_cid() -> None:
@@ -47,3 +47,16 @@ def test_every_error_sent_is_counted_by_code() -> None:
     error_for(ProtocolError("busy"))
     error_code(StoreUnavailable("down"))
     assert (COUNTS.errors["busy"], COUNTS.errors["unavailable"]) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_refused_write_is_unavailable_logged_once_per_kind_without_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis refusing writes (NOREPLICAS, READONLY, OOM, MISCONF, BUSY) wrote nothing: ``unavailable`` is
+    the truth (send it again), and a refusal that fails every message is one log line, not one per message."""
+    refused = StoreRefused(f"NOREPLICAS Not enough good replicas to write. ({id(caplog)})")
+    with caplog.at_level(logging.WARNING, "server.errors"):
+        for _ in range(3):
+            frame = orjson.loads(error_for(refused, "c1"))
+            assert frame["bd"] == {"code": "unavailable", "message": ERROR_CODES["unavailable"], "cid": "c1"}
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None and "NOREPLICAS" in record.getMessage()

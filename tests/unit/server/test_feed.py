@@ -13,15 +13,18 @@ import pytest
 
 import server.feed as feed_module
 from server.feed import (
+    ANNOUNCEMENTS,
+    CATCH_UP,
+    HEARTBEAT,
     TRANSITIONS,
     CursorState,
     CursorTrigger,
     FeedStateError,
     _Cursor,
-    backoff,
     id_tuple,
 )
-from server.store.ports import NewEntry, Retention, StoreUnavailable
+from server.store.ports import NewEntry, Retention, StoreRefused, StoreUnavailable
+from server.supervise import backoff
 from tests.unit.fakes import FakeStore, FakeSubscription
 from tests.unit.server.helpers import (
     Node,
@@ -531,11 +534,11 @@ async def test_follow_raises_and_follows_nothing_when_the_store_is_unavailable()
     assert node.feed.rooms() == [] and node.feed.cursor("r") is None
 
 
-async def test_follow_waits_for_the_feed_to_listen_and_gives_up_after_a_while(
+async def test_follow_waits_for_the_feed_to_listen_and_gives_up_after_a_while_as_unavailable(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feed_module, "READY_TIMEOUT_S", 0.01)
     node = Node(FakeStore())  # not started
-    with pytest.raises(TimeoutError):
+    with pytest.raises(StoreUnavailable, match="not listening"):  # the client is told unavailable, not internal
         await node.feed.follow("r")
     assert node.feed.rooms() == []
 
@@ -588,17 +591,63 @@ async def test_a_heartbeat_that_finds_a_room_forgotten_restores_its_roster_and_c
     await until(lambda: node.feed.state("r") is LIVE)
 
 
-@pytest.mark.parametrize("error", [StoreUnavailable("down"), RuntimeError("bug")])
-async def test_a_failed_heartbeat_is_tried_again_at_the_next_interval(error: Exception) -> None:
+REFUSED_WRITE = StoreRefused("NOREPLICAS Not enough good replicas to write.")
+
+
+@pytest.mark.parametrize("error", [StoreUnavailable("down"), REFUSED_WRITE, RuntimeError("bug")],
+                         ids=["unreachable", "refused", "bug"])
+async def test_a_failed_heartbeat_is_restarted_after_a_backoff_and_the_node_is_down_until_it_beats(
+        error: Exception) -> None:
     node = await started_node()
     beat = asyncio.get_running_loop().create_task(node.feed.next_beat())
     node.store.bus.failing = error
     node.sleep.wake(BEAT_S)
-    await until(lambda: node.sleep.calls.count(BEAT_S) == 2)
-    assert not beat.done()
+    await sleeping(node, backoff(0))
+    assert node.supervisor.down() == [HEARTBEAT] and not beat.done()
+    node.sleep.wake(backoff(0))  # started again: it waits its interval, then beats
+    await sleeping(node, BEAT_S)
     node.store.bus.failing = None
     node.sleep.wake(BEAT_S)
     await until(beat.done)
+    assert node.supervisor.down() == []
+
+
+async def test_a_room_forgotten_while_writes_were_refused_is_restored_at_the_first_beat_that_can() -> None:
+    """Redis forgot the node (its time ran out while writes were refused); the beat that follows it
+    again fails to restore the roster: the next beats try again until the roster is back."""
+    node = await started_node(rooms=("r", "s"))
+    node.store.bus.forget("r")
+    restore = node.restorer.restore
+    refusals = [REFUSED_WRITE]
+
+    async def refusing(rooms: list[str]) -> None:
+        if refusals:
+            raise refusals.pop()
+        await restore(rooms)
+
+    node.restorer.restore = refusing  # type: ignore[method-assign,assignment]
+    node.sleep.wake(BEAT_S)  # follows "r" again (reported lost once), then the restore is refused
+    await sleeping(node, backoff(0))
+    assert node.restorer.calls == [] and node.supervisor.down() == [HEARTBEAT]
+    assert "n1" in node.store.bus.alive("r")  # followed again: the next follow reports nothing lost
+    node.sleep.wake(backoff(0))
+    await sleeping(node, BEAT_S)
+    node.sleep.wake(BEAT_S)
+    await until(lambda: node.restorer.calls == [["r"]])
+    assert node.supervisor.down() == []
+
+
+async def test_a_forgotten_room_is_caught_up_even_when_its_restore_fails() -> None:
+    node = await started_node(rooms=("r",))
+    node.store.bus.forget("r")
+    missed = await other_node_appends(node.store, "r", b"x")  # not announced: n1 was not a follower
+
+    async def refusing(rooms: list[str]) -> None:
+        raise REFUSED_WRITE
+
+    node.restorer.restore = refusing  # type: ignore[method-assign,assignment]
+    node.sleep.wake(BEAT_S)
+    await until(lambda: node.sink.seen() == s(*missed))
 
 
 async def test_the_heartbeat_waits_while_the_channel_is_down() -> None:
@@ -615,6 +664,51 @@ async def test_the_heartbeat_waits_while_the_channel_is_down() -> None:
 
 
 # -- the listen loop -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error", [REFUSED_WRITE, RuntimeError("bug")], ids=["refused", "bug"])
+async def test_a_listener_whose_beat_fails_on_subscribing_is_restarted_and_becomes_ready_once_it_beats(
+        error: Exception) -> None:
+    """The fault seen from outside: the subscription reconnects while Redis refuses writes (a
+    failover), so the beat it starts with fails. The listener used to die, and the heartbeat with it."""
+    node = await started_node(rooms=("r",))
+    node.store.bus.failing = error
+    node.channel.lose()
+    await sleeping(node, backoff(0))
+    node.sleep.wake(backoff(0))  # resubscribes; its beat is refused
+    await sleeping(node, backoff(1))
+    assert not node.feed._ready.is_set() and node.supervisor.down() == [ANNOUNCEMENTS]
+    missed = await other_node_appends(node.store, "r", b"x")
+    node.store.bus.failing = None
+    node.sleep.wake(backoff(1))
+    await until(lambda: node.feed._ready.is_set())
+    assert node.supervisor.down() == [] and "n1" in node.store.bus.alive("r")
+    await until(lambda: node.sink.seen() == s(*missed))
+    assert node.task is not None and not node.task.done()
+
+
+async def test_a_catch_up_reader_retries_any_failure_and_the_node_is_down_meanwhile() -> None:
+    node = await started_node()
+    node.store.log.failing = REFUSED_WRITE  # BUSY refuses reads too: any error is retried
+    entry = node.store.log.add("r", b"x")
+    node.announce("r", entry)
+    await sleeping(node, backoff(0))
+    assert node.supervisor.down() == [CATCH_UP]
+    node.store.log.failing = None
+    node.sleep.wake(backoff(0))
+    await until(lambda: node.sink.seen() == s(entry))
+    assert node.supervisor.down() == []
+
+
+async def test_a_failing_reader_of_a_room_unfollowed_stops_and_is_no_longer_down() -> None:
+    node = await started_node()
+    node.store.log.failing = RuntimeError("bug")
+    node.announce("r", node.store.log.add("r", b"x"))
+    await sleeping(node, backoff(0))
+    node.feed.unfollow("r")
+    node.sleep.wake(backoff(0))
+    await until(lambda: node.supervisor.down() == [])
+    assert node.sink.seen() == []
+
 
 async def test_subscribing_beats_then_becomes_ready() -> None:
     node = Node(FakeStore())

@@ -25,6 +25,7 @@ from server.session import (
     session_ready,
 )
 from server.store.ports import Entry, SessionInfo, StoreUnavailable
+from server.supervise import backoff
 from tests.unit.fakes import FakeStore
 from tests.unit.server.helpers import Node, RecordingOutlet, body, member, no_leftover_tasks, passes, until
 
@@ -47,7 +48,8 @@ class Site:
         self.feed = self.node.feed
         self.hub = Hub(self.fanout, self.feed)
         self.ephemeral = Ephemeral(store.bus, node_id, self.feed)
-        self.sessions = Sessions(store.log, store.roster, self.ephemeral, self.feed, node_id, 60, max_per_room)
+        self.sessions = Sessions(store.log, store.roster, self.ephemeral, self.feed, node_id, 60, max_per_room,
+                                 self.node.supervisor)
 
     async def connect(self, room: str = "r", role: str | None = "A",
                       resume: Resume | None = None) -> tuple[Member, RecordingOutlet]:
@@ -396,14 +398,17 @@ async def test_sessions_sweep_the_followed_rooms_after_each_heartbeat_and_surviv
     store.roster.rosters["r"]["n9/dead1"] = "B"
     store.roster.failing = StoreUnavailable("down")
     here.node.sleep.wake(10.0)
-    await until(lambda: here.node.sleep.calls.count(10.0) == 2)
-    await passes()
-    assert "n9/dead1" in store.roster.rosters["r"]  # that sweep failed
+    await until(lambda: here.node.sleep.calls.count(10.0) == 2 and backoff(0) in here.node.sleep.sleeping())
+    assert "n9/dead1" in store.roster.rosters["r"]  # that sweep failed: the sweeps wait their backoff
+    assert here.node.supervisor.down() == ["sweep"]
     store.roster.failing = None
+    here.node.sleep.wake(backoff(0))  # the sweeps start again, and wait for the next heartbeat
+    await passes()
     here.node.sleep.wake(10.0)
     await until(lambda: "n9/dead1" not in store.roster.rosters["r"])
     await passes()
     assert outlet.events()[-1] == "presence.leave" and not runner.done()
+    assert here.node.supervisor.down() == []
 
 
 async def test_the_restorer_puts_this_nodes_members_back_in_the_rosters() -> None:

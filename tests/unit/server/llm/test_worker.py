@@ -14,14 +14,15 @@ Ordering and fencing rules, each named by a test:
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from protocol.names import LLM_ROLE
-from server.feed import backoff
 from server.llm.provider import Outcome, ProviderError
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
-from server.llm.worker import ANSWER_DEDUPE_S, MAX_ATTEMPTS, State, _forever
+from server.llm.worker import ANSWER_DEDUPE_S, MAX_ATTEMPTS, State
 from server.settings import LLMSettings
-from server.store.ports import GENERATION_LOCK_TTL_MS, Request, StoreUnavailable
+from server.store.ports import GENERATION_LOCK_TTL_MS, Request, StoreRefused, StoreUnavailable
+from server.supervise import backoff
 from tests.unit.server.llm.rig import Rig, Ticks, chat_body, settle
 
 
@@ -483,31 +484,6 @@ async def test_forget_leaves_the_group_only_when_nothing_is_pending() -> None:
         assert rig.queue.forgotten == ["w1"]
 
 
-async def test_forever_restarts_a_failing_loop_after_a_growing_backoff() -> None:
-    calls = 0
-    failures: list[Exception] = [StoreUnavailable("down"), RuntimeError("bug"), StoreUnavailable("down")]
-    stay = asyncio.Event()
-
-    async def loop() -> None:
-        nonlocal calls
-        calls += 1
-        if failures:
-            raise failures.pop(0)
-        await stay.wait()
-
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    task = asyncio.ensure_future(_forever(loop, sleep))
-    await settle(lambda: calls == 4)
-    assert slept == [backoff(0), backoff(1), backoff(2)]
-    assert backoff(0) < backoff(1) < backoff(2)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 async def test_run_restarts_its_loops_with_the_injected_sleep_when_the_store_is_down() -> None:
     ticks = Ticks()
     async with Rig(sleep=ticks) as rig:
@@ -522,3 +498,48 @@ async def test_run_restarts_its_loops_with_the_injected_sleep_when_the_store_is_
         await rig.store.bus.follow(["r"], "n2", 3600)
         await settle(lambda: rig.queue.acked == [f"{rig.queue._ids}-0"], passes=1000)
         assert rig.answers()[0][1]["hd"]["rid"] == request.rid
+
+
+async def test_every_worker_loop_is_supervised_and_a_refused_read_is_down_until_it_reads_again() -> None:
+    ticks = Ticks()
+    async with Rig(sleep=ticks) as rig:
+        supervisor = rig.worker._supervisor
+        rig.queue.failing = StoreRefused("READONLY You can't write against a read only replica.")  # a failover
+        rig.spawn(rig.worker.run())
+        await settle(lambda: backoff(0) in ticks.asked)  # the read loop failed and waits its backoff
+        assert [name for name, _, _ in supervisor.loops()] == sorted(rig.worker.loop_names())
+        assert supervisor.down() == ["llm-read"]
+        rig.queue.failing = None
+        await rig.store.bus.follow(["r"], "n2", 3600)
+        request = await rig.queue_request("r", rig.store.log.add("r", chat_body("r", "@llm")).decode())
+        for _ in range(len(ticks.asked)):
+            ticks.tick()
+        await settle(lambda: supervisor.down() == [] and rig.queue.acked == [f"{rig.queue._ids}-0"], passes=1000)
+        assert rig.answers()[0][1]["hd"]["rid"] == request.rid
+        assert ("llm-read", True, 1) in supervisor.loops()
+
+
+async def test_a_worker_loop_that_raises_anything_is_started_again() -> None:
+    ticks = Ticks()
+    async with Rig(sleep=ticks) as rig:
+        supervisor = rig.worker._supervisor
+        rig.store.locks.failing = RuntimeError("bug")  # the cancel listener's subscription fails
+        subscribe = rig.store.locks.cancellations
+
+        def failing() -> Any:
+            subscription = subscribe()
+            if rig.store.locks.failing is not None:
+                subscription.lose(rig.store.locks.failing)
+            return subscription
+
+        rig.store.locks.cancellations = failing  # type: ignore[method-assign]
+        rig.spawn(rig.worker.run())
+        await settle(lambda: "llm-cancel" in supervisor.down())
+        rig.store.locks.failing = None
+        for _ in range(10):  # one pause at a time (whichever loop takes it), until the backoff's has passed
+            if supervisor.is_up("llm-cancel"):
+                break
+            asked = len(ticks.asked)
+            ticks.tick()
+            await settle(lambda asked=asked: len(ticks.asked) > asked or supervisor.is_up("llm-cancel"))  # type: ignore[misc]
+        assert ("llm-cancel", True, 1) in supervisor.loops()
