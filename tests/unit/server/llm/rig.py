@@ -192,7 +192,7 @@ class Rig:
         self._rids += 1
         request = Request(room=room, rid=f"g-{self._rids}", reply_to=reply_to, asker="A")
         if lock:
-            assert await self.store.locks.lock(room, request.rid)
+            assert await self.store.locks.lock(room, request.rid, self.settings.queue_lease_ms)
         await self.queue.add(request)
         return request
 
