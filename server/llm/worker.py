@@ -40,7 +40,6 @@ only the request's acknowledgement comes after it (none for FENCED and ABANDONED
 state       trigger   next state  what happened
 ==========  ========  ==========  ===========================================================================
 CLAIMED     START     STARTING    the worker asks whether it is answered or cancelled, retaking the lock
-CLAIMED     ERROR     ABANDONED   an exception: not acknowledged, the request stays queued
 STARTING    ANSWERED  SKIPPED     its answer is stored or it ended (its worker died before acknowledging it)
 STARTING    LAPSED    EXPIRED     another question holds the room: ``llm.error`` ``expired`` sent
 STARTING    GIVE_UP   GAVE_UP     delivered more than MAX_ATTEMPTS times: ``llm.error`` sent, lock released
@@ -145,7 +144,6 @@ class Trigger(enum.Enum):
 #: A generation's whole lifecycle: ``(state, trigger) -> next state``. A pair not listed is a bug.
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (CLAIMED, Trigger.START): STARTING,
-    (CLAIMED, Trigger.ERROR): ABANDONED,
     (STARTING, Trigger.ANSWERED): SKIPPED,
     (STARTING, Trigger.LAPSED): EXPIRED,
     (STARTING, Trigger.GIVE_UP): GAVE_UP,

@@ -352,6 +352,7 @@ class FakeLocks(_Failing):
         self.cancelled: set[tuple[str, str]] = set()
         self.renewed: list[tuple[str, str]] = []
         self.listeners: list[FakeSubscription] = []
+        self.frames_gate: asyncio.Event | None = None  # when set to an unset event, frames() waits for it
 
     def _holder(self, room: str) -> str | None:
         if room in self.until and self.until[room] <= self.log.clock.now_ms:
@@ -406,6 +407,8 @@ class FakeLocks(_Failing):
         return True
 
     async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+        if self.frames_gate is not None:
+            await self.frames_gate.wait()
         self._check()
         if not self.holds(fence):
             return False
