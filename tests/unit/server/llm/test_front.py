@@ -124,6 +124,16 @@ async def test_answer_takes_the_rooms_lock_and_queues_a_request_for_the_message(
         assert desk.member.pushed == []
 
 
+async def test_the_front_takes_the_lock_with_the_long_queued_lease_and_a_fresh_token() -> None:
+    async with Desk() as desk:
+        await desk.front.answer(desk.member, b"5-0", "B", "c1")
+        locks = desk.store.locks
+        assert locks.until["r"] == locks.log.clock.now_ms + LEASE_MS and locks.tokens["r"] == 1
+        locks.log.clock.advance(LEASE_MS / 1000 - 1)  # the question may wait that long for a worker
+        await desk.front.answer(desk.member, b"6-0", "A", "c2")
+        assert [error["bd"]["code"] for error in desk.member.pushed] == ["busy"]
+
+
 async def test_answer_in_a_busy_room_tells_the_sender_busy_and_leaves_the_message_stored() -> None:
     async with Desk() as desk:
         assert await desk.store.locks.lock("r", "g-other", LEASE_MS)
