@@ -118,11 +118,16 @@ def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, 
 
 
 def llm_response_body(room: str, rid: str, reply_to: str, now_ms: int, text: str, finish_reason: str, model: str,
-                      usage: dict[str, int] | None = None, attempt: int = 1) -> bytes:
+                      usage: dict[str, int] | None = None, attempt: int = 1,
+                      error: tuple[str, str] | None = None) -> bytes:
     """The stored ``body`` of ``llm.response``: generation ``rid``'s whole text and how it ended
-    (``stop``, ``length``, ``cancelled``, ``error``); ``usage`` when the provider reported it."""
+    (``stop``, ``length``, ``cancelled``, ``error``); ``usage`` when the provider reported it; ``error``
+    (``code``, ``message``: one of :data:`protocol.errors.LLM_ERROR_CODES`) for an answer cut by a
+    failure, which it ends (no ``llm.error`` follows)."""
     hd = _generation_header(Event.LLM_RESPONSE, room, rid, reply_to, now_ms, attempt)
     bd: dict[str, Any] = {"text": text, "finish_reason": finish_reason, "model": model}
     if usage is not None:
         bd["usage"] = usage
+    if error is not None:
+        bd["error"] = {"code": error[0], "message": error[1]}
     return orjson.dumps({"hd": hd, "bd": bd})

@@ -133,6 +133,9 @@ LLM_ERROR_CODES: dict[str, str] = {
     "provider_timeout": "The LLM provider did not finish answering in time.",
     "provider_unavailable": "The LLM provider could not be reached, or the connection dropped mid-answer.",
     "provider_error": "The LLM provider failed to answer.",
+    "cancelled": "The answer was cancelled before any text was streamed; nothing was stored.",
+    "expired": "The question waited longer than LLM_QUEUE_LEASE_S and another question took the room; ask again.",
+    "store_failed": "The answer could not be stored (the store kept failing); ask again.",
 }
 
 

@@ -141,19 +141,17 @@ def carries(cid: str) -> Callable[[Frame], bool]:
 
 
 def answering(question: Frame) -> Callable[[Frame], bool]:
-    """Whether a frame ends the bot's answer to ``question``: its ``llm.response``, or its
-    ``llm.error`` (which follows the ``llm.response`` of an answer cut short, and replies to it)."""
+    """Whether a frame ends the bot's answer to ``question``: its one terminal event, its
+    ``llm.response`` or its ``llm.error``."""
     rids: set[str] = set()
 
     def ends(frame: Frame) -> bool:
         hd: dict[str, Any] = frame["hd"]
-        bd: dict[str, Any] = frame["bd"]
         if hd.get("reply_to") == question["hd"]["id"]:
             rids.add(str(hd.get("rid")))
         if hd.get("rid") not in rids:
             return False
-        event = hd.get("event")
-        return event == "llm.error" or (event == "llm.response" and bd["finish_reason"] != "error")
+        return hd.get("event") in ("llm.error", "llm.response")
 
     return ends
 

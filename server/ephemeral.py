@@ -29,6 +29,17 @@ class Ephemeral:
         self._told: asyncio.Future[None] | None = None  # done when the pending frames have been sent
         self._flusher: asyncio.Task[None] | None = None
 
+    @property
+    def node(self) -> str:
+        """The id this process's frames are sent from ("" for a process that follows no room)."""
+        return self._node
+
+    def local(self, room: str, after: bytes, frame: str) -> None:
+        """Hand ``frame`` to this process's members of ``room`` only (the other nodes were told by a step
+        of its own: a generation's fenced frames)."""
+        if self._feed is not None:
+            self._feed.frame(room, after, frame, None)
+
     async def send(self, room: str, after: bytes, frame: str, skip: object = None) -> None:
         """Broadcast ``frame`` to ``room`` (except the member ``skip`` on this process) once the
         entries up to ``after`` are delivered. Raises when Redis is unreachable."""

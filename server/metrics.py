@@ -8,7 +8,8 @@ The two latency histograms are observed once per append batch.
 - ``chat_messages_in_total{event}``: accepted client frames; ``chat_messages_out_total{event}``:
   frames handed to members (one per member).
 - ``chat_errors_total{code}``: refusals and failures sent to clients.
-- ``chat_llm_generations_total{outcome}`` (a finish reason, or an ``llm.error`` code) and
+- ``chat_llm_generations_total{outcome}`` (a finish reason, an ``llm.error`` code, or ``fenced``: a
+  generation stopped because another worker took it over) and
   ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent).
 - ``chat_write_path{path}``: 1 for the way members' frames are written under the installed uvicorn,
   ``direct`` (straight to its sans-I/O transport) or ``asgi`` (the ASGI ``send``), 0 for the other

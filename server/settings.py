@@ -208,10 +208,28 @@ class LLMSettings:
     workers: int = 1  # worker consumers in this process (0: it runs no generation)
     concurrency: int = 100  # generations one worker runs at once
     reclaim_after_s: float = 30.0
+    queue_lease_s: float = 600.0  # how long a queued question keeps its room before a worker starts it
     history_turns: int = 10  # room messages the model sees before the prompt
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     scripted_delay_ms: int = 20  # the scripted provider's pause between chunks
     queue: str = "default"  # the request queue this process's triggers and workers use
+
+    @property
+    def queue_lease_ms(self) -> int:
+        """The room lock's lease while its question waits in the queue (set by the front)."""
+        return max(1, int(self.queue_lease_s * 1000))
+
+    @property
+    def running_lease_ms(self) -> int:
+        """The room lock's lease while its question is answered, renewed by the worker every
+        :attr:`keepalive_s`: twice ``LLM_RECLAIM_AFTER_S``, so a dead worker's question is taken over
+        (and fenced again) by another worker before the room could be given to another question."""
+        return max(1, int(2 * self.reclaim_after_s * 1000))
+
+    @property
+    def keepalive_s(self) -> float:
+        """How often a worker renews its locks and its claims on the requests it runs."""
+        return min(self.reclaim_after_s / 3, 5.0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LLMSettings:
@@ -269,6 +287,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "workers": ("LLM_WORKERS", _int(0, 1024)),
     "concurrency": ("LLM_CONCURRENCY", _int(1, 100_000)),
     "reclaim_after_s": ("LLM_RECLAIM_AFTER_S", _float(0.0, 86400.0, low_open=True)),
+    "queue_lease_s": ("LLM_QUEUE_LEASE_S", _float(0.0, 86400.0, low_open=True)),
     "history_turns": ("LLM_HISTORY_TURNS", _int(0, 1000)),
     "system_prompt": ("LLM_SYSTEM_PROMPT", _text),
     "scripted_delay_ms": ("LLM_SCRIPTED_DELAY_MS", _int(0, 60_000)),

@@ -119,7 +119,8 @@ class Relay:
         self.appender = self.parts.appender
         self.sessions = Sessions(store.log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
-        front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger)
+        front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
+                         settings.llm.queue_lease_ms)
         self.dispatcher = Dispatcher(self.appender, front)
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:

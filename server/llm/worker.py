@@ -3,21 +3,32 @@
 For each request (see :class:`~server.store.ports.RequestQueue` and
 :class:`~server.store.ports.GenerationLocks`):
 
-1. A request delivered too many times (its workers kept dying) ends with ``llm.error``. One whose
-   answer is already stored (a worker died between storing it and acknowledging the request) is
-   only acknowledged: a request never leaves two ``llm.response`` entries.
+1. The worker starts it with :meth:`~server.store.ports.GenerationLocks.start`: the room's lock is
+   taken over with a new fencing token (fencing out any earlier worker of the same request) and a
+   lease the worker renews (``running_lease_ms``: twice ``LLM_RECLAIM_AFTER_S``, so a dead worker's
+   request is taken over before its room could go to another question). A request whose answer is
+   already stored, or that ended already, is only acknowledged; one whose room another question
+   took (its lease lapsed) ends with ``llm.error`` ``expired``; one delivered too many times (its
+   workers kept dying) with ``llm.error`` ``provider_error``.
 2. The model sees the system prompt and the room's last messages up to the triggering one.
-3. Each text delta goes to the room as an ``llm.streaming`` frame (not stored), after the
-   triggering message and in ``seq`` order, on every node. A request taken over from a dead
-   worker starts again at ``seq`` 0 with ``hd.attempt`` 2, 3...
-4. When the answer ends (finished, cancelled, failed), the room's lock is released, then the
-   answer is stored as ``llm.response`` (with whatever text was streamed) and broadcast; a failure
-   also broadcasts ``llm.error``. Then the request is acknowledged.
+3. Each text delta goes to the room as an ``llm.streaming`` frame (not stored), after the triggering
+   message and in ``seq`` order, on every node; the deltas of one loop pass go in one step that
+   checks the token first (:meth:`~server.store.ports.GenerationLocks.frames`): a worker whose token
+   is stale sends nothing, and stops. A request taken over from a dead worker starts again at
+   ``seq`` 0 with ``hd.attempt`` 2, 3...
+4. When the answer ends it gets exactly one terminal event, its generation's last write, which
+   checks the token and releases the room's lock in the same step (the room is free before anyone
+   hears the answer): the ``llm.response`` is stored (finished; or cancelled or failed after some
+   text, with ``finish_reason`` ``cancelled`` / ``error``), or, when no text was streamed, an
+   ``llm.error`` is sent (the provider's code, or ``cancelled``: nothing is stored). The store is
+   retried (same cid: never stored twice); when it keeps failing, ``llm.error`` ``store_failed``.
+   Then the request is acknowledged.
 
 Generation runs as tasks on the worker's event loop: the provider is asynchronous, so a slow model
 never blocks the relay or other rooms. While a generation runs, the worker renews the room's lock
-and its claim on the request. ``llm.cancel`` (heard on the cancel channel) and shutdown stop a
-generation; the provider then closes its upstream stream.
+and its claim on the request; a renewal that finds the token stale stops the generation.
+``llm.cancel`` (heard on the cancel channel) and shutdown stop a generation; the provider then closes
+its upstream stream.
 
 The worker's four loops (``<label>-read``, ``-reclaim``, ``-keepalive``, ``-cancel``) are supervised
 (:mod:`server.supervise`): whatever one raises (Redis unreachable or refusing writes, the consumer
@@ -27,29 +38,32 @@ works again.
 A generation's lifecycle is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
 :meth:`Generation.fire`, which raises :class:`GenerationStateError` for a pair that is not in the
-table. A final state is entered once the generation's effects are done (the lock released, the
-answer stored, ``llm.error`` sent); only the request's acknowledgement comes after it.
+table. A final state is entered once the generation's effects are done (its terminal event written);
+only the request's acknowledgement comes after it (none for FENCED and ABANDONED).
 
 ==========  ========  ==========  ===========================================================================
 state       trigger   next state  what happened
 ==========  ========  ==========  ===========================================================================
-CLAIMED     GIVE_UP   GAVE_UP     delivered more than MAX_ATTEMPTS times: lock released, ``llm.error`` sent
-CLAIMED     START     STARTING    the worker asks whether it is answered or cancelled (retaking the lock)
-CLAIMED     ERROR     ABANDONED   an exception: not acknowledged, the request stays queued
-STARTING    ANSWERED  SKIPPED     its answer is already stored (its worker died before acknowledging it)
+CLAIMED     START     STARTING    the worker asks whether it is answered or cancelled, retaking the lock
+STARTING    ANSWERED  SKIPPED     its answer is stored or it ended (its worker died before acknowledging it)
+STARTING    LAPSED    EXPIRED     another question holds the room: ``llm.error`` ``expired`` sent
+STARTING    GIVE_UP   GAVE_UP     delivered more than MAX_ATTEMPTS times: ``llm.error`` sent, lock released
 STARTING    STREAM    STREAMING   the model is asked (unless cancelled already); its deltas go to the room
+STARTING    FENCE     FENCED      its end was written by another worker: nothing more written, no ack
 STARTING    ERROR     ABANDONED   an exception (the store unreachable): the request stays queued
-STREAMING   END       STORING     the stream ended (finished, cancelled or failed): the lock is released
+STREAMING   END       STORING     the stream ended (finished, cancelled or failed), every delta sent
+STREAMING   FENCE     FENCED      a frame or a renewal found the token stale: stopped, nothing stored, no ack
 STREAMING   ERROR     ABANDONED   an exception (the history unreadable): the request stays queued
-STORING     FINISH    DONE        the answer is stored
-STORING     CANCEL    CANCELLED   the answer so far is stored with ``finish_reason`` ``cancelled``
-STORING     FAIL      FAILED      the answer so far (if any) is stored with ``error``, then ``llm.error`` sent
-STORING     ERROR     ABANDONED   an exception (the answer not stored): the request stays queued
+STORING     FINISH    DONE        the answer is stored (the lock released in the same step)
+STORING     CANCEL    CANCELLED   the text so far stored, ``cancelled``; none: ``llm.error`` ``cancelled``
+STORING     FAIL      FAILED      the text so far stored, ``error``; none (or the store failed): ``llm.error``
+STORING     FENCE     FENCED      the final write found the token stale: another worker owns the question
+STORING     ERROR     ABANDONED   an exception (nothing could be written): the request stays queued
 ==========  ========  ==========  ===========================================================================
 
-An abandoned request is taken over after ``LLM_RECLAIM_AFTER_S`` by a worker (this one or another),
-as a new generation with the next attempt number; so is a finished one whose acknowledgement failed,
-which then ends SKIPPED when its answer was stored.
+An abandoned (or fenced) request is taken over after ``LLM_RECLAIM_AFTER_S`` by a worker (this one or
+another), as a new generation with the next attempt number; so is a finished one whose
+acknowledgement failed, which then ends SKIPPED.
 """
 
 from __future__ import annotations
@@ -61,9 +75,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_frame
+from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE
 from server.appender import Appender
 from server.ephemeral import Ephemeral
@@ -72,14 +87,16 @@ from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.metrics import COUNTS
 from server.settings import LLMSettings
 from server.store.ports import (
-    GENERATION_LOCK_TTL_MS,
+    Duplicate,
+    Fence,
+    Fenced,
     GenerationLocks,
     NewEntry,
     Request,
     RequestQueue,
     RoomLog,
 )
-from server.supervise import Supervisor
+from server.supervise import Supervisor, backoff
 from server.transcript import message
 
 log = logging.getLogger(__name__)
@@ -87,6 +104,9 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # deliveries of one request that may generate; the next one ends with llm.error
 ANSWER_DEDUPE_S = 24 * 3600  # how long a stored answer's rid is remembered (no second llm.response)
 READ_BLOCK_MS = 1000
+FINAL_WRITE_ATTEMPTS = 5  # tries of a generation's last write (the store, then llm.error) before giving up
+
+T = TypeVar("T")
 
 
 class State(enum.Enum):
@@ -100,43 +120,52 @@ class State(enum.Enum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     SKIPPED = "skipped"
+    EXPIRED = "expired"
     GAVE_UP = "gave_up"
+    FENCED = "fenced"
     ABANDONED = "abandoned"
 
 
 class Trigger(enum.Enum):
     """What moves a generation from one :class:`State` to the next."""
 
-    GIVE_UP = "give_up"  # too many attempts: the lock released, llm.error sent
     START = "start"  # locks.start is asked
-    ANSWERED = "answered"  # locks.start said its answer is stored
+    ANSWERED = "answered"  # locks.start said its answer is stored, or it ended
+    LAPSED = "lapsed"  # locks.start said another question holds the room: llm.error expired sent
+    GIVE_UP = "give_up"  # too many attempts: llm.error sent, the lock released
     STREAM = "stream"  # not answered: the model is asked
-    END = "end"  # the stream ended (or was cancelled): the lock is released next
+    END = "end"  # the stream ended (or was cancelled): the terminal event is written next
     FINISH = "finish"  # the complete answer is stored
-    CANCEL = "cancel"  # the cancelled answer is stored
-    FAIL = "fail"  # the failed answer is stored (when any text was streamed) and llm.error sent
+    CANCEL = "cancel"  # the cancelled answer is stored, or llm.error cancelled sent
+    FAIL = "fail"  # the failed answer is stored, or llm.error sent
+    FENCE = "fence"  # a write was refused: the token is stale
     ERROR = "error"  # an exception: the request is left queued
 
 
-CLAIMED, STARTING, STREAMING, STORING, DONE, CANCELLED, FAILED, SKIPPED, GAVE_UP, ABANDONED = State
+(CLAIMED, STARTING, STREAMING, STORING, DONE, CANCELLED, FAILED, SKIPPED, EXPIRED, GAVE_UP, FENCED,
+ ABANDONED) = State
 
 #: A generation's whole lifecycle: ``(state, trigger) -> next state``. A pair not listed is a bug.
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
-    (CLAIMED, Trigger.GIVE_UP): GAVE_UP,
     (CLAIMED, Trigger.START): STARTING,
-    (CLAIMED, Trigger.ERROR): ABANDONED,
     (STARTING, Trigger.ANSWERED): SKIPPED,
+    (STARTING, Trigger.LAPSED): EXPIRED,
+    (STARTING, Trigger.GIVE_UP): GAVE_UP,
     (STARTING, Trigger.STREAM): STREAMING,
+    (STARTING, Trigger.FENCE): FENCED,
     (STARTING, Trigger.ERROR): ABANDONED,
     (STREAMING, Trigger.END): STORING,
+    (STREAMING, Trigger.FENCE): FENCED,
     (STREAMING, Trigger.ERROR): ABANDONED,
     (STORING, Trigger.FINISH): DONE,
     (STORING, Trigger.CANCEL): CANCELLED,
     (STORING, Trigger.FAIL): FAILED,
+    (STORING, Trigger.FENCE): FENCED,
     (STORING, Trigger.ERROR): ABANDONED,
 }
 
-FINAL_STATES = frozenset({DONE, CANCELLED, FAILED, SKIPPED, GAVE_UP, ABANDONED})
+FINAL_STATES = frozenset({DONE, CANCELLED, FAILED, SKIPPED, EXPIRED, GAVE_UP, FENCED, ABANDONED})
+UNACKNOWLEDGED = frozenset({FENCED, ABANDONED})  # left queued: a worker with the current token owns them
 
 
 class GenerationStateError(RuntimeError):
@@ -149,6 +178,8 @@ class Generation:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     text: list[str] = field(default_factory=list)
     state: State = CLAIMED
+    fence: Fence | None = None  # the room's lock as this worker holds it (set by the start)
+    fenced: bool = False  # a frame or a renewal found the token stale: write nothing more
 
     def fire(self, trigger: Trigger) -> State:
         """The only place the state changes: the next state from :data:`TRANSITIONS`."""
@@ -158,6 +189,69 @@ class Generation:
             raise GenerationStateError(f"generation {self.request.rid} of room {self.request.room}: can't handle "
                                        f"{trigger.name} in state {self.state.name}") from None
         return self.state
+
+    def fence_out(self) -> None:
+        """Another worker owns the question now (or its lease lapsed): stop, write nothing more."""
+        self.fenced = True
+        self.cancel.set()
+
+
+class FencedFrames:
+    """A generation's deltas, sent in one fenced step per loop pass (one in flight at a time).
+
+    Each step checks the generation's token before anything is published; a refused step fences the
+    generation out. This process's own members get a batch once the step has checked the token."""
+
+    def __init__(self, locks: GenerationLocks, ephemeral: Ephemeral, generation: Generation) -> None:
+        self._locks = locks
+        self._ephemeral = ephemeral
+        self._generation = generation
+        self._pending: list[tuple[bytes, str]] = []
+        self._told: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    def post(self, after: bytes, frame: str) -> asyncio.Future[None]:
+        """Send ``frame`` after the entry ``after``; the future is done once the step ran (frames posted
+        while one step is in flight share the next step's future)."""
+        self._pending.append((after, frame))
+        if self._told is None:
+            loop = asyncio.get_running_loop()
+            self._told = loop.create_future()
+            if self._flusher is None:
+                self._flusher = loop.create_task(self._flush())
+        return self._told
+
+    async def _flush(self) -> None:
+        generation = self._generation
+        fence = generation.fence
+        assert fence is not None
+        try:
+            while self._pending:
+                batch, told = self._pending, self._told
+                self._pending, self._told = [], None
+                assert told is not None
+                if generation.fenced:
+                    told.set_result(None)
+                    continue
+                try:
+                    held = await self._locks.frames(fence, [after + b" " + frame.encode() for after, frame in batch],
+                                                    self._ephemeral.node)
+                except asyncio.CancelledError:
+                    told.cancel()
+                    raise
+                except Exception as exc:
+                    told.set_exception(exc)
+                    continue
+                if not held:
+                    log.warning("room %s: generation %s lost its room's lock (token %d): stopped", fence.room,
+                                fence.rid, fence.token)
+                    generation.fence_out()
+                else:
+                    for after, frame in batch:
+                        self._ephemeral.local(fence.room, after, frame)
+                told.set_result(None)
+        finally:
+            self._flusher = None
 
 
 class Worker:
@@ -195,7 +289,7 @@ class Worker:
         self._supervisor.up(f"{self.label}-{kind}")
 
     async def stop(self, timeout_s: float) -> None:
-        """Take no new requests; end running generations as ``cancelled`` (stored) and wait for them."""
+        """Take no new requests; end running generations as ``cancelled`` and wait for them."""
         self._stopping = True
         for generation in self._running.values():
             generation.cancel.set()
@@ -242,11 +336,24 @@ class Worker:
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await self._sleep(GENERATION_LOCK_TTL_MS / 3000)
-            running = [generation.request for generation in self._running.values()]
-            await self._locks.renew([(request.room, request.rid) for request in running])
-            await self._requests.touch(self.name, [request.entry_id for request in running])
+            await self._sleep(self._settings.keepalive_s)
+            await self._keepalive()
             self._up("keepalive")
+
+    async def _keepalive(self) -> None:
+        """Renew the running generations' locks (fencing out those whose token is stale) and touch
+        the claims of those still held."""
+        running = [generation for generation in self._running.values()
+                   if generation.fence is not None and not generation.fenced]
+        held = await self._locks.renew([generation.fence for generation in running if generation.fence],
+                                       self._settings.running_lease_ms)
+        for generation, still in zip(running, held, strict=True):
+            if not still and generation.state is STREAMING:
+                log.warning("room %s: generation %s lost its room's lock: stopped", generation.request.room,
+                            generation.request.rid)
+                generation.fence_out()
+        await self._requests.touch(self.name, [generation.request.entry_id for generation in self._running.values()
+                                               if not generation.fenced])
 
     async def _cancel_loop(self) -> None:
         cancellations = self._locks.cancellations()
@@ -265,22 +372,26 @@ class Worker:
     async def _serve(self, generation: Generation) -> None:
         request = generation.request
         try:
-            if request.attempt > MAX_ATTEMPTS:
-                await self._locks.release(request.room, request.rid)
-                await self._fail(request, None, ProviderError(
-                    "provider_error", f"The answer failed {MAX_ATTEMPTS} times (its workers stopped); gave up."))
-                generation.fire(Trigger.GIVE_UP)
+            generation.fire(Trigger.START)
+            started = await self._locks.start(request.room, request.rid, self._settings.running_lease_ms)
+            if started.cancelled:
+                generation.cancel.set()
+            if started.answered:
+                generation.fire(Trigger.ANSWERED)
+            elif started.fence is None:
+                ended = await self._end(generation, "expired", LLM_ERROR_CODES["expired"])
+                generation.fire(Trigger.LAPSED if ended else Trigger.FENCE)
+            elif request.attempt > MAX_ATTEMPTS:
+                generation.fence = started.fence
+                ended = await self._end(generation, "provider_error",
+                                        f"The answer failed {MAX_ATTEMPTS} times (its workers stopped); gave up.")
+                generation.fire(Trigger.GIVE_UP if ended else Trigger.FENCE)
             else:
-                generation.fire(Trigger.START)
-                answered, cancelled = await self._locks.start(request.room, request.rid)
-                if cancelled:
-                    generation.cancel.set()
-                if answered:
-                    generation.fire(Trigger.ANSWERED)
-                else:
-                    generation.fire(Trigger.STREAM)
-                    await self._generate(generation)
-            await self._requests.ack([request.entry_id])
+                generation.fence = started.fence
+                generation.fire(Trigger.STREAM)
+                await self._generate(generation)
+            if generation.state not in UNACKNOWLEDGED:
+                await self._requests.ack([request.entry_id])
         except Exception:
             # Left pending: another worker (or this one) takes it over after LLM_RECLAIM_AFTER_S.
             log.exception("room %s: generation %s failed; the request stays queued", request.room, request.rid)
@@ -300,16 +411,32 @@ class Worker:
         error: ProviderError | None = None
         if not generation.cancel.is_set():  # cancelled while it was queued: the model is not asked
             outcome, error = await self._ask(generation, messages)
+        if generation.fenced:
+            COUNTS.generations["fenced"] += 1
+            generation.fire(Trigger.FENCE)
+            return
         generation.fire(Trigger.END)
         text = "".join(generation.text)
-        COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
-        await self._locks.release(request.room, request.rid)
-        response_id = None
-        if error is None or text:
-            response_id = await self._store_answer(request, text, outcome, error)
-        if error is not None:
-            await self._fail(request, response_id, error)
-        generation.fire(Trigger.FAIL if error else Trigger.FINISH if outcome else Trigger.CANCEL)
+        trigger = Trigger.FAIL if error else Trigger.FINISH if outcome else Trigger.CANCEL
+        if outcome is not None or text:
+            stored = await self._store_answer(request, generation.fence, text, outcome, error)
+            if stored is None:
+                generation.fire(Trigger.FENCE)
+                return
+            if stored:
+                COUNTS.generations[error.code if error else outcome.finish_reason if outcome else "cancelled"] += 1
+                generation.fire(trigger)
+                return
+            code, trigger = "store_failed", Trigger.FAIL  # the answer is lost: say so, once
+            reason = LLM_ERROR_CODES[code]
+        else:
+            code = error.code if error else "cancelled"
+            reason = error.message if error else LLM_ERROR_CODES[code]
+        if not await self._end(generation, code, reason):
+            generation.fire(Trigger.FENCE)
+            return
+        COUNTS.generations[code] += 1
+        generation.fire(trigger)
 
     async def _ask(self, generation: Generation, messages: Any) -> tuple[Outcome | None, ProviderError | None]:
         """Stream the model's answer until it ends or the generation is cancelled: its outcome or its error
@@ -333,6 +460,7 @@ class Worker:
 
     async def _pump(self, generation: Generation, messages: Any) -> Outcome:
         request, after = generation.request, generation.request.reply_to.encode()
+        frames = FencedFrames(self._locks, self._ephemeral, generation)
         sent: list[asyncio.Future[None]] = []  # the deltas' sends, awaited before the answer is stored
         seq = 0
         try:
@@ -341,11 +469,11 @@ class Worker:
                     if isinstance(event, Outcome):
                         return event
                     # Counted when handed over: from then on the delta reaches the members even if
-                    # the generation is cancelled.
+                    # the generation is cancelled (unless its token is stale).
                     generation.text.append(event)
                     COUNTS.tokens_streamed += 1
-                    told = self._ephemeral.post(request.room, after, llm_streaming_frame(
-                        request.room, request.rid, request.reply_to, seq, event, request.attempt))
+                    told = frames.post(after, llm_streaming_frame(request.room, request.rid, request.reply_to, seq,
+                                                                  event, request.attempt))
                     if not sent or sent[-1] is not told:
                         sent.append(told)
                     seq += 1
@@ -358,20 +486,57 @@ class Worker:
                 log.warning("room %s: some deltas of %s did not reach other nodes: %s", request.room, request.rid,
                             failed)
 
-    async def _store_answer(self, request: Request, text: str, outcome: Outcome | None,
-                            error: ProviderError | None) -> bytes | None:
+    async def _store_answer(self, request: Request, fence: Fence | None, text: str, outcome: Outcome | None,
+                            error: ProviderError | None) -> bool | None:
+        """Store the answer, fenced (the lock released in the same step), retrying a failed store (its
+        cid is the rid: never stored twice). True when stored (now or before), None when the token is
+        stale, False when the store kept failing."""
         finish = outcome.finish_reason if outcome else "error" if error else "cancelled"
         body = llm_response_body(request.room, request.rid, request.reply_to, _now_ms(), text, finish,
                                  outcome.model if outcome else self._model_name(),
-                                 outcome.usage if outcome else None, request.attempt)
-        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S)
-        stored = await self._appender.append(entry)
-        return stored if isinstance(stored, bytes) else stored.id
+                                 outcome.usage if outcome else None, request.attempt,
+                                 (error.code, error.message) if error else None)
+        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, fence)
+        try:
+            stored = await self._final_write(request, "the answer", lambda: self._appender.append(entry))
+        except Fenced:
+            log.warning("room %s: the answer of %s was refused: its token is stale", request.room, request.rid)
+            return None
+        except Exception:
+            return False
+        return isinstance(stored, bytes | Duplicate)
 
-    async def _fail(self, request: Request, response_id: bytes | None, error: ProviderError) -> None:
-        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), error.code, error.message,
-                                request.attempt)
-        await self._ephemeral.send(request.room, response_id or request.reply_to.encode(), frame)
+    async def _end(self, generation: Generation, code: str, text: str) -> bool:
+        """End the generation with ``llm.error`` (nothing stored), in the step that checks its token and
+        releases the lock (retried: a retry after a lost reply sends nothing twice). False when the
+        token is stale (or another worker ended it)."""
+        request = generation.request
+        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt)
+        after = request.reply_to.encode()
+        ended = await self._final_write(request, "llm.error", lambda: self._locks.end(
+            request.room, request.rid, generation.fence, after + b" " + frame.encode(), self._ephemeral.node))
+        if ended:
+            self._ephemeral.local(request.room, after, frame)
+        else:
+            log.warning("room %s: the llm.error of %s was refused: its token is stale", request.room, request.rid)
+        return ended
+
+    async def _final_write(self, request: Request, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()``, tried up to :data:`FINAL_WRITE_ATTEMPTS` times while it fails (not when it is
+        fenced): the last failure is raised."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except Fenced:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures >= FINAL_WRITE_ATTEMPTS:
+                    log.error("room %s: %s of %s failed %d times: %s", request.room, what, request.rid, failures, exc)
+                    raise
+                log.warning("room %s: %s of %s failed (%s); retrying", request.room, what, request.rid, exc)
+                await self._sleep(backoff(failures - 1))
 
     def _model_name(self) -> str:
         return self._settings.model if self._settings.provider == "openai" else SCRIPTED_MODEL

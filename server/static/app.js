@@ -177,15 +177,20 @@ function onAnswer(frame) {
   item.dataset.state = frame.bd.finish_reason === "stop" ? "done" : frame.bd.finish_reason;
   textOf(item).textContent = frame.bd.text;
   item.querySelector("button")?.remove();
+  if (frame.bd.error) failure(item, frame.bd.error);  // an answer cut short: it says why
 }
 
 function onBotError(frame) {
   const item = botItem(frame.hd.rid);
   item.dataset.state = "error";
   item.querySelector("button")?.remove();
+  failure(item, frame.bd);
+}
+
+function failure(item, { code, message }) {
   const note = document.createElement("p");
   note.className = "failure";
-  note.textContent = `The bot could not answer (${frame.bd.code}): ${frame.bd.message}`;
+  note.textContent = `The bot could not answer (${code}): ${message}`;
   item.append(note);
 }
 

@@ -13,7 +13,9 @@ scripts). A room's keys:
 - ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window: ``<epoch>
   <id>``, counted only in that epoch of the stream (a bare ``<id>``, written before, while the stream
   holds it); the LLM's answer marker too (participant ``llm``, cid = the generation's rid).
-- ``chat:llm:lock:<room>``: the rid of the room's running generation.
+- ``chat:llm:lock:<room>``: ``"<token> <rid>"`` of the room's generation (queued or running).
+- ``chat:llm:fence:<room>``: the room's fencing counter (INCR): each taking of the lock gets the next token.
+- ``chat:llm:ended:<room>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
 - ``chat:llm:cancelled:<room>:<rid>``: a generation cancelled before its worker started it.
 
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), and the channels
@@ -51,6 +53,14 @@ def dedupe_key(room: str, participant: str, cid: str) -> str:
 
 def llm_lock_key(room: str) -> str:
     return "chat:llm:lock:" + room
+
+
+def llm_fence_key(room: str) -> str:
+    return "chat:llm:fence:" + room
+
+
+def llm_ended_key(room: str, rid: str) -> str:
+    return f"chat:llm:ended:{room}:{rid}"
 
 
 def llm_cancelled_key(room: str, rid: str) -> str:

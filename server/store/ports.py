@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
-GENERATION_LOCK_TTL_MS = 10_000  # a generation's lock expires this long after it was taken or renewed
+FENCE_TTL_S = 7 * 24 * 3600  # a room's fencing counter is kept this long after its last lock
+ENDED_TTL_S = 24 * 3600  # how long a generation ended without a stored answer is remembered
 
 
 class StoreUnavailable(Exception):
@@ -59,6 +60,30 @@ class StoreRefused(StoreError):
     too long). Try again later."""
 
 
+class Fenced(StoreError):
+    """A fenced write refused: its generation no longer holds the room's lock with its token (the lock
+    expired, or another worker took the request over with a newer token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A generation's hold on its room's lock: the lock holds ``rid`` with ``token``, a number drawn
+    from the room's counter each time the lock is taken or taken over (so it only grows)."""
+
+    room: str
+    rid: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What :meth:`GenerationLocks.start` found."""
+
+    answered: bool  # its answer is stored, or the generation ended already (an llm.error was sent)
+    cancelled: bool  # llm.cancel named it
+    fence: Fence | None  # the lock, taken again with a new token; None: answered, or the room is another's
+
+
 @dataclass(frozen=True, slots=True)
 class NewEntry:
     room: str
@@ -66,6 +91,10 @@ class NewEntry:
     body: bytes
     cid: str | None = None  # the client's message id: stored once per room, participant and cid
     dedupe_s: int | None = None  # how long the cid is remembered (None: the retention's default)
+    #: A generation's answer: appended only while this fence holds (else :class:`Fenced`), and the
+    #: room's lock is released in the same step. Its cid is checked first: a resend of a stored
+    #: answer is a :class:`Duplicate` whatever the lock holds.
+    fence: Fence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,25 +224,43 @@ class NodeBus(Protocol):
 
 
 class GenerationLocks(Protocol):
-    """One generation per room: the lock holds its rid, with a short expiry its owner renews."""
+    """One generation per room, fenced. The room's lock holds ``(rid, token)``: the front takes it
+    with a long lease when it queues a question (the question keeps the room while it waits), the
+    worker that starts the question takes it again with a new token and a shorter lease it renews.
+    Every write of a generation (its frames, its answer, its end) checks the token in the same step,
+    so a worker whose token is stale (its lease lapsed, or another worker took the request over)
+    cannot write anything."""
 
-    async def lock(self, room: str, rid: str) -> bool:
-        """Take the room's lock for ``rid`` (or keep it); False when another generation holds it."""
+    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
+        """Take the room's lock for ``rid`` with a new token; None when another generation holds it."""
         ...
 
-    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
-        """Renew the locks these ``(room, rid)`` generations still hold, in one round trip."""
+    async def start(self, room: str, rid: str, lease_ms: int) -> Started:
+        """A worker starts (or takes over) ``rid``, in one step: unless it is answered or ended, the lock
+        is taken for it with a new token when it is free or ``rid``'s (fencing out any earlier worker);
+        ``fence`` is None when another generation holds the room. ``answered`` holds for an answer stored
+        in any epoch of the room within its window: a rid names one question, never generated (and paid
+        for) twice, even when the room was deleted since."""
         ...
 
-    async def release(self, room: str, rid: str) -> bool:
-        """Delete the lock if ``rid`` holds it (compare-and-delete)."""
+    async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
+        """Renew these locks, in one round trip: for each, whether its fence still holds."""
         ...
 
-    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
-        """A worker starts ``rid``: ``(answered, cancelled)``, in one step; unless its answer is already
-        stored, the lock is taken for it again when free (it may have expired while it waited).
-        ``answered`` holds for an answer stored in any epoch of the room within its window: a rid names
-        one question, never generated (and paid for) twice, even when the room was deleted since."""
+    async def release(self, fence: Fence) -> bool:
+        """Delete the lock if ``fence`` holds it (compare-and-delete)."""
+        ...
+
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+        """Send ``messages`` (``b"<after id> <frame>"``, not stored) to the room's followers other than
+        ``node``, only if ``fence`` holds the lock: False (nothing sent) when it does not."""
+        ...
+
+    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
+        """End ``rid`` without a stored answer, in one step: unless it ended already, and if ``fence``
+        holds the lock (None: a generation that never held it), release the lock, remember that ``rid``
+        ended, and send ``message`` (its ``llm.error``) to the room's followers other than ``node``.
+        True when this fence ended it (now, or in an earlier call whose reply was lost)."""
         ...
 
     async def cancel(self, room: str, rid: str) -> bool:

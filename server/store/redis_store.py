@@ -43,6 +43,8 @@ from server.store.keys import (
     epoch_key,
     followers_key,
     llm_cancelled_key,
+    llm_ended_key,
+    llm_fence_key,
     llm_lock_key,
     llm_requests_key,
     node_channel,
@@ -50,14 +52,18 @@ from server.store.keys import (
     stream_key,
 )
 from server.store.ports import (
-    GENERATION_LOCK_TTL_MS,
+    ENDED_TTL_S,
+    FENCE_TTL_S,
     BatchResult,
     Duplicate,
     Entry,
+    Fence,
+    Fenced,
     NewEntry,
     Request,
     Retention,
     SessionInfo,
+    Started,
     StoreError,
     StoreRefused,
     StoreUnavailable,
@@ -83,9 +89,12 @@ _REFUSAL_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
 
 
 def store_error(reply: Exception) -> StoreError:
-    """The port's exception for an error reply: :class:`StoreRefused` when Redis refused to run the
-    command (nothing was written), else :class:`StoreError`."""
+    """The port's exception for an error reply: :class:`Fenced` for a fenced write its generation no
+    longer holds, :class:`StoreRefused` when Redis refused to run the command (nothing was written),
+    else :class:`StoreError`."""
     message = str(reply)
+    if message.startswith("FENCED"):
+        return Fenced(message)
     for cls, word in _REFUSAL_CLASSES:
         if isinstance(reply, cls):
             return StoreRefused(f"{word} {message}")
@@ -220,7 +229,11 @@ class RedisRoomLog:
             if entry.cid is not None and window > 0:
                 keys.append(dedupe_key(room, entry.participant, entry.cid))
                 dedupe = len(keys)
-            args += (entry.participant, entry.body, dedupe, max(window, 1))
+            fence, held = 0, ""
+            if entry.fence is not None:
+                keys.append(llm_lock_key(room))
+                fence, held = len(keys), fence_value(entry.fence)
+            args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
         return keys, args
 
     @translated
@@ -348,25 +361,45 @@ class RedisLocks:
         self._script = connections.script("jobs.lua")
 
     @translated
-    async def lock(self, room: str, rid: str) -> bool:
-        return bool(await self._script([llm_lock_key(room)], ["lock", rid, GENERATION_LOCK_TTL_MS]))
+    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
+        token = await self._script([llm_lock_key(room), llm_fence_key(room)], ["lock", rid, lease_ms, FENCE_TTL_S])
+        return Fence(room, rid, int(token)) if token else None
 
     @translated
-    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
-        if generations:
-            await self._script.many([([llm_lock_key(room)], ["renew", rid, GENERATION_LOCK_TTL_MS])
-                                     for room, rid in generations])
+    async def start(self, room: str, rid: str, lease_ms: int) -> Started:
+        answered, cancelled, token = await self._script(
+            [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid),
+             llm_ended_key(room, rid), llm_fence_key(room)],
+            ["start", rid, lease_ms, FENCE_TTL_S])
+        return Started(bool(answered), bool(cancelled), Fence(room, rid, int(token)) if token else None)
 
     @translated
-    async def release(self, room: str, rid: str) -> bool:
-        return bool(await self._script([llm_lock_key(room)], ["release", rid]))
+    async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
+        if not fences:
+            return []
+        replies = await self._script.many([([llm_lock_key(fence.room)], ["renew", fence_value(fence), lease_ms])
+                                           for fence in fences])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [bool(reply) for reply in replies]
 
     @translated
-    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
-        answered, cancelled = await self._script(
-            [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid)],
-            ["start", rid, GENERATION_LOCK_TTL_MS])
-        return bool(answered), bool(cancelled)
+    async def release(self, fence: Fence) -> bool:
+        return bool(await self._script([llm_lock_key(fence.room)], ["release", fence_value(fence)]))
+
+    @translated
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+        room = fence.room
+        return bool(await self._script([llm_lock_key(room), followers_key(room)],
+                                       ["frames", fence_value(fence), node, NODE_CHANNEL_PREFIX, room, *messages]))
+
+    @translated
+    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
+        value = "" if fence is None else fence_value(fence)
+        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), followers_key(room)],
+                                   ["end", value, ENDED_TTL_S, node, NODE_CHANNEL_PREFIX, room, message])
+        return bool(ended)
 
     @translated
     async def cancel(self, room: str, rid: str) -> bool:
@@ -375,6 +408,11 @@ class RedisLocks:
 
     def cancellations(self) -> TranslatedSubscription:
         return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))
+
+
+def fence_value(fence: Fence) -> str:
+    """What the room's lock holds while ``fence`` holds it."""
+    return f"{fence.token} {fence.rid}"
 
 
 class RedisRequestQueue:

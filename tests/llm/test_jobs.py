@@ -6,38 +6,115 @@ import asyncio
 
 from protocol.names import LLM_ROLE
 from server.store.keys import dedupe_key, llm_lock_key, llm_requests_key
-from server.store.ports import GENERATION_LOCK_TTL_MS, NewEntry, Request, Retention, Store
+from server.store.ports import Fence, Fenced, NewEntry, Request, Retention, Started, Store
 from tests.conftest import RUN, Backend, new_room
+
+LEASE_MS = 60_000
 
 
 def request(room: str, rid: str) -> Request:
     return Request(room=room, rid=rid, reply_to="1-0", asker="A")
 
 
-async def test_one_generation_per_room_owned_by_its_rid(backend: Backend) -> None:
+async def test_one_generation_per_room_fenced_by_a_growing_token(backend: Backend) -> None:
     locks, room = backend.store.locks, new_room()
-    assert await locks.lock(room, "g-1") is True
-    assert await locks.lock(room, "g-2") is False  # busy
-    assert await locks.lock(room, "g-1") is True  # the owner keeps it
-    assert await locks.release(room, "g-2") is False  # only the owner releases
+    first = await locks.lock(room, "g-1", LEASE_MS)
+    assert first == Fence(room, "g-1", 1)
+    assert await locks.lock(room, "g-2", LEASE_MS) is None  # busy
+    assert await locks.release(Fence(room, "g-2", 1)) is False  # only the holder releases
+    assert await locks.release(Fence(room, "g-1", 7)) is False  # ...with its own token
     await backend.raw.pexpire(llm_lock_key(room), 500)
-    await locks.renew([(room, "g-1"), (room, "g-2")])
-    assert 500 < await backend.raw.pttl(llm_lock_key(room)) <= GENERATION_LOCK_TTL_MS  # renewed for its owner
+    assert await locks.renew([first, Fence(room, "g-2", 2)], LEASE_MS) == [True, False]
+    assert 500 < await backend.raw.pttl(llm_lock_key(room)) <= LEASE_MS  # renewed for its holder
     assert await locks.cancel(room, "g-2") is False  # not running
     assert await locks.cancel(room, "g-1") is True
-    assert await locks.start(room, "g-1") == (False, True)
-    assert await locks.release(room, "g-1") is True
-    assert await locks.lock(room, "g-2") is True  # free again
-    await locks.release(room, "g-2")
+    started = await locks.start(room, "g-1", LEASE_MS)  # the worker takes it over: a new token
+    assert started == Started(False, True, Fence(room, "g-1", 2))
+    assert await locks.renew([first], LEASE_MS) == [False]  # the front's token is stale now
+    assert started.fence is not None and await locks.release(started.fence) is True
+    second = await locks.lock(room, "g-2", LEASE_MS)  # free again
+    assert second == Fence(room, "g-2", 3)
+    await locks.release(second)
 
 
 async def test_start_tells_an_answered_request_and_retakes_a_lost_lock(backend: Backend) -> None:
     locks, room = backend.store.locks, new_room()
-    assert await locks.start(room, "g-9") == (False, False)
-    assert await backend.raw.get(llm_lock_key(room)) == b"g-9"  # taken again: it had expired
+    started = await locks.start(room, "g-9", LEASE_MS)
+    assert started == Started(False, False, Fence(room, "g-9", 1))
+    assert await backend.raw.get(llm_lock_key(room)) == b"1 g-9"  # taken again: it had expired
     await backend.raw.set(dedupe_key(room, LLM_ROLE, "g-9"), "5-0")  # its llm.response is stored
-    assert await locks.start(room, "g-9") == (True, False)
-    await locks.release(room, "g-9")
+    assert await locks.start(room, "g-9", LEASE_MS) == Started(True, False, None)
+    assert await locks.release(Fence(room, "g-9", 1))
+
+
+async def test_start_of_a_question_whose_room_another_holds_takes_nothing(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    other = await locks.lock(room, "g-other", LEASE_MS)
+    assert await locks.start(room, "g-late", LEASE_MS) == Started(False, False, None)
+    assert await backend.raw.get(llm_lock_key(room)) == b"1 g-other"
+    assert other is not None and await locks.release(other)
+
+
+async def test_frames_are_sent_only_while_the_fence_holds(store: Store) -> None:
+    room, node = new_room(), f"t{RUN}-n-{new_room()}"
+    await store.bus.follow([room], node, 60)
+    subscription = store.bus.subscription(node)
+    await subscription.subscribe()
+    while (message := await subscription.next(timeout_s=5)) is None or message[0] != "subscribe":
+        pass
+    fence = await store.locks.lock(room, "g-1", LEASE_MS)
+    assert fence is not None
+    assert await store.locks.frames(fence, [b"1-0 a", b"1-0 b"], "") is True
+    taken = (await store.locks.start(room, "g-1", LEASE_MS)).fence  # another worker took it over
+    assert taken is not None
+    assert await store.locks.frames(fence, [b"1-0 stale"], "") is False
+    assert await store.locks.frames(taken, [b"1-0 c"], node) is True  # (not to the sender itself)
+    assert await store.locks.frames(taken, [b"1-0 d"], "") is True
+    heard = []
+    while (message := await subscription.next(timeout_s=0.5)) is not None:
+        heard.append(message[1])
+    assert heard == [f"{room} 1-0 a".encode(), f"{room} 1-0 b".encode(), f"{room} 1-0 d".encode()]
+    await subscription.close()
+    await store.locks.release(taken)
+
+
+async def test_end_releases_marks_and_sends_once_only_for_its_fence(store: Store) -> None:
+    room, node = new_room(), f"t{RUN}-n-{new_room()}"
+    await store.bus.follow([room], node, 60)
+    subscription = store.bus.subscription(node)
+    await subscription.subscribe()
+    while (message := await subscription.next(timeout_s=5)) is None or message[0] != "subscribe":
+        pass
+    front = await store.locks.lock(room, "g-1", LEASE_MS)
+    fence = (await store.locks.start(room, "g-1", LEASE_MS)).fence
+    assert front is not None and fence is not None
+    assert await store.locks.end(room, "g-1", front, b"1-0 stale", "") is False  # a stale token
+    assert await store.locks.end(room, "g-1", fence, b"1-0 error", "") is True
+    assert await store.locks.end(room, "g-1", fence, b"1-0 error", "") is True  # a retry: nothing sent again
+    assert await store.locks.lock(room, "g-2", LEASE_MS) is not None  # the room is free
+    assert await store.locks.start(room, "g-1", LEASE_MS) == Started(True, False, None)  # ended: never again
+    assert await store.locks.end(room, "g-3", None, b"1-0 expired", "") is True  # a question without a lock
+    heard = []
+    while (message := await subscription.next(timeout_s=0.5)) is not None:
+        heard.append(message[1])
+    assert heard == [f"{room} 1-0 error".encode(), f"{room} 1-0 expired".encode()]
+    await subscription.close()
+
+
+async def test_a_fenced_answer_is_stored_only_while_its_fence_holds_and_releases_the_lock(store: Store) -> None:
+    room = new_room()
+    front = await store.locks.lock(room, "g-1", LEASE_MS)
+    fence = (await store.locks.start(room, "g-1", LEASE_MS)).fence
+    assert front is not None and fence is not None
+    answer = NewEntry(room, LLM_ROLE, b"{}", "g-1", 60, front)
+    result = await store.log.append_batch([answer], Retention(), "")
+    assert isinstance(result.ids[0], Fenced) and await store.log.range(room) == []
+    stored = await store.log.append_batch([NewEntry(room, LLM_ROLE, b"{}", "g-1", 60, fence)], Retention(), "")
+    assert isinstance(stored.ids[0], bytes)
+    assert await store.locks.lock(room, "g-2", LEASE_MS) is not None  # released in the same step
+    again = await store.log.append_batch([NewEntry(room, LLM_ROLE, b"{}", "g-1", 60, fence)], Retention(), "")
+    assert getattr(again.ids[0], "id", None) == stored.ids[0]  # a retry after a lost reply: the same entry
+    assert len(await store.log.range(room)) == 1
 
 
 async def test_an_answer_stored_in_an_earlier_epoch_of_the_room_still_counts(backend: Backend) -> None:
@@ -46,9 +123,9 @@ async def test_an_answer_stored_in_an_earlier_epoch_of_the_room_still_counts(bac
     answer = NewEntry(room, LLM_ROLE, b'{"hd":{},"bd":{}}', "g-7", 60)
     [stored] = (await store.log.append_batch([answer], Retention(), "n")).ids
     assert isinstance(stored, bytes)
-    assert await store.locks.start(room, "g-7") == (True, False)
+    assert await store.locks.start(room, "g-7", LEASE_MS) == Started(True, False, None)
     assert await store.log.delete(room)
-    assert await store.locks.start(room, "g-7") == (True, False)
+    assert await store.locks.start(room, "g-7", LEASE_MS) == Started(True, False, None)
     assert await backend.raw.get(llm_lock_key(room)) is None  # answered: the lock is not taken
 
 
@@ -57,13 +134,14 @@ async def test_a_cancel_reaches_every_subscribed_worker(store: Store) -> None:
     await heard.subscribe()
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "subscribe":
         pass
-    await store.locks.lock(room, "g-5")
+    fence = await store.locks.lock(room, "g-5", LEASE_MS)
     assert await store.locks.cancel(room, "g-5")
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "message":
         pass
     assert message[1] == b"g-5"
     await heard.close()
-    await store.locks.release(room, "g-5")
+    assert fence is not None
+    await store.locks.release(fence)
 
 
 async def test_requests_are_read_once_and_acknowledged(backend: Backend) -> None:

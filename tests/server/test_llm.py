@@ -1,9 +1,14 @@
 """The LLM participant: streamed answers to every member on every node, stored answers, failures,
-cancel, one generation per room, and workers that survive being killed."""
+cancel, one generation per room (fenced: a queued question keeps its room, a killed or paused worker
+never lets two answers stream at once), and workers that survive being killed."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,15 +28,14 @@ END = ("llm.response", "llm.error")
 
 
 async def until_end(client: Client) -> list[dict[str, Any]]:
-    """Frames up to and including the end of a generation (its llm.response, or its llm.error)."""
+    """Frames up to and including the end of a generation: its one terminal event (its llm.response,
+    or its llm.error)."""
     frames = []
     while True:
         frame = await client.recv()
         frames.append(frame)
-        if frame["hd"]["event"] == "llm.error":
+        if frame["hd"]["event"] in END:
             return frames
-        if frame["hd"]["event"] == "llm.response" and frame["bd"]["finish_reason"] != "error":
-            return frames  # (an answer cut by an error is followed by the llm.error)
 
 
 def deltas(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,17 +180,15 @@ async def test_provider_failures_give_llm_error_and_the_room_stays_usable(
             await Client.open(openai_node.ws(room, role="B")) as b:
         await a.chat(f"@llm {marker}")
         frames = await until_end(b)
-        error = frames[-1]
-        assert error["hd"]["event"] == "llm.error" and error["bd"]["code"] == code and error["bd"]["message"]
-        assert error["hd"]["reply_to"] == frames[0]["hd"]["id"]
-        responses = [f for f in frames if f["hd"]["event"] == "llm.response"]
-        if partial:  # the text streamed before the failure is kept
-            [response] = responses
-            assert response["bd"]["finish_reason"] == "error"
-            assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames)) != ""
+        end = frames[-1]
+        if partial:  # the text streamed before the failure is kept, and says why it was cut
+            assert end["hd"]["event"] == "llm.response" and end["bd"]["finish_reason"] == "error"
+            assert end["bd"]["error"]["code"] == code and end["bd"]["error"]["message"]
+            assert end["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames)) != ""
         else:
-            assert responses == []
-        assert (await until_end(a))[-1] == error
+            assert end["hd"]["event"] == "llm.error" and end["bd"]["code"] == code and end["bd"]["message"]
+            assert end["hd"]["reply_to"] == frames[0]["hd"]["id"]
+        assert (await until_end(a))[-1] == end
         await b.chat("@llm again")  # not busy: the failed generation released the room
         frames = await until_end(a)
         assert frames[-1]["hd"]["event"] == "llm.response"
@@ -250,3 +252,136 @@ async def test_a_worker_with_every_slot_taken_serves_the_queued_questions_as_slo
         for client in clients:
             await client.close()
     assert [rdb.xlen(stream_key(room)) for room in rooms] == [2, 2, 2]
+
+
+async def busy_probe(client: Client, cid: str) -> str:
+    """Ask the bot with an ``llm.invoke``: ``busy``, or ``accepted`` (the invoke was stored)."""
+    await client.send({"event": "llm.invoke", "cid": cid}, {"prompt": "me too"})
+    while True:
+        frame = await client.recv()
+        if frame["hd"]["event"] == "error" and frame["bd"].get("cid") == cid:
+            return str(frame["bd"]["code"])
+        if frame["hd"]["event"] == "llm.invoke" and frame["hd"].get("cid") == cid:
+            return "accepted"
+
+
+def one_generation_at_a_time(frames: list[dict[str, Any]]) -> None:
+    """The bot's frames in ``frames`` come one generation after the other: a generation's frames are
+    contiguous and end with exactly one terminal event."""
+    bot = [f for f in frames if f["hd"].get("role") == "llm"]
+    runs: list[str] = []
+    for frame in bot:
+        if not runs or runs[-1] != frame["hd"]["rid"]:
+            runs.append(frame["hd"]["rid"])
+    assert len(runs) == len(set(runs)), f"interleaved generations: {runs}"
+    for rid in runs:
+        ends = [f for f in bot if f["hd"]["rid"] == rid and f["hd"]["event"] in END]
+        assert len(ends) == 1, f"{rid}: {len(ends)} terminal events"
+
+
+async def test_a_question_waiting_in_the_queue_longer_than_the_running_lease_keeps_its_room(
+        start_server: Callable[..., ServerProcess], redis_url: str, rdb: redis.Redis) -> None:
+    # One worker slot; the running lease is 2 s (twice LLM_RECLAIM_AFTER_S); the long answer takes ~8 s.
+    node = start_server(REDIS_URL=redis_url, LLM_CONCURRENCY="1", LLM_RECLAIM_AFTER_S="1",
+                        LLM_SCRIPTED_DELAY_MS="80", LLM_QUEUE=f"t{RUN}-lease-{secrets.token_hex(3)}")
+    busy_room, waiting_room = (f"t{RUN}-lease-{secrets.token_hex(3)}-{n}" for n in range(2))
+    async with await Client.open(node.ws(busy_room, role="A")) as x, \
+            await Client.open(node.ws(waiting_room, role="A")) as y:
+        await x.chat("@llm #long take the only slot")
+        await x.recv()
+        first = await x.recv()
+        assert first["hd"]["event"] == "llm.streaming"
+        await y.chat("@llm wait for the slot")  # queued: every slot is busy
+        asked_at = time.monotonic()
+        assert (await y.recv())["hd"]["event"] == "chat.message"
+        while time.monotonic() - asked_at < 4.5:  # more than twice the running lease: the old lock lapsed
+            assert (await x.recv())["hd"]["event"] == "llm.streaming", "the long answer ended too soon"
+        assert await busy_probe(y, "second") == "busy"  # the queued question still holds its room
+        await x.send({"event": "llm.cancel"}, {"rid": first["hd"]["rid"]})  # free the slot
+        assert (await until_end(x))[-1]["hd"]["event"] == "llm.response"
+        frames = await until_end(y)
+        assert frames[-1]["hd"]["event"] == "llm.response" and frames[-1]["bd"]["finish_reason"] == "stop"
+        one_generation_at_a_time(frames)
+    answers = [f for _, f in xrange(rdb, stream_key(waiting_room)) if f["participant"] == "llm"]
+    assert len(answers) == 1
+
+
+async def test_a_killed_worker_never_lets_two_answers_stream_at_once(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis,
+        logs_dir: Path) -> None:
+    queue = f"t{RUN}-kill2-{secrets.token_hex(3)}"
+    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_RECLAIM_AFTER_S": "1", "LLM_SCRIPTED_DELAY_MS": "30"}
+    node = start_server(**env, LLM_WORKERS="0")
+    first = WorkerProcess(env, logs_dir / f"worker-{room}-k1.log").start()
+    second = WorkerProcess(env, logs_dir / f"worker-{room}-k2.log")
+    try:
+        async with await Client.open(node.ws(room, role="A")) as a, \
+                await Client.open(node.ws(room, role="B")) as b:
+            await a.chat("@llm #long")
+            question = await a.recv()
+            early = await a.recv()
+            assert early["hd"]["event"] == "llm.streaming"
+            second.start()  # idle: the request is the first worker's
+            first.kill()  # SIGKILL mid-answer: its lock is never renewed again
+            probes = [await busy_probe(b, "p0")]  # at once: the dead worker's lease still holds the room
+            frames = [question, early]
+            while (frame := await a.recv())["hd"]["event"] not in END:
+                frames.append(frame)
+                if frame["hd"]["event"] == "llm.streaming" and frame["hd"].get("attempt") == 2 and len(probes) < 2:
+                    probes.append(await busy_probe(b, "p1"))  # taken over: fenced again, still one answer
+            frames.append(frame)
+            assert probes == ["busy", "busy"]
+            after = await busy_probe(b, "after")  # free again at once
+            assert after == "accepted"
+            frames += await until_end(a)
+        frames = [f for f in frames if f["hd"]["event"] != "llm.invoke"]
+        one_generation_at_a_time(frames)
+        assert frames[-1]["hd"]["event"] == "llm.response"
+        answers = [f for _, f in xrange(rdb, stream_key(room)) if f["participant"] == "llm"]
+        assert len(answers) == 2  # the question's (attempt 2) and the one asked after it
+    finally:
+        first.kill()
+        second.stop()
+
+
+async def test_a_paused_worker_whose_request_was_taken_over_writes_no_frame_and_stores_nothing(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis,
+        logs_dir: Path) -> None:
+    queue = f"t{RUN}-pause-{secrets.token_hex(3)}"
+    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_RECLAIM_AFTER_S": "1", "LLM_SCRIPTED_DELAY_MS": "40"}
+    node = start_server(**env, LLM_WORKERS="0")
+    first = WorkerProcess(env, logs_dir / f"worker-{room}-p1.log").start()
+    second = WorkerProcess(env, logs_dir / f"worker-{room}-p2.log")
+    paused = False
+    try:
+        async with await Client.open(node.ws(room, role="A")) as a:
+            await a.chat("@llm #long")
+            frames = [await a.recv(), await a.recv()]
+            assert frames[-1]["hd"]["event"] == "llm.streaming"
+            second.start()
+            assert first.process is not None
+            os.kill(first.process.pid, signal.SIGSTOP)  # a stalled worker: it still believes it holds the room
+            paused = True
+            while (frame := await a.recv())["hd"].get("attempt") != 2:  # the second worker took it over
+                frames.append(frame)
+            frames.append(frame)
+            os.kill(first.process.pid, signal.SIGCONT)  # it wakes with a stale token
+            paused = False
+            frames += await until_end(a)
+            taken_over_at = next(i for i, f in enumerate(frames) if f["hd"].get("attempt") == 2)
+            assert all(f["hd"].get("attempt") == 2 for f in frames[taken_over_at:]), "a stale worker wrote a frame"
+            one_generation_at_a_time(frames)
+            await a.chat("@llm one more")  # anything the stale worker still sent would arrive before this
+            later = await until_end(a)
+            assert [f for f in later if f["hd"].get("rid") == frames[-1]["hd"]["rid"]] == []
+        answers = [f for _, f in xrange(rdb, stream_key(room)) if f["participant"] == "llm"]
+        assert len(answers) == 2 and orjson.loads(answers[0]["body"])["hd"]["attempt"] == 2
+        deadline = time.monotonic() + 10
+        while "lost its room's lock" not in first.log_path.read_text(errors="replace"):  # it knows, and stopped
+            assert time.monotonic() < deadline, "the stale worker did not notice"
+            await asyncio.sleep(0.05)
+    finally:
+        if paused and first.process is not None:
+            os.kill(first.process.pid, signal.SIGCONT)
+        first.kill()
+        second.stop()

@@ -26,10 +26,13 @@ from server.store.ports import (
     BatchResult,
     Duplicate,
     Entry,
+    Fence,
+    Fenced,
     NewEntry,
     Request,
     Retention,
     SessionInfo,
+    Started,
     StoreUnavailable,
 )
 
@@ -190,6 +193,7 @@ class FakeLog(_Failing):
         self.gate: asyncio.Event | None = None
         self.failing_rooms: dict[str, Exception] = {}
         self.batches: list[list[NewEntry]] = []  # every batch appended, as received
+        self.locks: FakeLocks | None = None  # checks (and releases) the fence of a generation's answer
         self._last: tuple[int, int] = (0, 0)
         self._epochs = 0
 
@@ -245,6 +249,12 @@ class FakeLog(_Failing):
                 original = [fields for entry_id, fields in self.streams.get(entry.room, []) if entry_id == prior]
                 ids.append(Duplicate(prior, original[0][b"body"] if original else entry.body))
                 continue
+            if entry.fence is not None:
+                assert self.locks is not None
+                if not self.locks.holds(entry.fence):
+                    ids.append(Fenced(f"FENCED {entry.fence}"))
+                    continue
+                self.locks.drop(entry.room)
             entry_id = self.add(entry.room, entry.body, entry.participant)
             if entry.cid is not None and window > 0:
                 self.cids[key] = (self.epochs[entry.room], entry_id)
@@ -340,41 +350,106 @@ class FakeRoster(_Failing):
 
 
 class FakeLocks(_Failing):
+    """The rooms' locks: ``held`` room -> rid, ``tokens`` room -> its fencing token, ``until`` room ->
+    when its lease ends (ms of the log's clock; a lock without one never expires, as one a test sets
+    in ``held``). An expired lock is gone, as in Redis."""
+
     def __init__(self, log: FakeLog) -> None:
         self.log = log
         self.held: dict[str, str] = {}  # room -> rid
+        self.tokens: dict[str, int] = {}  # room -> the holder's token
+        self.until: dict[str, int] = {}  # room -> lease end, in ms
+        self.counters: dict[str, int] = {}  # room -> the last token drawn
+        self.ended: dict[tuple[str, str], str] = {}  # (room, rid) -> the fence value that ended it
         self.cancelled: set[tuple[str, str]] = set()
         self.renewed: list[tuple[str, str]] = []
         self.listeners: list[FakeSubscription] = []
+        self.frames_gate: asyncio.Event | None = None  # when set to an unset event, frames() waits for it
 
-    async def lock(self, room: str, rid: str) -> bool:
+    def _holder(self, room: str) -> str | None:
+        if room in self.until and self.until[room] <= self.log.clock.now_ms:
+            self.drop(room)
+        return self.held.get(room)
+
+    def drop(self, room: str) -> None:
+        self.held.pop(room, None)
+        self.tokens.pop(room, None)
+        self.until.pop(room, None)
+
+    def holds(self, fence: Fence) -> bool:
+        return self._holder(fence.room) == fence.rid and self.tokens.get(fence.room, 0) == fence.token
+
+    def _take(self, room: str, rid: str, lease_ms: int) -> Fence:
+        self.counters[room] = token = self.counters.get(room, 0) + 1
+        self.held[room], self.tokens[room] = rid, token
+        self.until[room] = self.log.clock.now_ms + lease_ms
+        return Fence(room, rid, token)
+
+    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
         self._check()
-        if self.held.get(room, rid) != rid:
+        if self._holder(room) not in (None, rid):
+            return None
+        return self._take(room, rid, lease_ms)
+
+    async def start(self, room: str, rid: str, lease_ms: int) -> Started:
+        self._check()
+        cancelled = (room, rid) in self.cancelled
+        if (room, "llm", rid) in self.log.cids or (room, rid) in self.ended:
+            return Started(True, cancelled, None)
+        if self._holder(room) not in (None, rid):
+            return Started(False, cancelled, None)
+        return Started(False, cancelled, self._take(room, rid, lease_ms))
+
+    async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
+        self._check()
+        held = []
+        for fence in fences:
+            still = self.holds(fence)
+            if still:
+                self.until[fence.room] = self.log.clock.now_ms + lease_ms
+                self.renewed.append((fence.room, fence.rid))
+            held.append(still)
+        return held
+
+    async def release(self, fence: Fence) -> bool:
+        self._check()
+        if not self.holds(fence):
             return False
-        self.held[room] = rid
+        self.drop(fence.room)
         return True
 
-    async def renew(self, generations: Sequence[tuple[str, str]]) -> None:
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+        if self.frames_gate is not None:
+            await self.frames_gate.wait()
         self._check()
-        self.renewed += [(room, rid) for room, rid in generations if self.held.get(room) == rid]
-
-    async def release(self, room: str, rid: str) -> bool:
-        self._check()
-        if self.held.get(room) != rid:
+        if not self.holds(fence):
             return False
-        del self.held[room]
+        self._publish(fence.room, messages, node)
         return True
 
-    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
+    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         self._check()
-        answered = (room, "llm", rid) in self.log.cids
-        if not answered and self.held.get(room, rid) == rid:
-            self.held[room] = rid
-        return answered, (room, rid) in self.cancelled
+        value = "" if fence is None else f"{fence.token} {fence.rid}"
+        if (room, rid) in self.ended:
+            return self.ended[room, rid] == value
+        if fence is not None:
+            if not self.holds(fence):
+                return False
+            self.drop(room)
+        self.ended[room, rid] = value
+        self._publish(room, [message], node)
+        return True
+
+    def _publish(self, room: str, messages: Sequence[bytes], node: str) -> None:
+        bus = self.log.bus
+        for other in list(bus.followers.get(room, {})):
+            if other != node:
+                for message in messages:
+                    bus.send(other, room.encode() + b" " + message)
 
     async def cancel(self, room: str, rid: str) -> bool:
         self._check()
-        if self.held.get(room) != rid:
+        if self._holder(room) != rid:
             return False
         self.cancelled.add((room, rid))
         for listener in self.listeners:
@@ -470,6 +545,7 @@ class FakeStore:
         self.log = FakeLog(self.bus, self.clock)
         self.roster = FakeRoster(self.log, self.bus)
         self.locks = FakeLocks(self.log)
+        self.log.locks = self.locks
         self.queues: dict[str, FakeRequestQueue] = {}
         self.closed = False
 

@@ -4,12 +4,15 @@
 --       the dedupe keys of the entries that have a cid.
 -- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, a fresh random epoch (for a
 --       stream this batch creates), the prefix of the nodes' channels, the room, then for each entry
---       four values: its participant, its body, the index in KEYS of its dedupe key (0: no cid) and
---       how long the dedupe key is kept, in seconds.
+--       six values: its participant, its body, the index in KEYS of its dedupe key (0: no cid), how
+--       long the dedupe key is kept, in seconds, the index in KEYS of its fence (a generation's lock,
+--       0: none) and the value the lock must hold ("<token> <rid>").
 -- Returns an array: the id of the newest entry the stream held before this batch ("0-0" when none),
 -- then, for each entry, its new id, or {original id, original body} when its dedupe key names an
 -- entry stored within the window in this epoch of the stream (nothing is appended), or an error reply
--- when it failed.
+-- when it failed: "FENCED ..." for a fenced entry whose lock does not hold its value (nothing is
+-- appended). A fenced entry that is appended deletes its lock in the same step (a generation's answer
+-- is its last write).
 -- A stream that held nothing before this batch gets the new epoch, which expires with it; the batch
 -- appends in that epoch. A dedupe key holds "<epoch> <id>": a cid remembered from another epoch (the
 -- stream was deleted, expired or lost since) is forgotten, and the entry is appended anew. A value
@@ -25,9 +28,10 @@ local epoch = before ~= '0-0' and redis.call('GET', epoch_key)
 local created = not epoch
 if created then epoch = fresh end
 local out, newest = {before}, false
-for j = 7, #ARGV, 4 do
-  local d = tonumber(ARGV[j + 2])
+for j = 7, #ARGV, 6 do
+  local d, f = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 4])
   local dedupe = d > 0 and KEYS[d]
+  local fence = f > 0 and KEYS[f]
   local prior = dedupe and redis.call('GET', dedupe)
   local id
   if prior then
@@ -46,6 +50,9 @@ for j = 7, #ARGV, 4 do
       end
     end
   end
+  if not id and fence and redis.call('GET', fence) ~= ARGV[j + 5] then
+    id = redis.error_reply('FENCED the generation no longer holds its room')
+  end
   if not id then
     if maxlen > 0 then
       id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
@@ -55,6 +62,7 @@ for j = 7, #ARGV, 4 do
     if type(id) == 'string' then
       newest = id
       if dedupe then redis.call('SET', dedupe, epoch .. ' ' .. id, 'EX', ARGV[j + 3]) end
+      if fence then redis.call('DEL', fence) end
     end
   end
   out[#out + 1] = id

@@ -1,38 +1,95 @@
 -- The LLM bot's Redis steps that must be atomic, on the keys of one room. ARGV[1] names the step.
 --
--- lock    KEYS: the room's lock. ARGV: 'lock', rid, ttl_ms. Takes the lock (or keeps it, when rid
---         holds it): 1, else 0.
--- renew   KEYS: lock. ARGV: 'renew', rid, ttl_ms. Renews the lock if rid holds it: 1, else 0.
--- release KEYS: lock. ARGV: 'release', rid. Deletes the lock if rid holds it (compare-and-delete).
--- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key).
---         ARGV: 'start', rid, ttl_ms. A worker starting generation rid: returns {answered, cancelled};
---         unless answered, takes (or keeps) the lock for rid when it is free.
+-- The room's lock holds "<token> <rid>": the generation rid, fenced by token, a number drawn from the
+-- room's counter (INCR) each time the lock is taken or taken over. Every write of a generation
+-- passes the whole value ("<token> <rid>") and is refused when the lock holds anything else.
+--
+-- lock    KEYS: lock, the room's fencing counter. ARGV: 'lock', rid, lease_ms, the counter's ttl_s.
+--         Takes the free lock (or rid's own) for rid with a new token: the token, else 0.
+-- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key),
+--         rid's ended marker, the fencing counter. ARGV: 'start', rid, lease_ms, the counter's ttl_s.
+--         A worker starting (or taking over) rid: returns {answered, cancelled, token}. Unless rid
+--         is answered or ended, takes the lock with a new token when it is free or rid's (token 0:
+--         another generation holds the room).
+-- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
+-- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
+-- frames  KEYS: lock, the room's followers. ARGV: 'frames', value, this node's id, the prefix of
+--         the nodes' channels, the room, then messages "<after id> <frame>". If the lock holds
+--         value, publishes "<room> <message>" to every other follower: 1; else 0, nothing sent.
+-- end     KEYS: lock, rid's ended marker, the followers. ARGV: 'end', value ('' for a generation
+--         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix, the
+--         room, one message. Unless rid ended already: if the lock holds value (or value is ''),
+--         deletes the lock, marks rid ended (with value) and publishes the message: 1. A rid that
+--         ended with the same value (a retry after a lost reply): 2, nothing sent. Else 0.
 -- cancel  KEYS: lock, rid's cancelled marker. ARGV: 'cancel', rid, the workers' cancel channel, the
 --         marker's ttl_s. When rid holds the lock: marks it cancelled, tells the workers, returns 1;
 --         else 0 (no such generation is running).
-local step, rid = ARGV[1], ARGV[2]
+local step = ARGV[1]
+local followers = KEYS[#KEYS] -- (frames and end: the room's followers come last)
+
+local function holder_rid(value)
+  if not value then return false end
+  return string.match(value, '^%d+ (.*)$')
+end
+
+local function publish(self, prefix, room, first)
+  for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
+    if node ~= self then
+      for m = first, #ARGV do
+        redis.call('PUBLISH', prefix .. node, room .. ' ' .. ARGV[m])
+      end
+    end
+  end
+end
+
 if step == 'lock' then
-  local holder = redis.call('GET', KEYS[1])
+  local rid = ARGV[2]
+  local holder = holder_rid(redis.call('GET', KEYS[1]))
   if holder and holder ~= rid then return 0 end
-  redis.call('SET', KEYS[1], rid, 'PX', ARGV[3])
-  return 1
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('SET', KEYS[1], token .. ' ' .. rid, 'PX', ARGV[3])
+  return token
+elseif step == 'start' then
+  local rid = ARGV[2]
+  local answered = redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4])
+  local cancelled = redis.call('EXISTS', KEYS[2])
+  if answered > 0 then return {1, cancelled, 0} end
+  local holder = holder_rid(redis.call('GET', KEYS[1]))
+  if holder and holder ~= rid then return {0, cancelled, 0} end
+  local token = redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('SET', KEYS[1], token .. ' ' .. rid, 'PX', ARGV[3])
+  return {0, cancelled, token}
 elseif step == 'renew' then
-  if redis.call('GET', KEYS[1]) ~= rid then return 0 end
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
 elseif step == 'release' then
-  if redis.call('GET', KEYS[1]) ~= rid then return 0 end
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('DEL', KEYS[1])
   return 1
-elseif step == 'start' then
-  local answered = redis.call('EXISTS', KEYS[3])
-  if answered == 0 then
-    local holder = redis.call('GET', KEYS[1])
-    if not holder or holder == rid then redis.call('SET', KEYS[1], rid, 'PX', ARGV[3]) end
+elseif step == 'frames' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+  publish(ARGV[3], ARGV[4], ARGV[5], 6)
+  return 1
+elseif step == 'end' then
+  local value = ARGV[2]
+  local ended = redis.call('GET', KEYS[2])
+  if ended then
+    if ended == value then return 2 end
+    return 0
   end
-  return {answered, redis.call('EXISTS', KEYS[2])}
+  if value ~= '' then
+    if redis.call('GET', KEYS[1]) ~= value then return 0 end
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
+  publish(ARGV[4], ARGV[5], ARGV[6], 7)
+  return 1
 elseif step == 'cancel' then
-  if redis.call('GET', KEYS[1]) ~= rid then return 0 end
+  local rid = ARGV[2]
+  if holder_rid(redis.call('GET', KEYS[1])) ~= rid then return 0 end
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
   redis.call('PUBLISH', ARGV[3], rid)
   return 1

@@ -23,6 +23,8 @@ from server.store.ports import Retention, StoreUnavailable
 from tests.unit.fakes import FakeStore
 from tests.unit.server.helpers import member, no_leftover_tasks, passes, until
 
+LEASE_MS = 600_000  # the queued lease (LLM_QUEUE_LEASE_S)
+
 
 @pytest.fixture(autouse=True)
 async def _clean() -> AsyncIterator[None]:
@@ -36,7 +38,7 @@ class Rig:
         self.appender = Appender(self.store.log, Retention(dedupe_s=60), "n1", lambda *_: None)
         self.task = asyncio.get_running_loop().create_task(self.appender.run())
         self.queue = self.store.requests("q")
-        self.front = None if bot is None else LLMFront(self.store.locks, self.queue, self.appender, bot)
+        self.front = None if bot is None else LLMFront(self.store.locks, self.queue, self.appender, bot, LEASE_MS)
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     def stored(self, room: str = "r") -> list[dict[str, Any]]:

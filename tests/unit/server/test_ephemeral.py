@@ -96,6 +96,16 @@ async def test_a_frame_goes_to_the_local_feed_at_once_and_to_the_other_nodes() -
     assert here.sink.seen() == ["F"]  # not echoed back to the sender's node
 
 
+async def test_local_hands_a_frame_to_this_nodes_members_only_and_names_the_sender() -> None:
+    here, there, bus = await two_nodes()
+    ephemeral = Ephemeral(bus, "n1", here.feed)
+    ephemeral.local("r", b"0-0", "F")  # (a generation's fenced frame: the other nodes were told apart)
+    await passes()
+    assert here.sink.seen() == ["F"] and there.sink.seen() == [] and bus.calls == []
+    assert ephemeral.node == "n1" and Ephemeral(bus, "n1", None).node == ""  # no feed: follows no room
+    Ephemeral(bus, "n1", None).local("r", b"0-0", "G")  # a separate worker process has no members
+
+
 async def test_a_frame_after_an_entry_not_yet_delivered_waits_in_the_local_feed() -> None:
     here, _, bus = await two_nodes()
     entry = here.store.log.add("r", b"x")

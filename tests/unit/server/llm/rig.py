@@ -3,6 +3,7 @@
 - :class:`FakeProvider` plays scripted answers: each ``stream()`` call takes the next script, a list of
   steps yielded in order (a ``str`` delta, an :class:`Outcome`), raised (a :class:`ProviderError`) or
   waited for (an :class:`asyncio.Event`: the test decides when the model goes on).
+- :func:`instant`: a ``sleep`` for tests where the worker retries (its final write).
 - :class:`Rig` builds the real :class:`Appender` and :class:`Ephemeral` (no feed: a separate worker
   process) on a :class:`FakeStore`; a node ``n2`` follows every room, so ``store.bus.published`` holds,
   in order, what every other node hears: the frames and the announcements of appended entries.
@@ -109,6 +110,11 @@ class Ticks:
         self._ticks.put_nowait(None)
 
 
+async def instant(seconds: float) -> None:
+    """An injected ``sleep`` that only yields: retries and backoffs go on at once."""
+    await asyncio.sleep(0)
+
+
 async def settle(done: Callable[[], bool], passes: int = 200) -> None:
     """Run loop passes until ``done()`` (fails after ``passes``: something is stuck)."""
     for _ in range(passes):
@@ -192,7 +198,7 @@ class Rig:
         self._rids += 1
         request = Request(room=room, rid=f"g-{self._rids}", reply_to=reply_to, asker="A")
         if lock:
-            assert await self.store.locks.lock(room, request.rid)
+            assert await self.store.locks.lock(room, request.rid, self.settings.queue_lease_ms)
         await self.queue.add(request)
         return request
 

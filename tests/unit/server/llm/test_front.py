@@ -24,6 +24,8 @@ from server.store.ports import Request, Retention, StoreUnavailable
 from tests.unit.fakes import FakeStore
 from tests.unit.server.llm.rig import chat_body
 
+LEASE_MS = 600_000  # the queued lease (LLM_QUEUE_LEASE_S)
+
 
 class RecordingMember(Member):
     """A member that records the frames pushed to it (no connection)."""
@@ -47,7 +49,7 @@ class Desk:
         self.store = FakeStore()
         self.queue = self.store.requests("default")
         self.appender = Appender(self.store.log, Retention(dedupe_s=3600), "n1", lambda *_: None)
-        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger)
+        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS)
         self.member = RecordingMember()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -75,7 +77,8 @@ def chat(text: str | None) -> ClientEnvelope:
 
 def front(trigger: Trigger) -> LLMFront:
     store = FakeStore()
-    return LLMFront(store.locks, store.requests("q"), Appender(store.log, Retention(), "n1", lambda *_: None), trigger)
+    return LLMFront(store.locks, store.requests("q"), Appender(store.log, Retention(), "n1", lambda *_: None), trigger,
+                    LEASE_MS)
 
 
 # -- which messages trigger the bot ------------------------------------------------------------
@@ -121,9 +124,19 @@ async def test_answer_takes_the_rooms_lock_and_queues_a_request_for_the_message(
         assert desk.member.pushed == []
 
 
+async def test_the_front_takes_the_lock_with_the_long_queued_lease_and_a_fresh_token() -> None:
+    async with Desk() as desk:
+        await desk.front.answer(desk.member, b"5-0", "B", "c1")
+        locks = desk.store.locks
+        assert locks.until["r"] == locks.log.clock.now_ms + LEASE_MS and locks.tokens["r"] == 1
+        locks.log.clock.advance(LEASE_MS / 1000 - 1)  # the question may wait that long for a worker
+        await desk.front.answer(desk.member, b"6-0", "A", "c2")
+        assert [error["bd"]["code"] for error in desk.member.pushed] == ["busy"]
+
+
 async def test_answer_in_a_busy_room_tells_the_sender_busy_and_leaves_the_message_stored() -> None:
     async with Desk() as desk:
-        assert await desk.store.locks.lock("r", "g-other")
+        assert await desk.store.locks.lock("r", "g-other", LEASE_MS)
         entry_id = desk.store.log.add("r", chat_body("r", "@llm hi"))
         await desk.front.answer(desk.member, entry_id, "A", "c7")
         assert desk.queued == []
@@ -158,7 +171,7 @@ async def test_invoke_stores_the_frame_then_queues_a_request_answering_it() -> N
 
 async def test_invoke_in_a_busy_room_is_refused_before_anything_is_stored() -> None:
     async with Desk() as desk:
-        assert await desk.store.locks.lock("r", "g-other")
+        assert await desk.store.locks.lock("r", "g-other", LEASE_MS)
         with pytest.raises(ProtocolError) as refused:
             await desk.invoke(cid="c9")
         assert (refused.value.code, refused.value.cid) == ("busy", "c9")
@@ -191,7 +204,7 @@ async def test_a_duplicate_invoke_releases_its_lock_and_answers_the_sender_with_
     async with Desk() as desk:
         await desk.invoke("first", cid="c1")
         [first] = desk.queued
-        await desk.store.locks.release("r", first.rid)  # its generation ended
+        desk.store.locks.drop("r")  # its generation ended
         await desk.invoke("first (resent)", cid="c1")
         assert desk.queued == [first]  # not asked twice
         assert desk.store.locks.held == {}

@@ -25,9 +25,9 @@ from server.llm.worker import (
     State,
     Trigger,
 )
-from server.store.ports import Request, StoreUnavailable
+from server.store.ports import Fence, Request, Started, StoreUnavailable
 from tests.unit.fakes import FakeLocks
-from tests.unit.server.llm.rig import Rig, settle
+from tests.unit.server.llm.rig import Rig, instant, settle
 
 
 def state_of(generation: Generation) -> State:
@@ -39,19 +39,29 @@ def a_generation() -> Generation:
 
 
 class GatedLocks(FakeLocks):
-    """Locks whose ``start`` waits at ``gate`` while it is set to an unset event."""
+    """Locks whose ``start`` waits at ``gate`` and whose ``end`` waits at ``end_gate`` while they are
+    set to unset events; ``end_failing``: what ``end`` raises."""
 
     gate: asyncio.Event | None = None
+    end_gate: asyncio.Event | None = None
+    end_failing: Exception | None = None
 
-    async def start(self, room: str, rid: str) -> tuple[bool, bool]:
+    async def start(self, room: str, rid: str, lease_ms: int) -> Started:
         if self.gate is not None:
             await self.gate.wait()
-        return await super().start(room, rid)
+        return await super().start(room, rid, lease_ms)
+
+    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
+        if self.end_gate is not None:
+            await self.end_gate.wait()
+        if self.end_failing is not None:
+            raise self.end_failing
+        return await super().end(room, rid, fence, message, node)
 
 
 def gated_locks(rig: Rig) -> GatedLocks:
     locks = GatedLocks(rig.store.log)
-    rig.store.locks = locks
+    rig.store.locks = rig.store.log.locks = locks
     rig.worker._locks = locks
     return locks
 
@@ -65,8 +75,10 @@ def test_every_state_is_reachable_and_every_trigger_used() -> None:
 
 def test_final_states_have_no_way_out_and_the_others_all_lead_to_one() -> None:
     assert set(TRANSITIONS.values()) - {state for state, _ in TRANSITIONS} == FINAL_STATES
-    for state in set(State) - FINAL_STATES:
+    for state in set(State) - FINAL_STATES - {State.CLAIMED}:  # (CLAIMED does nothing but start)
         assert TRANSITIONS[state, Trigger.ERROR] is State.ABANDONED  # any step may fail: left queued
+    for state in {State.STARTING, State.STREAMING, State.STORING}:
+        assert TRANSITIONS[state, Trigger.FENCE] is State.FENCED  # any write may find the token stale
 
 
 def test_the_docstring_presents_the_table() -> None:
@@ -103,18 +115,6 @@ def test_refused_pair_raises_and_keeps_the_state(state: State, trigger: Trigger)
 
 # -- one test per row, through the worker ------------------------------------------------------
 
-async def test_claimed_give_up_to_gave_up_after_max_attempts() -> None:
-    async with Rig() as rig:
-        asked = await rig.ask()
-        request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
-        generation = await rig.serve(request)
-        assert generation.state is State.GAVE_UP
-        assert rig.store.locks.held == {}  # released
-        assert [f["hd"]["event"] for f in rig.frames()] == ["llm.error"]
-        assert rig.queue.acked == [request.entry_id]
-        assert rig.provider.asked == []
-
-
 async def test_claimed_start_to_starting() -> None:
     async with Rig() as rig:
         locks = gated_locks(rig)
@@ -128,11 +128,51 @@ async def test_claimed_start_to_starting() -> None:
         assert state_of(generation) is State.DONE
 
 
-async def test_claimed_error_to_abandoned_when_giving_up_fails() -> None:
+async def test_starting_give_up_to_gave_up_after_max_attempts() -> None:
     async with Rig() as rig:
         asked = await rig.ask()
         request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
-        rig.store.locks.failing = StoreUnavailable("down")
+        generation = await rig.serve(request)
+        assert generation.state is State.GAVE_UP
+        assert rig.store.locks.held == {}  # released in the llm.error's step
+        assert [f["hd"]["event"] for f in rig.frames()] == ["llm.error"]
+        assert rig.queue.acked == [request.entry_id]
+        assert rig.provider.asked == []
+
+
+async def test_starting_lapsed_to_expired_when_another_question_holds_the_room() -> None:
+    async with Rig() as rig:
+        request = await rig.ask()
+        rig.store.locks.drop("r")  # its lease lapsed...
+        assert await rig.store.locks.lock("r", "g-next", 60_000)  # ...and another question took the room
+        generation = await rig.serve(request)
+        assert generation.state is State.EXPIRED
+        assert [(f["hd"]["event"], f["bd"]["code"]) for f in rig.frames()] == [("llm.error", "expired")]
+        assert rig.store.locks.held == {"r": "g-next"} and rig.provider.asked == []  # the other keeps it
+        assert rig.queue.acked == [request.entry_id]
+
+
+async def test_starting_fence_to_fenced_when_another_worker_took_it_over() -> None:
+    async with Rig() as rig:
+        locks = gated_locks(rig)
+        asked = await rig.ask()
+        request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
+        locks.end_gate = asyncio.Event()
+        generation, task = rig.start(request)
+        await settle(lambda: locks.held.get("r") == request.rid and locks.tokens["r"] == 2)
+        await locks.start("r", request.rid, 60_000)  # another worker takes it over: token 3
+        locks.end_gate.set()
+        await task
+        assert state_of(generation) is State.FENCED
+        assert rig.frames() == [] and rig.queue.acked == []  # the other worker owns it
+
+
+async def test_starting_error_to_abandoned_when_giving_up_fails() -> None:
+    async with Rig(sleep=instant) as rig:
+        locks = gated_locks(rig)
+        asked = await rig.ask()
+        request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
+        locks.end_failing = StoreUnavailable("down")
         generation = await rig.serve(request)
         assert generation.state is State.ABANDONED
         assert rig.queue.acked == [] and request.entry_id in rig.queue.pending  # left queued
@@ -174,7 +214,7 @@ async def test_starting_error_to_abandoned_when_the_locks_are_unreachable() -> N
         assert rig.provider.asked == []
 
 
-async def test_streaming_end_to_storing_with_the_lock_released() -> None:
+async def test_streaming_end_to_storing_with_the_lock_held_until_the_answer_is_stored() -> None:
     async with Rig() as rig:
         request = await rig.ask()
         go_on = asyncio.Event()
@@ -184,11 +224,28 @@ async def test_streaming_end_to_storing_with_the_lock_released() -> None:
         rig.store.log.gate = asyncio.Event()  # the answer's append waits
         go_on.set()
         await settle(lambda: state_of(generation) is State.STORING)
-        assert rig.store.locks.held == {}
+        assert rig.store.locks.held == {"r": request.rid}  # released by the answer's own step
         assert rig.answers() == []
         rig.store.log.gate.set()
         await task
         assert state_of(generation) is State.DONE
+        assert rig.store.locks.held == {}
+
+
+async def test_streaming_fence_to_fenced_when_another_worker_took_it_over() -> None:
+    async with Rig() as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("Hi", go_on, " there", Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        await rig.store.locks.start("r", request.rid, 60_000)  # another worker took the request over
+        go_on.set()
+        await task
+        assert state_of(generation) is State.FENCED
+        assert [f["bd"]["delta"] for f in rig.frames()] == ["Hi"]  # " there" was refused
+        assert rig.answers() == [] and rig.queue.acked == []
+        assert rig.provider.ended == ["stopped"]
 
 
 async def test_streaming_error_to_abandoned_when_the_history_is_unreadable() -> None:
@@ -232,19 +289,39 @@ async def test_storing_fail_to_failed() -> None:
         assert [f["bd"]["code"] for f in rig.frames()] == ["provider_timeout"]
 
 
-async def test_storing_error_to_abandoned_when_the_answer_cannot_be_stored() -> None:
+async def test_storing_fence_to_fenced_when_the_answer_is_refused() -> None:
     async with Rig() as rig:
         go_on = asyncio.Event()
         rig.provider.script("Hi", go_on, Outcome("stop", "m", None))
         request = await rig.ask()
         generation, task = rig.start(request)
         await settle(lambda: len(rig.frames()) == 1)
+        rig.store.log.gate = asyncio.Event()
+        go_on.set()
+        await settle(lambda: state_of(generation) is State.STORING)
+        await rig.store.locks.start("r", request.rid, 60_000)  # another worker took it over meanwhile
+        rig.store.log.gate.set()
+        await task
+        assert state_of(generation) is State.FENCED
+        assert rig.answers() == [] and rig.queue.acked == []
+        assert rig.store.locks.held == {"r": request.rid} and rig.store.locks.tokens["r"] == 3  # the other's
+
+
+async def test_storing_error_to_abandoned_when_nothing_can_be_written() -> None:
+    async with Rig(sleep=instant) as rig:
+        locks = gated_locks(rig)
+        go_on = asyncio.Event()
+        rig.provider.script("Hi", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
         rig.store.log.failing = StoreUnavailable("down")
+        locks.end_failing = StoreUnavailable("down")
         go_on.set()
         await task
         assert generation.state is State.ABANDONED
         assert rig.answers() == [] and rig.queue.acked == []
-        assert rig.store.locks.held == {}  # released before the append was tried
+        assert rig.store.locks.held == {"r": request.rid}  # kept: a retake fences it again
 
 
 async def test_a_failed_ack_keeps_the_final_state_and_the_request_queued() -> None:

@@ -4,11 +4,18 @@ Ordering and fencing rules, each named by a test:
 
 - deltas go to the room in ``seq`` order, each after the triggering message;
 - every node hears a generation's deltas before its answer is appended (and announced);
-- the room's lock is released before the answer is stored; the request is acknowledged after it;
-- an answer is stored with ``cid = rid``: a request retaken after its answer was stored is only
-  acknowledged, never answered twice;
+- the room's lock is released by the answer's own store (one step): the room is free before anyone
+  hears the answer; the request is acknowledged after it;
+- an answer is stored with ``cid = rid``: a request retaken after its answer was stored (or after
+  its llm.error was sent) is only acknowledged, never answered twice;
 - a request delivered more than ``MAX_ATTEMPTS`` times ends with ``llm.error`` and is acknowledged;
-- ``llm.error`` follows the stored (partial) answer when there is one, else the triggering message.
+- exactly one terminal event per question: an ``llm.response`` (stored) when any text was streamed or
+  the answer finished, else one ``llm.error`` (after the triggering message, nothing stored);
+- fencing: the worker takes the room's lock over with a new token; a worker whose token is stale
+  (another worker took the request over, or its lease lapsed) sends no frame, stores no answer and
+  sends no llm.error, and leaves the request to the worker that holds it;
+- a final store that fails is retried (same cid: stored once); one that keeps failing ends with
+  ``llm.error`` ``store_failed``.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ from typing import Any
 from protocol.names import LLM_ROLE
 from server.llm.provider import Outcome, ProviderError
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
-from server.llm.worker import ANSWER_DEDUPE_S, MAX_ATTEMPTS, State
+from server.llm.worker import ANSWER_DEDUPE_S, FINAL_WRITE_ATTEMPTS, MAX_ATTEMPTS, State
 from server.settings import LLMSettings
-from server.store.ports import GENERATION_LOCK_TTL_MS, Request, StoreRefused, StoreUnavailable
+from server.store.ports import Request, StoreRefused, StoreUnavailable
 from server.supervise import backoff
-from tests.unit.server.llm.rig import Rig, Ticks, chat_body, settle
+from tests.unit.server.llm.rig import Rig, Ticks, chat_body, instant, settle
 
 
 def retake(request: Request, attempt: int) -> Request:
@@ -65,7 +72,7 @@ async def test_the_answer_is_announced_after_all_its_deltas() -> None:
 
 async def test_every_node_hears_the_deltas_before_the_answer_is_appended() -> None:
     async with Rig() as rig:
-        rig.bus.gate = asyncio.Event()  # the deltas' publish is slow
+        rig.store.locks.frames_gate = asyncio.Event()  # the deltas' publish is slow
         rig.provider.script("a", "b", Outcome("stop", "m", None))
         request = await rig.ask()
         generation, task = rig.start(request)
@@ -74,12 +81,12 @@ async def test_every_node_hears_the_deltas_before_the_answer_is_appended() -> No
             await asyncio.sleep(0)
         assert rig.answers() == [] and rig.store.log.batches == []  # waits for the deltas' send
         assert rig.store.locks.held == {"r": request.rid}
-        rig.bus.gate.set()
+        rig.store.locks.frames_gate.set()
         await task
         assert events(rig) == ["llm.streaming", "llm.streaming", "entry"]
 
 
-async def test_the_lock_is_released_before_the_answer_is_stored_so_the_room_is_free_again() -> None:
+async def test_the_answer_is_stored_and_the_lock_released_in_one_step_so_the_room_is_free_when_heard() -> None:
     async with Rig() as rig:
         go_on = asyncio.Event()
         rig.provider.script("a", go_on, Outcome("stop", "m", None))
@@ -88,12 +95,14 @@ async def test_the_lock_is_released_before_the_answer_is_stored_so_the_room_is_f
         await settle(lambda: len(rig.frames()) == 1)
         rig.store.log.gate = asyncio.Event()  # the append waits
         go_on.set()
-        await settle(lambda: generation.state is State.STORING and rig.store.locks.held == {})
-        assert await rig.store.locks.lock("r", "g-next")  # a new question may take the room
-        assert rig.answers() == []
+        await settle(lambda: generation.state is State.STORING)
+        assert await rig.store.locks.lock("r", "g-next", 60_000) is None  # the room is still answering
         rig.store.log.gate.set()
         await task
-        assert len(rig.answers()) == 1
+        [stored] = rig.store.log.batches[-1]
+        assert stored.fence is not None and stored.fence.rid == request.rid  # the append checked the token
+        assert len(rig.answers()) == 1 and rig.store.locks.held == {}
+        assert await rig.store.locks.lock("r", "g-next", 60_000)  # free as soon as the answer is stored
 
 
 async def test_the_request_is_acknowledged_only_after_the_answer_is_stored() -> None:
@@ -237,15 +246,31 @@ async def test_the_last_allowed_attempt_still_generates_and_says_its_attempt() -
 
 # -- cancellation and failures -------------------------------------------------------------------
 
-async def test_a_generation_cancelled_before_it_starts_is_stored_cancelled_without_asking_the_model() -> None:
+async def test_a_generation_cancelled_while_queued_stores_nothing_and_ends_with_llm_error_cancelled() -> None:
     async with Rig() as rig:
         request = await rig.ask()
         assert await rig.store.locks.cancel("r", request.rid)  # cancelled while it waited in the queue
         generation = await rig.serve(request)
         assert generation.state is State.CANCELLED
-        assert rig.provider.asked == [] and deltas(rig) == []
-        [(_, answer)] = rig.answers()
-        assert answer["bd"]["text"] == "" and answer["bd"]["finish_reason"] == "cancelled"
+        assert rig.provider.asked == [] and deltas(rig) == [] and rig.answers() == []
+        [error] = rig.heard()
+        assert error.id == request.reply_to and error.frame["hd"]["event"] == "llm.error"
+        assert error.frame["bd"]["code"] == "cancelled"
+        assert rig.store.locks.held == {} and rig.queue.acked == [request.entry_id]
+
+
+async def test_a_cancel_before_the_first_delta_stores_nothing_and_ends_with_one_llm_error_cancelled() -> None:
+    async with Rig() as rig:
+        go_on = asyncio.Event()
+        rig.provider.script(go_on, "never", Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.provider.asked) == 1)
+        generation.cancel.set()
+        await task
+        assert generation.state is State.CANCELLED and rig.provider.ended == ["stopped"]
+        assert rig.answers() == [] and rig.store.log.batches == []
+        assert [(f["hd"]["event"], f["bd"]["code"]) for f in rig.frames()] == [("llm.error", "cancelled")]
         assert rig.store.locks.held == {} and rig.queue.acked == [request.entry_id]
 
 
@@ -266,19 +291,17 @@ async def test_cancel_mid_stream_stores_the_partial_text_and_closes_the_model_st
         assert rig.queue.acked == [request.entry_id]
 
 
-async def test_a_provider_error_after_deltas_stores_the_partial_text_then_says_llm_error_after_it() -> None:
+async def test_a_provider_error_after_deltas_stores_the_partial_text_with_the_error_as_its_one_terminal_event(
+) -> None:
     async with Rig() as rig:
         rig.provider.script("Hel", "lo", ProviderError("provider_unavailable"))
         request = await rig.ask()
         generation = await rig.serve(request)
         assert generation.state is State.FAILED
-        [(answer_id, answer)] = rig.answers()
+        [(_, answer)] = rig.answers()
         assert answer["bd"]["text"] == "Hello" and answer["bd"]["finish_reason"] == "error"
-        assert events(rig) == ["llm.streaming", "llm.streaming", "entry", "llm.error"]
-        error = rig.heard()[-1]
-        assert error.id == answer_id  # delivered after the stored answer
-        assert error.frame["bd"]["code"] == "provider_unavailable"
-        assert error.frame["hd"]["rid"] == request.rid
+        assert answer["bd"]["error"]["code"] == "provider_unavailable" and answer["bd"]["error"]["message"]
+        assert events(rig) == ["llm.streaming", "llm.streaming", "entry"]  # no llm.error after it
         assert rig.queue.acked == [request.entry_id] and rig.store.locks.held == {}
 
 
@@ -300,18 +323,140 @@ async def test_a_stream_that_ends_without_an_outcome_fails_as_provider_unavailab
         rig.provider.script("a")
         generation = await rig.serve(await rig.ask())
         assert generation.state is State.FAILED
-        assert rig.answers()[0][1]["bd"]["finish_reason"] == "error"
-        assert rig.frames()[-1]["bd"]["code"] == "provider_unavailable"
+        [(_, answer)] = rig.answers()
+        assert answer["bd"]["finish_reason"] == "error" and answer["bd"]["error"]["code"] == "provider_unavailable"
 
 
 async def test_an_llm_error_that_cannot_be_sent_leaves_the_request_queued() -> None:
+    async with Rig(sleep=instant) as rig:
+        go_on = asyncio.Event()
+        rig.provider.script(go_on, ProviderError("provider_timeout"))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.provider.asked) == 1)
+        rig.store.locks.failing = StoreUnavailable("down")
+        go_on.set()
+        await task
+        assert generation.state is State.ABANDONED
+        assert rig.queue.acked == [] and request.entry_id in rig.queue.pending
+        assert rig.frames() == []
+
+
+async def test_an_llm_error_retried_after_a_lost_reply_is_sent_once() -> None:
+    async with Rig() as rig:
+        request = await rig.ask()
+        fence = (await rig.store.locks.start("r", request.rid, 60_000)).fence
+        assert fence is not None
+        message = request.reply_to.encode() + b" {}"
+        assert await rig.store.locks.end("r", request.rid, fence, message, "")
+        assert await rig.store.locks.end("r", request.rid, fence, message, "")  # a retry: ended already
+        assert len(rig.heard()) == 1
+        assert not await rig.store.locks.end("r", request.rid, None, message, "")  # another value: refused
+
+
+# -- fencing ------------------------------------------------------------------------------------------
+
+async def test_the_worker_takes_the_lock_over_with_a_new_token_and_the_running_lease() -> None:
+    settings = LLMSettings(reclaim_after_s=1)
+    async with Rig(settings=settings) as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("a", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()  # the front's lock: token 1, the queued lease
+        assert rig.store.locks.tokens["r"] == 1
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        assert generation.fence is not None and generation.fence.token == 2 and rig.store.locks.tokens["r"] == 2
+        assert rig.store.locks.until["r"] == rig.store.clock.now_ms + settings.running_lease_ms
+        go_on.set()
+        await task
+
+
+async def test_a_queued_question_keeps_its_room_longer_than_the_running_lease() -> None:
+    async with Rig() as rig:
+        request = await rig.ask()
+        rig.store.clock.advance(rig.settings.running_lease_ms / 1000 * 5)  # every worker slot was busy
+        assert await rig.store.locks.lock("r", "g-second", rig.settings.queue_lease_ms) is None  # busy
+        generation = await rig.serve(request)
+        assert generation.state is State.DONE and len(rig.answers()) == 1
+
+
+async def test_a_worker_whose_token_is_stale_sends_no_frame_stores_nothing_and_does_not_ack() -> None:
+    async with Rig() as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("one", go_on, "two", "three", Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        taken = await rig.store.locks.start("r", request.rid, 60_000)  # a second worker took it over
+        assert taken.fence is not None and taken.fence.token == 3
+        go_on.set()
+        await task
+        assert generation.state is State.FENCED
+        assert deltas(rig) == ["one"] and rig.answers() == []
+        assert rig.queue.acked == [] and request.entry_id in rig.queue.pending  # the second worker's now
+        assert rig.store.locks.held == {"r": request.rid} and rig.store.locks.tokens["r"] == 3
+
+
+async def test_a_renewal_that_finds_the_token_stale_stops_the_generation() -> None:
+    ticks = Ticks()
+    async with Rig(sleep=ticks) as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("one", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        rig.store.clock.advance(rig.settings.running_lease_ms / 1000 + 1)  # its worker stalled: the lease lapsed
+        rig.spawn(rig.worker._keepalive_loop())
+        await settle(lambda: len(ticks.asked) == 1)
+        ticks.tick()
+        await task
+        assert generation.state is State.FENCED and rig.provider.ended == ["stopped"]
+        assert rig.answers() == [] and rig.queue.acked == []
+
+
+async def test_a_retake_after_its_llm_error_was_sent_is_only_acknowledged() -> None:
     async with Rig() as rig:
         rig.provider.script(ProviderError("provider_timeout"))
         request = await rig.ask()
-        rig.store.bus.failing = StoreUnavailable("down")
-        generation = await rig.serve(request)
-        assert generation.state is State.ABANDONED
-        assert rig.queue.acked == [] and request.entry_id in rig.queue.pending
+        await rig.serve(request)
+        generation = await rig.serve(retake(request, 2))
+        assert generation.state is State.SKIPPED and len(rig.provider.asked) == 1
+        assert [f["hd"]["event"] for f in rig.frames()] == ["llm.error"]
+
+
+async def test_a_failed_final_store_is_retried_with_the_same_cid_and_stored_once() -> None:
+    async with Rig(sleep=instant) as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("Hi", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        rig.store.log.failing_rooms["r"] = StoreUnavailable("down")
+        go_on.set()
+        await settle(lambda: len(rig.store.log.batches) >= 2)  # tried, failed, tried again
+        del rig.store.log.failing_rooms["r"]
+        await task
+        assert generation.state is State.DONE and len(rig.answers()) == 1
+        assert {entry.cid for batch in rig.store.log.batches for entry in batch} == {request.rid}
+        assert [f["hd"]["event"] for f in rig.frames()] == ["llm.streaming"]  # and no llm.error
+
+
+async def test_a_final_store_that_keeps_failing_ends_with_one_llm_error_store_failed() -> None:
+    async with Rig(sleep=instant) as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("Hi", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()
+        generation, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 1)
+        rig.store.log.failing_rooms["r"] = StoreUnavailable("down")
+        go_on.set()
+        await task
+        assert generation.state is State.FAILED and rig.answers() == []
+        assert len(rig.store.log.batches) == FINAL_WRITE_ATTEMPTS
+        assert [(f["hd"]["event"], f.get("bd", {}).get("code")) for f in rig.frames()][-1] == ("llm.error",
+                                                                                             "store_failed")
+        assert len([f for f in rig.frames() if f["hd"]["event"] == "llm.error"]) == 1
+        assert rig.store.locks.held == {} and rig.queue.acked == [request.entry_id]
 
 
 # -- the loops --------------------------------------------------------------------------------------
@@ -375,7 +520,7 @@ async def test_keepalive_renews_the_running_generations_locks_and_touches_their_
             rig.start(requests[-1])
         rig.spawn(rig.worker._keepalive_loop())
         await settle(lambda: len(ticks.asked) == 1)
-        assert ticks.asked == [GENERATION_LOCK_TTL_MS / 3000]  # three renewals per lock lifetime
+        assert ticks.asked == [rig.settings.keepalive_s]  # min(reclaim_after_s / 3, 5)
         rig.store.clock.advance(8)
         ticks.tick()
         await settle(lambda: len(ticks.asked) == 2)
