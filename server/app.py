@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.admission import Admission
 from server.docs_routes import docs_routes
 from server.history import history_routes
-from server.metrics import metrics_routes
+from server.metrics import MetricsAccess, metrics_routes
 from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.settings import Settings
@@ -27,6 +27,8 @@ from server.wiring import Relay, open_store
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
+
+STORE_UNREACHABLE = "store unreachable"  # /readyz's reason (503)
 
 
 class RelayApp(Starlette):
@@ -52,17 +54,26 @@ class RelayApp(Starlette):
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     relay = Relay(settings, store or open_store(settings.redis_url))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
-                            relay.auth, settings.rate_limit)
+                            relay.access, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})
 
+    store_failure: list[str] = []  # the last failure /readyz logged (once, until the store answers again)
+
     async def readyz(request: Request) -> JSONResponse:
+        # The body names no address: the details (Redis's error text, with its host and port) go to the log.
         try:
             await relay.store.ping()
         except StoreUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, status_code=503)
+            if store_failure != [str(exc)]:
+                log.warning("readyz: the store is unreachable: %s", exc)
+                store_failure[:] = [str(exc)]
+            return JSONResponse({"status": "unavailable", "reason": STORE_UNREACHABLE}, status_code=503)
+        if store_failure:
+            log.info("readyz: the store answers again")
+            store_failure.clear()
         return JSONResponse({"status": "ready", "store": relay.store.kind})
 
     @contextlib.asynccontextmanager
@@ -71,6 +82,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         if not relay.auth.enabled:
             log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
                         "as any role and read or delete any history")
+        if relay.auth.enabled and settings.metrics_token is None:
+            log.warning("AUTH_SECRET is set but METRICS_TOKEN is not: /metrics refuses every request (401); "
+                        "set METRICS_TOKEN and give it to your scraper")
         if relay.store.kind == "embedded":
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
@@ -88,8 +102,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
-            *rooms_routes(relay.auth, settings.auth_token_ttl_s),
-            *metrics_routes(relay.fanout.counts),
+            *rooms_routes(relay.auth, relay.store.instances, settings.auth_token_ttl_s),
+            *metrics_routes(relay.fanout.counts, MetricsAccess(settings.metrics_token, closed=relay.auth.enabled)),
             *docs_routes(),
         ],
         lifespan=lifespan,

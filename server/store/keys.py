@@ -11,6 +11,8 @@ scripts). A room's keys:
 - ``chat:followers:<room>``: the nodes that follow the room, a sorted set node -> the time (ms, Redis's
   clock) until which the node is alive; a node renews it with each heartbeat.
 - ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window.
+- ``chat:room:<room>``: the room's current instance (a random id, made by ``POST /v1/session`` with
+  auth on; its expiry is the longest of the tokens issued for it), deleted with the room.
 - ``chat:llm:lock:<room>``: the rid of the room's running generation.
 - ``chat:llm:cancelled:<room>:<rid>``: a generation cancelled before its worker started it.
 
@@ -45,6 +47,10 @@ def followers_key(room: str) -> str:
 
 def dedupe_key(room: str, participant: str, cid: str) -> str:
     return f"chat:cid:{room}:{participant}:{cid}"
+
+
+def room_instance_key(room: str) -> str:
+    return "chat:room:" + room
 
 
 def llm_lock_key(room: str) -> str:
