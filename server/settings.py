@@ -149,8 +149,9 @@ def _log_level(name: str, raw: str) -> str:
 
 def _redis_url(name: str, raw: str) -> str:
     url = raw.strip()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"{name}={raw!r} must start with redis://, rediss:// or unix://")
+    if not url.startswith(("redis://", "rediss://", "unix://")):  # not echoed: it may hold a password
+        raise SettingsError(f"{name} must start with redis://, rediss:// or unix:// (it starts with "
+                            f"{url.partition(':')[0]!r})")
     return url
 
 
