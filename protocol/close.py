@@ -5,8 +5,9 @@ table is :func:`markdown_table`, checked by the tests). ``reason`` is the text o
 ``reconnect`` advises the client, as centrifuge's ``Disconnect.Reconnect`` does:
 :attr:`Reconnect.RESUME` means reconnect (after a short pause, to any node) with ``last_id`` and
 ``epoch``: the resume replays what was missed, so nothing is lost or seen twice;
-:attr:`Reconnect.NO` means the close is the end (the client closed), or reconnecting and carrying
-on as before would be closed again.
+:attr:`Reconnect.FRESH_TOKEN` means the same with a new token (from ``POST /v1/session`` again:
+the room and its other members' tokens stay as they are); :attr:`Reconnect.NO` means the close is
+the end (the client closed), or reconnecting and carrying on as before would be closed again.
 
 Some closes are made by the WebSocket server (uvicorn, and its ``websockets`` protocol layer), on
 the relay's settings rather than in its code; they are listed too (``by``), so the table is
@@ -23,6 +24,7 @@ from enum import StrEnum
 class Reconnect(StrEnum):
     NO = "no"
     RESUME = "yes, with `last_id`"
+    FRESH_TOKEN = "yes, with a new token and `last_id`"
 
 
 class By(StrEnum):
@@ -57,9 +59,13 @@ RESTART = Close(
 SLOW_CONSUMER = Close(
     1013, "slow consumer", Reconnect.RESUME, By.RELAY,
     "the client read too slowly: more than `SEND_QUEUE_MAX` frames were waiting for it")
+TOKEN_EXPIRED = Close(
+    4001, "token expired", Reconnect.FRESH_TOKEN, By.RELAY,
+    "with auth on: the connection's token expired (its `exp`); the admin key never expires")
 
 CLOSES: tuple[Close, ...] = (
-    NORMAL, INVALID_UTF8, RATE_LIMIT, TOO_BIG, STORE_UNAVAILABLE, PING_TIMEOUT, RESTART, SLOW_CONSUMER)
+    NORMAL, INVALID_UTF8, RATE_LIMIT, TOO_BIG, STORE_UNAVAILABLE, PING_TIMEOUT, RESTART, SLOW_CONSUMER,
+    TOKEN_EXPIRED)
 
 
 def markdown_table() -> str:

@@ -27,6 +27,9 @@ def main() -> int:
         ws_ping_interval=settings.ping_interval_s or None,
         ws_ping_timeout=settings.ping_timeout_s or None,
         log_level=settings.log_level,
+        # uvicorn's lines go to the root logger's handler, set up by settings_or_exit: one format, and
+        # the same redaction (a browser's ?token= is in every WebSocket line uvicorn writes).
+        log_config=None,
         access_log=False,
         lifespan="on",
     )

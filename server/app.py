@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.admission import Admission
 from server.docs_routes import docs_routes
 from server.history import history_routes
-from server.metrics import metrics_routes
+from server.metrics import MetricsAccess, metrics_routes
 from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.settings import Settings
@@ -27,6 +27,9 @@ from server.wiring import Relay, open_store
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
+
+STORE_UNREACHABLE = "store unreachable"  # /readyz's reasons (503)
+STORE_REFUSES = "store refuses commands"
 
 
 class RelayApp(Starlette):
@@ -52,21 +55,32 @@ class RelayApp(Starlette):
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     relay = Relay(settings, store or open_store(settings.redis_url, timeout_s=settings.redis_timeout_s))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
-                            relay.auth, settings.rate_limit)
+                            relay.access, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": relay.node_id})
 
+    store_failure: list[str] = []  # the last failure /readyz logged (once, until the store answers again)
+
     async def readyz(request: Request) -> JSONResponse:
         """200 when Redis answers and every supervised loop works; else 503 with a reason that names
-        what fails (never an address or an exception's text)."""
+        what fails (never an address or an exception's text: the details go to the log, once)."""
         try:
             await relay.store.ping()
-        except StoreUnavailable:
-            return _unavailable("redis unreachable")
-        except StoreError:
-            return _unavailable("redis refuses commands")
+        except StoreUnavailable as exc:
+            if store_failure != [str(exc)]:
+                log.warning("readyz: the store is unreachable: %s", exc)
+                store_failure[:] = [str(exc)]
+            return _unavailable(STORE_UNREACHABLE)
+        except StoreError as exc:
+            if store_failure != [str(exc)]:
+                log.warning("readyz: the store refuses commands: %s", exc)
+                store_failure[:] = [str(exc)]
+            return _unavailable(STORE_REFUSES)
+        if store_failure:
+            log.info("readyz: the store answers again")
+            store_failure.clear()
         down = relay.supervisor.down()
         if down:
             return _unavailable(f"loop down: {', '.join(down)}")
@@ -78,6 +92,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         if not relay.auth.enabled:
             log.warning("AUTH_SECRET is not set: auth is OFF (open development mode): anyone may join any room "
                         "as any role and read or delete any history")
+        if relay.auth.enabled and settings.metrics_token is None:
+            log.warning("AUTH_SECRET is set but METRICS_TOKEN is not: /metrics refuses every request (401); "
+                        "set METRICS_TOKEN and give it to your scraper")
         if relay.store.kind == "embedded":
             log.warning("REDIS_URL is not set: using the embedded in-process store "
                         "(data lives in memory and is lost on exit; single process only)")
@@ -95,8 +112,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *history_routes(relay),
-            *rooms_routes(relay.auth, settings.auth_token_ttl_s),
-            *metrics_routes(relay.fanout.counts, relay.supervisor.loops),
+            *rooms_routes(relay.auth, relay.store.instances, settings.auth_token_ttl_s),
+            *metrics_routes(relay.fanout.counts, relay.supervisor.loops,
+                            MetricsAccess(settings.metrics_token, closed=relay.auth.enabled)),
             *docs_routes(),
         ],
         lifespan=lifespan,

@@ -2,7 +2,7 @@
 
     GET    /api/chat/history/{sid}          a page of messages (limit, before | after, participant)
     GET    /api/chat/history/{sid}/export   the whole conversation as a download (format=json|markdown)
-    DELETE /api/chat/history/{sid}          remove the room's stream
+    DELETE /api/chat/history/{sid}          remove the room: its stream and its instance (its tokens)
     POST   /api/chat/{sid}/messages         publish a client envelope, as a WebSocket member would
 
 Every refusal is ``{"error": {"code", "message"[, "cid"]}}`` with a code of
@@ -59,19 +59,23 @@ class HistoryApi:
         self._log = relay.store.log
         self._appender = relay.appender
         self._limits = relay.settings.limits
-        self._auth = relay.auth
+        self._access = relay.access
+        self._instances = relay.store.instances
 
-    def _grant(self, request: Request, *, admin: bool = False) -> Grant | None:
-        """With auth on: a token of the room (or the admin key; only the admin key for ``admin``)."""
-        if not self._auth.enabled:
+    async def _grant(self, request: Request, *, admin: bool = False) -> Grant | None:
+        """With auth on: a token of the room's current instance (or the admin key; only the admin key
+        for ``admin``)."""
+        if not self._access.enabled:
             return None
-        grant = self._auth.for_room(bearer(request.headers), _room(request))
-        if admin and not grant.admin:
-            raise ProtocolError("forbidden", "This needs the admin key.")
-        return grant
+        if admin:
+            grant = self._access.auth.for_room(bearer(request.headers), _room(request))
+            if not grant.admin:
+                raise ProtocolError("forbidden", "This needs the admin key.")
+            return grant
+        return await self._access.for_room(bearer(request.headers), _room(request))
 
     async def page(self, request: Request) -> Response:
-        self._grant(request)
+        await self._grant(request)
         sid, query = _room(request), page_query(request.query_params)
         page = await read_page(self._log, sid, query)
         if not page.entries and not await self._log.exists(sid):
@@ -80,7 +84,7 @@ class HistoryApi:
                       "next_before": page.next_before, "next_after": page.next_after})
 
     async def export(self, request: Request) -> Response:
-        self._grant(request)
+        await self._grant(request)
         sid, name = _room(request), request.query_params.get("format", "json")
         if name not in EXPORTS:
             raise ProtocolError("invalid_format")
@@ -92,13 +96,15 @@ class HistoryApi:
                                  headers={"Content-Disposition": f'attachment; filename="{sid}.{export.extension}"'})
 
     async def delete(self, request: Request) -> Response:
-        self._grant(request, admin=True)
-        if not await self._log.delete(_room(request)):
+        await self._grant(request, admin=True)
+        room = _room(request)
+        ended = await self._instances.delete(room)  # first: its tokens are refused from now on
+        if not await self._log.delete(room) and not ended:
             raise ProtocolError("room_not_found")
         return Response(status_code=204)
 
     async def publish(self, request: Request) -> Response:
-        grant, sid = self._grant(request), _room(request)
+        grant, sid = await self._grant(request), _room(request)
         bound_role = grant.role if grant is not None else None
         envelope = parse_frame(await _body(request, self._limits.max_message_bytes), self._limits, bound_role)
         if envelope.event != Event.CHAT_MESSAGE:

@@ -18,13 +18,20 @@ The two latency histograms are observed once per append batch.
   (:mod:`server.supervise`); ``chat_loop_failures_total{loop}``: its failures since the process started.
 - ``chat_xadd_seconds``: one append batch's round trip to Redis; ``chat_accept_to_delivery_seconds``:
   from a frame's acceptance to its delivery to the members on this process (per batch, its oldest).
+
+Who may scrape: with ``METRICS_TOKEN`` set, only a request with ``Authorization: Bearer
+<METRICS_TOKEN>``; else, with auth on (``AUTH_SECRET``), nobody (401, and the server says so at
+start-up: the admin key is not accepted, a scraper should not hold it); else (open development mode)
+anyone.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -32,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from protocol.errors import http_status, refusal_body
+from server.auth import bearer
 from server.outlet import write_path
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -119,14 +128,45 @@ def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterM
     return family
 
 
-def metrics_routes(gauges: Callable[[], tuple[int, int]], loops: Loops = list) -> list[BaseRoute]:
+class MetricsAccess:
+    """Who may read ``/metrics``: the bearer of ``token`` when there is one, else anyone unless ``closed``."""
+
+    def __init__(self, token: str | None, closed: bool) -> None:
+        self._token = token
+        self._closed = closed
+
+    @property
+    def open(self) -> bool:
+        return self._token is None and not self._closed
+
+    def refusal(self, credential: str | None) -> str | None:
+        """Why a request with ``credential`` may not scrape; None when it may."""
+        if self._token is not None:
+            if credential is not None and hmac.compare_digest(credential.encode(), self._token.encode()):
+                return None
+            return "/metrics needs Authorization: Bearer <METRICS_TOKEN>."
+        if self._closed:
+            return "/metrics is closed: auth is on (AUTH_SECRET) and METRICS_TOKEN is not set."
+        return None
+
+
+OPEN = MetricsAccess(None, closed=False)
+
+
+def metrics_routes(gauges: Callable[[], tuple[int, int]], loops: Loops = list,
+                   access: MetricsAccess = OPEN) -> list[BaseRoute]:
     """The ``/metrics`` route; ``gauges`` tells the current (connections, rooms), ``loops`` the
-    supervised loops."""
+    supervised loops, ``access`` who may read it."""
     registry = CollectorRegistry()
     for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges, loops)):
         registry.register(collector)
 
     async def metrics(request: Request) -> Response:
+        refusal = None if access.open else access.refusal(bearer(request.headers))
+        if refusal is not None:
+            return Response(orjson.dumps(refusal_body("unauthorized", refusal)),
+                            status_code=http_status("unauthorized"), media_type="application/json",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/metrics", metrics)]

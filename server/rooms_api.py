@@ -4,6 +4,12 @@ With auth on it needs ``Authorization: Bearer <ADMIN_KEY>`` (401 ``unauthorized`
 optional JSON body may name the room (``sid``) and the tokens' lifetime (``ttl_s``, default
 ``AUTH_TOKEN_TTL_S``). The answer is 201 ``{"sid", "tokens": {"A", "B"}, "expires_at"}``; with
 auth off, a new room id and no tokens.
+
+With auth on, the tokens name the room's current instance (:class:`~server.store.ports.RoomInstances`),
+made now when the room has none, and kept at least as long as the tokens (and a minute) (so asking again for a room
+that exists gives new tokens of the same instance: the other members' tokens stay good). A room
+deleted (``DELETE /api/chat/history/{sid}``) and created again is a new instance: the old tokens are
+refused.
 """
 
 from __future__ import annotations
@@ -21,20 +27,24 @@ from protocol.errors import ProtocolError
 from protocol.names import CLIENT_ROLES, is_valid_room
 from server.auth import Auth, bearer
 from server.history import error_response
+from server.store.ports import RoomInstances
 
 MAX_TTL_S = 366 * 24 * 3600
+INSTANCE_MARGIN_S = 60  # the instance outlives its tokens by this much (clocks of nodes and Redis differ)
 
 
-def rooms_routes(auth: Auth, default_ttl_s: int) -> list[BaseRoute]:
+def rooms_routes(auth: Auth, instances: RoomInstances, default_ttl_s: int) -> list[BaseRoute]:
     async def create(request: Request) -> Response:
         try:
             if auth.enabled and not auth.is_admin(bearer(request.headers)):
                 raise ProtocolError("unauthorized", "Creating a room needs Authorization: Bearer <ADMIN_KEY>.")
             room, ttl_s = _options(await request.body(), default_ttl_s)
-        except ProtocolError as exc:
+            now = time.time()
+            instance = await instances.open(room, ttl_s + INSTANCE_MARGIN_S) if auth.enabled else ""
+        except Exception as exc:
             return error_response(exc, request.method)
-        now = time.time()
-        tokens = {role: auth.issue(room, role, ttl_s, now) for role in sorted(CLIENT_ROLES)} if auth.enabled else {}
+        tokens = ({role: auth.issue(room, role, ttl_s, instance, now) for role in sorted(CLIENT_ROLES)}
+                  if auth.enabled else {})
         expires_at = format_ts(int((now + ttl_s) * 1000)) if auth.enabled else None
         body = {"sid": room, "tokens": tokens, "expires_at": expires_at}
         return Response(orjson.dumps(body), status_code=201, media_type="application/json")

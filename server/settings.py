@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
+from server import redact
 from server.ratelimit import RateLimit
 
 T = TypeVar("T")
@@ -42,6 +44,7 @@ class Settings:
     auth_secret: str | None = field(default=None, repr=False)  # set: tokens are required (JWT HS256 key)
     admin_key: str | None = field(default=None, repr=False)  # the bearer key that creates rooms
     auth_token_ttl_s: int = 24 * 3600  # lifetime of the tokens POST /v1/session issues
+    metrics_token: str | None = field(default=None, repr=False)  # set: /metrics needs it as a bearer credential
     llm: LLMSettings = field(default_factory=lambda: _llm_settings({}))  # the bot's settings (LLM_*, OPENAI_*)
     allowed_origins: frozenset[str] = frozenset()  # browser origins allowed to connect (empty: any)
     rate_limit_per_sec: float = 50.0  # frames a connection may send per second, after its burst (0 = no limit)
@@ -58,6 +61,13 @@ class Settings:
     @property
     def rate_limit(self) -> RateLimit:
         return RateLimit(self.rate_limit_per_sec, self.rate_limit_burst)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value among the settings: no log line may show one (:mod:`server.redact`)."""
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        values = (self.auth_secret, self.admin_key, self.metrics_token, self.llm.openai_api_key, password)
+        return tuple(value for value in values if value)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -140,8 +150,9 @@ def _log_level(name: str, raw: str) -> str:
 
 def _redis_url(name: str, raw: str) -> str:
     url = raw.strip()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"{name}={raw!r} must start with redis://, rediss:// or unix://")
+    if not url.startswith(("redis://", "rediss://", "unix://")):  # not echoed: it may hold a password
+        raise SettingsError(f"{name} must start with redis://, rediss:// or unix:// (it starts with "
+                            f"{url.partition(':')[0]!r})")
     return url
 
 
@@ -161,6 +172,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "auth_secret": _secret(32),  # HS256 wants a key of at least 256 bits
     "admin_key": _secret(16),
     "auth_token_ttl_s": _int(1, 366 * 24 * 3600),
+    "metrics_token": _secret(16),
     "allowed_origins": _origins,
     "rate_limit_per_sec": _float(0, 1_000_000),
     "rate_limit_burst": _int(1, 1_000_000),
@@ -297,7 +309,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 def settings_or_exit(program: str, env: Mapping[str, str]) -> Settings:
     """The settings, or exit with status 2 and a one-line message naming the bad variable; then
-    logging is set up at their ``LOG_LEVEL``."""
+    logging is set up at their ``LOG_LEVEL``, every line redacted (:mod:`server.redact`)."""
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
@@ -305,6 +317,7 @@ def settings_or_exit(program: str, env: Mapping[str, str]) -> Settings:
         raise SystemExit(2) from None
     logging.basicConfig(level=log_level_number(settings.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install(settings.secrets)
     return settings
 
 

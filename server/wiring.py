@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from server.appender import Appended, Appender
-from server.auth import Auth
+from server.auth import Auth, RoomAccess
 from server.dispatch import Dispatcher
 from server.ephemeral import Ephemeral
 from server.feed import RoomFeed
@@ -109,6 +109,7 @@ class Relay:
         self.node_id = secrets.token_hex(6)
         self.supervisor = Supervisor()
         self.auth = Auth(settings.auth_secret, settings.admin_key)
+        self.access = RoomAccess(self.auth, store.instances)
         self.fanout = Fanout()
         restorer = RosterRestorer(store.roster, self.fanout, self.node_id, settings.room_ttl_seconds)
         self.feed = RoomFeed(store.log, store.bus, self.fanout, restorer, self.node_id, settings.node_ttl_s,

@@ -13,26 +13,30 @@ adds state checks the loop already guarantees.
 
 Every frame received counts against the connection's rate limit (:mod:`server.ratelimit`): one
 over it is answered ``rate_limited`` and not processed; a client that keeps flooding is closed
-with 1008. Origins and connections per address are checked before this endpoint, by
-:mod:`server.admission`. Every refusal's HTTP status is :func:`protocol.errors.http_status`'s, and
-every close is a row of :mod:`protocol.close`.
+with 1008. With auth on, a connection is closed with 4001 (``token expired``) when its token
+expires: one timer per connection (:func:`close_at_expiry`). Origins and connections per address
+are checked before this endpoint, by :mod:`server.admission`. Every refusal's HTTP status is
+:func:`protocol.errors.http_status`'s, and every close is a row of :mod:`protocol.close`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from protocol.close import NORMAL, RATE_LIMIT, STORE_UNAVAILABLE
+from protocol.close import NORMAL, RATE_LIMIT, STORE_UNAVAILABLE, TOKEN_EXPIRED
 from protocol.codec import error_frame
 from protocol.envelope import frame_cid, parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError, http_status, refusal_body
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
-from server.auth import Auth, bearer
+from server.auth import Grant, RoomAccess, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
 from server.hub import Hub
@@ -48,8 +52,8 @@ PATH = "/v1/session/chat"
 
 class ChatEndpoint:
     def __init__(self, hub: Hub, sessions: Sessions, dispatcher: Dispatcher, limits: Limits,
-                 send_queue_max: int, auth: Auth, rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
-        self._auth = auth
+                 send_queue_max: int, access: RoomAccess, rate_limit: RateLimit = NO_RATE_LIMIT) -> None:
+        self._access = access
         self._hub = hub
         self._sessions = sessions
         self._dispatcher = dispatcher
@@ -65,11 +69,16 @@ class ChatEndpoint:
         if refusal is not None:
             await deny(websocket, *refusal)
             return
-        if self._auth.enabled:
+        grant = None
+        if self._access.enabled:
             try:
-                role = authorized_role(self._auth, query.get("token") or bearer(websocket.headers), room, role)
+                grant = await self._access.for_room(query.get("token") or bearer(websocket.headers), room)
+                role = bound_role(grant, role)
             except ProtocolError as exc:
                 await deny(websocket, exc.code, exc.message)
+                return
+            except Exception as exc:  # the store, asked for the room's instance
+                await deny_failure(websocket, exc)
                 return
         last_id = query.get("last_id")
         resume = None if last_id is None else Resume(last_id, query.get("epoch"))
@@ -86,15 +95,20 @@ class ChatEndpoint:
             self._hub.leave(member)
             await deny_failure(websocket, exc)
             return
+        expiry = None
         try:
             await websocket.accept()
             member.start()
+            if grant is not None and grant.exp is not None:
+                expiry = close_at_expiry(member, grant.exp)
             await self._sessions.start(member, newest, info, resume)
             await self._receive_loop(member, receive)
         except (StoreUnavailable, StoreRefused) as exc:
             log.warning("room %s: session ended, Redis unreachable or refusing: %s", room, type(exc).__name__)
             member.close(STORE_UNAVAILABLE.code, STORE_UNAVAILABLE.reason)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._hub.leave(member)
             await self._sessions.leave(member)  # first: once the client sees the close, it is off the roster
             member.close(NORMAL.code, NORMAL.reason)
@@ -136,14 +150,25 @@ def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:
     return None
 
 
-def authorized_role(auth: Auth, credential: str | None, room: str, role: str | None) -> str | None:
+def bound_role(grant: Grant, role: str | None) -> str | None:
     """The role a token binds the connection to (the admin key: the one asked for, if any)."""
-    grant = auth.for_room(credential, room)
     if grant.admin:
         return role
     if role is not None and role != grant.role:
         raise ProtocolError("role_mismatch", f"The token is for role {grant.role!r}, not {role!r}.")
     return grant.role
+
+
+def close_at_expiry(member: Member, exp: float, now: Callable[[], float] = time.time) -> asyncio.TimerHandle:
+    """Close ``member`` with 4001 (``token expired``) when its token expires, at ``exp`` (Unix seconds):
+    one timer on the loop per connection, cancelled when the session ends."""
+    loop = asyncio.get_running_loop()
+    return loop.call_at(loop.time() + max(0.0, exp - now()), _expired, member)
+
+
+def _expired(member: Member) -> None:
+    log.debug("room %s: a member's token expired: closed (%d)", member.room, TOKEN_EXPIRED.code)
+    member.close(TOKEN_EXPIRED.code, TOKEN_EXPIRED.reason)
 
 
 def resume_refusal(last_id: str | None, epoch: str | None) -> tuple[str, str] | None:

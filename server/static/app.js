@@ -28,6 +28,7 @@ const ui = {
 
 const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_RETRY_DELAY_MS = 10000;
+const TOKEN_EXPIRED = 4001;  // the close code of an expired token (README "Limits and closes")
 
 const state = {
   sid: null,
@@ -95,8 +96,15 @@ function connect() {
   state.ready = false;
   setStatus("connecting", state.retries ? "reconnecting…" : "connecting…");
   socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
-  socket.addEventListener("close", () => {
-    if (state.socket === socket) reconnectLater();
+  socket.addEventListener("close", (event) => {
+    if (state.socket !== socket) return;
+    if (event.code === TOKEN_EXPIRED) {  // reconnecting with this token would be refused: a new one is needed
+      state.socket = null;
+      state.ready = false;
+      setStatus("disconnected", "the room token has expired: open this page again with a new one (&token=...)");
+      return;
+    }
+    reconnectLater();
   });
 }
 

@@ -13,6 +13,8 @@ scripts). A room's keys:
 - ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window: ``<epoch>
   <id>``, counted only in that epoch of the stream (a bare ``<id>``, written before, while the stream
   holds it); the LLM's answer marker too (participant ``llm``, cid = the generation's rid).
+- ``chat:room:<room>``: the room's current instance (a random id, made by ``POST /v1/session`` with
+  auth on; its expiry is the longest of the tokens issued for it), deleted with the room.
 - ``chat:llm:lock:<room>``: ``"<token> <rid>"`` of the room's generation (queued or running).
 - ``chat:llm:fence:<room>``: the room's fencing counter (INCR): each taking of the lock gets the next token.
 - ``chat:llm:ended:<room>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
@@ -49,6 +51,10 @@ def followers_key(room: str) -> str:
 
 def dedupe_key(room: str, participant: str, cid: str) -> str:
     return f"chat:cid:{room}:{participant}:{cid}"
+
+
+def room_instance_key(room: str) -> str:
+    return "chat:room:" + room
 
 
 def llm_lock_key(room: str) -> str:

@@ -4,6 +4,8 @@
 - :class:`Roster`: who is in a room, on every node (presence).
 - :class:`NodeBus`: the nodes that follow a room, and what they tell each other (announcements of
   appends, frames that are not stored).
+- :class:`RoomInstances`: which instance of a room is current (with auth on, a room token names
+  the instance it was issued for).
 - :class:`GenerationLocks` and :class:`RequestQueue`: the LLM bot's work (one generation per room,
   and the queue of questions any worker may answer).
 
@@ -223,6 +225,24 @@ class NodeBus(Protocol):
         ...
 
 
+class RoomInstances(Protocol):
+    """A room's current instance: a random id, made when a room is created (``POST /v1/session``) and
+    kept until it is deleted or expires. A room deleted and created again is a new instance."""
+
+    async def open(self, room: str, ttl_s: int) -> str:
+        """The room's current instance, made now when it has none; in either case it lives at least
+        ``ttl_s`` more seconds (a longer expiry is kept)."""
+        ...
+
+    async def current(self, room: str) -> str | None:
+        """The room's current instance; None when it has none (never created, deleted or expired)."""
+        ...
+
+    async def delete(self, room: str) -> bool:
+        """End the room's instance; False when it had none."""
+        ...
+
+
 class GenerationLocks(Protocol):
     """One generation per room, fenced. The room's lock holds ``(rid, token)``: the front takes it
     with a long lease when it queues a question (the question keeps the room while it waits), the
@@ -314,6 +334,9 @@ class Store(Protocol):
 
     @property
     def bus(self) -> NodeBus: ...
+
+    @property
+    def instances(self) -> RoomInstances: ...
 
     @property
     def locks(self) -> GenerationLocks: ...

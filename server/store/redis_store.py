@@ -49,6 +49,7 @@ from server.store.keys import (
     llm_requests_key,
     node_channel,
     presence_key,
+    room_instance_key,
     stream_key,
 )
 from server.store.ports import (
@@ -355,6 +356,30 @@ class RedisNodeBus:
         return self._connections.subscription(node_channel(node))
 
 
+class RedisRoomInstances:
+    def __init__(self, connections: Connections) -> None:
+        self._client = connections.client
+
+    @translated
+    async def open(self, room: str, ttl_s: int) -> str:
+        key = room_instance_key(room)
+        async with self._client.pipeline(transaction=True) as pipe:  # MULTI: one step
+            pipe.set(key, secrets.token_hex(8), nx=True, ex=ttl_s)
+            pipe.expire(key, ttl_s, gt=True)  # never shortened
+            pipe.get(key)
+            *_, instance = await pipe.execute()
+        return str(instance.decode())
+
+    @translated
+    async def current(self, room: str) -> str | None:
+        instance = await self._client.get(room_instance_key(room))
+        return None if instance is None else str(instance.decode())
+
+    @translated
+    async def delete(self, room: str) -> bool:
+        return bool(await self._client.delete(room_instance_key(room)))
+
+
 class RedisLocks:
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
@@ -484,6 +509,7 @@ class RedisStore:
         self.log = RedisRoomLog(connections)
         self.roster = RedisRoster(connections)
         self.bus = RedisNodeBus(connections)
+        self.instances = RedisRoomInstances(connections)
         self.locks = RedisLocks(connections)
         self._queues: dict[str, RedisRequestQueue] = {}
 

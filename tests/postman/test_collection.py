@@ -17,6 +17,7 @@ from tests.support.tools import node_tool
 
 COLLECTION = ROOT / "postman" / "chat-relay.postman_collection.json"
 ADMIN_KEY = "admin-key-for-the-postman-tests-0123"
+METRICS_TOKEN = "metrics-token-for-the-postman-tests"
 
 pytestmark = pytest.mark.clients  # newman: scripts/test.sh clients
 
@@ -57,8 +58,11 @@ def test_the_collection_passes_under_newman(server: ServerProcess, room: str, tm
 def test_the_collection_passes_with_auth_on_given_the_admin_key(
         start_server: Callable[..., ServerProcess], redis_url: str, room: str, tmp_path: Path) -> None:
     secured = start_server(REDIS_URL=redis_url, AUTH_SECRET="s3cret-for-the-postman-tests-0123456789",
-                           ADMIN_KEY=ADMIN_KEY)
-    run = run_newman(secured.http, room, tmp_path, f"adminKey={ADMIN_KEY}")
+                           ADMIN_KEY=ADMIN_KEY, METRICS_TOKEN=METRICS_TOKEN)
+    run = run_newman(secured.http, room, tmp_path, f"adminKey={ADMIN_KEY}", f"metricsToken={METRICS_TOKEN}")
     session = next(e for e in run["executions"] if e["item"]["name"] == "Create a room")
     headers = {h["key"].lower(): h["value"] for h in session["request"]["header"]}
     assert headers["authorization"] == f"Bearer {ADMIN_KEY}"
+    metrics = next(e for e in run["executions"] if e["item"]["name"] == "Prometheus metrics")
+    assert {h["key"].lower(): h["value"] for h in metrics["request"]["header"]}["authorization"] == (
+        f"Bearer {METRICS_TOKEN}")

@@ -142,8 +142,9 @@ async def test_with_auth_on_the_routes_answer_as_the_document_says(start_server:
             (history, await http.get(f"/api/chat/history/{room}", headers=token)),
             (history, await http.delete(f"/api/chat/history/{room}", headers=token)),
             (history, await http.delete(f"/api/chat/history/{room}", headers=admin)),
+            ("/metrics", await http.get("/metrics", headers=admin)),  # no METRICS_TOKEN: closed
         ]
-    assert [r.status_code for _, r in calls] == [201, 401, 401, 201, 403, 200, 403, 204]
+    assert [r.status_code for _, r in calls] == [201, 401, 401, 201, 403, 200, 403, 204, 401]
     assert set(created.json()["tokens"]) == {"A", "B"} and created.json()["expires_at"]
     assert published.json()["hd"]["role"] == "A"  # the token's role
     for template, response in calls:

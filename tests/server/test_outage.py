@@ -34,3 +34,21 @@ async def test_senders_get_unavailable_while_redis_is_down_and_it_recovers(
         frame = await b.recv()  # B never saw "during": its first frame since "before" is "after"
         assert frame["bd"]["text"] == "after"
         assert (await a.recv())["bd"]["text"] == "after"
+
+
+async def test_readyz_names_no_address_and_logs_the_details_once(
+        start_server: Callable[..., ServerProcess], private_redis: RedisServer) -> None:
+    node = start_server(REDIS_URL=private_redis.url)
+    private_redis.stop()
+    async with httpx.AsyncClient(base_url=node.http) as http:
+        for _ in range(3):  # a load balancer polls it
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"status": "unavailable", "reason": "store unreachable"}
+            assert str(private_redis.port) not in ready.text and "127.0.0.1" not in ready.text
+        logged = node.log_path.read_text(errors="replace")  # the details, once, in the log
+        [line] = [line for line in logged.splitlines() if "readyz: the store is unreachable" in line]
+        assert "WARNING" in line and str(private_redis.port) in line
+        private_redis.start()
+        assert (await http.get("/readyz")).status_code == 200
+    assert "readyz: the store answers again" in node.log_path.read_text(errors="replace")

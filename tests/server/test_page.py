@@ -221,3 +221,18 @@ async def test_with_auth_on_the_page_connects_with_the_token_in_its_address(
         await b.chat("and B with its token")
         await expect(shown(page, "B", "and B with its token")).to_have_count(1)
     await expect(shown(page, "A", "signed in as A")).to_have_count(1)
+
+
+async def test_when_its_token_expires_the_page_says_a_new_token_is_needed(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
+    admin_key = "admin-key-for-the-page-tests-0123456789"
+    node = start_server(REDIS_URL=redis_url, AUTH_SECRET="s3cret-for-the-page-tests-0123456789abc",
+                        ADMIN_KEY=admin_key)
+    async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
+        created = await http.post("/v1/session", json={"sid": room, "ttl_s": 2},
+                                  headers={"Authorization": f"Bearer {admin_key}"})
+    page = await new_page(f"{node.http}/?sid={room}&token={created.json()['tokens']['A']}")
+    await connected(page)
+    status = page.locator(STATUS)
+    await expect(status).to_have_text(re.compile("token has expired"), timeout=10_000)  # closed with 4001
+    await expect(status).to_have_attribute("data-state", "disconnected")

@@ -1,11 +1,11 @@
-"""One contract, every adapter: the room log, roster and node bus ports on a real Redis (through the
+"""One contract, every adapter: the room log, roster, node bus and room instance ports on a real Redis (through the
 lean connection and through redis-py alone) and on the embedded fakeredis."""
 
 from __future__ import annotations
 
 import asyncio
 
-from server.store.keys import dedupe_key, epoch_key, followers_key, stream_key
+from server.store.keys import dedupe_key, epoch_key, followers_key, room_instance_key, stream_key
 from server.store.ports import Duplicate, NewEntry, Retention, Store, Subscription
 from tests.conftest import Backend, new_room
 
@@ -188,6 +188,22 @@ async def test_a_new_stream_gets_a_new_epoch(backend: Backend) -> None:
     assert await epoch() is None
     await store.log.append_batch(entries(room, "3"), KEEP_ALL, "n")
     assert await epoch() not in (None, first)
+
+
+async def test_a_room_keeps_its_instance_until_deleted_and_a_new_room_gets_a_new_one(backend: Backend) -> None:
+    instances, room = backend.store.instances, new_room()
+    assert await instances.current(room) is None  # never created
+    first = await instances.open(room, 60)
+    assert first and await instances.current(room) == first
+    assert await instances.open(room, 600) == first  # asked again: the same instance, its expiry lengthened
+    assert 60 < await backend.raw.ttl(room_instance_key(room)) <= 600
+    assert await instances.open(room, 10) == first  # a shorter one never shortens it
+    assert 60 < await backend.raw.ttl(room_instance_key(room)) <= 600
+    assert await instances.delete(room) and not await instances.delete(room)
+    assert await instances.current(room) is None
+    again = await instances.open(room, 60)
+    assert again not in (None, first)  # created again: a new instance
+    assert await instances.current(new_room()) is None
 
 
 async def test_entering_records_the_roster_and_drops_the_entries_of_dead_nodes(store: Store) -> None:

@@ -349,6 +349,37 @@ class FakeRoster(_Failing):
         self.rosters.get(room, {}).pop(field, None)
 
 
+class FakeRoomInstances(_Failing):
+    """Each room's current instance and when it expires (ms of the fake clock)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.instances: dict[str, tuple[str, int]] = {}  # room -> (instance, expires at ms)
+        self._made = 0
+
+    async def open(self, room: str, ttl_s: int) -> str:
+        self._check()
+        current = await self.current(room)
+        if current is None:
+            self._made += 1
+            current = f"i{self._made}"
+        expires = max(self.instances.get(room, ("", 0))[1], self.clock.now_ms + ttl_s * 1000)
+        self.instances[room] = (current, expires)
+        return current
+
+    async def current(self, room: str) -> str | None:
+        self._check()
+        instance, expires = self.instances.get(room, (None, 0))
+        if instance is not None and expires <= self.clock.now_ms:
+            del self.instances[room]
+            return None
+        return instance
+
+    async def delete(self, room: str) -> bool:
+        self._check()
+        return await self.current(room) is not None and self.instances.pop(room, None) is not None
+
+
 class FakeLocks(_Failing):
     """The rooms' locks: ``held`` room -> rid, ``tokens`` room -> its fencing token, ``until`` room ->
     when its lease ends (ms of the log's clock; a lock without one never expires, as one a test sets
@@ -544,6 +575,7 @@ class FakeStore:
         self.bus = FakeBus(self.clock)
         self.log = FakeLog(self.bus, self.clock)
         self.roster = FakeRoster(self.log, self.bus)
+        self.instances = FakeRoomInstances(self.clock)
         self.locks = FakeLocks(self.log)
         self.log.locks = self.locks
         self.queues: dict[str, FakeRequestQueue] = {}

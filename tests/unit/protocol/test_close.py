@@ -37,6 +37,7 @@ def test_the_relay_closes_with_a_reason_and_only_a_normal_close_has_none() -> No
 def test_clients_resume_after_closes_that_are_not_their_fault() -> None:
     assert {row.code for row in CLOSES if row.reconnect is Reconnect.RESUME} == {1011, 1012, 1013}
     assert {row.code for row in CLOSES if row.reconnect is Reconnect.NO} == {1000, 1007, 1008, 1009}
+    assert {row.code for row in CLOSES if row.reconnect is Reconnect.FRESH_TOKEN} == {4001}  # an expired token
 
 
 def test_the_closes_the_tests_see_on_the_wire_are_in_the_table() -> None:
@@ -45,6 +46,7 @@ def test_the_closes_the_tests_see_on_the_wire_are_in_the_table() -> None:
     assert (close.RATE_LIMIT.code, close.RATE_LIMIT.reason) == (1008, "rate limit exceeded")
     assert (close.SLOW_CONSUMER.code, close.SLOW_CONSUMER.reason) == (1013, "slow consumer")
     assert (close.STORE_UNAVAILABLE.code, close.STORE_UNAVAILABLE.reason) == (1011, "store unavailable")
+    assert (close.TOKEN_EXPIRED.code, close.TOKEN_EXPIRED.reason) == (4001, "token expired")  # test_auth
     assert (close.PING_TIMEOUT.code, close.INVALID_UTF8.code, close.RESTART.code, close.NORMAL.code) == (
         1011, 1007, 1012, 1000)
 

@@ -49,6 +49,6 @@ async def test_an_unreachable_or_refusing_store_is_named_without_its_address() -
     store = FakeStore()
     app, _ = app_on(store)
     store.log.failing = StoreUnavailable(ADDRESS_ERROR)  # the fake store's ping asks its log
-    assert await readyz(app) == (503, {"status": "unavailable", "reason": "redis unreachable"})
+    assert await readyz(app) == (503, {"status": "unavailable", "reason": "store unreachable"})
     store.log.failing = StoreRefused("BUSY Redis is busy running a script.")
-    assert await readyz(app) == (503, {"status": "unavailable", "reason": "redis refuses commands"})
+    assert await readyz(app) == (503, {"status": "unavailable", "reason": "store refuses commands"})

@@ -45,7 +45,20 @@ def test_a_rate_of_zero_turns_the_limit_off() -> None:
     ("MAX_CONNECTIONS_PER_IP", "-1"),
     ("PING_INTERVAL_S", "-0.5"),
     ("PING_TIMEOUT_S", "soon"),
+    ("METRICS_TOKEN", "too-short"),
 ])
 def test_bad_values_are_refused_naming_the_variable(name: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: raw})
+
+
+def test_a_metrics_token_is_a_secret_kept_out_of_the_settings_repr() -> None:
+    settings = Settings.from_env({"METRICS_TOKEN": " metrics-token-0123456789 "})
+    assert settings.metrics_token == "metrics-token-0123456789"
+    assert "metrics-token" not in repr(settings)
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_its_password() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL must start with redis://") as info:
+        Settings.from_env({"REDIS_URL": "http://:hunter2-password@10.0.0.5:6379/0"})
+    assert "hunter2" not in str(info.value)
