@@ -14,8 +14,9 @@ Entering, in this order:
 
 A cursor cannot be honoured when entries after it are gone (trimmed, or the stream was deleted,
 expired or lost and created again, which changes its epoch), nor when it is newer than the stream's
-newest entry (entries the client received were lost with Redis: a restart from an older snapshot, a
-failover to a replica that lagged): the member then gets everything retained and
+newest entry, or names an entry the stream no longer holds though older and newer ones are there
+(entries the client received were lost with Redis: a restart from an older snapshot, a failover to a
+replica that lagged, then maybe new entries stored): the member then gets everything retained and
 ``recovered: false``, never a partial replay presented as complete.
 
 Leaving removes the roster entry and tells the others ``presence.leave``. A process that dies
@@ -93,11 +94,12 @@ class Sessions:
     def field(self, member: Member) -> str:
         return roster_field(self._node, member)
 
-    async def enter(self, member: Member) -> SessionInfo:
-        """Record ``member`` in its room's roster. Raises ``room_full`` when the room holds
-        ``MAX_CONNECTIONS_PER_ROOM`` connections (on all nodes), or when Redis is unreachable."""
+    async def enter(self, member: Member, resume: Resume | None = None) -> SessionInfo:
+        """Record ``member`` in its room's roster (and read whether the stream still holds the entry a
+        resume's cursor names). Raises ``room_full`` when the room holds ``MAX_CONNECTIONS_PER_ROOM``
+        connections (on all nodes), or when Redis is unreachable."""
         info = await self._roster.enter(member.room, self.field(member), role_of(member), self._roster_ttl_s,
-                                         self._max_per_room)
+                                         self._max_per_room, cursor_of(resume))
         if info.full:
             raise ProtocolError("room_full")
         return info
@@ -171,6 +173,15 @@ def roster_field(node_id: str, member: Member) -> str:
     return f"{node_id}/{member.conn}"
 
 
+def cursor_of(resume: Resume | None) -> bytes | None:
+    """A resume's cursor as a full stream id (``<ms>-<seq>``; ``<ms>`` means ``<ms>-0``), None for
+    ``last_id=0`` or no resume: the entry whose presence :meth:`Roster.enter` checks."""
+    if resume is None or resume.last_id == "0":
+        return None
+    ms, _, seq = resume.last_id.partition("-")
+    return f"{ms}-{seq or 0}".encode()
+
+
 def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
     """Where a resume's replay starts (an XRANGE start) and whether it will be complete.
 
@@ -179,7 +190,9 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
     does not tell which ids trimming removed). One newer than the newest entry is not either: the
     stream lost entries the client had (Redis restarted from an older snapshot, or failed over to a
     replica that lagged), so the client's view is not the stream's: it gets everything retained.
-    ``last_id=0`` is complete when nothing was removed.
+    Nor is a cursor after the oldest retained entry whose own entry the stream no longer holds
+    (``cursor_kept`` False): lost the same way, then new entries were stored after it; the client gets
+    everything retained too. ``last_id=0`` is complete when nothing was removed.
     """
     if resume.epoch is not None and resume.epoch != info.epoch:
         return "-", False  # another stream than the client's: everything retained, incomplete
@@ -190,7 +203,10 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
     cursor = id_tuple(resume.last_id.encode())
     if info.newest_id is not None and cursor > id_tuple(info.newest_id):
         return "-", False  # entries up to the cursor were lost: everything retained, incomplete
-    return "(" + resume.last_id, cursor >= id_tuple(info.first_id)
+    first = id_tuple(info.first_id)
+    if info.cursor_kept is False and cursor > first:
+        return "-", False  # the cursor's own entry was lost (new ones came after): everything retained
+    return "(" + resume.last_id, cursor >= first
 
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:

@@ -90,7 +90,7 @@ class ChatEndpoint:
             await deny_failure(websocket, exc)
             return
         try:
-            info = await self._sessions.enter(member)
+            info = await self._sessions.enter(member, resume)
         except Exception as exc:
             self._hub.leave(member)
             await deny_failure(websocket, exc)

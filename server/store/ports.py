@@ -130,6 +130,8 @@ class SessionInfo:
     roster: list[tuple[str, str]]  # (node/connection, role) of every connection on a live node
     full: bool = False  # the room held the most connections allowed: this one was not added
     newest_id: bytes | None = None  # the newest retained entry (None: the room has no stream)
+    # whether the stream still holds the resume cursor's own entry (None: no cursor was given, or no stream)
+    cursor_kept: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +191,11 @@ class RoomLog(Protocol):
 
 
 class Roster(Protocol):
-    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
+    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
+                    cursor: bytes | None = None) -> SessionInfo:
         """Add ``field`` (``node/connection``; "" to only read) as ``role``, unless the room already holds
-        ``most`` connections (0 = no limit; then ``full`` is set); read what ``session.ready`` needs."""
+        ``most`` connections (0 = no limit; then ``full`` is set); read what ``session.ready`` needs, with
+        whether the stream still holds the entry ``cursor`` (a full ``<ms>-<seq>`` id) names."""
         ...
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:

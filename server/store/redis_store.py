@@ -287,12 +287,14 @@ class RedisRoster:
         self._sweep = connections.script("sweep.lua")
 
     @translated
-    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
-        epoch, first, removed, roster, full, newest = await self._session(
-            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)], [field, role, ttl_s, most])
+    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
+                    cursor: bytes | None = None) -> SessionInfo:
+        epoch, first, removed, roster, full, newest, kept = await self._session(
+            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)],
+            [field, role, ttl_s, most, cursor or b""])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
         return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
-                           newest_id=newest or None)
+                           newest_id=newest or None, cursor_kept=None if kept is None else bool(kept))
 
     @translated
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:

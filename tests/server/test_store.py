@@ -228,6 +228,19 @@ async def test_entering_tells_the_newest_retained_entry_not_the_last_generated_i
     assert (info.first_id, info.newest_id) == (ids[0], ids[1])
 
 
+async def test_entering_with_a_cursor_tells_whether_the_stream_still_holds_its_entry(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+    assert (await store.roster.enter(room, "", "", 0, cursor=b"1-0")).cursor_kept is None  # no stream
+    ids = (await store.log.append_batch(entries(room, "1", "2", "3"), KEEP_ALL, "n")).ids
+    await backend.raw.xdel(stream_key(room), ids[1])  # lost (an older snapshot), the newer one stays
+    for entry_id, kept in zip(ids, (True, False, True), strict=True):
+        assert isinstance(entry_id, bytes)
+        info = await store.roster.enter(room, "", "", 0, cursor=entry_id)
+        assert info.cursor_kept is kept, entry_id
+        assert (info.first_id, info.newest_id) == (ids[0], ids[2])
+    assert (await store.roster.enter(room, "", "", 0)).cursor_kept is None  # no cursor: nothing asked
+
+
 async def test_a_room_full_of_connections_refuses_one_more(store: Store) -> None:
     room, node = new_room(), f"n{new_room()}"
     await store.bus.follow([room], node, 30)

@@ -314,7 +314,8 @@ class FakeRoster(_Failing):
         alive = set(self.bus.alive(room))
         return [f for f in self.rosters.get(room, {}) if f.partition("/")[0] not in alive]
 
-    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0) -> SessionInfo:
+    async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
+                    cursor: bytes | None = None) -> SessionInfo:
         self._check()
         roster = self.rosters.setdefault(room, {})
         for dead in self._dead(room):
@@ -328,8 +329,9 @@ class FakeRoster(_Failing):
         stream = self.log.streams.get(room)
         first = stream[0][0] if stream else None
         removed = None if stream is None else self.log.added.get(room, 0) - len(stream)
+        kept = None if stream is None or not cursor else any(entry_id == cursor for entry_id, _ in stream)
         return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full,
-                           newest_id=stream[-1][0] if stream else None)
+                           newest_id=stream[-1][0] if stream else None, cursor_kept=kept)
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         self._check()

@@ -51,3 +51,13 @@ async def test_a_fake_session_info_tells_the_newest_retained_entry() -> None:
     store.log.lose_newest("r", 1)
     info = await store.roster.enter("r", "", "A", 0)
     assert (info.first_id, info.newest_id) == (ids[0], ids[1])
+
+
+async def test_a_fake_session_info_tells_whether_the_cursor_entry_is_still_held() -> None:
+    store = FakeStore()
+    assert (await store.roster.enter("r", "", "A", 0, cursor=b"1-0")).cursor_kept is None
+    ids = [store.log.add("r", b"{}") for _ in range(3)]
+    store.log.lose_newest("r", 1)
+    assert (await store.roster.enter("r", "", "A", 0, cursor=ids[1])).cursor_kept is True
+    assert (await store.roster.enter("r", "", "A", 0, cursor=ids[2])).cursor_kept is False
+    assert (await store.roster.enter("r", "", "A", 0)).cursor_kept is None

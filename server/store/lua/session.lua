@@ -3,19 +3,21 @@
 --
 -- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
 --       sorted set node -> alive-until, in ms).
--- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none), and
---       the most connections the room may hold (0 = no limit).
+-- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none),
+--       the most connections the room may hold (0 = no limit), and a resume cursor ("<ms>-<seq>", or ""
+--       for none).
 -- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster,
--- full, newest retained id or nil} (full = 1 when the room already held the most connections: the
+-- full, newest retained id or nil, cursor kept or nil} (cursor kept = 1 when the stream still holds the
+-- cursor's own entry, 0 when not: lost with Redis, or trimmed; nil without a cursor or a stream) (full = 1 when the room already held the most connections: the
 -- connection was not added), the removed count being what XINFO reports as entries-added minus
 -- length, the newest id being XINFO's last-entry (not last-generated-id: a resume cursor newer than the
 -- newest entry names entries the stream no longer holds), and roster being a
 -- flat array field, role, ... of the connections on live nodes; entries of nodes that are no longer
 -- alive (their time in the followers set is up: the process died) are removed on the way.
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local field, role, ttl, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local field, role, ttl, most, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or ''
 local epoch = redis.call('GET', epoch_key)
-local first, removed, newest = false, false, false
+local first, removed, newest, kept = false, false, false, false
 if redis.call('EXISTS', stream) == 1 then
   local info, added, length = redis.call('XINFO', 'STREAM', stream), false, false
   for i = 1, #info, 2 do
@@ -25,6 +27,9 @@ if redis.call('EXISTS', stream) == 1 then
     if info[i] == 'length' then length = info[i + 1] end
   end
   if added and length then removed = added - length end
+  if cursor ~= '' then
+    kept = #redis.call('XRANGE', stream, cursor, cursor, 'COUNT', 1) == 1 and 1 or 0
+  end
 end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -54,4 +59,4 @@ if field ~= '' then
     roster[#roster + 1] = role
   end
 end
-return {epoch, first, removed, roster, full, newest}
+return {epoch, first, removed, roster, full, newest, kept}

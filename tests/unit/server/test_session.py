@@ -14,6 +14,7 @@ import server.session as session_module
 from protocol.codec import presence_frame
 from protocol.errors import ProtocolError
 from server.ephemeral import Ephemeral
+from server.feed import id_tuple
 from server.hub import Fanout, Hub
 from server.member import Member
 from server.session import (
@@ -57,7 +58,7 @@ class Site:
         joined, outlet = member(room, role, start=False)
         joined.hold()
         newest = await self.hub.join(joined)
-        info = await self.sessions.enter(joined)
+        info = await self.sessions.enter(joined, resume)
         joined.start()
         await self.sessions.start(joined, newest, info, resume)
         await passes()
@@ -190,6 +191,23 @@ async def test_a_resume_at_the_newest_id_reads_nothing() -> None:
     _, outlet = await here.connect(resume=Resume(entries[-1], None))
     assert reads == [] and outlet.events() == ["session.ready"]
     assert ready_of(outlet)["bd"]["recovered"] is True
+
+
+async def test_a_resume_from_an_entry_lost_before_newer_ones_were_stored_is_not_recovered() -> None:
+    """Redis lost the cursor's entry (a restart from an older snapshot), then stored new ones after it:
+    the cursor is between the oldest and newest retained entries, yet the replay would not be complete."""
+    store = FakeStore()
+    kept = stream_of(store, 2)
+    lost = stream_of(store, 2)
+    store.log.lose_newest("r", 2)
+    after = stream_of(store, 1)
+    assert id_tuple(kept[-1].encode()) < id_tuple(lost[-1].encode()) < id_tuple(after[0].encode())
+    here = await site(store)
+    _, outlet = await here.connect(resume=Resume(lost[-1], store.log.epochs["r"]))
+    assert ids(outlet) == [*kept, *after, "session.ready"]  # everything retained
+    assert ready_of(outlet)["bd"]["recovered"] is False
+    _, outlet = await here.connect(resume=Resume(kept[-1], store.log.epochs["r"]))
+    assert ids(outlet) == [*after, "session.ready"] and ready_of(outlet)["bd"]["recovered"] is True
 
 
 async def test_a_resume_in_an_empty_room_reads_nothing() -> None:
