@@ -17,6 +17,12 @@ is delivered only when it directly follows the cursor.
   follows; when Redis had forgotten it in a room (a stall, a Redis restart), the room is caught up and
   its members here are put back in its roster (the ``restorer``); when the channel reconnects, every
   room is caught up.
+- Entries lost with Redis (a restart from an older snapshot, a failover to a replica that lagged; the
+  channel reconnects then). A catch-up to the end that finds nothing after the cursor reads the
+  stream's newest id: when it is older than the cursor, entries delivered here are gone from the
+  stream, and the cursor moves back to that id: ``session.ready`` no longer names a lost entry, and
+  entries stored from then on with ids below the lost ones (a replica whose clock is behind) are not
+  skipped.
 - Frames that are not stored (presence, generation deltas) carry the id they must follow
   (``after``): a generation's deltas follow the message that triggered it. They are delivered at
   once when the cursor has reached that id, else held, in arrival order, until it has. Other
@@ -299,6 +305,9 @@ class RoomFeed:
             while cursor.target is not None and cursor.target > id_tuple(cursor.id):
                 try:
                     entries = await self._log.bodies(room, cursor.id, READ_COUNT)
+                    newest = None
+                    if not entries and cursor.target == _UNTIL_EMPTY:  # at the end: is the cursor's entry there?
+                        newest = await self._log.last_id(room)
                 except Exception as exc:  # unreachable, refused, anything: read again from the cursor
                     self._supervisor.failed(CATCH_UP, exc, room)
                     await self._sleep(backoff(failures))
@@ -311,6 +320,12 @@ class RoomFeed:
                     self._supervisor.up(CATCH_UP, room)
                 if cursor.state is UNFOLLOWED:
                     break
+                if newest is not None and id_tuple(newest) < id_tuple(cursor.id):
+                    log.warning("room %s: the stream's newest entry %s is older than the last one delivered here (%s):"
+                                " entries were lost; following on from the stream", room, newest.decode(),
+                                cursor.id.decode())
+                    cursor.id = newest
+                    continue
                 target = cursor.target
                 items = [item for item in entries if target is None or id_tuple(item[0]) <= target]
                 if not items:

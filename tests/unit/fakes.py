@@ -220,13 +220,18 @@ class FakeLog(_Failing):
     def trim(self, room: str, keep: int) -> None:
         self.streams[room] = self.streams.get(room, [])[-keep:] if keep else []
 
-    def lose_newest(self, room: str, count: int) -> None:
+    def lose_newest(self, room: str, count: int, generated_too: bool = False) -> None:
         """Redis loses the room's ``count`` newest entries and their cids (restarted from an older
-        snapshot, or failed over to a replica that lagged); the epoch stays."""
+        snapshot, or failed over to a replica that lagged); the epoch stays. ``generated_too``: the last
+        generated id goes back to the newest kept entry as well (the snapshot's; the fake has one for all
+        rooms), so, while the clock stands still, the next ids are below the lost ones (a replica whose
+        clock is behind)."""
         stream = self.streams.get(room, [])
         keep = max(len(stream) - count, 0)
         lost = {entry_id for entry_id, _ in stream[keep:]}
         self.streams[room] = stream[:keep]
+        if generated_too:
+            self._last = id_key(stream[keep - 1][0]) if keep else (0, 0)
         self.cids = {key: value for key, value in self.cids.items() if value[1] not in lost}
 
     async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:

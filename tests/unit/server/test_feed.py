@@ -734,6 +734,36 @@ async def test_a_lost_channel_reconnects_after_a_backoff_and_catches_every_room_
     assert node.sink.seen("r") == s(*missed_r) and node.sink.seen("s") == s(*missed_s)
 
 
+async def test_a_catch_up_to_the_end_that_finds_the_streams_newest_entry_older_than_the_cursor_moves_it_back() -> None:
+    """Redis lost entries delivered here (restarted from an older snapshot, or failed over to a replica
+    that lagged, its clock behind): after the channel reconnects, the cursor is the stream's newest
+    entry again, not a lost one, and entries stored later with ids below the lost ones are delivered."""
+    node = await started_node()
+    kept = await local_append(node, "r", b"kept")
+    lost = await local_append(node, "r", b"lost 1", b"lost 2")
+    node.store.log.lose_newest("r", 2, generated_too=True)
+    node.channel.lose()
+    await until(lambda: backoff(0) in node.sleep.sleeping())
+    node.sleep.wake(backoff(0))
+    await until(lambda: node.feed._ready.is_set() and node.feed.state("r") is LIVE)
+    await until(lambda: node.feed.cursor("r") == kept[0])
+    after = await other_node_appends(node.store, "r", b"after")
+    assert id_tuple(kept[0]) < id_tuple(after[0]) < id_tuple(lost[-1])  # the clock is behind
+    await until(lambda: node.sink.seen() == s(*kept, *lost, *after))
+    assert node.feed.cursor("r") == after[0]
+
+
+async def test_a_catch_up_to_the_end_keeps_a_cursor_whose_entry_the_stream_holds() -> None:
+    node = await started_node()
+    ids = await local_append(node, "r", b"one", b"two")
+    node.channel.lose()
+    await until(lambda: backoff(0) in node.sleep.sleeping())
+    node.sleep.wake(backoff(0))
+    await until(lambda: node.feed._ready.is_set() and node.feed.state("r") is LIVE)
+    await passes()
+    assert node.feed.cursor("r") == ids[-1] and node.sink.seen() == s(*ids)
+
+
 async def test_reconnecting_backs_off_more_after_each_failure_and_starts_over_once_connected() -> None:
     store = FakeStore()
     down: list[bool] = [False]
