@@ -21,6 +21,11 @@ def ids(frames: list[dict[str, Any]]) -> list[str]:
     return [f["hd"]["id"] for f in frames]
 
 
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def test_ready_tells_newest_id_epoch_and_members(server: ServerProcess, room: str, rdb: redis.Redis) -> None:
     async with await Client.open(server.ws(room, role="A")) as a:
         assert a.ready["hd"]["sid"] == room
@@ -151,10 +156,11 @@ async def open_once_redis_answers(url: str) -> Client:
             await asyncio.sleep(0.05)
 
 
-async def test_cursor_newer_than_the_newest_entry_after_redis_lost_writes_is_not_recovered(
+async def test_a_cursor_whose_entry_redis_lost_is_not_recovered_before_or_after_new_messages(
         start_server: Callable[..., ServerProcess], private_redis: RedisServer, room: str) -> None:
     """Redis restarts from a snapshot older than the client's cursor: the epoch survived, the newest
-    entries did not. The client is told (``recovered: false``) and gets everything retained."""
+    entries did not. The client is told (``recovered: false``) and gets everything retained: while its
+    cursor is newer than the newest entry, and still once new messages are stored after it."""
     node = start_server(REDIS_URL=private_redis.url)
     async with await Client.open(node.ws(room, role="A")) as a:
         await a.chat("kept")
@@ -177,6 +183,44 @@ async def test_cursor_newer_than_the_newest_entry_after_redis_lost_writes_is_not
         assert c.ready["bd"]["last_id"] == kept["hd"]["id"]
     async with await Client.open(node.ws(room, last_id=kept["hd"]["id"], epoch=epoch)) as c:
         assert c.replayed == [] and c.ready["bd"]["recovered"] is True  # at the newest entry: nothing missed
+        await c.chat("after")  # stored after the loss: the lost ids are now older than the newest entry
+        after = await c.recv()
+    assert id_key(kept["hd"]["id"]) < id_key(cursor) < id_key(after["hd"]["id"])
+    for lost_id in ids(lost):  # between the oldest and the newest entry, but not in the stream
+        async with await Client.open(node.ws(room, last_id=lost_id, epoch=epoch)) as c:
+            assert c.ready["bd"]["recovered"] is False
+            assert ids(c.replayed) == [kept["hd"]["id"], after["hd"]["id"]]  # everything retained
+    async with await Client.open(node.ws(room, last_id=kept["hd"]["id"], epoch=epoch)) as c:
+        assert ids(c.replayed) == [after["hd"]["id"]] and c.ready["bd"]["recovered"] is True
+
+
+async def test_a_node_that_kept_members_across_redis_losing_entries_follows_on_from_the_stream(
+        start_server: Callable[..., ServerProcess], private_redis: RedisServer, room: str) -> None:
+    """Its members stay connected while Redis restarts from an older snapshot: once its channel is back,
+    ``session.ready`` names the stream's newest entry, not the lost one the node delivered last."""
+    node = start_server(REDIS_URL=private_redis.url)
+    async with await Client.open(node.ws(room, role="A")) as a:
+        await a.chat("kept")
+        kept = await a.recv()
+        snapshot = redis.Redis.from_url(private_redis.url)
+        snapshot.save()
+        snapshot.close()
+        await a.chat("lost")
+        await a.recv()
+        private_redis.stop()
+        private_redis.start()
+        deadline = time.monotonic() + 10
+        while True:  # until the node's channel is back and its catch-up has run
+            async with await open_once_redis_answers(node.ws(room)) as c:
+                if c.ready["bd"]["last_id"] == kept["hd"]["id"]:
+                    break
+            assert time.monotonic() < deadline, "session.ready still names the lost entry"
+            await asyncio.sleep(0.05)
+        await a.chat("after")
+        after = await a.recv()
+        async with await Client.open(node.ws(room, last_id="0")) as c:
+            assert ids(c.replayed) == [kept["hd"]["id"], after["hd"]["id"]]
+            assert c.ready["bd"]["last_id"] == after["hd"]["id"]
 
 
 async def test_cursor_into_a_redis_restarted_without_persistence_is_not_recovered(
