@@ -8,12 +8,13 @@
 --       for none).
 -- Returns {epoch or nil, first retained id or nil, entries removed (trimmed or deleted) or nil, roster,
 -- full, newest retained id or nil, cursor kept or nil} (cursor kept = 1 when the stream still holds the
--- cursor's own entry, 0 when not: lost with Redis, or trimmed; nil without a cursor or a stream) (full = 1 when the room already held the most connections: the
--- connection was not added), the removed count being what XINFO reports as entries-added minus
--- length, the newest id being XINFO's last-entry (not last-generated-id: a resume cursor newer than the
--- newest entry names entries the stream no longer holds), and roster being a
--- flat array field, role, ... of the connections on live nodes; entries of nodes that are no longer
--- alive (their time in the followers set is up: the process died) are removed on the way.
+-- cursor's own entry, 0 when not: lost with Redis, or trimmed; nil without a cursor or a stream; full = 1
+-- when the room already held the most connections: the connection was not added), the removed count
+-- being what XINFO reports as entries-added minus length, the newest id being XINFO's last-entry (not
+-- last-generated-id: a resume cursor newer than the newest entry names entries the stream no longer
+-- holds), and roster being a flat array field, role, ... of the connections on live nodes; entries of
+-- nodes that are no longer alive (their time in the followers set is up: the process died) are removed
+-- on the way.
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or ''
 local epoch = redis.call('GET', epoch_key)
