@@ -117,9 +117,12 @@ class Sizer:
         self._most = most
         self._seen = self._bytes = 0
 
-    def saw(self, entries: list[Entry]) -> None:
+    def saw(self, entries: list[Entry]) -> list[int]:
+        """Count ``entries`` in the mean; their sizes (:func:`entry_bytes`), in order."""
+        sizes = list(map(entry_bytes, entries))
         self._seen += len(entries)
-        self._bytes += sum(map(entry_bytes, entries))
+        self._bytes += sum(sizes)
+        return sizes
 
     def count(self, most: int | None = None, budget: int | None = None) -> int:
         most = self._most if most is None else most
@@ -143,11 +146,11 @@ async def _scan(reader: _Reader, bound: str | None, query: PageQuery) -> tuple[l
         # Unfiltered: the rest of the page and one more (to see beyond it), within the budget left.
         count = sizer.count(limit - len(found) + 1, query.max_bytes - used) if wanted is None else sizer.count(size)
         chunk = await reader.read(bound, count)
-        sizer.saw(chunk)
+        sizes = sizer.saw(chunk)
         for index, entry in enumerate(chunk):
             if wanted is not None and entry[1].get(b"participant") != wanted:
                 continue
-            weight = entry_bytes(entry)
+            weight = sizes[index]
             if found and used + weight > query.max_bytes:
                 return found, True  # the byte budget is spent: this entry starts the next page
             found.append(entry)
