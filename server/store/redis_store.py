@@ -122,8 +122,9 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
 
 
 class Connections:
-    """The clients of one Redis: a pool (``client``), a client for subscriptions, and the lean
-    pipelined connection for the hot path when the URL allows it."""
+    """The clients of one Redis: a pool (``client``), a client for subscriptions, and, when the URL
+    allows it, the lean pipelined connection for the hot path (``lean``) and a second one for bulk
+    reads (``bulk``)."""
 
     def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None,
                  bulk: LeanRedis | None = None) -> None:
