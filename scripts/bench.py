@@ -10,6 +10,7 @@ unless --redis-url names a real Redis, and stops it at the end):
     python scripts/bench.py --mode llm   --redis-url redis://127.0.0.1:6379/0 --rooms 100 --tokens-per-s 50
     python scripts/bench.py --mode history --redis-url redis://127.0.0.1:6379/0 --entries 1000000
     python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --nodes 2       # 1 node, then 2
+    python scripts/bench.py --mode bulk  --redis-url redis://127.0.0.1:6379/0                 # 10 readers, 600 x 60 KB
 
 Modes:
   relay    rooms x members chatting at --rate messages/s in all (0 = as fast as possible, each member
@@ -24,6 +25,10 @@ Modes:
   history  a stream of --entries entries (XADD in pipelines), then timed GET history pages of --page
            entries: the newest page, a page before= the middle, a page after= the middle.
   scale    relay at saturation on 1 node, then on --nodes nodes (real Redis only).
+  bulk     --readers clients paging (--page) in a loop through a room of --entries entries of
+           --entry-bytes bytes each (default 10 readers, 600 entries of 60 KB), while a member of
+           another room times the echo of one message every 1/--echo-rate s: echo p50/p99/max
+           (targets: p99 < 100 ms, max < 250 ms) and pages/s.
 
 Output: one JSON line per run on stdout (appended to --out too), a readable table on stderr. Exit
 status 0 when every run did its job and its check passed, 1 otherwise, 2 for bad options or a
@@ -50,6 +55,7 @@ from typing import Any
 
 import redis
 import uvloop
+from benchkit.bulk import BulkParams, run_bulk
 from benchkit.context import TARGET_SETUP, Context
 from benchkit.history import HistoryParams, run_history
 from benchkit.idle import IdleParams, run_idle
@@ -65,7 +71,8 @@ DEFAULTS: dict[str, dict[str, float]] = {  # per mode, for the options left unse
     "scale": {"rooms": 50, "members": 3, "duration": 10.0, "warmup": 2.0},
     "idle": {"members": 3, "duration": 5.0, "warmup": 0.0},
     "llm": {"rooms": 100, "members": 2, "duration": 10.0, "warmup": 0.0},
-    "history": {"duration": 0.0, "warmup": 0.0},
+    "history": {"duration": 0.0, "warmup": 0.0, "entries": 1_000_000},
+    "bulk": {"duration": 10.0, "warmup": 0.0, "entries": 600},
 }
 FD_HEADROOM = 1024
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,40}")
@@ -99,8 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--stagger", type=float, default=1.0,
                       help="llm: seconds over which the rooms' first questions are spread (0 = all at once)")
     load.add_argument("--first-delta-timeout", type=float, default=10.0, help="llm: seconds to wait for a delta")
-    load.add_argument("--entries", type=int, default=1_000_000, help="history: entries in the stream")
-    load.add_argument("--page", type=int, default=1000, help="history: entries per page")
+    load.add_argument("--entries", type=int, help="history, bulk: entries in the stream (1,000,000; bulk: 600)")
+    load.add_argument("--entry-bytes", type=int, default=60_000, help="bulk: bytes of each entry's bd extra")
+    load.add_argument("--readers", type=int, default=10, help="bulk: clients paging through the room")
+    load.add_argument("--echo-rate", type=float, default=20.0, help="bulk: echo messages per second")
+    load.add_argument("--page", type=int, default=1000, help="history, bulk: entries per page")
     load.add_argument("--samples", type=int, default=100, help="history: requests per page kind")
     load.add_argument("--reuse", action="store_true", help="history: keep a stream already filled (with --keep)")
     out = ap.add_argument_group("output")
@@ -122,16 +132,19 @@ def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--nodes and --server-env are for servers the harness starts, not with --url")
     if args.nodes < 1 or (args.nodes > 1 and not args.redis_url and not args.url):
         ap.error("--nodes > 1 needs --redis-url: nodes share rooms only through a real Redis")
-    if args.mode in ("history", "scale") and not args.redis_url:
+    if args.mode in ("history", "scale", "bulk") and not args.redis_url:
         ap.error(f"--mode {args.mode} needs --redis-url")
     if args.mode == "scale" and (args.url or args.nodes < 2):
         ap.error("--mode scale starts its own servers: --nodes 2 or more, no --url")
-    for name in ("rooms", "members", "window", "size", "connections", "entries", "page", "samples"):
+    for name in ("rooms", "members", "window", "size", "connections", "entries", "page", "samples", "entry_bytes",
+                 "readers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name} must be at least 1")
     if args.members is not None and args.members < 2 and args.mode in ("relay", "scale"):
         ap.error("--members must be at least 2: a delivery is a receipt at another member")
+    if args.echo_rate <= 0:
+        ap.error("--echo-rate must be positive")
     if any("=" not in item for item in args.server_env):
         ap.error("--server-env takes KEY=VALUE")
 
@@ -163,7 +176,13 @@ async def history_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
                                                  size=args.size, reuse=args.reuse))]
 
 
-MODES: dict[str, Mode] = {"relay": relay_mode, "idle": idle_mode, "llm": llm_mode, "history": history_mode}
+async def bulk_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
+    return [await run_bulk(ctx, BulkParams(entries=args.entries, entry_bytes=args.entry_bytes, readers=args.readers,
+                                           page=args.page, duration_s=args.duration, echo_rate=args.echo_rate))]
+
+
+MODES: dict[str, Mode] = {"relay": relay_mode, "idle": idle_mode, "llm": llm_mode, "history": history_mode,
+                          "bulk": bulk_mode}
 
 
 def scale(args: argparse.Namespace) -> list[Report]:

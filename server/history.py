@@ -30,9 +30,9 @@ from protocol.errors import ProtocolError, http_status, refusal_body
 from protocol.names import PARTICIPANTS, Event, is_valid_room, is_valid_stream_id
 from server.auth import Grant, bearer
 from server.errors import error_code
-from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PageQuery, read_all, read_page
+from server.pages import DEFAULT_LIMIT, MAX_LIMIT, PAGE_MAX_BYTES, PageQuery, read_all, read_page
 from server.store.ports import Duplicate, NewEntry
-from server.transcript import EXPORTS, message
+from server.transcript import EXPORTS, messages
 
 if TYPE_CHECKING:
     from server.wiring import Relay
@@ -56,7 +56,8 @@ def history_routes(relay: Relay) -> list[BaseRoute]:
 
 class HistoryApi:
     def __init__(self, relay: Relay) -> None:
-        self._log = relay.store.log
+        self._log = relay.store.bulk_log  # pages and exports: never on the connection appends use
+        self._page_max_bytes = relay.settings.history_page_max_bytes
         self._appender = relay.appender
         self._limits = relay.settings.limits
         self._access = relay.access
@@ -76,11 +77,11 @@ class HistoryApi:
 
     async def page(self, request: Request) -> Response:
         await self._grant(request)
-        sid, query = _room(request), page_query(request.query_params)
+        sid, query = _room(request), page_query(request.query_params, self._page_max_bytes)
         page = await read_page(self._log, sid, query)
         if not page.entries and not await self._log.exists(sid):
             raise ProtocolError("room_not_found")
-        return _json({"sid": sid, "messages": [message(entry) for entry in page.entries],
+        return _json({"sid": sid, "messages": await messages(page.entries),
                       "next_before": page.next_before, "next_after": page.next_after})
 
     async def export(self, request: Request) -> Response:
@@ -120,8 +121,9 @@ class HistoryApi:
         return Response(frame_with_id(body, stored.decode()), status_code=201, media_type="application/json")
 
 
-def page_query(params: Mapping[str, str]) -> PageQuery:
-    """The query string of a history page, validated (``ProtocolError`` otherwise)."""
+def page_query(params: Mapping[str, str], max_bytes: int = PAGE_MAX_BYTES) -> PageQuery:
+    """The query string of a history page, validated (``ProtocolError`` otherwise); the page stops
+    before ``max_bytes`` (``HISTORY_PAGE_MAX_BYTES``)."""
     before, after = params.get("before"), params.get("after")
     if before is not None and after is not None:
         raise ProtocolError("invalid_cursor", "Give 'before' or 'after', not both.")
@@ -131,7 +133,7 @@ def page_query(params: Mapping[str, str]) -> PageQuery:
     participant = params.get("participant")
     if participant is not None and participant not in PARTICIPANTS:
         raise ProtocolError("invalid_participant")
-    return PageQuery(_limit(params.get("limit")), before, after, participant)
+    return PageQuery(_limit(params.get("limit")), before, after, participant, max_bytes)
 
 
 def _limit(raw: str | None) -> int:

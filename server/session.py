@@ -8,7 +8,9 @@ Entering, in this order:
    roster are read in one step (:meth:`~server.store.ports.Roster.enter`).
 3. The other members hear ``presence.join``.
 4. With ``last_id`` (a resume), the entries after it up to ``newest`` are read from the stream
-   and queued, in pages. Live frames queue after them, so nothing is missed or seen twice.
+   and queued, in pages of at most :data:`PAGE` entries and about :data:`PAGE_BYTES` (on the store's
+   bulk connection, yielding to the event loop after each). Live frames queue after them, so nothing
+   is missed or seen twice.
 5. ``session.ready`` tells the newest id, the epoch, whether the resume is complete
    (``recovered``) and who is present on every node; then the held live frames follow.
 
@@ -32,6 +34,7 @@ time, or with the next sweep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -45,12 +48,14 @@ from server.ephemeral import Ephemeral
 from server.feed import RoomFeed, id_tuple
 from server.hub import Fanout
 from server.member import Member
+from server.pages import CHUNK_MAX_BYTES, Sizer
 from server.store.ports import RoomLog, Roster, SessionInfo, StoreError, StoreUnavailable
 from server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
+PAGE_BYTES = CHUNK_MAX_BYTES
 SWEEP_ROOMS = 200
 SWEEP = "sweep"  # the supervised loop's name
 _NONE = b"0-0"
@@ -84,7 +89,7 @@ class Sessions:
         self._max_per_room = max_per_room
         self._supervisor = supervisor or Supervisor()
         self._supervisor.register(SWEEP)
-        self._log = room_log
+        self._log = room_log  # read for replays only: the store's bulk log
         self._roster = roster
         self._ephemeral = ephemeral
         self._feed = feed
@@ -116,8 +121,11 @@ class Sessions:
         member.release()
 
     async def _replay(self, member: Member, start: str, newest: bytes) -> None:
+        sizer = Sizer(PAGE_BYTES, PAGE)
         while not member.closing:
-            entries = await self._log.range(member.room, start, newest, count=PAGE)
+            count = sizer.count()
+            entries = await self._log.range(member.room, start, newest, count=count)
+            sizer.saw(entries)
             frames = []
             for entry_id, fields in entries:
                 try:
@@ -125,9 +133,10 @@ class Sessions:
                 except ValueError:
                     log.warning("room %s: entry %s has a body that is not JSON; skipped", member.room, entry_id)
             await member.push_history(frames)
-            if len(entries) < PAGE or entries[-1][0] == newest:
+            if len(entries) < count or entries[-1][0] == newest:
                 return
             start = "(" + entries[-1][0].decode()
+            await asyncio.sleep(0)  # a long replay shares the loop with every room
 
     async def run(self) -> None:
         """After each heartbeat of this node, sweep the rooms it follows (until cancelled; supervised)."""

@@ -37,6 +37,7 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
+    history_page_max_bytes: int = 1 << 20  # a history page stops before passing it (holding one entry at least)
     room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
     dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
@@ -164,6 +165,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_message_bytes": _int(256, 16 * 1024 * 1024),
     "max_text_chars": _int(1, 1024 * 1024),
     "stream_maxlen": _int(0, 2**31),
+    "history_page_max_bytes": _int(1, 1 << 30),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
     "dedupe_window_s": _int(0, 7 * 24 * 3600),

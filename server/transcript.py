@@ -4,11 +4,14 @@ A history message is ``{"id", "participant", "event", "ts", "hd", "bd"}`` where 
 are exactly the broadcast envelope members received (``hd`` with its ``id``): the entry's body
 with the id spliced in by :func:`protocol.codec.frame_with_id`.
 
-Exports are rendered chunk by chunk, as the stream is read, and never held whole in memory.
+Exports are rendered chunk by chunk, as the stream is read, and never held whole in memory. Parsing
+big entries takes a while: pages and exports yield to the event loop every :data:`YIELD_BYTES` of
+entries parsed, so other rooms' frames go on meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,21 @@ class Export:
     media_type: str
     extension: str
     render: Callable[[str, Chunks], AsyncIterator[bytes]]
+
+
+YIELD_BYTES = 256 * 1024  # entries parsed between two yields to the event loop
+
+
+async def messages(entries: list[Entry]) -> list[dict[str, Any]]:
+    """The history messages of ``entries``, yielding to the event loop every :data:`YIELD_BYTES`."""
+    shown, parsed = [], 0
+    for entry in entries:
+        shown.append(message(entry))
+        parsed += len(entry[1].get(b"body", b""))
+        if parsed >= YIELD_BYTES:
+            parsed = 0
+            await asyncio.sleep(0)
+    return shown
 
 
 def message(entry: Entry) -> dict[str, Any]:
@@ -49,7 +67,7 @@ async def json_export(sid: str, chunks: Chunks) -> AsyncIterator[bytes]:
     yield b'{"sid":' + orjson.dumps(sid) + b',"messages":['
     separator = b""
     async for chunk in chunks:
-        yield separator + b",".join(orjson.dumps(message(entry)) for entry in chunk)
+        yield separator + b",".join(orjson.dumps(shown) for shown in await messages(chunk))
         separator = b","
     yield b"]}"
 
@@ -58,7 +76,7 @@ async def markdown_export(sid: str, chunks: Chunks) -> AsyncIterator[bytes]:
     """A title, then one section per message: ``### <role> · <ts>`` and its text."""
     yield f"# Chat history: {sid}\n".encode()
     async for chunk in chunks:
-        yield "".join(markdown_section(message(entry)) for entry in chunk).encode()
+        yield "".join(markdown_section(shown) for shown in await messages(chunk)).encode()
 
 
 def markdown_section(message: dict[str, Any]) -> str:

@@ -118,7 +118,7 @@ class Relay:
         self.parts = Parts(settings, store, self.node_id, self.feed, settings.llm.workers, self.feed.appended,
                            self.supervisor)
         self.appender = self.parts.appender
-        self.sessions = Sessions(store.log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
+        self.sessions = Sessions(store.bulk_log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
         front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
                          settings.llm.queue_lease_ms)

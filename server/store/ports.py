@@ -334,6 +334,13 @@ class Store(Protocol):
     def log(self) -> RoomLog: ...
 
     @property
+    def bulk_log(self) -> RoomLog:
+        """The same room logs, for bulk reads (history pages, exports, resume replays): on a
+        connection of their own, never the one appends (and the feed's catch-up) go through, so a
+        big read never queues ahead of an append's reply."""
+        ...
+
+    @property
     def roster(self) -> Roster: ...
 
     @property

@@ -5,11 +5,13 @@ Lua scripts in ``lua/`` (each touches the keys of one room, all passed in ``KEYS
 spans several rooms is one script call per room, all written in one go (one round trip).
 
 On a ``redis://`` URL, what runs per message or per generation (the append and ephemeral scripts,
-stream ranges: catch-up, replays, history pages, prompts; the generation scripts and acks) goes
-through :mod:`server.store.resp`'s lean pipelined connection instead of redis-py's pool, and the
-node's announcements arrive on a lean subscriber connection. Other URLs (TLS, Unix sockets) use
-redis-py alone. :mod:`server.store.embedded` runs these same adapters on an in-process fakeredis
-server.
+the feed's catch-up reads, the bot's prompt reads; the generation scripts and acks) goes through
+:mod:`server.store.resp`'s lean pipelined connection instead of redis-py's pool, and the node's
+announcements arrive on a lean subscriber connection. Bulk reads (history pages, exports, resume
+replays: :attr:`RedisStore.bulk_log`) go through a second lean connection of their own: a reply of
+a megabyte on the hot connection would hold every append's reply queued behind it. Other URLs (TLS,
+Unix sockets) use redis-py alone, whose pool gives each concurrent command a connection of its own.
+:mod:`server.store.embedded` runs these same adapters on an in-process fakeredis server.
 
 Every public coroutine of an adapter raises :class:`~server.store.ports.StoreUnavailable` when Redis
 cannot be reached, :class:`~server.store.ports.StoreRefused` when it refuses to run a command (no
@@ -120,13 +122,16 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
 
 
 class Connections:
-    """The clients of one Redis: a pool (``client``), a client for subscriptions, and the lean
-    pipelined connection for the hot path when the URL allows it."""
+    """The clients of one Redis: a pool (``client``), a client for subscriptions, and, when the URL
+    allows it, the lean pipelined connection for the hot path (``lean``) and a second one for bulk
+    reads (``bulk``)."""
 
-    def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None) -> None:
+    def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None,
+                 bulk: LeanRedis | None = None) -> None:
         self.client = client
         self.listener = listener
         self.lean = lean
+        self.bulk = bulk  # bulk reads' own lean connection (never the one appends are pipelined on)
 
     @classmethod
     def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
@@ -144,7 +149,8 @@ class Connections:
         listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5.0,
                                            socket_keepalive=True, health_check_interval=30)
         fast = LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0) if lean else None
-        return cls(aioredis.Redis(connection_pool=pool), listener, fast)
+        bulk = LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0) if fast is not None else None
+        return cls(aioredis.Redis(connection_pool=pool), listener, fast, bulk)
 
     def script(self, name: str) -> Script:
         return Script(self, _LUA.joinpath(name).read_text())
@@ -161,8 +167,9 @@ class Connections:
         return TranslatedSubscription(PubSubSubscription(self.listener.pubsub(), channel))
 
     async def close(self) -> None:
-        if self.lean is not None:
-            await self.lean.aclose()
+        for lean in (self.lean, self.bulk):
+            if lean is not None:
+                await lean.aclose()
         await self.listener.aclose()
         await self.client.aclose()
 
@@ -192,9 +199,11 @@ class Script:
 
 
 class RedisRoomLog:
-    def __init__(self, connections: Connections) -> None:
+    """A room log; with ``bulk``, its reads go on the bulk connection (:attr:`Connections.bulk`)."""
+
+    def __init__(self, connections: Connections, *, bulk: bool = False) -> None:
         self._client = connections.client
-        self._lean = connections.lean
+        self._lean = connections.bulk if bulk else connections.lean
         self._append = connections.script("append.lua")
 
     @translated
@@ -509,6 +518,7 @@ class RedisStore:
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
         self.log = RedisRoomLog(connections)
+        self.bulk_log = RedisRoomLog(connections, bulk=True)
         self.roster = RedisRoster(connections)
         self.bus = RedisNodeBus(connections)
         self.instances = RedisRoomInstances(connections)

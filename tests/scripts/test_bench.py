@@ -94,8 +94,25 @@ def test_history_run_times_pages_that_hold_exactly_the_expected_entries(
     assert rdb.keys(f"chat:*:{room}-*") == []
 
 
+def test_bulk_run_times_echoes_while_readers_page_through_big_entries(
+    redis_url: str, room: str, rdb: redis.Redis
+) -> None:
+    result, [record] = run_bench("--mode", "bulk", "--redis-url", redis_url, "--entries", "30", "--entry-bytes",
+                                 "20000", "--readers", "2", "--duration", "1", "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    assert record["mode"] == "bulk" and record["ok"] is True
+    figures = record["figures"]
+    assert figures["echoes"] > 0 and figures["echo_lost"] == 0 and figures["pages"] > 0
+    assert figures["reader_errors"] == 0 and figures["echo_ms_max"] >= figures["echo_ms_p99"] >= figures["echo_ms_p50"]
+    assert [t["name"] for t in record["targets"]] == ["bulk_echo_ms_p99", "bulk_echo_ms_max"]
+    assert not any(t["setup_matches"] for t in record["targets"])  # a brief run: not the target's setup
+    assert rdb.keys(f"chat:*:{room}-*") == []
+
+
 @pytest.mark.parametrize("args", [
     ("--mode", "history"),  # fills the stream in Redis
+    ("--mode", "bulk"),  # fills the stream in Redis
     ("--mode", "relay", "--nodes", "2"),  # nodes share rooms only through Redis
     ("--mode", "relay", "--members", "1"),  # nobody to deliver to
     ("--mode", "relay", "--room-prefix", "bad prefix"),

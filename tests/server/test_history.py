@@ -309,3 +309,50 @@ async def test_the_api_answers_unavailable_while_redis_is_down(start_server: Cal
         assert assert_error(response, 503, "unavailable")["cid"] == "d1"
         private_redis.start()
         assert (await post(http, room, "after"))["bd"] == {"text": "after"}
+
+
+def fill_big(rdb: redis.Redis, room: str, count: int, extra_bytes: int) -> list[str]:
+    """``count`` entries whose ``bd`` carries ``extra_bytes`` characters, written straight to the stream."""
+    ids = []
+    for n in range(count):
+        body = json.dumps({"hd": {"event": "chat.message", "role": "A", "sid": room, "ts": "t", "cid": f"b{n}"},
+                           "bd": {"text": f"big {n}", "extra": "x" * extra_bytes}})
+        ids.append(str(rdb.xadd(stream_key(room), {"participant": "A", "body": body})))
+    return ids
+
+
+def entry_size(rdb: redis.Redis, room: str) -> int:
+    """The size of the room's entries as a page counts them (its id, field names and values)."""
+    [(entry_id, fields)] = stored(rdb, room)[:1]
+    return len(entry_id) + sum(len(name) + len(value) for name, value in fields.items())
+
+
+async def test_pages_of_big_entries_stop_at_the_byte_budget_and_their_cursors_lead_on(
+        start_server: Callable[..., ServerProcess], redis_url: str, rdb: redis.Redis, room: str) -> None:
+    everything = fill_big(rdb, room, 24, 60_000)
+    size = entry_size(rdb, room)
+    node = start_server(REDIS_URL=redis_url, HISTORY_PAGE_MAX_BYTES=str(5 * size + size // 2))
+    async with httpx.AsyncClient(base_url=node.http, timeout=30) as http:
+        back = await walk(http, room, "before", limit=1000)
+        forward = await walk(http, room, "after", limit=1000)
+        assert [len(page["messages"]) for page in back] == [5, 5, 5, 5, 4]
+        assert [len(page["messages"]) for page in forward] == [5, 5, 5, 5, 4]
+        assert [i for page in reversed(back) for i in ids(page)] == everything
+        assert [i for page in forward for i in ids(page)] == everything
+        assert back[0]["messages"][-1]["bd"]["extra"] == "x" * 60_000  # whole entries, never cut
+    tiny = start_server(REDIS_URL=redis_url, HISTORY_PAGE_MAX_BYTES="1")
+    async with httpx.AsyncClient(base_url=tiny.http, timeout=30) as http:
+        one = await history(http, room, limit=1000, before=everything[3])  # the budget never empties a page
+        assert (ids(one), one["next_before"], one["next_after"]) == ([everything[2]], everything[2], everything[2])
+
+
+async def test_a_page_of_big_entries_is_bounded_by_the_default_budget_and_an_export_is_whole(
+        http: httpx.AsyncClient, rdb: redis.Redis, room: str) -> None:
+    everything = fill_big(rdb, room, 40, 60_000)
+    response = await http.get(f"/api/chat/history/{room}", params={"limit": 1000})
+    page = response.json()
+    assert len(page["messages"]) == (1 << 20) // entry_size(rdb, room)  # HISTORY_PAGE_MAX_BYTES: 1 MiB
+    assert ids(page) == everything[-len(page["messages"]):] and page["next_before"] == ids(page)[0]
+    assert len(response.content) < 1.1 * (1 << 20)
+    export = await http.get(f"/api/chat/history/{room}/export")
+    assert [m["id"] for m in export.json()["messages"]] == everything

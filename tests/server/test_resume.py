@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis
 from websockets.exceptions import InvalidStatus
 
+from protocol import format_ts
 from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.redis_server import RedisServer
@@ -238,3 +240,20 @@ async def test_cursor_into_a_redis_restarted_without_persistence_is_not_recovere
         assert c.ready["bd"]["epoch"] is None and c.ready["bd"]["last_id"] is None
     async with await Client.open(node.ws(room, last_id=gone["hd"]["id"])) as c:  # without its epoch too
         assert c.replayed == [] and c.ready["bd"]["recovered"] is False
+
+
+async def test_a_replay_of_big_entries_comes_whole_in_order_then_ready_then_live(server: ServerProcess, room: str,
+                                                                                  rdb: redis.Redis) -> None:
+    # 60 entries of 60 KB: several replay reads of about 1 MiB each, on the bulk connection.
+    stored = []
+    for n in range(60):
+        body = orjson.dumps({"hd": {"event": "chat.message", "role": "A", "sid": room,
+                                    "ts": format_ts(int(time.time() * 1000)), "cid": f"b{n}"},
+                             "bd": {"text": f"big {n}", "extra": "x" * 60_000}})
+        stored.append(str(rdb.xadd(stream_key(room), {"participant": "A", "body": body})))
+    async with await Client.open(server.ws(room, role="B", last_id="0")) as everything:
+        assert ids(everything.replayed) == stored
+        assert all(len(f["bd"]["extra"]) == 60_000 for f in everything.replayed)
+        assert everything.ready["bd"]["last_id"] == stored[-1]
+        await everything.chat("live")
+        assert (await everything.recv())["bd"]["text"] == "live"

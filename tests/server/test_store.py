@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.asyncio
+
 from server.store.keys import dedupe_key, epoch_key, followers_key, room_instance_key, stream_key
 from server.store.ports import Duplicate, NewEntry, Retention, Store, Subscription
+from server.store.redis_store import RedisStore
 from tests.conftest import Backend, new_room
 
 KEEP_ALL = Retention()
@@ -280,3 +283,30 @@ async def test_unstored_frames_reach_the_other_live_followers(store: Store) -> N
 async def test_a_store_reports_its_kind_and_answers_a_ping(store: Store) -> None:
     assert store.kind in ("redis", "embedded")
     await store.ping()
+
+
+async def test_the_bulk_log_reads_the_same_streams(store: Store) -> None:
+    room = new_room()
+    ids = (await store.log.append_batch(entries(room, "1", "2", "3"), KEEP_ALL, "n")).ids
+    assert await store.bulk_log.range(room) == await store.log.range(room)
+    assert [e[0] for e in await store.bulk_log.revrange(room, "+", "-", count=2)] == ids[:0:-1]
+    assert await store.bulk_log.last_id(room) == ids[2] and await store.bulk_log.exists(room)
+
+
+async def test_bulk_reads_go_on_a_redis_connection_of_their_own_not_the_appends(redis_url: str) -> None:
+    store = RedisStore.connect(redis_url, lean=True)
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        known = {client["id"] for client in await raw.client_list()}
+        room = new_room()
+        await store.log.append_batch(entries(room, "1"), KEEP_ALL, "n")  # opens the appends' connection
+        await store.bulk_log.range(room)  # opens the bulk reads' connection
+        new = {client["id"]: client["cmd"] for client in await raw.client_list()
+               if client["id"] not in known and client["cmd"] in ("evalsha", "xrange")}
+        assert sorted(new.values()) == ["evalsha", "xrange"]
+        await store.bulk_log.revrange(room)
+        after = {client["id"]: client["cmd"] for client in await raw.client_list() if client["id"] in new}
+        assert sorted(after.values()) == ["evalsha", "xrevrange"]  # the appends' connection ran no read
+    finally:
+        await raw.aclose()
+        await store.close()

@@ -571,6 +571,41 @@ class FakeRequestQueue(_Failing):
             self.forgotten.append(consumer)
 
 
+class BulkLog:
+    """The bulk reads' view of a :class:`FakeLog` (the same streams; its own connection in Redis):
+    counts its reads, so a test can tell which reads went there."""
+
+    def __init__(self, log: FakeLog) -> None:
+        self.log = log
+        self.reads = 0
+
+    async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
+        return await self.log.append_batch(entries, retention, node)
+
+    async def range(self, room: str, start: str | bytes = "-", end: str | bytes = "+",
+                    count: int | None = None) -> list[Entry]:
+        self.reads += 1
+        return await self.log.range(room, start, end, count)
+
+    async def revrange(self, room: str, end: str | bytes = "+", start: str | bytes = "-",
+                       count: int | None = None) -> list[Entry]:
+        self.reads += 1
+        return await self.log.revrange(room, end, start, count)
+
+    async def bodies(self, room: str, after: bytes, count: int) -> list[tuple[bytes, bytes]]:
+        self.reads += 1
+        return await self.log.bodies(room, after, count)
+
+    async def last_id(self, room: str) -> bytes:
+        return await self.log.last_id(room)
+
+    async def exists(self, room: str) -> bool:
+        return await self.log.exists(room)
+
+    async def delete(self, room: str) -> bool:
+        return await self.log.delete(room)
+
+
 @dataclass
 class FakeStore:
     """Every port, in memory, sharing one clock."""
@@ -581,6 +616,7 @@ class FakeStore:
     def __post_init__(self) -> None:
         self.bus = FakeBus(self.clock)
         self.log = FakeLog(self.bus, self.clock)
+        self.bulk_log = BulkLog(self.log)
         self.roster = FakeRoster(self.log, self.bus)
         self.instances = FakeRoomInstances(self.clock)
         self.locks = FakeLocks(self.log)

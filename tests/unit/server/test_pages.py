@@ -1,12 +1,13 @@
 """History pages on the fake log, with ids chosen by the test: cursors both ways, the participant filter's
-growing reads, no XREVRANGE from below the first entry, and whole-stream exports in chunks."""
+growing reads, no XREVRANGE from below the first entry, the byte budget, and whole-stream exports in
+chunks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import server.pages as pages_module
-from server.pages import Page, PageQuery, read_all, read_page
+from server.pages import FIRST_READ, Page, PageQuery, entry_bytes, read_all, read_page
 from server.store.ports import Entry
 from tests.unit.fakes import FakeLog, FakeStore
 
@@ -164,3 +165,80 @@ async def test_read_all_stops_when_the_stream_is_deleted_meanwhile() -> None:
     first = await anext(chunks)
     del log.streams["r"]
     assert len(first) == 3 and [chunk async for chunk in chunks] == []
+
+
+# -- the byte budget ------------------------------------------------------------------------------------
+
+def big_log(count: int, body_bytes: int, who: str = "A") -> SpyLog:
+    """Entries ``1-0`` to ``<count>-0``, each of :data:`SIZE` bytes as a page counts them."""
+    log = SpyLog()
+    log.streams["r"] = [(f"{n}-0".encode(), {b"participant": who.encode(), b"body": b"x" * body_bytes})
+                        for n in range(1, count + 1)]
+    return log
+
+
+SIZE = entry_bytes((b"1-0", {b"participant": b"A", b"body": b"x" * 1000}))  # ids 1-0 to 9-0: all this size
+
+
+async def test_a_page_stops_before_its_byte_budget_and_its_cursor_leads_to_the_rest() -> None:
+    log = big_log(9, 1000)
+    newest = await read_page(log, "r", PageQuery(limit=100, max_bytes=3 * SIZE + SIZE // 2))
+    assert (ids(newest), newest.next_before, newest.next_after) == (["7-0", "8-0", "9-0"], "7-0", None)
+    forward = await read_page(log, "r", PageQuery(limit=100, after="1-0", max_bytes=3 * SIZE))
+    assert (ids(forward), forward.next_before, forward.next_after) == (["2-0", "3-0", "4-0"], "2-0", "4-0")
+
+
+async def test_a_page_holds_one_entry_even_when_that_entry_alone_passes_the_budget() -> None:
+    log = big_log(3, 1000)
+    page = await read_page(log, "r", PageQuery(before="3-0", max_bytes=10))
+    assert (ids(page), page.next_before, page.next_after) == (["2-0"], "2-0", "2-0")
+
+
+async def test_following_the_cursors_of_byte_bounded_pages_reads_every_entry_once_each_way() -> None:
+    log = big_log(9, 1000)
+    expected = [f"{n}-0" for n in range(1, 10)]
+    back: list[str] = []
+    query = PageQuery(limit=100, max_bytes=2 * SIZE)
+    while True:
+        page = await read_page(log, "r", query)
+        assert len(page.entries) == 2 or page.next_before is None
+        back = ids(page) + back
+        if page.next_before is None:
+            break
+        query = PageQuery(limit=100, before=page.next_before, max_bytes=2 * SIZE)
+    forward: list[str] = []
+    query = PageQuery(limit=100, after="0-0", max_bytes=2 * SIZE)
+    while True:
+        page = await read_page(log, "r", query)
+        forward += ids(page)
+        if page.next_after is None:
+            break
+        query = PageQuery(limit=100, after=page.next_after, max_bytes=2 * SIZE)
+    assert back == forward == expected
+
+
+async def test_a_page_reads_about_its_budget_from_the_store_not_its_whole_limit() -> None:
+    log = big_log(200, 1000)
+    size = entry_bytes(log.streams["r"][-1])  # ids 100-0 to 200-0: two bytes more than SIZE
+    page = await read_page(log, "r", PageQuery(limit=1000, max_bytes=10 * size))
+    assert len(page.entries) == 10 and page.next_before == "191-0"
+    counts = [count for kind, *_, count in log.reads if kind == "revrange"]
+    assert counts == [min(FIRST_READ, 1001)]  # the first read (32 entries) already passes the budget
+    small = big_log(200, 1000)
+    await read_page(small, "r", PageQuery(limit=1000, max_bytes=100 * size))
+    counts = [count for kind, *_, count in small.reads if kind == "revrange"]
+    assert counts == [FIRST_READ, 100 - FIRST_READ + 1]  # then what the budget left holds, and one more
+
+
+async def test_a_filtered_page_counts_only_its_matches_against_the_budget() -> None:
+    log = big_log(9, 1000)
+    for n in (2, 5, 8):
+        log.streams["r"][n - 1][1][b"participant"] = b"B"
+    page = await read_page(log, "r", PageQuery(limit=100, participant="B", max_bytes=2 * SIZE))
+    assert (ids(page), page.next_before) == (["5-0", "8-0"], "5-0")
+
+
+async def test_read_all_reads_chunks_bounded_in_bytes() -> None:
+    log = big_log(100, 1000)
+    chunks = [len(chunk) async for chunk in read_all(log, "r", size=500, max_bytes=10 * SIZE)]
+    assert sum(chunks) == 100 and chunks[0] == FIRST_READ and max(chunks[1:]) <= 11

@@ -17,6 +17,7 @@ from server.ephemeral import Ephemeral
 from server.feed import id_tuple
 from server.hub import Fanout, Hub
 from server.member import Member
+from server.pages import FIRST_READ
 from server.session import (
     Resume,
     RosterRestorer,
@@ -237,6 +238,18 @@ async def test_a_replay_whose_last_page_ends_at_newest_stops_there(monkeypatch: 
     reads = spy_ranges(store)
     _, outlet = await here.connect(resume=Resume("0", None))
     assert len(reads) == 2  # the second page ends with newest: no third read
+    assert ids(outlet) == [*entries, "session.ready"]
+
+
+async def test_a_replay_is_read_in_chunks_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "PAGE_BYTES", 3000)
+    store = FakeStore()
+    entries = [store.log.add("r", body("x" * 1000)).decode() for _ in range(40)]
+    here = await site(store)
+    reads = spy_ranges(store)
+    _, outlet = await here.connect(resume=Resume("0", None))
+    counts = [count or 0 for _, _, count in reads]
+    assert counts[0] == FIRST_READ and max(counts[1:]) <= 3  # then about 3,000 bytes a read
     assert ids(outlet) == [*entries, "session.ready"]
 
 

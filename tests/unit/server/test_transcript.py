@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
 
 from protocol.codec import frame_with_id
 from server.store.ports import Entry
-from server.transcript import EXPORTS, json_export, markdown_export, markdown_section, message
+from server.transcript import EXPORTS, YIELD_BYTES, json_export, markdown_export, markdown_section, message, messages
 
 OURS = orjson.dumps({"hd": {"event": "chat.message", "role": "A", "sid": "r", "ts": "2025-01-01T00:00:00.000Z"},
                      "bd": {"text": "hello"}})
@@ -64,3 +65,24 @@ def test_a_message_without_text_shows_its_body_as_json() -> None:
 def test_exports_are_offered_as_json_and_markdown() -> None:
     assert {name: (export.media_type, export.extension) for name, export in EXPORTS.items()} == {
         "json": ("application/json", "json"), "markdown": ("text/markdown; charset=utf-8", "md")}
+
+
+async def test_parsing_big_entries_yields_to_the_event_loop_every_yield_bytes() -> None:
+    text = "x" * (YIELD_BYTES // 4)
+    entries: list[Entry] = [(f"{n}-0".encode(), {b"participant": b"A", b"body": orjson.dumps(
+        {"hd": {"event": "chat.message", "role": "A", "ts": "t"}, "bd": {"text": text}})}) for n in range(1, 17)]
+    turns = 0
+
+    async def other_room() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_room())
+    await asyncio.sleep(0)
+    started = turns
+    shown = await messages(entries)
+    other.cancel()
+    assert [m["id"] for m in shown] == [f"{n}-0" for n in range(1, 17)]
+    assert turns - started >= 3  # 16 entries of a quarter of YIELD_BYTES: a turn for others every 4
