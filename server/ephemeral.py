@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import defaultdict
 
+from server.batching import Batcher
 from server.feed import RoomFeed
 from server.store.ports import NodeBus, StoreRefused, StoreUnavailable
 
@@ -25,9 +26,7 @@ class Ephemeral:
         self._bus = bus
         self._node = node_id if feed is not None else ""
         self._feed = feed
-        self._pending: list[tuple[str, bytes]] = []  # (room, b"<after id> <frame>")
-        self._told: asyncio.Future[None] | None = None  # done when the pending frames have been sent
-        self._flusher: asyncio.Task[None] | None = None
+        self._batches: Batcher[tuple[str, bytes]] = Batcher(self._publish)  # (room, b"<after id> <frame>")
 
     @property
     def node(self) -> str:
@@ -50,33 +49,16 @@ class Ephemeral:
         (futures are done in the order they were posted; frames posted in one batch share one)."""
         if self._feed is not None:
             self._feed.frame(room, after, frame, skip)
-        self._pending.append((room, after + b" " + frame.encode()))
-        if self._told is None:
-            loop = asyncio.get_running_loop()
-            self._told = loop.create_future()
-            if self._flusher is None:
-                self._flusher = loop.create_task(self._flush())
-        return self._told
+        return self._batches.post((room, after + b" " + frame.encode()))
 
-    async def _flush(self) -> None:
+    async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
+        by_room: dict[str, list[bytes]] = defaultdict(list)
+        for room, message in batch:
+            by_room[room].append(message)
         try:
-            while self._pending:
-                batch, told = self._pending, self._told
-                self._pending, self._told = [], None
-                assert told is not None
-                by_room: dict[str, list[bytes]] = defaultdict(list)
-                for room, message in batch:
-                    by_room[room].append(message)
-                try:
-                    await self._bus.publish(by_room, self._node)
-                except asyncio.CancelledError:
-                    told.cancel()
-                    raise
-                except Exception as exc:
-                    if not isinstance(exc, StoreUnavailable | StoreRefused):  # the caller is told
-                        log.exception("ephemeral frames for %d rooms not sent", len(by_room))
-                    told.set_exception(exc)
-                    continue
-                told.set_result(None)
-        finally:
-            self._flusher = None
+            await self._bus.publish(by_room, self._node)
+        except (StoreUnavailable, StoreRefused, asyncio.CancelledError):
+            raise  # the caller is told
+        except Exception:
+            log.exception("ephemeral frames for %d rooms not sent", len(by_room))
+            raise

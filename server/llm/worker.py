@@ -81,11 +81,13 @@ from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_fra
 from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE
 from server.appender import Appender
+from server.batching import Batcher
 from server.ephemeral import Ephemeral
 from server.llm.provider import Outcome, Provider, ProviderError, build_messages
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.metrics import COUNTS
 from server.settings import LLMSettings
+from server.states import next_state
 from server.store.ports import (
     Duplicate,
     Fence,
@@ -183,11 +185,8 @@ class Generation:
 
     def fire(self, trigger: Trigger) -> State:
         """The only place the state changes: the next state from :data:`TRANSITIONS`."""
-        try:
-            self.state = TRANSITIONS[self.state, trigger]
-        except KeyError:
-            raise GenerationStateError(f"generation {self.request.rid} of room {self.request.room}: can't handle "
-                                       f"{trigger.name} in state {self.state.name}") from None
+        self.state = next_state(TRANSITIONS, self.state, trigger, GenerationStateError,
+                                f"generation {self.request.rid} of room {self.request.room}")
         return self.state
 
     def fence_out(self) -> None:
@@ -206,52 +205,28 @@ class FencedFrames:
         self._locks = locks
         self._ephemeral = ephemeral
         self._generation = generation
-        self._pending: list[tuple[bytes, str]] = []
-        self._told: asyncio.Future[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._batches: Batcher[tuple[bytes, str]] = Batcher(self._step)
 
     def post(self, after: bytes, frame: str) -> asyncio.Future[None]:
         """Send ``frame`` after the entry ``after``; the future is done once the step ran (frames posted
         while one step is in flight share the next step's future)."""
-        self._pending.append((after, frame))
-        if self._told is None:
-            loop = asyncio.get_running_loop()
-            self._told = loop.create_future()
-            if self._flusher is None:
-                self._flusher = loop.create_task(self._flush())
-        return self._told
+        return self._batches.post((after, frame))
 
-    async def _flush(self) -> None:
+    async def _step(self, batch: list[tuple[bytes, str]]) -> None:
         generation = self._generation
         fence = generation.fence
         assert fence is not None
-        try:
-            while self._pending:
-                batch, told = self._pending, self._told
-                self._pending, self._told = [], None
-                assert told is not None
-                if generation.fenced:
-                    told.set_result(None)
-                    continue
-                try:
-                    held = await self._locks.frames(fence, [after + b" " + frame.encode() for after, frame in batch],
-                                                    self._ephemeral.node)
-                except asyncio.CancelledError:
-                    told.cancel()
-                    raise
-                except Exception as exc:
-                    told.set_exception(exc)
-                    continue
-                if not held:
-                    log.warning("room %s: generation %s lost its room's lock (token %d): stopped", fence.room,
-                                fence.rid, fence.token)
-                    generation.fence_out()
-                else:
-                    for after, frame in batch:
-                        self._ephemeral.local(fence.room, after, frame)
-                told.set_result(None)
-        finally:
-            self._flusher = None
+        if generation.fenced:
+            return
+        held = await self._locks.frames(fence, [after + b" " + frame.encode() for after, frame in batch],
+                                        self._ephemeral.node)
+        if not held:
+            log.warning("room %s: generation %s lost its room's lock (token %d): stopped", fence.room,
+                        fence.rid, fence.token)
+            generation.fence_out()
+            return
+        for after, frame in batch:
+            self._ephemeral.local(fence.room, after, frame)
 
 
 class Worker:

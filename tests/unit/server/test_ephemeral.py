@@ -152,8 +152,8 @@ async def test_a_cancelled_flusher_cancels_its_batchs_future() -> None:
     ephemeral = Ephemeral(bus, "n1", here.feed)
     told = ephemeral.post("r", b"0-0", "F")
     await passes()
-    assert ephemeral._flusher is not None
-    ephemeral._flusher.cancel()
+    assert ephemeral._batches._flusher is not None
+    ephemeral._batches._flusher.cancel()
     await passes()
     assert told.cancelled()
     again = ephemeral.post("r", b"0-0", "G")  # a new flusher for later frames
