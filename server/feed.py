@@ -76,6 +76,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from server.states import next_state
 from server.store.ports import NodeBus, RoomLog, StoreError, StoreUnavailable
 from server.supervise import Supervisor, backoff
 
@@ -167,13 +168,8 @@ class _Cursor:
 
     def fire(self, trigger: CursorTrigger) -> CursorState:
         """The only place the state changes: the next state from :data:`TRANSITIONS`."""
-        try:
-            state = TRANSITIONS[self.state, trigger]
-        except KeyError:
-            raise FeedStateError(f"cursor of room {self.room}: can't handle {trigger.name} "
-                                 f"in state {self.state.name}") from None
-        self.state = state
-        return state
+        self.state = next_state(TRANSITIONS, self.state, trigger, FeedStateError, f"cursor of room {self.room}")
+        return self.state
 
 
 class RoomFeed:

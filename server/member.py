@@ -80,6 +80,7 @@ from typing import Any
 
 from protocol.close import NORMAL, SLOW_CONSUMER
 from server.outlet import DirectOutlet, Gone, outlet_for
+from server.states import next_state
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,8 @@ class Member:
 
     def _fire(self, trigger: Trigger) -> State:
         """The only place the state changes: the next state from :data:`TRANSITIONS`."""
-        try:
-            state = TRANSITIONS[self._state, trigger]
-        except KeyError:
-            raise MemberStateError(f"member {self.conn} of room {self.room}: can't handle {trigger.name} "
-                                   f"in state {self._state.name}") from None
+        state = next_state(TRANSITIONS, self._state, trigger, MemberStateError,
+                           f"member {self.conn} of room {self.room}")
         self._state = state
         self._awake = state is not DIRECT  # DIRECT is entered with no flush scheduled
         return state

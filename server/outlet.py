@@ -130,7 +130,7 @@ def check_write_path(protocol_class: Any) -> WritePath:
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
-    raise NotImplementedError
+    """The probe's app: the probe is never connected, so no request reaches it."""
 
 
 def _unconnected(protocol_class: Any) -> Any:
