@@ -133,10 +133,12 @@ class ChatEndpoint:
             if text is None:
                 member.push(error_frame("unsupported_frame", ERROR_CODES["unsupported_frame"]))
                 continue
+            envelope = None
             try:
-                await dispatch(member, parse_frame(text, limits, bound_role))
-            except Exception as exc:  # a ProtocolError keeps its own code (and cid)
-                member.push(error_for(exc))
+                envelope = parse_frame(text, limits, bound_role)
+                await dispatch(member, envelope)
+            except Exception as exc:  # a ProtocolError keeps its own code; every refusal carries the frame's cid
+                member.push(error_for(exc, None if envelope is None else envelope.cid))
 
 
 def handshake_refusal(room: str, role: str | None) -> tuple[str, str] | None:

@@ -70,6 +70,9 @@ async def test_after_writes_were_refused_presence_is_whole_and_readyz_tells_the_
             await a.chat("refused", cid="r1")
             error = await a.recv()
             assert (error["hd"]["event"], error["bd"]["code"], error["bd"]["cid"]) == ("error", "unavailable", "r1")
+            await a.send({"event": "llm.invoke", "cid": "q1"}, {"prompt": "refused too"})  # refused at its lock
+            error = await a.recv()
+            assert (error["hd"]["event"], error["bd"]["code"], error["bd"]["cid"]) == ("error", "unavailable", "q1")
             assert rdb.exists(stream_key(room)) == 0  # nothing was stored
 
             await asyncio.sleep(3.5)  # past NODE_TTL_S: Redis forgets this node in the room

@@ -1,0 +1,206 @@
+"""The soak's checker: what the clients recorded against what the rooms' streams hold. Pure: no I/O.
+
+The promises checked (README "Failure modes", "Resume", "Exactly-once sending", "The LLM participant"):
+
+- **lost**: a message a client sent is not in its room's stream (every client re-sends until acknowledged,
+  so at the end every sent ``cid`` must be stored), or a client was acknowledged an id the stream does not
+  hold under that ``cid``.
+- **duplicated**: a ``(role, cid)`` stored more than once; or a client received one entry twice, apart from
+  the documented sender-only re-broadcast of a ``cid`` it sent more than once.
+- **reordered**: a client received an entry after a newer one (same exception).
+- **gaps**: an entry of the stream, after the point the client joined, that the client never received;
+  **phantoms**: an entry it received that the stream does not hold.
+- **not_recovered**: a ``session.ready`` with ``recovered: false`` (nothing is lost in a soak: Redis runs
+  with ``appendfsync always``, so every one is spurious).
+- **terminal**: every question (a stored ``llm.invoke``) ends with exactly one terminal event: one stored
+  ``llm.response`` replying to it, or an ``llm.error`` for it (broadcast, not stored: seen by a client, or
+  remembered by Redis as ended), never both, never none, never two responses.
+- **overlapping**: two generations of one room streaming at once (a delta of one between a delta of the
+  other and its terminal event), as any client saw it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An entry of a room's stream, as XRANGE returns it (its body's header)."""
+
+    id: str
+    role: str
+    event: str
+    cid: str | None = None
+    reply_to: str | None = None
+    rid: str | None = None
+
+
+@dataclass
+class ClientRecord:
+    """What one careful client did and received, across all its connections."""
+
+    room: str
+    role: str
+    start: str | None = None  # the ``last_id`` of its first session.ready: its view begins after it
+    joined: bool = False
+    received: list[Stored] = field(default_factory=list)  # stored entries, in arrival order
+    sent: Counter[str] = field(default_factory=Counter)  # cid -> how many times it was sent
+    first_sent_s: dict[str, float] = field(default_factory=dict)  # cid -> when it was first sent (the run's clock)
+    acked: dict[str, str] = field(default_factory=dict)  # cid -> the id its broadcast carried
+    refused_busy: set[str] = field(default_factory=set)  # llm.invoke cids refused busy: never stored
+    not_recovered: int = 0
+    llm_errors: list[tuple[str, str, str]] = field(default_factory=list)  # (rid, reply_to, code)
+    #: (kind, rid, reply_to) in arrival order; kind: ``delta``, ``end`` (a terminal event), ``reset`` (a new
+    #: connection: what streamed before it may have ended unseen)
+    llm_events: list[tuple[str, str, str]] = field(default_factory=list)
+    connects: int = 0
+    disconnects: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # error codes received
+
+
+@dataclass
+class Report:
+    rooms: int = 0
+    clients: int = 0
+    stored: int = 0
+    sent: int = 0
+    acked: int = 0
+    resends: int = 0
+    questions: int = 0
+    answered: int = 0
+    errored: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    reordered: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    phantoms: list[str] = field(default_factory=list)
+    not_recovered: list[str] = field(default_factory=list)
+    terminal: list[str] = field(default_factory=list)
+    overlapping: list[str] = field(default_factory=list)
+
+    VIOLATIONS = ("lost", "duplicated", "reordered", "gaps", "phantoms", "not_recovered", "terminal", "overlapping")
+
+    @property
+    def ok(self) -> bool:
+        return not any(getattr(self, name) for name in self.VIOLATIONS)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in self.VIOLATIONS}
+
+
+def check(records: Iterable[ClientRecord], streams: Mapping[str, list[Stored]],
+          ended: Mapping[str, set[str]]) -> Report:
+    """Check ``records`` against each room's stream (``streams``: room -> entries, oldest first) and the
+    rids Redis remembers as ended without an answer (``ended``: room -> rids)."""
+    report = Report(rooms=len(streams))
+    by_room: dict[str, list[ClientRecord]] = defaultdict(list)
+    for record in records:
+        by_room[record.room].append(record)
+    for room, entries in sorted(streams.items()):
+        report.stored += len(entries)
+        _check_stored_once(room, entries, report)
+        for record in by_room.get(room, []):
+            _check_client(record, entries, report)
+        _check_terminals(room, entries, by_room.get(room, []), ended.get(room, set()), report)
+    return report
+
+
+def _check_stored_once(room: str, entries: list[Stored], report: Report) -> None:
+    seen = Counter((e.role, e.cid) for e in entries if e.cid is not None and e.role != "llm")
+    report.duplicated += [f"{room}: {role}/{cid} stored {n} times" for (role, cid), n in seen.items() if n > 1]
+
+
+def _check_client(record: ClientRecord, entries: list[Stored], report: Report) -> None:
+    who = f"{record.room}/{record.role}"
+    report.clients += 1
+    report.sent += len(record.sent)
+    report.acked += len(record.acked)
+    report.resends += sum(n - 1 for n in record.sent.values())
+    report.connects += record.connects
+    report.disconnects += record.disconnects
+    for code, n in record.errors.items():
+        report.errors[code] = report.errors.get(code, 0) + n
+    report.not_recovered += [f"{who}: session.ready recovered false"] * record.not_recovered
+
+    stored_by_cid = {e.cid: e for e in entries if e.role == record.role and e.cid is not None}
+    for cid in sorted(record.sent):
+        if cid in record.refused_busy and cid not in stored_by_cid:
+            continue
+        entry = stored_by_cid.get(cid)
+        if entry is None:
+            at = record.first_sent_s.get(cid)
+            report.lost.append(f"{who}: {cid} sent {record.sent[cid]} times (first at {at:.1f} s), never stored"
+                               if at is not None else f"{who}: {cid} never sent")
+        elif record.acked.get(cid, entry.id) != entry.id:
+            report.lost.append(f"{who}: {cid} acknowledged as {record.acked[cid]}, stored as {entry.id}")
+
+    if not record.joined:
+        return
+    # A cid sent more than once may come back twice, the second time to the sender alone and out of the
+    # stream's order (README "Exactly-once sending"): those frames are left out of the order check.
+    resent = {cid for cid, n in record.sent.items() if n > 1}
+    exempt = {stored_by_cid[cid].id for cid in resent if cid in stored_by_cid}
+    seen: set[str] = set()
+    newest: tuple[int, int] | None = None
+    for got in record.received:
+        if got.id in exempt:
+            seen.add(got.id)
+            continue
+        if got.id in seen:
+            report.duplicated.append(f"{who}: received {got.id} twice")
+            continue
+        seen.add(got.id)
+        if newest is not None and id_key(got.id) < newest:
+            report.reordered.append(f"{who}: received {got.id} after a newer entry")
+        newest = max(newest or (0, 0), id_key(got.id))
+    after = id_key(record.start) if record.start else (0, 0)
+    expected = {e.id for e in entries if id_key(e.id) > after}
+    report.gaps += [f"{who}: never received {entry_id}" for entry_id in sorted(expected - seen, key=id_key)]
+    held = {e.id for e in entries}
+    report.phantoms += [f"{who}: received {entry_id}, not in the stream"
+                        for entry_id in sorted(seen - held, key=id_key)]
+
+
+def _check_terminals(room: str, entries: list[Stored], records: list[ClientRecord], ended: set[str],
+                     report: Report) -> None:
+    responses = Counter(e.reply_to for e in entries if e.event == "llm.response")
+    errors: dict[str, set[str]] = defaultdict(set)  # reply_to -> rids of the llm.error frames seen
+    rids: dict[str, set[str]] = defaultdict(set)  # reply_to -> every rid seen for it
+    for record in records:
+        for rid, reply_to, _code in record.llm_errors:
+            errors[reply_to].add(rid)
+        for _kind, rid, reply_to in record.llm_events:
+            rids[reply_to].add(rid)
+    for question in (e for e in entries if e.event == "llm.invoke"):
+        report.questions += 1
+        answered = responses.get(question.id, 0)
+        failed = len(errors.get(question.id, set())) or any(rid in ended for rid in rids.get(question.id, set()))
+        report.answered += answered > 0
+        report.errored += bool(failed) and not answered
+        if answered + bool(failed) != 1 or answered > 1:
+            report.terminal.append(f"{room}: question {question.id}: {answered} llm.response, "
+                                   f"{'an' if failed else 'no'} llm.error")
+    for record in records:
+        _check_overlap(record, report)
+
+
+def _check_overlap(record: ClientRecord, report: Report) -> None:
+    streaming: str | None = None
+    for kind, rid, _reply_to in record.llm_events:
+        if kind == "delta":
+            if streaming is not None and streaming != rid:
+                report.overlapping.append(f"{record.room}/{record.role}: {rid} streamed while {streaming} did")
+            streaming = rid
+        elif kind == "reset" or rid == streaming:
+            streaming = None
