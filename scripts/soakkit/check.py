@@ -140,8 +140,8 @@ def _check_client(record: ClientRecord, entries: list[Stored], report: Report) -
         entry = stored_by_cid.get(cid)
         if entry is None:
             at = record.first_sent_s.get(cid)
-            report.lost.append(f"{who}: {cid} sent {record.sent[cid]} times (first at {at:.1f} s), never stored"
-                               if at is not None else f"{who}: {cid} never sent")
+            when = "" if at is None else f" (first at {at:.1f} s)"
+            report.lost.append(f"{who}: {cid} sent {record.sent[cid]} times{when}, never stored")
         elif record.acked.get(cid, entry.id) != entry.id:
             report.lost.append(f"{who}: {cid} acknowledged as {record.acked[cid]}, stored as {entry.id}")
 
