@@ -10,6 +10,7 @@ unless --redis-url names a real Redis, and stops it at the end):
     python scripts/bench.py --mode llm   --redis-url redis://127.0.0.1:6379/0 --rooms 100 --tokens-per-s 50
     python scripts/bench.py --mode history --redis-url redis://127.0.0.1:6379/0 --entries 1000000
     python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --nodes 2       # 1 node, then 2
+    python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --workers 2     # then WORKERS=2
     python scripts/bench.py --mode bulk  --redis-url redis://127.0.0.1:6379/0                 # 10 readers, 600 x 60 KB
 
 Modes:
@@ -24,7 +25,8 @@ Modes:
            beyond the scripted pace (what the relay adds), time to the first delta.
   history  a stream of --entries entries (XADD in pipelines), then timed GET history pages of --page
            entries: the newest page, a page before= the middle, a page after= the middle.
-  scale    relay at saturation on 1 node, then on --nodes nodes (real Redis only).
+  scale    relay at saturation on 1 node, then on --nodes nodes on their own ports, or (--workers N)
+           on one port served by N worker processes (WORKERS=N) (real Redis only).
   bulk     --readers clients paging (--page) in a loop through a room of --entries entries of
            --entry-bytes bytes each (default 10 readers, 600 entries of 60 KB), while a member of
            another room times the echo of one message every 1/--echo-rate s: echo p50/p99/max
@@ -88,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--server-pid", default="", help="with --url: comma-separated server pids (default: by port)")
     where.add_argument("--redis-url", default="", help="real Redis (default: the embedded store)")
     where.add_argument("--nodes", type=int, default=1, help="server processes to start (scale: the larger count)")
+    where.add_argument("--workers", type=int, default=1,
+                       help="scale: compare 1 process with one port served by this many (WORKERS)")
     where.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                        help="a setting for the started servers (repeatable)")
     load = ap.add_argument_group("load")
@@ -134,8 +138,10 @@ def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--nodes > 1 needs --redis-url: nodes share rooms only through a real Redis")
     if args.mode in ("history", "scale", "bulk") and not args.redis_url:
         ap.error(f"--mode {args.mode} needs --redis-url")
-    if args.mode == "scale" and (args.url or args.nodes < 2):
-        ap.error("--mode scale starts its own servers: --nodes 2 or more, no --url")
+    if args.mode == "scale" and (args.url or (args.nodes < 2) == (args.workers < 2)):
+        ap.error("--mode scale starts its own servers: --nodes 2 or more, or --workers 2 or more (not both), no --url")
+    if args.workers != 1 and args.mode != "scale":
+        ap.error("--workers is for --mode scale (else set --server-env WORKERS=N)")
     for name in ("rooms", "members", "window", "size", "connections", "entries", "page", "samples", "entry_bytes",
                  "readers"):
         value = getattr(args, name)
@@ -186,27 +192,32 @@ MODES: dict[str, Mode] = {"relay": relay_mode, "idle": idle_mode, "llm": llm_mod
 
 
 def scale(args: argparse.Namespace) -> list[Report]:
-    """Relay at saturation on one node, then on ``--nodes``: does the second process add throughput?"""
+    """Relay at saturation on one node, then on ``--nodes`` nodes (ports of their own) or on one port
+    served by ``--workers`` processes: does the second process add throughput?"""
     args.rate = 0.0
+    by_workers = args.workers > 1
+    count = args.workers if by_workers else args.nodes
+    wide = f"{count} workers" if by_workers else f"{count} nodes"
     reports = []
-    for count in (1, args.nodes):
-        with context(args, count, f"n{count}-") as ctx:
+    for nodes, workers, prefix in ((1, 1, "n1-"), (1, count, f"w{count}-") if by_workers else (count, 1, f"n{count}-")):
+        with context(args, nodes, prefix, workers) as ctx:
             reports.append(uvloop.run(relay_mode(args, ctx))[0])
     one, many = (r.figures.get("deliveries_per_s") for r in reports)
-    summary = Report("scale", {"nodes": f"1 vs {args.nodes}", "store": args.redis_url},
-                     figures={"deliveries_per_s_1": one, f"deliveries_per_s_{args.nodes}": many,
+    key = f"deliveries_per_s_{count}" + ("_workers" if by_workers else "")
+    summary = Report("scale", {"nodes": f"1 vs {wide}", "store": args.redis_url},
+                     figures={"deliveries_per_s_1": one, key: many,
                               "ratio": round(many / one, 3) if one and many else None},
                      check={"ok": all(r.ok for r in reports)})
-    summary.rows = [("deliveries/s", f"{fmt(one)} on 1 node, {fmt(many)} on {args.nodes} nodes")]
+    summary.rows = [("deliveries/s", f"{fmt(one)} on 1 node, {fmt(many)} on {wide}")]
     base = bool(reports[0].targets) and reports[0].targets[0].setup_matches  # the relay's target setup
-    summary.targets = [Target(f"{args.nodes}_nodes_move_more_than_1", summary.figures["ratio"], ">", 1.0,
-                              f"{TARGET_SETUP}, --rate 0, vs 2 nodes on a 2-core machine", base and args.nodes == 2)]
+    summary.targets = [Target(f"{wide.replace(' ', '_')}_move_more_than_1", summary.figures["ratio"], ">", 1.0,
+                              f"{TARGET_SETUP}, --rate 0, vs 2 processes on a 2-core machine", base and count == 2)]
     return [*reports, summary]
 
 
 # ------------------------------------------------------------------------------------- setup
 @contextlib.contextmanager
-def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "") -> Iterator[Context]:
+def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", workers: int = 1) -> Iterator[Context]:
     servers = None
     if args.url:
         found = running_nodes(args.url.split(","), [int(p) for p in args.server_pid.split(",") if p])
@@ -214,7 +225,7 @@ def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "") -> It
         env = dict(item.split("=", 1) for item in args.server_env)
         if args.mode == "llm":
             env = {"LLM_PROVIDER": "scripted", "LLM_SCRIPTED_DELAY_MS": str(round(1000 / args.tokens_per_s)), **env}
-        servers = ServerSet(nodes, args.redis_url or None, env)
+        servers = ServerSet(nodes, args.redis_url or None, env, workers)
     reader: StreamReader | None = None
     ctx: Context | None = None
     try:

@@ -21,7 +21,7 @@ from server.history import history_routes
 from server.metrics import MetricsAccess, metrics_routes
 from server.outlet import write_path
 from server.rooms_api import rooms_routes
-from server.settings import Settings
+from server.settings import Settings, label_logs, settings_from_environment
 from server.store.ports import Store, StoreError, StoreUnavailable
 from server.wiring import Relay, open_store
 from server.ws import PATH, ChatEndpoint
@@ -120,6 +120,15 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.relay = relay
+    return app
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process of ``WORKERS`` (uvicorn's factory, called in each process it
+    starts): built from the environment the main process handed down, a node of its own (node id,
+    heartbeat, Redis connections); every line it logs names its node."""
+    app = create_app(settings_from_environment())
+    label_logs(f"node {app.state.relay.node_id}")
     return app
 
 

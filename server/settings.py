@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from server import redact
 from server.ratelimit import RateLimit
 
 T = TypeVar("T")
+PROGRAM = "chat-relay"  # how ``python -m server`` names itself in its refusals
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -54,6 +57,7 @@ class Settings:
     max_connections_per_room: int = 0  # connections in one room, on all nodes (0 = no limit)
     ping_interval_s: float = 20.0  # WebSocket ping to each client this often (0 = never)
     ping_timeout_s: float = 20.0  # close a connection whose pong is this late (1011; 0 = wait forever)
+    workers: int = 1  # processes serving the port, each a node of its own (0: one per core)
 
     @property
     def limits(self) -> Limits:
@@ -82,7 +86,14 @@ class Settings:
         settings = cls(**values)
         if settings.auth_secret is not None and settings.admin_key is None:
             raise SettingsError("AUTH_SECRET is set but ADMIN_KEY is not: nobody could create a room")
+        if settings.workers != 1 and settings.redis_url is None:
+            raise SettingsError(f"WORKERS={settings.workers} needs REDIS_URL: the embedded store lives inside one "
+                                "process (set REDIS_URL, or WORKERS=1)")
         return settings
+
+    def worker_processes(self, cores: int) -> int:
+        """How many processes serve the port: ``WORKERS``, or one per core (``cores``) when it is 0."""
+        return self.workers or max(cores, 1)
 
 
 def _llm_settings(env: Mapping[str, str]) -> LLMSettings:
@@ -182,6 +193,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_connections_per_room": _int(0, 10_000_000),
     "ping_interval_s": _float(0, 24 * 3600),
     "ping_timeout_s": _float(0, 24 * 3600),
+    "workers": _int(0, 1024),
 }
 
 
@@ -317,10 +329,23 @@ def settings_or_exit(program: str, env: Mapping[str, str]) -> Settings:
     except SettingsError as exc:
         print(f"{program}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=log_level_number(settings.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level_number(settings.log_level), format=LOG_FORMAT)
     redact.install(settings.secrets)
     return settings
+
+
+def settings_from_environment(program: str = PROGRAM) -> Settings:
+    """:func:`settings_or_exit` on this process's environment (each of ``WORKERS``' processes reads
+    it again: the main process hands its environment down)."""
+    return settings_or_exit(program, os.environ)
+
+
+def label_logs(label: str) -> None:
+    """Every line this process writes from now on names ``label`` after its level (``node <id>`` in
+    a worker process of ``WORKERS``: several processes write to one output)."""
+    formatter = logging.Formatter(LOG_FORMAT.replace("%(name)s", f"[{label.replace('%', '%%')}] %(name)s"))
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
 
 
 def log_level_number(level: str) -> int:

@@ -155,11 +155,14 @@ def running_nodes(urls: Sequence[str], pids: Sequence[int]) -> list[Node]:
 
 @dataclass
 class ServerSet:
-    """``count`` processes of ``python -m server`` on free ports, started by :meth:`start`."""
+    """``count`` servers (``python -m server``) on free ports, started by :meth:`start`; each serves
+    its port from ``workers`` processes (``WORKERS``; a node's pids are then every process holding
+    its port)."""
 
     count: int
     redis_url: str | None  # None: the embedded store (one process only)
     env: Mapping[str, str] = field(default_factory=dict)  # on top of SERVER_ENV
+    workers: int = 1
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chat-relay-bench-")))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
@@ -167,7 +170,8 @@ class ServerSet:
     def start(self) -> list[Node]:
         for n in range(self.count):
             port = free_port()
-            env = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(port), **self.env}
+            env = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(self.workers),
+                   **self.env}
             env.pop("REDIS_URL", None)
             if self.redis_url:
                 env["REDIS_URL"] = self.redis_url
@@ -178,6 +182,8 @@ class ServerSet:
             self.nodes.append(Node(f"http://127.0.0.1:{port}", (process.pid,)))
         for n, node in enumerate(self.nodes):
             self._wait_healthy(n, node)
+            if self.workers > 1:
+                self.nodes[n] = self._wait_workers(n, node)
         return self.nodes
 
     def _wait_healthy(self, n: int, node: Node) -> None:
@@ -195,6 +201,23 @@ class ServerSet:
                 raise SetupError(f"server {n} did not come up (exit status {process.poll()}); "
                                  f"log {self.log_dir}/server-{n}.log:\n{self.log_tail(n)}")
             time.sleep(0.05)
+
+    def _wait_workers(self, n: int, node: Node) -> Node:
+        """``node`` once each of its ``workers`` processes has answered ``/healthz`` (new connections
+        go to any of them), with every pid holding its port (its main process's and the workers')."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        host, port = urlsplit(node.http).hostname or "127.0.0.1", urlsplit(node.http).port or 80
+        answered: set[bytes] = set()
+        while len(answered) < self.workers:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection(host, port, timeout=1)
+                conn.request("GET", "/healthz")
+                answered.add(conn.getresponse().read())  # {"status":"ok","node":"<its node id>"}
+                conn.close()
+            if self.processes[n].poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"server {n}: {len(answered)} of {self.workers} workers answered; "
+                                 f"log {self.log_dir}/server-{n}.log:\n{self.log_tail(n)}")
+        return Node(node.http, tuple(listening_pids(port)))
 
     def log_tail(self, n: int) -> str:
         return (self.log_dir / f"server-{n}.log").read_text(errors="replace")[-2000:]

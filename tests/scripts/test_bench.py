@@ -110,7 +110,26 @@ def test_bulk_run_times_echoes_while_readers_page_through_big_entries(
     assert rdb.keys(f"chat:*:{room}-*") == []
 
 
+def test_scale_run_compares_one_process_with_one_port_served_by_two_workers(
+    redis_url: str, room: str, rdb: redis.Redis
+) -> None:
+    result, [one, two, summary] = run_bench("--mode", "scale", "--redis-url", redis_url, "--workers", "2",
+                                            "--rooms", "3", "--members", "3", "--window", "2", *BRIEF,
+                                            "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    for record in (one, two):
+        assert record["mode"] == "relay"
+        assert_nothing_lost_duplicated_or_reordered(record["check"])
+    assert summary["mode"] == "scale" and summary["params"]["nodes"] == "1 vs 2 workers"
+    figures = summary["figures"]
+    assert (figures["deliveries_per_s_1"], figures["deliveries_per_s_2_workers"]) == (
+        one["figures"]["deliveries_per_s"], two["figures"]["deliveries_per_s"])
+    assert rdb.keys(f"chat:*:{room}-*") == []
+
+
 @pytest.mark.parametrize("args", [
+    ("--mode", "relay", "--workers", "2"),  # WORKERS for the relay mode goes in --server-env
     ("--mode", "history"),  # fills the stream in Redis
     ("--mode", "bulk"),  # fills the stream in Redis
     ("--mode", "relay", "--nodes", "2"),  # nodes share rooms only through Redis
