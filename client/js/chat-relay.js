@@ -249,13 +249,27 @@ export class Room {
       if (this.epoch) params.set("epoch", this.epoch);
     }
     if (token) params.set("token", token);
-    const socket = new this.WebSocket(`${this.url}${CHAT_PATH}?${params}`);
+    let socket;
+    try {
+      socket = new this.WebSocket(`${this.url}${CHAT_PATH}?${params}`);
+    } catch (error) {  // a URL the WebSocket will not take: trying again would not help
+      this._end(new RelayError("invalid_url", `cannot connect to ${this.url}: ${error.message}`));
+      return;
+    }
     this._socket = socket;
     this._open = false;
     this._replay = [];
     socket.onmessage = (event) => { if (this._socket === socket) this._receive(event.data); };
     socket.onclose = (event) => { if (this._socket === socket) this._dropped(event.code, event.reason); };
-    socket.onerror = () => {};  // a close follows
+    socket.onerror = () => {  // the connection failed (in browsers a close 1006 follows; Node 20 sends none)
+      if (this._socket !== socket) return;
+      this._dropped(1006, "");
+      try {
+        socket.close();
+      } catch {
+        // not open yet: nothing to close
+      }
+    };
   }
 
   _dropped(code, reason) {
