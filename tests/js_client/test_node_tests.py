@@ -36,7 +36,7 @@ def node_command(node: str) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_the_javascript_client_passes_its_node_tests(redis_url: str, logs_dir: Path) -> None:
-    assert [path.name for path in TESTS] == ["answer-text.test.js", "room.test.js"]
+    assert {"answer-text.test.js", "room.test.js"} <= {path.name for path in TESTS}
     env = {**os.environ, "REDIS_URL": redis_url, "CHAT_RELAY_PYTHON": sys.executable,
            "CHAT_RELAY_ROOM_PREFIX": f"t{RUN}-js", "CHAT_RELAY_LOG_DIR": str(logs_dir)}
     result = subprocess.run([*node_command(node_tool("node")), "--test", "--test-reporter=spec",

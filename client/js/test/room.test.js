@@ -79,6 +79,25 @@ test("send resolves with the stored envelope, and every member's frames are the 
   }
 });
 
+test("a resume the server cannot honour yields session.ready first, then everything retained", TIMEOUT, async () => {
+  const sid = newRoom();
+  const first = await connect(server.url, sid, { role: "A" });
+  const stored = [await first.send("one"), await first.send("two")];
+  const { epoch } = first;
+  first.close();
+  // A cursor newer than the stream's newest entry: Redis lost what this client had received.
+  const room = await connect(server.url, sid, { role: "A", lastId: "99999999999999-0", epoch });
+  try {
+    const [ready, ...replayed] = await readChats(room, 2);
+    assert.deepEqual([ready.hd.event, ready.bd.recovered], ["session.ready", false]);
+    assert.deepEqual(ids(replayed), ids(stored));  // all of it: it replaces what the reader had
+    const next = await room.send("three");
+    assert.deepEqual(ids(chats(await readChats(room, 1))), [next.hd.id]);
+  } finally {
+    room.close();
+  }
+});
+
 test("a refusal rejects with the server's code and message, and the room goes on", TIMEOUT, async () => {
   const room = await connect(server.url, newRoom(), { role: "A" });
   try {
