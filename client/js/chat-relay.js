@@ -24,9 +24,9 @@
 //   say "send it again" (rate_limited, unavailable), which are retried after a delay.
 // - frames() yields what the room delivers, in the server's order, each stored message once: a
 //   stored frame whose id is not newer than the last one yielded (a resend's original, sent to us
-//   again) is not yielded. A resume's replay is held until its session.ready: with `recovered:
-//   true` the replay comes first (as on the wire); with `recovered: false` session.ready comes first
-//   and the replay after it, all of it, since it replaces what the reader had.
+//   again) is not yielded. A resume's replay is held until its session.ready, which comes first:
+//   then what was missed; with `recovered: false`, everything retained (all of it: it replaces what
+//   the reader had).
 // - The bot's answers are followed per generation (AnswerText): deltas merged by seq, llm.snapshot
 //   frames taken in, a higher hd.attempt starting the text over.
 
@@ -353,14 +353,9 @@ export class Room {
     this.role = hd.role;
     this.members = bd.members.map(({ role, conn }) => ({ role, conn }));
     this.epoch = bd.epoch;
-    if (bd.recovered) {
-      for (const replayed of replay) if (this._take(replayed)) this._push(replayed);
-      this._push(frame);
-    } else {  // what follows replaces what the reader had: the notice first, then all of it
-      this.lastId = null;
-      this._push(frame);
-      for (const replayed of replay) if (this._take(replayed)) this._push(replayed);
-    }
+    if (!bd.recovered) this.lastId = null;  // what the replay holds replaces what the reader had: all of it
+    this._push(frame);
+    for (const replayed of replay) if (this._take(replayed)) this._push(replayed);
     this.lastId ??= bd.last_id;  // a first join: everything after the room's newest id comes live
     this._joined = true;
     this._setStatus("open", { recovered: bd.recovered });
