@@ -12,7 +12,7 @@
 // participant" are the server's side of it):
 //
 // - One Room, one WebSocket at a time. When it drops, the room reconnects by itself with backoff
-//   (0.5 s, 1 s, 2 s ... 10 s), resuming with the last stored id it received and the stream's
+//   (about 0.5 s, 1 s, 2 s ... 10 s), resuming with the last stored id it received and the stream's
 //   epoch: the server replays what was missed, then sends session.ready. Closes the server marks
 //   as final (1000, 1007, 1008, 1009; 4001 unless `token` is a function) end the room instead.
 // - Every frame the room sends (chat.message, llm.invoke, llm.cancel) carries a fresh cid and is an
@@ -286,7 +286,9 @@ export class Room {
 
   _reconnectLater(detail) {
     const { minDelayMs, maxDelayMs } = this._retry;
-    const delayMs = Math.min(maxDelayMs, minDelayMs * 2 ** this._retries);
+    // About 0.5 s, 1 s, 2 s ... 10 s, each drawn from 75 % to 125 % of it: the clients of a node that
+    // went away do not all come back in the same instant.
+    const delayMs = Math.round(Math.min(maxDelayMs, minDelayMs * 2 ** this._retries) * (0.75 + Math.random() / 2));
     this._retries += 1;
     this._setStatus("disconnected", { ...detail, delayMs, retries: this._retries });
     this._timer = setTimeout(() => this._connect(), delayMs);
@@ -304,7 +306,11 @@ export class Room {
     const socket = this._socket;
     this._socket = null;
     this._open = false;
-    if (socket && socket.readyState <= 1) socket.close(1000);
+    try {
+      socket?.close(1000);
+    } catch {
+      // an implementation that will not close a socket still connecting: it is dropped all the same
+    }
     for (const op of [...this._ops.values()]) this._settle(op, this._ended.error);
     for (const generation of this._generations.values()) generation.listeners.forEach((l) => l.ended(this._ended.error));
     for (const listeners of this._waitingFor.values()) listeners.forEach((l) => l.ended(this._ended.error));
