@@ -2,6 +2,7 @@
 
     GET /              the chat page (``server/static/index.html``; ``/?sid=ROOM&role=A`` joins at once)
     GET /static/...    its script and style sheet
+    GET /client/chat-relay.js  the JavaScript client (``client/js/chat-relay.js``), which the page imports
     GET /openapi.json  ``protocol/openapi.yaml`` with the envelope schemas of ``protocol/asyncapi.yaml``
                        bundled in, so the served document stands alone
 
@@ -22,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
+CLIENT_JS = Path(__file__).resolve().parents[1] / "client" / "js" / "chat-relay.js"
 ASYNCAPI_REF = "asyncapi.yaml#/components/schemas/"
 
 
@@ -34,9 +36,13 @@ def docs_routes() -> list[BaseRoute]:
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")
 
+    async def client_js(request: Request) -> Response:
+        return FileResponse(CLIENT_JS, media_type="text/javascript; charset=utf-8")
+
     return [
         Route("/", page, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/client/chat-relay.js", client_js, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

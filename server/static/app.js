@@ -1,19 +1,16 @@
-// The chat page: one WebSocket to /v1/session/chat, speaking the frames of the README's "Wire
-// contract" (and protocol/asyncapi.yaml). No framework and no build step: read it top to bottom.
+// The chat page, built on the JavaScript client (/client/chat-relay.js, the file
+// client/js/chat-relay.js of the repository), which speaks the frames of the README's "Wire
+// contract". No framework and no build step: read it top to bottom.
 //
 // - Joining: the room and role come from the address (?sid=room001&role=A) or from the form.
 //   When the server requires tokens, add the room token to the address (&token=...): it is sent
 //   with the connection, and the server binds the connection to the token's role.
-// - Receiving: each frame is handled by the function named for its hd.event (see `handlers`).
-//   Each message in the list carries data-role (A, B, user or llm); the bot's answer carries
-//   data-final="true" once its llm.response has arrived (data-final="false" while it streams).
-// - Resuming: every stored message carries its stream id in hd.id. The page keeps the last one,
-//   and after a drop it reconnects with &last_id=...&epoch=..., so the server first replays what
-//   was missed, then sends session.ready.
-// - Sending exactly once: each message gets a client id (hd.cid). Until its broadcast comes back
-//   it is "unconfirmed", and it is sent again after a reconnect; the server never stores one cid
-//   twice, so a message that did land is not duplicated.
-"use strict";
+// - Receiving: each frame of room.frames() is handled by the function named for its hd.event (see
+//   `handlers`). Each message in the list carries data-role (A, B, user or llm); the bot's answer
+//   carries data-final="true" once its llm.response has arrived (data-final="false" while it streams).
+// - Resuming and sending exactly once are the client's: after a drop it reconnects with the last
+//   stored id and the epoch, and sends again (with the same cid) what was not confirmed.
+import { AnswerText, Room } from "/client/chat-relay.js";
 
 const ui = {
   status: document.querySelector('[data-testid="status"]'),
@@ -27,24 +24,18 @@ const ui = {
 };
 
 const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
-const MAX_RETRY_DELAY_MS = 10000;
 const TOKEN_EXPIRED = 4001;  // the close code of an expired token (README "Limits and closes")
 
 const state = {
   sid: null,
   role: "",            // "A", "B", or "" (no role: the server calls us "user")
-  token: "",           // the room token, when the server requires one
-  socket: null,
-  ready: false,        // session.ready received on the current socket
-  lastId: null,        // hd.id of the last stored message received: the resume cursor
-  epoch: null,         // session.ready's epoch, sent back with last_id
-  retries: 0,
+  room: null,          // the client's Room
   self: null,          // this connection's conn id
   members: new Map(),  // conn -> role, who is in the room
-  unconfirmed: new Map(),  // cid -> text, sent but not seen back yet
+  answers: new Map(),  // rid -> AnswerText, the bot's answers as they stream in
 };
 
-// ---- joining and connecting ----
+// ---- joining ----
 
 function start() {
   const params = new URLSearchParams(location.search);
@@ -69,52 +60,32 @@ function join(sid, role, token) {
   }
   state.sid = sid;
   state.role = role === "A" || role === "B" ? role : "";
-  state.token = token;
   // Keep the choice in the address: a reload, or the link sent to someone, joins the same room.
   const params = new URLSearchParams({ sid: state.sid });
   if (state.role) params.set("role", state.role);
-  if (state.token) params.set("token", state.token);
+  if (token) params.set("token", token);
   history.replaceState(null, "", "?" + params);
   ui.join.hidden = true;
   ui.room.hidden = false;
   showWhere();
   ui.input.focus();
-  connect();
+  state.room = new Room(location.origin, sid, { role: state.role, token, onStatus: showStatus });
+  read(state.room);
 }
 
-function connect() {
-  const params = new URLSearchParams({ sid: state.sid });
-  if (state.role) params.set("role", state.role);
-  if (state.token) params.set("token", state.token);
-  if (state.lastId) {
-    params.set("last_id", state.lastId);
-    if (state.epoch) params.set("epoch", state.epoch);
+function showStatus(status, detail) {
+  if (status === "connecting") {
+    setStatus("connecting", detail.retries ? "reconnecting…" : "connecting…");
+  } else if (status === "open") {
+    setStatus("open", "connected");
+  } else if (status === "disconnected") {
+    setStatus("disconnected", `disconnected; reconnecting in ${(detail.delayMs / 1000).toFixed(1)} s`);
+  } else if (status === "closed" && detail.error?.closeCode === TOKEN_EXPIRED) {
+    // reconnecting with this token would be refused: a new one is needed
+    setStatus("disconnected", "the room token has expired: open this page again with a new one (&token=...)");
+  } else if (status === "closed") {
+    setStatus("disconnected", detail.error ? detail.error.message : "disconnected");
   }
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/v1/session/chat?${params}`);
-  state.socket = socket;
-  state.ready = false;
-  setStatus("connecting", state.retries ? "reconnecting…" : "connecting…");
-  socket.addEventListener("message", (event) => receive(JSON.parse(event.data)));
-  socket.addEventListener("close", (event) => {
-    if (state.socket !== socket) return;
-    if (event.code === TOKEN_EXPIRED) {  // reconnecting with this token would be refused: a new one is needed
-      state.socket = null;
-      state.ready = false;
-      setStatus("disconnected", "the room token has expired: open this page again with a new one (&token=...)");
-      return;
-    }
-    reconnectLater();
-  });
-}
-
-function reconnectLater() {
-  state.socket = null;
-  state.ready = false;
-  const delay = Math.min(MAX_RETRY_DELAY_MS, 500 * 2 ** state.retries);  // 0.5 s, 1 s, 2 s ... 10 s
-  state.retries += 1;
-  setStatus("disconnected", `disconnected; reconnecting in ${(delay / 1000).toFixed(1)} s`);
-  setTimeout(connect, delay);
 }
 
 function setStatus(name, text) {
@@ -131,36 +102,33 @@ const handlers = {
   "chat.message": onStored,
   "llm.invoke": onStored,
   "llm.streaming": onDelta,
+  "llm.snapshot": onDelta,
   "llm.response": onAnswer,
   "llm.error": onBotError,
   "error": onRefusal,
 };
 
-function receive(frame) {
-  if (frame.hd.id) state.lastId = frame.hd.id;  // stored messages arrive in stream order
-  const handle = handlers[frame.hd.event];
-  if (handle) handle(frame);
+async function read(room) {
+  try {
+    for await (const frame of room.frames()) handlers[frame.hd.event]?.(frame);
+  } catch {
+    // the room ended (an expired token, a final close): its status says why
+  }
 }
 
 function onReady(frame) {
-  state.ready = true;
-  state.retries = 0;
-  state.epoch = frame.bd.epoch;
   state.self = frame.hd.conn;
   if (frame.hd.role !== "user") state.role = frame.hd.role;  // a token may have chosen it
   showWhere();
   state.members = new Map(frame.bd.members.map((member) => [member.conn, member.role]));
   showPresence();
-  setStatus("open", "connected");
   if (!frame.bd.recovered) {
     addNotice("Some earlier messages could not be recovered: the room's history was trimmed or reset.");
   }
-  for (const [cid, text] of state.unconfirmed) send({ event: "chat.message", cid }, { text });
 }
 
 function onStored(frame) {
-  if (frame.hd.cid && frame.hd.role === (state.role || "user")) state.unconfirmed.delete(frame.hd.cid);
-  if (findItem("id", frame.hd.id)) return;  // already shown (a resend's original, sent to us again)
+  if (findItem("id", frame.hd.id)) return;  // already shown (replayed again after a reset)
   const text = frame.hd.event === "llm.invoke"
     ? `asks @llm: ${frame.bd.prompt || "(answer the conversation so far)"}`
     : frame.bd.text;
@@ -168,18 +136,24 @@ function onStored(frame) {
   item.dataset.id = frame.hd.id;
 }
 
+function answerOf(rid) {
+  let answer = state.answers.get(rid);
+  if (!answer) {
+    answer = new AnswerText();
+    state.answers.set(rid, answer);
+  }
+  return answer;
+}
+
 function onDelta(frame) {
   const item = botItem(frame.hd.rid);
-  const attempt = String(frame.hd.attempt || 1);
-  if (item.dataset.attempt !== attempt) {  // a generation taken over by another worker starts again
-    item.dataset.attempt = attempt;
-    textOf(item).textContent = "";
-  }
-  textOf(item).textContent += frame.bd.delta;
+  const answer = answerOf(frame.hd.rid);
+  if (answer.apply(frame)) textOf(item).textContent = answer.text;  // restarts, snapshots, deltas by seq
 }
 
 function onAnswer(frame) {
   const item = botItem(frame.hd.rid);
+  answerOf(frame.hd.rid).apply(frame);
   item.dataset.id = frame.hd.id;
   item.dataset.final = "true";  // the stored answer: its text will not change any more
   item.dataset.state = frame.bd.finish_reason === "stop" ? "done" : frame.bd.finish_reason;
@@ -190,6 +164,7 @@ function onAnswer(frame) {
 
 function onBotError(frame) {
   const item = botItem(frame.hd.rid);
+  answerOf(frame.hd.rid).apply(frame);
   item.dataset.state = "error";
   item.querySelector("button")?.remove();
   failure(item, frame.bd);
@@ -202,10 +177,8 @@ function failure(item, { code, message }) {
   item.append(note);
 }
 
-function onRefusal(frame) {
-  const { code, message, cid } = frame.bd;
-  // "busy" refuses the bot's answer, not the message: that one is stored and comes back as usual.
-  if (cid && code !== "busy") state.unconfirmed.delete(cid);
+function onRefusal(frame) {  // one that answers none of our sends, e.g. "busy" after an @llm message
+  const { code, message } = frame.bd;
   addNotice(`${code}: ${message}`);
 }
 
@@ -213,16 +186,13 @@ function onRefusal(frame) {
 
 function say(text) {
   if (!text.trim()) return;
-  const cid = "c-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 8);
-  state.unconfirmed.set(cid, text);
   ui.input.value = "";
-  send({ event: "chat.message", cid }, { text });  // when not connected: sent on session.ready
+  // Sent now, or after the next (re)connection; again after a drop until the server has it.
+  state.room.send(text).catch(refused);
 }
 
-function send(hd, bd) {
-  if (state.ready && state.socket.readyState === WebSocket.OPEN) {
-    state.socket.send(JSON.stringify({ hd, bd }));
-  }
+function refused(error) {
+  if (error.code !== "closed") addNotice(`${error.code}: ${error.message}`);
 }
 
 // ---- showing ----
@@ -260,7 +230,7 @@ function botItem(rid) {
     item.dataset.state = "streaming";
     const stop = document.createElement("button");
     stop.textContent = "Stop";
-    stop.addEventListener("click", () => send({ event: "llm.cancel" }, { rid }));
+    stop.addEventListener("click", () => state.room.cancel(rid).catch(refused));
     item.append(stop);
   }
   return item;

@@ -13,7 +13,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from server.docs_routes import openapi_document
-from tests.support.schemas import check_server_frame
+from tests.support.schemas import ROOT, check_server_frame
 from tests.support.server_process import ServerProcess
 
 SECRET = "s3cret-for-the-docs-tests-0123456789abcdef"
@@ -42,6 +42,14 @@ async def test_the_page_and_its_files_are_served(http: httpx.AsyncClient) -> Non
         assert response.status_code == 200 and media in response.headers["content-type"]
         assert path in page.text
     assert (await http.get("/static/nothing.js")).status_code == 404
+
+
+async def test_the_javascript_client_is_served_for_the_page_to_import(http: httpx.AsyncClient) -> None:
+    module = await http.get("/client/chat-relay.js")
+    assert module.status_code == 200 and module.headers["content-type"].startswith("text/javascript")
+    assert module.content == (ROOT / "client" / "js" / "chat-relay.js").read_bytes()
+    assert 'from "/client/chat-relay.js"' in (await http.get("/static/app.js")).text
+    assert '<script type="module" src="/static/app.js">' in (await http.get("/")).text
 
 
 class Described:
@@ -112,11 +120,12 @@ async def test_the_routes_answer_as_the_document_says(http: httpx.AsyncClient, r
         ("/v1/session", await http.post("/v1/session", json={"ttl_s": 0})),
         ("/openapi.json", await http.get("/openapi.json")),
         ("/", await http.get("/")),
+        ("/client/chat-relay.js", await http.get("/client/chat-relay.js")),
         (history, await http.delete(f"/api/chat/history/{room}")),
         (history, await http.delete(f"/api/chat/history/{room}")),
     ]
     assert [r.status_code for _, r in calls] == [200, 200, 404, 201, 201, 400, 413, 200, 200, 400, 200, 200, 400,
-                                                 200, 201, 201, 400, 200, 200, 204, 404]
+                                                 200, 201, 201, 400, 200, 200, 200, 204, 404]
     for template, response in calls:
         described.check(template, response)
     check_server_frame(published.json())  # what members receive, as the AsyncAPI document says

@@ -1,0 +1,52 @@
+// The pure parts of the client: merging a generation's text, comparing stream ids. No server.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { AnswerText, compareIds } from "../chat-relay.js";
+
+const streaming = (seq, delta, attempt) => ({ hd: { event: "llm.streaming", rid: "g-1", reply_to: "1-0", seq, ...(attempt ? { attempt } : {}) }, bd: { delta } });
+const snapshot = (seq, text) => ({ hd: { event: "llm.snapshot", rid: "g-1", reply_to: "1-0", seq }, bd: { text } });
+
+test("deltas are merged by seq, whatever order and however often they arrive", () => {
+  const answer = new AnswerText();
+  assert.deepEqual(answer.apply(streaming(0, "A ")), { text: "A ", delta: "A ", reset: false });
+  assert.equal(answer.apply(streaming(2, "stream")), null);  // waits for seq 1
+  assert.deepEqual(answer.apply(streaming(1, "long ")), { text: "A long stream", delta: "long stream", reset: false });
+  assert.equal(answer.apply(streaming(1, "long ")), null);  // a repeat changes nothing
+  assert.equal(answer.text, "A long stream");
+});
+
+test("a snapshot gives the text up to its seq, and later deltas continue it", () => {
+  const answer = new AnswerText();
+  answer.apply(streaming(3, "!"));
+  assert.deepEqual(answer.apply(snapshot(2, "one two three")), { text: "one two three!", delta: "one two three!", reset: false });
+  assert.equal(answer.apply(snapshot(1, "one two")), null);  // older than what is there
+  assert.equal(answer.apply(streaming(2, "three")), null);
+  answer.apply(streaming(4, "?"));
+  assert.equal(answer.text, "one two three!?");
+});
+
+test("a higher attempt starts the text over and a stale attempt's frames are ignored", () => {
+  const answer = new AnswerText();
+  answer.apply(streaming(0, "first try"));
+  assert.deepEqual(answer.apply(streaming(0, "second", 2)), { text: "second", delta: "second", reset: true });
+  assert.equal(answer.apply(streaming(1, " stale")), null);
+  assert.equal(answer.attempt, 2);
+  assert.equal(answer.text, "second");
+});
+
+test("the final llm.response's text is the answer, and nothing changes it after", () => {
+  const answer = new AnswerText();
+  answer.apply(streaming(0, "par"));
+  const response = { hd: { event: "llm.response", id: "2-0", rid: "g-1", reply_to: "1-0" }, bd: { text: "partial", finish_reason: "stop" } };
+  assert.deepEqual(answer.apply(response), { text: "partial", delta: "tial", reset: false });
+  assert.equal(answer.final, response);
+  assert.equal(answer.apply(streaming(1, "more")), null);
+});
+
+test("stream ids compare as numbers, part by part", () => {
+  assert.equal(compareIds("9-0", "10-0"), -1);
+  assert.equal(compareIds("10-2", "10-10"), -1);
+  assert.equal(compareIds("10", "10-0"), 0);
+  assert.equal(compareIds("18446744073709551615-1", "18446744073709551615-0"), 1);
+});
