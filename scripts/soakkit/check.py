@@ -15,8 +15,10 @@ The promises checked (README "Failure modes", "Resume", "Exactly-once sending", 
 - **terminal**: every question (a stored ``llm.invoke``) ends with exactly one terminal event: one stored
   ``llm.response`` replying to it, or an ``llm.error`` for it (broadcast, not stored: seen by a client, or
   remembered by Redis as ended), never both, never none, never two responses.
-- **overlapping**: two generations of one room streaming at once (a delta of one between a delta of the
-  other and its terminal event), as any client saw it.
+- **overlapping**: two generations of one room streaming at once (their deltas interleave), as any client
+  saw it. A generation whose worker died stops streaming; another question may take the room once its
+  lease has run out with no worker alive to take it over (README "One answer per room, fenced"): that
+  one streams after it, not with it.
 """
 
 from __future__ import annotations
@@ -196,11 +198,20 @@ def _check_terminals(room: str, entries: list[Stored], records: list[ClientRecor
 
 
 def _check_overlap(record: ClientRecord, report: Report) -> None:
-    streaming: str | None = None
+    """Two generations stream at once when their deltas interleave: a delta of one, then of another (which
+    may just have taken over a room whose generation died: allowed), then of the first again before the
+    second ended."""
+    current: str | None = None
+    ended: set[str] = set()
+    interrupted: set[str] = set()  # rids whose stream another generation's delta followed before they ended
     for kind, rid, _reply_to in record.llm_events:
-        if kind == "delta":
-            if streaming is not None and streaming != rid:
-                report.overlapping.append(f"{record.room}/{record.role}: {rid} streamed while {streaming} did")
-            streaming = rid
-        elif kind == "reset" or rid == streaming:
-            streaming = None
+        if kind == "reset":
+            current, interrupted = None, set()
+        elif kind == "end":
+            ended.add(rid)
+        else:
+            if current is not None and current != rid and current not in ended:
+                if rid in interrupted:
+                    report.overlapping.append(f"{record.room}/{record.role}: {rid} streamed while {current} did")
+                interrupted.add(current)
+            current = rid

@@ -132,14 +132,22 @@ def test_an_llm_error_nobody_saw_ends_a_question_when_redis_marked_its_rid_ended
     assert run([QUESTION], record, ended={"g-1"}).ok
 
 
-def test_two_generations_streaming_at_once_overlap() -> None:
+def test_two_generations_whose_deltas_interleave_overlap() -> None:
     record = client(role="B")
-    record.llm_events += [("delta", "g-1", "1-0"), ("delta", "g-2", "2-0")]
-    assert run([], record).overlapping == ["r/B: g-2 streamed while g-1 did"]
+    record.llm_events += [("delta", "g-1", "1-0"), ("delta", "g-2", "2-0"), ("delta", "g-1", "1-0")]
+    assert run([], record).overlapping == ["r/B: g-1 streamed while g-2 did"]
 
 
-def test_a_generation_after_the_previous_ended_or_after_a_reconnect_does_not_overlap() -> None:
+def test_a_generation_after_the_previous_ended_or_stopped_for_good_does_not_overlap() -> None:
     record = client(role="B")
     record.llm_events += [("delta", "g-1", "1-0"), ("end", "g-1", "1-0"), ("delta", "g-2", "2-0"),
-                          ("reset", "", ""), ("delta", "g-3", "3-0"), ("delta", "g-3", "3-0")]
+                          ("delta", "g-3", "3-0"), ("end", "g-2", "2-0"), ("delta", "g-3", "3-0"),
+                          ("end", "g-3", "3-0"), ("delta", "g-2", "2-0")]
+    assert run([], record).ok
+
+
+def test_a_reconnect_forgets_which_stream_was_interrupted() -> None:
+    record = client(role="B")
+    record.llm_events += [("delta", "g-1", "1-0"), ("delta", "g-2", "2-0"), ("reset", "", ""),
+                          ("delta", "g-1", "1-0")]
     assert run([], record).ok
