@@ -11,6 +11,8 @@
 #   scripts/test.sh clients               the tests marked `clients` (newman, Node, Chromium)
 #   scripts/test.sh unit integration      several stages, in the order given
 #   scripts/test.sh integration -- -k outlet   what follows `--` goes to each pytest stage
+#   scripts/test.sh integration -- tests/server/test_stall.py   paths there (tests/...) replace the
+#                                         stage's own (tests, tests/unit): only those tests run
 #
 # First (once, then only when pyproject.toml changes): a virtualenv in .venv with the package and its
 # test extras; .venv/.installed-pyproject holds the hash of the pyproject.toml it was installed for.
@@ -58,6 +60,14 @@ need_redis() {
     fi
 }
 
+# Whether the pytest options name test paths of their own (then a stage runs those, not all of its tests).
+names_paths() {
+    for arg in "$@"; do
+        case "$arg" in tests|tests/*) return 0 ;; esac
+    done
+    return 1
+}
+
 unit_ran=""
 run_stage() {
     stage=$1
@@ -66,15 +76,18 @@ run_stage() {
         lint) .venv/bin/ruff check . ;;
         types) .venv/bin/mypy ;;
         unit)
-            .venv/bin/pytest tests/unit --cov --cov-report= "$@"
+            if names_paths "$@"; then where=""; else where="tests/unit"; fi
+            # shellcheck disable=SC2086  # no word, or one
+            .venv/bin/pytest $where --cov --cov-report= "$@"
             echo "unit coverage: $(.venv/bin/coverage report --format=total) %"
             unit_ran=yes
             ;;
         integration)
             need_redis
             append=$([ -n "$unit_ran" ] && echo --cov-append || echo "")
-            # shellcheck disable=SC2086  # no word, or one
-            .venv/bin/pytest tests --ignore=tests/unit -m "not clients" --cov --cov-report= $append "$@"
+            if names_paths "$@"; then where=""; else where="tests --ignore=tests/unit"; fi
+            # shellcheck disable=SC2086  # none, one or a few words
+            .venv/bin/pytest $where -m "not clients" --cov --cov-report= $append "$@"
             if [ -n "$unit_ran" ] && [ $# -eq 0 ]; then  # both stages whole: the floor applies
                 .venv/bin/coverage report --skip-covered --sort=cover
                 echo "unit + integration coverage: $(.venv/bin/coverage report --format=total) % (floor: $COVERAGE_FLOOR %)"
@@ -89,7 +102,9 @@ run_stage() {
         clients)
             need_redis
             scripts/install_client_tools.sh
-            .venv/bin/pytest tests -m clients "$@"
+            if names_paths "$@"; then where=""; else where="tests"; fi
+            # shellcheck disable=SC2086  # no word, or one
+            .venv/bin/pytest $where -m clients "$@"
             ;;
     esac
 }
