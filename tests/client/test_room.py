@@ -1,0 +1,155 @@
+"""The Python client against real server processes and a real Redis: send, read, ask, cancel,
+refusals, and a server killed and started again under traffic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from client import RelayError, connect
+from server.store.keys import stream_key
+from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange
+
+WAIT_S = 20.0
+
+
+def base(server: ServerProcess) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def next_frame(room: Any, event: str) -> dict[str, Any]:
+    """The next frame of ``room`` with ``event``, skipping the others."""
+    async with asyncio.timeout(WAIT_S):
+        async for frame in room:
+            if frame["hd"].get("event") == event:
+                return dict(frame)
+    raise AssertionError(f"the room ended before a {event} frame")
+
+
+def stored_frames(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(id, text)`` of the stored chat messages among ``frames``."""
+    return [(f["hd"]["id"], f["bd"]["text"]) for f in frames
+            if f["hd"].get("event") == "chat.message" and "id" in f["hd"]]
+
+
+def stream_texts(rdb: redis.Redis, room: str) -> list[tuple[str, str]]:
+    return [(entry_id, orjson.loads(fields["body"])["bd"]["text"]) for entry_id, fields in xrange(rdb, stream_key(room))
+            if orjson.loads(fields["body"])["hd"]["event"] == "chat.message"]
+
+
+async def test_send_returns_the_stored_envelope_and_every_member_reads_it(server: ServerProcess, room: str,
+                                                                          rdb: redis.Redis) -> None:
+    async with connect(base(server), room, role="A") as a, connect(base(server), room, role="B") as b:
+        ready = await next_frame(b, "session.ready")
+        assert ready["bd"]["recovered"] is True and b.role == "B"
+        sent = await a.send("hello", mood="cheerful")
+        assert sent["hd"]["role"] == "A" and sent["bd"] == {"text": "hello", "mood": "cheerful"}
+        assert sent["hd"]["cid"].startswith("c-")
+        received = await next_frame(b, "chat.message")
+        assert received == sent
+        assert b.last_id == sent["hd"]["id"] and b.epoch is None  # the room had no stream when B joined
+        assert stream_texts(rdb, room) == [(sent["hd"]["id"], "hello")]
+        assert {m["role"] for m in b.members} == {"A", "B"}
+    async with connect(base(server), room, last_id="0") as c:
+        assert [f["hd"]["event"] for f in [await anext(c), await anext(c)]] == ["session.ready", "chat.message"]
+        assert c.epoch == rdb.get(f"chat:epoch:{room}") and c.last_id == sent["hd"]["id"] and c.role == "user"
+
+
+async def test_several_senders_and_one_reader_share_a_room_object(server: ServerProcess, room: str,
+                                                                  rdb: redis.Redis) -> None:
+    async with connect(base(server), room, role="A") as a:
+        sent = await asyncio.gather(*(a.send(f"m{n}") for n in range(20)))
+        assert len({s["hd"]["id"] for s in sent}) == 20
+        frames = []
+        async with asyncio.timeout(WAIT_S):
+            async for frame in a:
+                frames.append(frame)
+                if len(stored_frames(frames)) == 20:
+                    break
+        assert frames[0]["hd"]["event"] == "session.ready"
+        assert stored_frames(frames) == stream_texts(rdb, room)
+        assert sorted(stored_frames(frames)) == sorted((s["hd"]["id"], s["bd"]["text"]) for s in sent)
+
+
+async def test_a_refused_message_raises_relay_error_with_its_code(server: ServerProcess, room: str) -> None:
+    async with connect(base(server), room, role="A") as a:
+        with pytest.raises(RelayError) as refused:
+            await a.send("   ")
+        assert refused.value.code == "empty_text" and refused.value.message
+        assert refused.value.frame is not None and refused.value.frame["hd"]["event"] == "error"
+        assert (await a.send("still here"))["bd"]["text"] == "still here"
+
+
+async def test_a_refused_handshake_raises_relay_error(server: ServerProcess, room: str) -> None:
+    with pytest.raises(RelayError) as refused:
+        async with connect(base(server), room, role="llm"):
+            pass
+    assert refused.value.code == "reserved_role"
+
+
+async def test_ask_returns_the_stored_answer_and_ask_stream_yields_it_growing(server: ServerProcess, room: str,
+                                                                              rdb: redis.Redis) -> None:
+    async with connect(base(server), room, role="A") as a:
+        await a.send("Redis Streams are append-only logs")
+        answer = await a.ask("what are streams?")
+        assert answer["hd"]["event"] == "llm.response" and answer["bd"]["finish_reason"] == "stop"
+        assert answer["hd"]["id"] == xrange(rdb, stream_key(room))[-1][0]
+        texts = [text async for text in a.ask_stream("and consumer groups?")]
+        assert len(texts) > 1 and all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+        final = xrange(rdb, stream_key(room))[-1][1]
+        assert texts[-1] == orjson.loads(final["body"])["bd"]["text"]
+
+
+async def test_cancel_ends_a_generation_and_a_busy_ask_is_refused(server: ServerProcess, room: str) -> None:
+    async with connect(base(server), room, role="A") as a, connect(base(server), room, role="B") as b:
+        asking = asyncio.create_task(a.ask("#long tell me everything"))
+        streaming = await next_frame(b, "llm.streaming")
+        with pytest.raises(RelayError) as busy:
+            await b.ask("me too")
+        assert busy.value.code == "busy"
+        ended = await b.cancel(streaming["hd"]["rid"])
+        assert ended["hd"]["event"] == "llm.response" and ended["bd"]["finish_reason"] == "cancelled"
+        assert (await asking) == ended
+        with pytest.raises(RelayError) as unknown:
+            await b.cancel(streaming["hd"]["rid"])
+        assert unknown.value.code == "unknown_generation"
+
+
+async def test_a_server_killed_and_started_again_loses_and_repeats_nothing(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url)
+    total, kill_after = 30, 10
+    async with connect(base(node), room, role="A") as sender, connect(base(node), room, role="B") as reader:
+        read: list[dict[str, Any]] = []
+        killed = asyncio.Event()
+
+        async def read_all() -> None:
+            async for frame in reader:
+                read.append(frame)
+                if len(stored_frames(read)) == kill_after and not killed.is_set():
+                    killed.set()
+                    node.kill()  # SIGKILL: no close frame, no goodbye
+                    await asyncio.to_thread(node.start)  # the same port
+                if len(stored_frames(read)) == total:
+                    return
+
+        reading = asyncio.create_task(read_all())
+        sent = []
+        async with asyncio.timeout(60):
+            for n in range(total):
+                sent.append(await sender.send(f"m{n}"))
+            await reading
+        assert killed.is_set()
+        stream = stream_texts(rdb, room)
+        assert [text for _, text in stream] == [f"m{n}" for n in range(total)]  # each once, in order
+        assert [(s["hd"]["id"], s["bd"]["text"]) for s in sent] == stream
+        assert stored_frames(read) == stream
+        readies = [f for f in read if f["hd"]["event"] == "session.ready"]
+        assert len(readies) >= 2 and all(f["bd"]["recovered"] for f in readies)
+        assert sender.last_id == reader.last_id == stream[-1][0]
