@@ -4,6 +4,7 @@ refusals, and a server killed and started again under traffic."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -101,7 +102,7 @@ async def test_ask_returns_the_stored_answer_and_ask_stream_yields_it_growing(se
         assert answer["hd"]["event"] == "llm.response" and answer["bd"]["finish_reason"] == "stop"
         assert answer["hd"]["id"] == xrange(rdb, stream_key(room))[-1][0]
         texts = [text async for text in a.ask_stream("and consumer groups?")]
-        assert len(texts) > 1 and all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+        assert len(texts) > 1 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
         final = xrange(rdb, stream_key(room))[-1][1]
         assert texts[-1] == orjson.loads(final["body"])["bd"]["text"]
 
