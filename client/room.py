@@ -103,6 +103,11 @@ class Room:
         return [dict(member) for member in self._state.members]
 
     @property
+    def conn(self) -> str | None:
+        """This connection's id in the room (``session.ready``'s ``hd.conn``; it changes on reconnect)."""
+        return self._state.conn
+
+    @property
     def role(self) -> str:
         """The role the server bound the connection to (``user`` when none)."""
         return self._state.role
