@@ -25,6 +25,7 @@ def root_handler() -> Iterator[logging.StreamHandler[io.StringIO]]:
     root = logging.getLogger()
     handler = logging.StreamHandler(io.StringIO())
     saved, level, node = root.handlers[:], root.level, logs._node[:]
+    logs._node[:] = []  # as in a process that has built no relay yet
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG)
     logs.setup(logging.DEBUG, "json", (ADMIN,))  # (the level is basicConfig's: set only on a root with no handler)
