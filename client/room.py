@@ -78,11 +78,11 @@ class Room:
         self._state = RoomState(last_id=last_id, epoch=epoch if last_id is not None else None)
         self._pending: dict[str, _Pending] = {}
         self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
-        self._listeners: set[asyncio.Queue[Frame]] = set()
+        self._listeners: set[asyncio.Queue[Frame | None]] = set()  # None: the room ended
         self._ws: ClientConnection | None = None
         self._connection = 0  # how many connections reached session.ready
         self._ready = False
-        self._pump: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._ended: RelayError | None = None
 
@@ -122,10 +122,10 @@ class Room:
         its stored ``llm.response``; :class:`RelayError` on ``busy`` or on the answer's ``llm.error``."""
         async with self._listening() as frames:
             question = await self._invoke(prompt)
-            async for frame in _answer_frames(frames, question):
+            async for frame in self._answer_frames(frames, question):
                 if event_of(frame) in TERMINAL_EVENTS:
                     return _outcome(frame)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable: an answer's frames end with its terminal frame")  # pragma: no cover
 
     async def ask_stream(self, prompt: str | None = None) -> AsyncIterator[str]:
         """As :meth:`ask`, yielding the answer's whole text so far each time it grows (deltas merged by
@@ -134,7 +134,7 @@ class Room:
         async with self._listening() as frames:
             question = await self._invoke(prompt)
             answer = Answer()
-            async for frame in _answer_frames(frames, question):
+            async for frame in self._answer_frames(frames, question):
                 if event_of(frame) == Event.LLM_ERROR:
                     _outcome(frame)
                 if answer.apply(frame):
@@ -214,14 +214,27 @@ class Room:
         timer.add_done_callback(self._timers.discard)
 
     @contextlib.asynccontextmanager
-    async def _listening(self) -> AsyncIterator[asyncio.Queue[Frame]]:
-        """Every frame delivered while the block runs (besides the reader's queue)."""
-        frames: asyncio.Queue[Frame] = asyncio.Queue()
+    async def _listening(self) -> AsyncIterator[asyncio.Queue[Frame | None]]:
+        """Every frame delivered while the block runs (besides the reader's queue); None when the room ends."""
+        frames: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._listeners.add(frames)
         try:
             yield frames
         finally:
             self._listeners.discard(frames)
+
+    async def _answer_frames(self, frames: asyncio.Queue[Frame | None], question: Frame) -> AsyncIterator[Frame]:
+        """The frames of the bot's answer to ``question`` (the stored ``llm.invoke``), up to its end."""
+        question_id = stored_id(question)
+        while True:
+            frame = await frames.get()
+            if frame is None:
+                assert self._ended is not None
+                raise self._ended
+            if frame["hd"].get("reply_to") == question_id and str(event_of(frame)).startswith("llm."):
+                yield frame
+                if event_of(frame) in TERMINAL_EVENTS:
+                    return
 
     # -- the pump -----------------------------------------------------------------------------------
 
@@ -233,18 +246,12 @@ class Room:
                               open_timeout=OPEN_TIMEOUT_S, max_size=None, compression=None)
         self._state.connection_opened()
         try:
-            async for raw in ws:
-                frame = _parse(raw)
-                if event_of(frame) != Event.SESSION_READY:
-                    self._state.hold(frame)
-                    continue
-                self._ws, self._ready = ws, True
-                self._connection += 1
-                for delivered in self._state.ready(frame):
-                    self._deliver(delivered)
-                return
-            assert ws.close_exc is not None  # the iteration ended: the connection is closed
-            raise ws.close_exc
+            while event_of(frame := _parse(await ws.recv())) != Event.SESSION_READY:
+                self._state.hold(frame)  # the resume's replay
+            self._ws, self._ready = ws, True
+            self._connection += 1
+            for delivered in self._state.ready(frame):
+                self._deliver(delivered)
         except BaseException:
             await ws.close()
             raise
@@ -252,6 +259,13 @@ class Room:
     async def _resend(self) -> None:
         for pending in list(self._pending.values()):
             await self._write(pending)
+
+    async def _pump(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:  # a bug, or a frame that is not JSON: the room ends, it never hangs
+            log.exception("room %s: the client failed", self.sid)
+            self._end(RelayError("closed", f"the client failed: {exc!r}"))
 
     async def _run(self) -> None:
         failures = 0
@@ -318,6 +332,8 @@ class Room:
             if not pending.future.done():
                 pending.future.set_exception(error)
         self._frames.put_nowait(None)
+        for listener in self._listeners:
+            listener.put_nowait(None)
 
     async def _start(self) -> None:
         try:
@@ -327,13 +343,13 @@ class Room:
             if refusal is not None:
                 raise refusal from None
             raise
-        self._pump = asyncio.get_running_loop().create_task(self._run(), name=f"room {self.sid}")
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"room {self.sid}")
 
     async def _stop(self) -> None:
-        for task in (self._pump, *self._timers):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._pump, *self._timers) if t is not None), return_exceptions=True)
+        tasks = [task for task in (self._pump_task, *self._timers) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
         if self._ended is None:
@@ -355,17 +371,6 @@ async def connect(url: str, sid: str, *, role: str | None = None, token: str | N
         yield room
     finally:
         await room._stop()
-
-
-async def _answer_frames(frames: asyncio.Queue[Frame], question: Frame) -> AsyncIterator[Frame]:
-    """The frames of the bot's answer to ``question`` (the stored ``llm.invoke``), up to its end."""
-    question_id = stored_id(question)
-    while True:
-        frame = await frames.get()
-        if frame["hd"].get("reply_to") == question_id and str(event_of(frame)).startswith("llm."):
-            yield frame
-            if event_of(frame) in TERMINAL_EVENTS:
-                return
 
 
 def _outcome(frame: Frame) -> Frame:

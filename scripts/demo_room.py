@@ -5,9 +5,9 @@
 
 Without ``--url`` the demo starts a server in this process on the embedded store and the offline
 scripted LLM (no Redis, no network, no API key), and stops it at the end. It connects A and B to a
-fresh room through the Python client (:mod:`client`), prints the conversation as A's connection receives it (the bot's answer piece by piece,
-as it streams), then the room's stored history from the HTTP API, and exits 0; 1 when the server
-does not answer as expected.
+fresh room through the Python client (:mod:`client`), prints the conversation as A's connection
+receives it (the bot's answer piece by piece, as it streams), then the room's stored history from
+the HTTP API, and exits 0; 1 when the server does not answer as expected.
 """
 
 from __future__ import annotations

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
 
 from client import RelayError, connect
+from client.state import id_key
 from server.store.keys import stream_key
 from tests.support.server_process import ServerProcess
 from tests.support.streams import xrange
@@ -154,3 +157,39 @@ async def test_a_server_killed_and_started_again_loses_and_repeats_nothing(
         readies = [f for f in read if f["hd"]["event"] == "session.ready"]
         assert len(readies) >= 2 and all(f["bd"]["recovered"] for f in readies)
         assert sender.last_id == reader.last_id == stream[-1][0]
+
+
+async def test_a_message_refused_for_the_rate_is_sent_again_after_a_pause(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url, RATE_LIMIT_PER_SEC="20", RATE_LIMIT_BURST="3")
+    async with connect(base(node), room, role="A") as a:
+        sent = await asyncio.wait_for(asyncio.gather(*(a.send(f"m{n}") for n in range(5))), WAIT_S)
+        newest, refusals = max((s["hd"]["id"] for s in sent), key=id_key), []
+        async with asyncio.timeout(WAIT_S):
+            async for frame in a:
+                refusals += [frame] if frame["hd"]["event"] == "error" else []
+                if frame["hd"].get("id") == newest:
+                    break
+    assert sorted(text for _, text in stream_texts(rdb, room)) == [f"m{n}" for n in range(5)]  # each once
+    assert refusals == []  # they were the senders', answered by sending again
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{node.http}/metrics")).text
+    refused = re.search(r'^chat_errors_total\{code="rate_limited"\} ([0-9.]+)$', metrics, re.MULTILINE)
+    assert refused is not None and float(refused.group(1)) >= 2, metrics  # sent 5 at once, with a burst of 3
+
+
+async def test_a_close_that_says_do_not_reconnect_ends_the_room(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str) -> None:
+    node = start_server(REDIS_URL=redis_url, RATE_LIMIT_PER_SEC="0.1", RATE_LIMIT_BURST="2")
+    async with connect(base(node), room, role="A") as a:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(a.send(f"m{n}") for n in range(8)),
+                                                         return_exceptions=True), WAIT_S)
+        ended = [o for o in outcomes if isinstance(o, RelayError)]
+        assert ended and all(o.code == "closed" and o.close_code == 1008 for o in ended)
+        with pytest.raises(RelayError) as reading:
+            async with asyncio.timeout(WAIT_S):
+                async for _ in a:
+                    pass
+        assert reading.value.close_code == 1008
+        with pytest.raises(RelayError):
+            await a.send("after the end")
