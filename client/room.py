@@ -61,6 +61,7 @@ class _Pending:
     cid: str
     text: str
     settles: Callable[[Frame], bool]
+    by_cid: bool  # settled by a frame carrying its cid (its broadcast); else looked for in every frame
     ignored_codes: frozenset[str]  # refusals that are not its outcome (a stored mention's ``busy``)
     future: asyncio.Future[Frame]
     sent_on: int = -1  # the connection it was last sent on
@@ -178,7 +179,7 @@ class Room:
         cid = _new_cid()
         text = orjson.dumps({"hd": {"event": event, "cid": cid}, "bd": bd}).decode()
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        pending = _Pending(cid, text, settles or self._broadcast_of(cid), ignored_codes, future)
+        pending = _Pending(cid, text, settles or self._broadcast_of(cid), settles is None, ignored_codes, future)
         self._pending[cid] = pending
         try:
             if self._ready:
@@ -205,7 +206,7 @@ class Room:
         pending.refusals += 1
 
         async def later() -> None:
-            await asyncio.sleep(_delay(pending.refusals))
+            await asyncio.sleep(retry_delay_s(pending.refusals))
             if self._ready:
                 await self._write(pending)
 
@@ -287,14 +288,14 @@ class Room:
                                             close_code=close.code))
             log.info("room %s: connection lost (%s), reconnecting", self.sid, close.code if close else "no close")
             while True:
-                await asyncio.sleep(_delay(failures))
+                await asyncio.sleep(retry_delay_s(failures))
                 failures += 1
                 try:
                     await self._open()
                     failures = 0
                     break
                 except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
-                    refusal = _refusal(exc)
+                    refusal = refusal_of(exc)
                     if refusal is not None:
                         return self._end(refusal)
                     log.debug("room %s: reconnect failed: %r", self.sid, exc)
@@ -322,7 +323,13 @@ class Room:
             listener.put_nowait(frame)
 
     def _settle(self, frame: Frame) -> None:
-        for pending in self._pending.values():
+        """Give ``frame`` to the operation it is the outcome of: the send whose cid it carries (a lookup,
+        however many senders wait), or a cancel waiting for its generation's end."""
+        cid = frame["hd"].get("cid")
+        owner = self._pending.get(cid) if isinstance(cid, str) else None
+        candidates = [owner] if owner is not None and owner.by_cid else []
+        candidates += [pending for pending in self._pending.values() if not pending.by_cid]
+        for pending in candidates:
             if not pending.future.done() and pending.settles(frame):
                 pending.future.set_result(frame)
 
@@ -339,7 +346,7 @@ class Room:
         try:
             await self._open()
         except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
-            refusal = _refusal(exc)
+            refusal = refusal_of(exc)
             if refusal is not None:
                 raise refusal from None
             raise
@@ -388,7 +395,7 @@ def _parse(raw: str | bytes) -> Frame:
     return frame
 
 
-def _refusal(exc: BaseException) -> RelayError | None:
+def refusal_of(exc: BaseException) -> RelayError | None:
     """The handshake refusal ``exc`` is, unless it is worth retrying (the server is away, busy or full)."""
     if not isinstance(exc, InvalidStatus) or exc.response.status_code in RETRIED_HTTP_STATUSES:
         return None
@@ -399,6 +406,6 @@ def _refusal(exc: BaseException) -> RelayError | None:
         return RelayError("refused", f"the server refused the connection: HTTP {exc.response.status_code}")
 
 
-def _delay(failures: int) -> float:
+def retry_delay_s(failures: int) -> float:
     """The pause before retry ``failures`` (0, 1, ...): doubling from FIRST_DELAY_S to MAX_DELAY_S, jittered."""
     return min(MAX_DELAY_S, FIRST_DELAY_S * 2.0 ** min(failures, 10)) * random.uniform(0.5, 1.0)
