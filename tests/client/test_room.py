@@ -16,7 +16,7 @@ import redis
 
 from client import RelayError, connect
 from client.state import id_key
-from server.store.keys import stream_key
+from server.store.keys import epoch_key, stream_key
 from tests.support.server_process import ServerProcess
 from tests.support.streams import xrange
 
@@ -193,3 +193,33 @@ async def test_a_close_that_says_do_not_reconnect_ends_the_room(
         assert reading.value.close_code == 1008
         with pytest.raises(RelayError):
             await a.send("after the end")
+
+
+async def test_a_message_sent_while_the_server_is_away_is_stored_once_it_is_back(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url)
+    async with connect(base(node), room, role="A") as a:
+        await a.send("before")
+        node.kill()
+        sending = asyncio.create_task(a.send("while away"))  # sent into the void, or queued: either way again
+        await asyncio.to_thread(node.start)
+        sent = await asyncio.wait_for(sending, WAIT_S)
+        assert sent["bd"]["text"] == "while away"
+    assert [text for _, text in stream_texts(rdb, room)] == ["before", "while away"]
+
+
+async def test_a_resume_that_cannot_be_honoured_is_shown_to_the_reader(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    node = start_server(REDIS_URL=redis_url)
+    async with connect(base(node), room, role="A") as a, connect(base(node), room, role="B") as b:
+        first = await a.send("in the first epoch")
+        assert (await next_frame(b, "chat.message")) == first
+        node.kill()
+        rdb.delete(stream_key(room), epoch_key(room))  # the stream is lost while B is away
+        await asyncio.to_thread(node.start)
+        resumed = await next_frame(b, "session.ready")
+        assert resumed["bd"]["recovered"] is False and resumed["bd"]["last_id"] is None
+        again = await a.send("in the next epoch")
+        assert (await next_frame(b, "chat.message")) == again
+        assert b.last_id == again["hd"]["id"]
+    assert [text for _, text in stream_texts(rdb, room)] == ["in the next epoch"]
