@@ -214,6 +214,8 @@ def run_args(args: argparse.Namespace, prog: str = PROG) -> int:
     """Run with parsed arguments; return the exit status."""
     if not is_valid_room(args.room):
         return fail(prog, f"invalid room id {args.room!r}: use 1 to 64 characters among A-Z a-z 0-9 _ -")
+    if args.url is not None and not args.follow:
+        return fail(prog, "--url goes with --follow (the history itself is read from Redis)")
     if args.url is not None and not args.url.startswith(("ws://", "wss://")):
         return fail(prog, f"--url must start with ws:// or wss:// (got {args.url!r})")
     try:

@@ -1,9 +1,10 @@
-"""``chat-relay``: the relay's command line, one subcommand per task.
+"""chat-relay: the relay's command line, one subcommand per task.
 
-- ``chat-relay serve``: run the relay (what ``python -m server`` does), configured by the environment.
-- ``chat-relay history SID [--json] [--follow] [--participant ROLE]``: print a room's stored history
-  from Redis (:mod:`cli.history`, also ``scripts/check_redis_chat.py``).
-- ``chat-relay token SID ROLE [--ttl-s N]``: print a room token (:mod:`cli.token`).
+  chat-relay serve      run the relay (what `python -m server` does), configured by the environment
+  chat-relay history    print a room's stored history from Redis (also scripts/check_redis_chat.py)
+  chat-relay token      print a room token, creating the room as POST /v1/session does
+
+`chat-relay COMMAND --help` describes each.
 """
 
 from __future__ import annotations

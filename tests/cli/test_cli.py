@@ -150,3 +150,8 @@ def test_serve_runs_the_relay_until_sigterm(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert "Uvicorn running on" in (tmp_path / "serve.log").read_text()
+
+
+def test_history_takes_url_only_to_follow(room: str, redis_url: str) -> None:
+    result = run(COMMAND, "history", room, "--redis-url", redis_url, "--url", "ws://127.0.0.1:1")
+    assert result.returncode == 2 and result.stderr.startswith("chat-relay history: --url goes with --follow")
