@@ -243,7 +243,7 @@ class Room:
         """Connect and read up to ``session.ready`` (raises what the attempt raised)."""
         params = {"sid": self.sid, **({"role": self._role} if self._role else {}), **self._state.resume_params()}
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        ws = await ws_connect(f"{self.url}{PATH}?{urlencode(params)}", additional_headers=headers, proxy=None,
+        ws = await ws_connect(f"{self.url}{PATH}?{urlencode(params)}", additional_headers=headers,
                               open_timeout=OPEN_TIMEOUT_S, max_size=None, compression=None)
         self._state.connection_opened()
         try:
