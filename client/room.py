@@ -296,7 +296,7 @@ class Room:
                     break
                 except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                     refusal = refusal_of(exc)
-                    if refusal is not None:
+                    if refusal is not None and not worth_retrying(exc):
                         return self._end(refusal)
                     log.debug("room %s: reconnect failed: %r", self.sid, exc)
 
@@ -395,9 +395,14 @@ def _parse(raw: str | bytes) -> Frame:
     return frame
 
 
+def worth_retrying(exc: BaseException) -> bool:
+    """Whether a failed connection attempt may succeed later: the server is away, busy or full."""
+    return not isinstance(exc, InvalidStatus) or exc.response.status_code in RETRIED_HTTP_STATUSES
+
+
 def refusal_of(exc: BaseException) -> RelayError | None:
-    """The handshake refusal ``exc`` is, unless it is worth retrying (the server is away, busy or full)."""
-    if not isinstance(exc, InvalidStatus) or exc.response.status_code in RETRIED_HTTP_STATUSES:
+    """The relay's refusal of a handshake (its code and message), if ``exc`` is one."""
+    if not isinstance(exc, InvalidStatus):
         return None
     try:
         error = orjson.loads(exc.response.body or b"{}")["error"]

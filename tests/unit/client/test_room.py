@@ -7,7 +7,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from client.room import FIRST_DELAY_S, MAX_DELAY_S, refusal_of, retry_delay_s
+from client.room import FIRST_DELAY_S, MAX_DELAY_S, refusal_of, retry_delay_s, worth_retrying
 
 
 def refused(status: int, body: bytes) -> InvalidStatus:
@@ -15,23 +15,29 @@ def refused(status: int, body: bytes) -> InvalidStatus:
 
 
 def test_a_refused_handshake_is_a_relay_error_with_its_code() -> None:
-    error = refusal_of(refused(403, b'{"error": {"code": "role_mismatch", "message": "Not your role."}}'))
+    exc = refused(403, b'{"error": {"code": "role_mismatch", "message": "Not your role."}}')
+    error = refusal_of(exc)
     assert error is not None and (error.code, error.message) == ("role_mismatch", "Not your role.")
+    assert not worth_retrying(exc)
 
 
 def test_a_refusal_without_the_relay_s_body_still_says_what_happened() -> None:
     error = refusal_of(refused(404, b"<html>not found</html>"))
     assert error is not None and error.code == "refused" and "404" in error.message
+    assert not worth_retrying(refused(404, b""))
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_a_server_that_is_busy_full_or_away_is_tried_again(status: int) -> None:
-    assert refusal_of(refused(status, b'{"error": {"code": "unavailable", "message": "..."}}')) is None
+    exc = refused(status, b'{"error": {"code": "unavailable", "message": "Try again."}}')
+    assert worth_retrying(exc)
+    error = refusal_of(exc)  # what the first connection attempt raises: it is not retried
+    assert error is not None and error.code == "unavailable"
 
 
 def test_a_connection_that_failed_is_tried_again() -> None:
+    assert worth_retrying(ConnectionRefusedError()) and worth_retrying(TimeoutError())
     assert refusal_of(ConnectionRefusedError()) is None
-    assert refusal_of(TimeoutError()) is None
 
 
 def test_the_pause_doubles_from_the_first_to_the_longest_with_jitter() -> None:
