@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -48,6 +49,9 @@ RETRIED_CODES = frozenset({"rate_limited", "unavailable"})  # not stored: sent a
 FINAL_CLOSES = frozenset(close.code for close in CLOSES if close.reconnect is Reconnect.NO)
 TERMINAL_EVENTS = (Event.LLM_RESPONSE, Event.LLM_ERROR)
 RETRIED_HTTP_STATUSES = frozenset({429, 500, 502, 503, 504})
+TOKEN_EXPIRED = 4001
+
+Token = str | Callable[[], str | Awaitable[str]]  # a room token, or a function giving one for each connection
 
 
 def _new_cid() -> str:
@@ -71,7 +75,7 @@ class _Pending:
 class Room:
     """A connection to one room that survives the server going away. Use :func:`connect`."""
 
-    def __init__(self, url: str, sid: str, *, role: str | None, token: str | None,
+    def __init__(self, url: str, sid: str, *, role: str | None, token: Token | None,
                  last_id: str | None, epoch: str | None) -> None:
         if not is_valid_room(sid):
             raise ValueError(f"invalid room id {sid!r}: 1 to 64 characters among A-Z a-z 0-9 _ -")
@@ -242,7 +246,8 @@ class Room:
     async def _open(self) -> None:
         """Connect and read up to ``session.ready`` (raises what the attempt raised)."""
         params = {"sid": self.sid, **({"role": self._role} if self._role else {}), **self._state.resume_params()}
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        token = await self._credential()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         ws = await ws_connect(f"{self.url}{PATH}?{urlencode(params)}", additional_headers=headers,
                               open_timeout=OPEN_TIMEOUT_S, max_size=None, compression=None)
         self._state.connection_opened()
@@ -256,6 +261,12 @@ class Room:
         except BaseException:
             await ws.close()
             raise
+
+    async def _credential(self) -> str | None:
+        if not callable(self._token):
+            return self._token
+        token = self._token()
+        return await token if inspect.isawaitable(token) else token
 
     async def _resend(self) -> None:
         for pending in list(self._pending.values()):
@@ -283,8 +294,9 @@ class Room:
             if close is not None and close.code in FINAL_CLOSES:
                 return self._end(RelayError("closed", f"the server closed the connection: {close.code} "
                                                       f"{close.reason}".strip(), close_code=close.code))
-            if close is not None and close.code == 4001:
-                return self._end(RelayError("closed", "the token expired (4001): connect again with a new one",
+            if close is not None and close.code == TOKEN_EXPIRED and not callable(self._token):
+                return self._end(RelayError("closed", "the token expired (4001): connect again with a new one, "
+                                                      "or give connect() a function that returns one",
                                             close_code=close.code))
             log.info("room %s: connection lost (%s), reconnecting", self.sid, close.code if close else "no close")
             while True:
@@ -364,10 +376,12 @@ class Room:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, sid: str, *, role: str | None = None, token: str | None = None,
+async def connect(url: str, sid: str, *, role: str | None = None, token: Token | None = None,
                   last_id: str | None = None, epoch: str | None = None) -> AsyncIterator[Room]:
     """The room ``sid`` on the relay at ``url`` (``ws://host:port``), joined as ``role`` (or with a room
     ``token``, sent as ``Authorization: Bearer``), resuming after ``last_id`` (of ``epoch``) if given.
+    ``token`` may be a function (or coroutine function) returning one: it is called for each
+    connection, so a connection closed because its token expired (4001) reconnects with a new one.
 
     Returns once the first ``session.ready`` has arrived; raises :class:`RelayError` when the handshake
     is refused (its code), ``OSError`` when the server cannot be reached. Then the room reconnects by

@@ -223,3 +223,26 @@ async def test_a_resume_that_cannot_be_honoured_is_shown_to_the_reader(
         assert (await next_frame(b, "chat.message")) == again
         assert b.last_id == again["hd"]["id"]
     assert [text for _, text in stream_texts(rdb, room)] == ["in the next epoch"]
+
+
+async def test_a_token_function_gives_each_connection_a_token_and_outlives_an_expiry(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    admin = "client-admin-key-0123456789"
+    node = start_server(REDIS_URL=redis_url, AUTH_SECRET="a-secret-of-the-client-tests-0123456789ab", ADMIN_KEY=admin)
+    issued = []
+
+    async def token() -> str:  # what a backend would hand out: a token of 2 seconds
+        async with httpx.AsyncClient() as http:
+            created = await http.post(f"{node.http}/v1/session", json={"sid": room, "ttl_s": 2},
+                                      headers={"Authorization": f"Bearer {admin}"})
+        issued.append(str(created.json()["tokens"]["A"]))
+        return issued[-1]
+
+    async with connect(base(node), room, token=token) as a:
+        first = await a.send("with the first token")
+        readies = [await next_frame(a, "session.ready"), await next_frame(a, "session.ready")]  # closed (4001)
+        assert [r["hd"]["role"] for r in readies] == ["A", "A"] and readies[1]["bd"]["recovered"] is True
+        second = await a.send("with the next one")
+    assert len(issued) >= 2 and len(set(issued)) == len(issued)
+    assert stream_texts(rdb, room) == [(first["hd"]["id"], "with the first token"),
+                                       (second["hd"]["id"], "with the next one")]
