@@ -5,9 +5,9 @@
 
 Without ``--url`` the demo starts a server in this process on the embedded store and the offline
 scripted LLM (no Redis, no network, no API key), and stops it at the end. It connects A and B to a
-fresh room, prints the conversation as A's connection receives it (the bot's answer piece by piece,
-as it streams), then the room's stored history from the HTTP API, and exits 0; 1 when the server
-does not answer as expected.
+fresh room through the Python client (:mod:`client`), prints the conversation as A's connection
+receives it (the bot's answer piece by piece, as it streams), then the room's stored history from
+the HTTP API, and exits 0; 1 when the server does not answer as expected.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
-from websockets.asyncio.client import ClientConnection, connect
 
+from client import RelayError, Room, connect
 from server.app import create_app
 from server.settings import Settings
 
@@ -74,7 +74,7 @@ async def main(url: str | None, room: str) -> int:
         print(f"room {room} on {base}\n")
         try:
             await converse(base, room, Printer())
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, RelayError) as exc:
             print(f"\ndemo: the server did not answer as expected: {exc!r}", file=sys.stderr)
             return 1
         print_history(base, room, await asyncio.to_thread(fetch_history, base, room))
@@ -110,60 +110,41 @@ async def serving(url: str | None) -> AsyncIterator[str]:
 
 
 async def converse(base: str, room: str, printer: Printer) -> None:
-    """A and B join; each line of :data:`SCRIPT` is said once the previous one has come back."""
-    async with (await join(base, room, "A") as a, await join(base, room, "B") as b):
-        b_reads = asyncio.create_task(drain(b))  # B reads its frames too, silently, until it closes
+    """A and B join; each line of :data:`SCRIPT` is said once the previous one has come back. The
+    client (:mod:`client`) stores each line once and hands A's frames over in order; B's wait in its
+    room object, unread, until it closes."""
+    async with connect(base, room, role="A") as a, connect(base, room, role="B") as b:
         await read_until(a, lambda f: f["hd"].get("event") == "presence.join", printer.show)
-        for n, (role, text) in enumerate(SCRIPT):
-            cid = f"demo-{n}"
-            await (a if role == "A" else b).send(json.dumps({"hd": {"event": "chat.message", "cid": cid},
-                                                             "bd": {"text": text}}))
-            said = await read_until(a, carries(cid), printer.show)
+        for role, text in SCRIPT:
+            said = await (a if role == "A" else b).send(text)
+            await read_until(a, carries(said["hd"]["id"]), printer.show)
             if "@llm" in text:
                 await read_until(a, answering(said), printer.show)
-    await b_reads
 
 
-async def join(base: str, room: str, role: str) -> ClientConnection:
-    ws = await connect(f"{base}/v1/session/chat?sid={room}&role={role}", open_timeout=TIMEOUT_S)
-    await read_until(ws, lambda frame: frame["hd"].get("event") == "session.ready")
-    return ws
-
-
-async def drain(ws: ClientConnection) -> None:
-    async for _ in ws:
-        pass
-
-
-def carries(cid: str) -> Callable[[Frame], bool]:
-    """Whether a frame is the broadcast of the message sent with ``cid``."""
-    return lambda frame: bool(frame["hd"].get("cid") == cid)
+def carries(entry_id: str) -> Callable[[Frame], bool]:
+    """Whether a frame is the broadcast of the stored message ``entry_id``."""
+    return lambda frame: bool(frame["hd"].get("id") == entry_id)
 
 
 def answering(question: Frame) -> Callable[[Frame], bool]:
     """Whether a frame ends the bot's answer to ``question``: its one terminal event, its
     ``llm.response`` or its ``llm.error``."""
-    rids: set[str] = set()
-
     def ends(frame: Frame) -> bool:
         hd: dict[str, Any] = frame["hd"]
-        if hd.get("reply_to") == question["hd"]["id"]:
-            rids.add(str(hd.get("rid")))
-        if hd.get("rid") not in rids:
-            return False
-        return hd.get("event") in ("llm.error", "llm.response")
+        return hd.get("reply_to") == question["hd"]["id"] and hd.get("event") in ("llm.error", "llm.response")
 
     return ends
 
 
-async def read_until(ws: ClientConnection, done: Callable[[Frame], bool],
-                     show: Callable[[Frame], None] = lambda frame: None) -> Frame:
-    """Frames from ``ws``, each shown, up to and including the first that is ``done``."""
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-        show(frame)
-        if done(frame):
-            return dict(frame)
+async def read_until(room: Room, done: Callable[[Frame], bool], show: Callable[[Frame], None]) -> Frame:
+    """Frames of ``room``, each shown, up to and including the first that is ``done``."""
+    async with asyncio.timeout(TIMEOUT_S):
+        async for frame in room:
+            show(frame)
+            if done(frame):
+                return frame
+    raise OSError("the connection ended")
 
 
 def history_url(base: str, room: str) -> str:

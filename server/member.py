@@ -252,8 +252,13 @@ class Member:
         self._awake = state is not DIRECT  # DIRECT is entered with no flush scheduled
         return state
 
+    @property
+    def _named(self) -> dict[str, str]:
+        """A log line's ``extra``: this member's room and connection, whichever task writes the line."""
+        return {"sid": self.room, "conn": self.conn}
+
     def _overflow(self, queued: int) -> None:
-        log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, queued)
+        log.warning("room %s: slow consumer disconnected (%d frames queued)", self.room, queued, extra=self._named)
         self._queue.clear()
         self._held = None
         self.close(SLOW_CONSUMER.code, SLOW_CONSUMER.reason)
@@ -293,7 +298,7 @@ class Member:
             self._history_may_go_on()
             return
         except Exception:
-            log.exception("room %s: write failed", self.room)
+            log.exception("room %s: write failed", self.room, extra=self._named)
         queue.clear()
         if self._drained is not None:
             self._drained.set()
@@ -307,14 +312,14 @@ class Member:
         try:
             end = await self._write()
         except (OSError, RuntimeError, Gone) as exc:  # the client went away mid-send
-            log.debug("room %s: writer stopped: %r", self.room, exc)
+            log.debug("room %s: writer stopped: %r", self.room, exc, extra=self._named)
             end = Trigger.GONE
         except asyncio.CancelledError:  # wait_closed() gave up on the client
             self._queue.clear()
             self._fire(Trigger.GONE)
             raise
         except Exception:
-            log.exception("room %s: writer failed", self.room)
+            log.exception("room %s: writer failed", self.room, extra=self._named)
             end = Trigger.GONE
         if end is Trigger.GONE:
             self._queue.clear()

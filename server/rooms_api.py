@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -39,17 +40,23 @@ def rooms_routes(auth: Auth, instances: RoomInstances, default_ttl_s: int) -> li
             if auth.enabled and not auth.is_admin(bearer(request.headers)):
                 raise ProtocolError("unauthorized", "Creating a room needs Authorization: Bearer <ADMIN_KEY>.")
             room, ttl_s = _options(await request.body(), default_ttl_s)
-            now = time.time()
-            instance = await instances.open(room, ttl_s + INSTANCE_MARGIN_S) if auth.enabled else ""
+            body = await open_room(auth, instances, room, ttl_s)
         except Exception as exc:
             return error_response(exc, request.method)
-        tokens = ({role: auth.issue(room, role, ttl_s, instance, now) for role in sorted(CLIENT_ROLES)}
-                  if auth.enabled else {})
-        expires_at = format_ts(int((now + ttl_s) * 1000)) if auth.enabled else None
-        body = {"sid": room, "tokens": tokens, "expires_at": expires_at}
         return Response(orjson.dumps(body), status_code=201, media_type="application/json")
 
     return [Route("/v1/session", create, methods=["POST"])]
+
+
+async def open_room(auth: Auth, instances: RoomInstances, room: str, ttl_s: int) -> dict[str, Any]:
+    """Create ``room`` (its instance, unless it has one) and its tokens, valid ``ttl_s`` seconds:
+    ``{"sid", "tokens": {"A", "B"}, "expires_at"}`` (no tokens with auth off). Also ``chat-relay token``'s."""
+    now = time.time()
+    instance = await instances.open(room, ttl_s + INSTANCE_MARGIN_S) if auth.enabled else ""
+    tokens = ({role: auth.issue(room, role, ttl_s, instance, now) for role in sorted(CLIENT_ROLES)}
+              if auth.enabled else {})
+    expires_at = format_ts(int((now + ttl_s) * 1000)) if auth.enabled else None
+    return {"sid": room, "tokens": tokens, "expires_at": expires_at}
 
 
 def _options(raw: bytes, default_ttl_s: int) -> tuple[str, int]:

@@ -17,12 +17,11 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TEXT_CHARS, Limits
-from server import redact
+from server import logs
 from server.ratelimit import RateLimit
 
 T = TypeVar("T")
 PROGRAM = "chat-relay"  # how ``python -m server`` names itself in its refusals
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -37,6 +36,7 @@ class Settings:
     redis_url: str | None = None  # None: the embedded in-process store
     redis_timeout_s: float = 10.0  # a Redis reply later than this fails its command (the store is unavailable)
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line (server/logs.py)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
@@ -160,6 +160,13 @@ def _log_level(name: str, raw: str) -> str:
     return level
 
 
+def _log_format(name: str, raw: str) -> str:
+    log_format = raw.strip().lower()
+    if log_format not in logs.FORMATS:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(logs.FORMATS)}")
+    return log_format
+
+
 def _redis_url(name: str, raw: str) -> str:
     url = raw.strip()
     if not url.startswith(("redis://", "rediss://", "unix://")):  # not echoed: it may hold a password
@@ -173,6 +180,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "port": _int(0, 65535),
     "redis_url": _redis_url,
     "log_level": _log_level,
+    "log_format": _log_format,
     "max_message_bytes": _int(256, 16 * 1024 * 1024),
     "max_text_chars": _int(1, 1024 * 1024),
     "stream_maxlen": _int(0, 2**31),
@@ -323,14 +331,13 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 def settings_or_exit(program: str, env: Mapping[str, str]) -> Settings:
     """The settings, or exit with status 2 and a one-line message naming the bad variable; then
-    logging is set up at their ``LOG_LEVEL``, every line redacted (:mod:`server.redact`)."""
+    logging is set up at their ``LOG_LEVEL`` in their ``LOG_FORMAT``, every line redacted (:mod:`server.logs`)."""
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
         print(f"{program}: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=log_level_number(settings.log_level), format=LOG_FORMAT)
-    redact.install(settings.secrets)
+    logs.setup(log_level_number(settings.log_level), settings.log_format, settings.secrets)
     return settings
 
 
@@ -343,9 +350,10 @@ def settings_from_environment(program: str = PROGRAM) -> Settings:
 def label_logs(label: str) -> None:
     """Every line this process writes from now on names ``label`` after its level (``node <id>`` in
     a worker process of ``WORKERS``: several processes write to one output)."""
-    formatter = logging.Formatter(LOG_FORMAT.replace("%(name)s", f"[{label.replace('%', '%%')}] %(name)s"))
+    formatter = logging.Formatter(logs.TEXT_FORMAT.replace("%(name)s", f"[{label.replace('%', '%%')}] %(name)s"))
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
+        if not isinstance(handler.formatter, logs.JsonFormatter):  # JSON lines carry the node already
+            handler.setFormatter(formatter)
 
 
 def log_level_number(level: str) -> int:

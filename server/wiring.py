@@ -26,6 +26,7 @@ import secrets
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from server import logs
 from server.appender import Appended, Appender
 from server.auth import Auth, RoomAccess
 from server.dispatch import Dispatcher
@@ -107,6 +108,7 @@ class Relay:
         self.settings = settings
         self.store = store
         self.node_id = secrets.token_hex(6)
+        logs.set_node(self.node_id)
         self.supervisor = Supervisor()
         self.auth = Auth(settings.auth_secret, settings.admin_key)
         self.access = RoomAccess(self.auth, store.instances)
@@ -133,6 +135,7 @@ class WorkerNode:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.node_id = "w" + secrets.token_hex(6)
+        logs.set_node(self.node_id)
         self.supervisor = Supervisor()
         self.parts = Parts(settings, store, self.node_id, None, max(settings.llm.workers, 1), _nobody_follows,
                            self.supervisor)

@@ -36,6 +36,7 @@ from protocol.envelope import frame_cid, parse_frame
 from protocol.errors import ERROR_CODES, ProtocolError, http_status, refusal_body
 from protocol.limits import Limits
 from protocol.names import CLIENT_ROLES, LLM_ROLE, is_valid_epoch, is_valid_room, is_valid_stream_id
+from server import logs
 from server.auth import Grant, RoomAccess, bearer
 from server.dispatch import Dispatcher
 from server.errors import error_code, error_for
@@ -83,6 +84,7 @@ class ChatEndpoint:
         last_id = query.get("last_id")
         resume = None if last_id is None else Resume(last_id, query.get("epoch"))
         member = Member(send, room, role, self._send_queue_max)
+        logs.bind(sid=room, conn=member.conn)  # this connection's task: its log lines name it
         member.hold()
         try:
             newest = await self._hub.join(member)

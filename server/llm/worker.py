@@ -80,6 +80,7 @@ from typing import Any, TypeVar
 from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_frame
 from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE
+from server import logs
 from server.appender import Appender
 from server.batching import Batcher
 from server.ephemeral import Ephemeral
@@ -346,6 +347,7 @@ class Worker:
 
     async def _serve(self, generation: Generation) -> None:
         request = generation.request
+        logs.bind(sid=request.room, rid=request.rid)  # this task's log lines name the generation
         try:
             generation.fire(Trigger.START)
             started = await self._locks.start(request.room, request.rid, self._settings.running_lease_ms)

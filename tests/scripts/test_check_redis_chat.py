@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from client import connect
 from server.store.keys import stream_key
 from tests.support.client import Client
 from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess
+from tests.support.streams import xrange, xrevrange
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check_redis_chat.py"
@@ -286,3 +288,38 @@ def test_follow_waits_on_an_empty_room_and_applies_the_participant_filter(
     assert seen == ["", "--- Message #1 ---", f"ID: {b_id}", "Participant: B", f"Content: {for_b}"]
     assert (status, stderr) == (0, "")
     assert rest == ["", "Messages per participant:", "  B: 1"]
+
+
+async def test_follow_with_url_takes_new_messages_from_the_relay_as_stored(
+    server: ServerProcess, room: str, rdb: redis.Redis, redis_url: str
+) -> None:
+    before = envelope("A", room, "before")
+    add(rdb, room, "A", before)
+    follower = Follower(room, "--redis-url", redis_url, "--json", "--url", f"ws://127.0.0.1:{server.port}")
+    try:
+        follower.read_until(json.dumps({"id": xrevrange_newest(rdb, room), "participant": "A",
+                                        "body": json.loads(before)}, separators=(",", ":")))
+        async with connect(f"ws://127.0.0.1:{server.port}", room, role="B") as b:
+            sent = [await b.send(text) for text in ("one", "two")]
+        seen = follower.read_until(json.dumps(json_entry(rdb, room, sent[-1]["hd"]["id"]), separators=(",", ":")))
+        status, rest, stderr = follower.interrupt()
+    finally:
+        follower.kill()
+    stored = [json_entry(rdb, room, entry_id) for entry_id, _ in xrange(rdb, stream_key(room))]
+    assert [json.loads(line) for line in seen] == stored[1:]  # each as stored, once, in order
+    assert (status, rest, stderr) == (0, [], "")
+
+
+def xrevrange_newest(rdb: redis.Redis, room: str) -> str:
+    return xrevrange(rdb, stream_key(room), count=1)[0][0]
+
+
+def json_entry(rdb: redis.Redis, room: str, entry_id: str) -> dict[str, object]:
+    """What --json prints for the stored entry ``entry_id``."""
+    [(_, fields)] = xrange(rdb, stream_key(room), entry_id, entry_id)
+    return {"id": entry_id, "participant": fields["participant"], "body": json.loads(fields["body"])}
+
+
+def test_url_must_be_a_websocket_url(room: str, redis_url: str) -> None:
+    result = run_script(room, "--redis-url", redis_url, "--follow", "--url", "http://127.0.0.1:1")
+    assert_one_line_error(result, "check_redis_chat.py: --url must start with ws://")

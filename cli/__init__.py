@@ -1,0 +1,1 @@
+"""The ``chat-relay`` command: ``serve``, ``history`` and ``token`` (:mod:`cli.main`)."""

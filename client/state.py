@@ -1,0 +1,106 @@
+"""What a client remembers of its room, and the rules that make resume and exactly-once invisible.
+
+Pure logic (no sockets, no asyncio): :class:`RoomState` is fed every frame the connections receive
+and answers which of them the caller sees.
+
+- **Cursor.** ``last_id`` is the id of the newest stored entry seen (or, after ``session.ready``, the
+  room's newest entry when the connection joined); ``epoch`` is the stream's epoch. A reconnect sends
+  both (:meth:`RoomState.resume_params`), so the server replays exactly what was missed.
+- **Each stored message once.** Stream ids only grow, so a stored frame whose id is not after the
+  cursor was seen already: the sender-only re-broadcast of a re-sent ``cid``, or an entry replayed
+  twice. It is dropped.
+- **A resume's replay** is held until its ``session.ready``, which the caller sees first: with
+  ``recovered: false`` the cursor could not be honoured, and the replay that follows is everything
+  retained (the caller replaces what it shows), so it is delivered whole and the cursor starts over.
+- **Members** follow ``session.ready`` and the presence frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.names import DEFAULT_ROLE, Event
+
+Frame = dict[str, Any]
+NOTHING = "0"  # the cursor of a client that has seen no entry: a resume from it replays everything
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq`` or ``ms``) as a tuple that sorts as the stream does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def event_of(frame: Frame) -> str | None:
+    hd = frame.get("hd")
+    event = hd.get("event") if isinstance(hd, dict) else None
+    return event if isinstance(event, str) else None
+
+
+def stored_id(frame: Frame) -> str | None:
+    """The stream id of a stored entry's frame (``hd.id``), None for frames that are not stored."""
+    entry_id = frame["hd"].get("id")
+    return entry_id if isinstance(entry_id, str) else None
+
+
+@dataclass
+class RoomState:
+    last_id: str | None = None  # the resume cursor (None: join fresh)
+    epoch: str | None = None
+    role: str = DEFAULT_ROLE  # the role the server bound the connection to (session.ready's hd.role)
+    conn: str | None = None
+    members: list[Frame] = field(default_factory=list)
+    _replay: list[Frame] = field(default_factory=list)
+
+    def resume_params(self) -> dict[str, str]:
+        """The query parameters of the next connection: ``last_id`` and ``epoch`` once known."""
+        params: dict[str, str] = {}
+        if self.last_id is not None:
+            params["last_id"] = self.last_id
+            if self.epoch is not None:
+                params["epoch"] = self.epoch
+        return params
+
+    def connection_opened(self) -> None:
+        """A new connection: what arrives before its ``session.ready`` is its resume's replay."""
+        self._replay = []
+
+    def hold(self, frame: Frame) -> None:
+        """A frame received before ``session.ready``: kept until it arrives."""
+        self._replay.append(frame)
+
+    def ready(self, frame: Frame) -> list[Frame]:
+        """``session.ready`` arrived: the frames the caller sees now (``session.ready`` first, then the
+        replay it ends), each stored one once."""
+        hd, bd = frame["hd"], frame["bd"]
+        self.role, self.conn = str(hd.get("role", DEFAULT_ROLE)), hd.get("conn")
+        self.members = [dict(member) for member in bd.get("members", [])]
+        self.epoch = bd.get("epoch")
+        newest = bd.get("last_id")
+        replay, self._replay = self._replay, []
+        if not bd.get("recovered", True):
+            self.last_id = None  # a fresh start: everything retained follows, seen before or not
+        delivered = [f for f in replay if self.admit(f)]
+        if newest is not None and (self.last_id is None or id_key(newest) > id_key(self.last_id)):
+            self.last_id = newest
+        if self.last_id is None:
+            self.last_id = NOTHING  # the room was empty: a resume replays all that came since
+        return [frame, *delivered]
+
+    def admit(self, frame: Frame) -> bool:
+        """Whether a live frame reaches the caller (False: a stored entry seen already); moves the
+        cursor past a stored entry, and follows presence."""
+        entry_id = stored_id(frame)
+        if entry_id is not None:
+            if self.last_id is not None and id_key(entry_id) <= id_key(self.last_id):
+                return False
+            self.last_id = entry_id
+            return True
+        event = event_of(frame)
+        if event == Event.PRESENCE_JOIN:
+            self.members.append({"role": frame["hd"].get("role"), "conn": frame["hd"].get("conn")})
+        elif event == Event.PRESENCE_LEAVE:
+            conn = frame["hd"].get("conn")
+            self.members = [member for member in self.members if member.get("conn") != conn]
+        return True

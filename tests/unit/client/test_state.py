@@ -1,0 +1,104 @@
+"""RoomState: the cursor, each stored message once, a resume's replay, members."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from client.state import NOTHING, RoomState, id_key
+
+
+def ready(last_id: str | None, epoch: str | None = "e1", recovered: bool = True, role: str = "A",
+          members: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {"hd": {"event": "session.ready", "sid": "r", "role": role, "conn": "c1"},
+            "bd": {"last_id": last_id, "epoch": epoch, "recovered": recovered, "members": members or []}}
+
+
+def message(entry_id: str, text: str = "x", cid: str | None = None) -> dict[str, Any]:
+    hd = {"id": entry_id, "event": "chat.message", "role": "A", "sid": "r"}
+    if cid is not None:
+        hd["cid"] = cid
+    return {"hd": hd, "bd": {"text": text}}
+
+
+def presence(event: str, conn: str, role: str = "B") -> dict[str, Any]:
+    return {"hd": {"event": event, "role": role, "sid": "r", "conn": conn}, "bd": {}}
+
+
+def test_stream_ids_sort_as_the_stream_does() -> None:
+    assert id_key("9-1") < id_key("10-0") < id_key("10-2") < id_key("11")
+    assert id_key("0") == (0, 0)
+
+
+def test_a_fresh_join_takes_the_room_s_newest_id_as_its_cursor() -> None:
+    state = RoomState()
+    assert state.resume_params() == {}
+    assert state.ready(ready("5-0")) == [ready("5-0")]
+    assert (state.last_id, state.epoch, state.role, state.conn) == ("5-0", "e1", "A", "c1")
+    assert state.resume_params() == {"last_id": "5-0", "epoch": "e1"}
+
+
+def test_a_join_to_an_empty_room_resumes_from_the_start() -> None:
+    state = RoomState()
+    state.ready(ready(None, epoch=None))
+    assert state.resume_params() == {"last_id": NOTHING}
+    assert state.admit(message("7-0"))
+    assert state.resume_params() == {"last_id": "7-0"}  # the epoch is learnt at the next session.ready
+
+
+def test_each_stored_message_is_admitted_once() -> None:
+    state = RoomState()
+    state.ready(ready("5-0"))
+    assert state.admit(message("6-0"))
+    assert not state.admit(message("6-0"))  # the sender-only re-broadcast of a re-sent cid
+    assert not state.admit(message("5-0"))
+    assert state.admit(message("6-1")) and state.last_id == "6-1"
+
+
+def test_frames_that_are_not_stored_are_always_admitted() -> None:
+    state = RoomState()
+    state.ready(ready("5-0"))
+    streaming = {"hd": {"event": "llm.streaming", "rid": "g", "seq": 0}, "bd": {"delta": "a"}}
+    assert state.admit(streaming) and state.admit(streaming)
+    assert state.last_id == "5-0"
+
+
+def test_a_resume_s_replay_follows_its_session_ready_without_what_was_seen() -> None:
+    state = RoomState(last_id="5-0", epoch="e1")
+    state.connection_opened()
+    for frame in (message("5-0"), message("6-0"), message("7-0")):
+        state.hold(frame)
+    delivered = state.ready(ready("7-0"))
+    assert [f["hd"]["event"] for f in delivered] == ["session.ready", "chat.message", "chat.message"]
+    assert [f["hd"]["id"] for f in delivered[1:]] == ["6-0", "7-0"]
+    assert state.last_id == "7-0"
+
+
+def test_an_unrecovered_resume_delivers_everything_retained_and_starts_the_cursor_over() -> None:
+    state = RoomState(last_id="9-0", epoch="old")
+    state.connection_opened()
+    state.hold(message("3-0"))
+    state.hold(message("4-0"))
+    delivered = state.ready(ready("4-0", epoch="new", recovered=False))
+    assert delivered[0]["bd"]["recovered"] is False
+    assert [f["hd"]["id"] for f in delivered[1:]] == ["3-0", "4-0"]
+    assert (state.last_id, state.epoch) == ("4-0", "new")
+
+
+def test_a_new_connection_forgets_the_replay_of_one_that_dropped_before_its_ready() -> None:
+    state = RoomState(last_id="5-0")
+    state.connection_opened()
+    state.hold(message("6-0"))
+    state.connection_opened()
+    assert [f["hd"]["event"] for f in state.ready(ready("6-0"))] == ["session.ready"]
+    assert state.last_id == "6-0"
+
+
+def test_members_follow_session_ready_and_presence() -> None:
+    state = RoomState()
+    state.ready(ready("1-0", members=[{"role": "A", "conn": "c1"}]))
+    state.admit(presence("presence.join", "c2"))
+    assert state.members == [{"role": "A", "conn": "c1"}, {"role": "B", "conn": "c2"}]
+    state.admit(presence("presence.leave", "c1", role="A"))
+    assert state.members == [{"role": "B", "conn": "c2"}]
+    state.ready(ready("1-0", members=[{"role": "A", "conn": "c9"}]))
+    assert state.members == [{"role": "A", "conn": "c9"}]
