@@ -47,6 +47,7 @@ from server.supervise import Supervisor
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GENERATIONS_S = 5.0
+SHUTDOWN_RELEASES_S = 1.0  # what the bot's front desk may still release (a room's lock) at shutdown
 APPENDER = "appender"  # the flusher's name as a supervised loop
 
 
@@ -122,12 +123,17 @@ class Relay:
         self.appender = self.parts.appender
         self.sessions = Sessions(store.bulk_log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
-        front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
-                         settings.llm.queue_lease_ms)
-        self.dispatcher = Dispatcher(self.appender, front)
+        self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
+                              settings.llm.queue_lease_ms)
+        self.dispatcher = Dispatcher(self.appender, self.front)
 
-    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.parts.running(self.feed.run(), self.sessions.run())
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.parts.running(self.feed.run(), self.sessions.run()):
+            try:
+                yield
+            finally:
+                await self.front.aclose(SHUTDOWN_RELEASES_S)
 
 
 class WorkerNode:

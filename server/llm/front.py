@@ -10,12 +10,22 @@
   then stored like a chat message, and queued.
 - An ``llm.cancel`` stops the generation whichever process runs it; ``unknown_generation`` when
   no such generation is running in the room.
+
+**A room's turn never leaks.** Whenever a request does not end up queued, the lock it took (or may
+have taken: a lock whose reply was lost) is released, and a release that fails (Redis away) is tried
+again in the background until it succeeds or the lease would have ended anyway: a few seconds of
+Redis trouble never leave a room ``busy`` for ``LLM_QUEUE_LEASE_S``. A question that is stored but
+could not be queued keeps its room, and is queued in the background the same way: it is answered
+once Redis is back (its sender was not told it failed: it is stored).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 
 from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
@@ -25,18 +35,22 @@ from server.errors import error_for
 from server.member import Member
 from server.settings import Trigger
 from server.store.ports import Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue
+from server.supervise import backoff
 
+log = logging.getLogger(__name__)
 _MENTION = re.compile(r"@llm\b", re.IGNORECASE)
 
 
 class LLMFront:
     def __init__(self, locks: GenerationLocks, requests: RequestQueue, appender: Appender, trigger: Trigger,
-                 queue_lease_ms: int) -> None:
+                 queue_lease_ms: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self._locks = locks
         self._requests = requests
         self._appender = appender
         self._trigger = trigger
         self._lease_ms = queue_lease_ms
+        self._sleep = sleep  # the background retries' pauses (tests pass their own)
+        self._background: set[asyncio.Task[None]] = set()
 
     def triggers(self, envelope: ClientEnvelope) -> bool:
         """Whether a chat message asks the bot to answer."""
@@ -47,7 +61,7 @@ class LLMFront:
     async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
         """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
-        fence = await self._locks.lock(request.room, request.rid, self._lease_ms)
+        fence = await self._lock(request.room, request.rid)
         if fence is None:
             member.push(error_for(ProtocolError("busy", cid=cid)))
             return
@@ -55,27 +69,93 @@ class LLMFront:
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()
-        fence = await self._locks.lock(member.room, rid, self._lease_ms)
+        fence = await self._lock(member.room, rid)
         if fence is None:
             raise ProtocolError("busy", cid=envelope.cid)
         try:
             stored = await self._appender.append(NewEntry(member.room, envelope.role, body, envelope.cid))
         except BaseException:
-            await self._locks.release(fence)
+            self._release(member.room, rid, fence)
             raise
         if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and answered)
-            await self._locks.release(fence)
+            self._release(member.room, rid, fence)
             member.push(frame_with_id(stored.body, stored.id.decode()))
             return
         await self._queue(Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role), fence)
 
+    async def idle(self) -> None:
+        """Wait until the background releases and queueings are done (tests; shutdown cancels them)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Give the background work ``grace_s`` to finish (a release at shutdown), then cancel it."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=grace_s)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _lock(self, room: str, rid: str) -> Fence | None:
+        """The room's lock for ``rid``, or None when another generation holds it. When the store fails,
+        the lock may have been taken all the same (a lost reply): it is released in the background."""
+        try:
+            return await self._locks.lock(room, rid, self._lease_ms)
+        except BaseException:
+            self._release(room, rid, None)
+            raise
+
     async def _queue(self, request: Request, fence: Fence) -> None:
-        """Queue a request whose lock is taken (released again when it cannot be queued)."""
+        """Queue a request whose question is stored and whose lock is taken; when the store fails, again
+        in the background (the question keeps its room meanwhile)."""
         try:
             await self._requests.add(request)
-        except BaseException:
-            await self._locks.release(fence)
+        except asyncio.CancelledError:
+            self._release(request.room, request.rid, fence)
             raise
+        except Exception as exc:
+            log.warning("room %s: the request of %s could not be queued (%s); trying again", request.room,
+                        request.rid, exc)
+            self._later(self._retry_queue(request, fence))
+
+    def _release(self, room: str, rid: str, fence: Fence | None) -> None:
+        """Release the lock ``rid`` holds (``fence`` None: it may hold it, with a token nobody heard)."""
+        self._later(self._retry_release(room, rid, fence))
+
+    def _later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retry_release(self, room: str, rid: str, fence: Fence | None) -> None:
+        async def release() -> None:
+            held = fence or await self._locks.lock(room, rid, self._lease_ms)  # rid's own lock is taken again
+            if held is not None:
+                await self._locks.release(held)
+
+        if not await self._retried(release):
+            log.warning("room %s: the lock of %s could not be released; it lapses with its lease", room, rid)
+
+    async def _retry_queue(self, request: Request, fence: Fence) -> None:
+        if not await self._retried(lambda: self._requests.add(request)):
+            log.error("room %s: the request of %s could not be queued: it stays unanswered", request.room,
+                      request.rid)
+            await self._retried(lambda: self._locks.release(fence))
+
+    async def _retried(self, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run ``step`` until it succeeds (True), backing off, for at most the queued lease (False)."""
+        waited_s, failures = 0.0, 0
+        while True:
+            try:
+                await step()
+                return True
+            except Exception:
+                pause = backoff(failures)
+                failures += 1
+                if waited_s + pause > self._lease_ms / 1000:
+                    return False
+                await self._sleep(pause)
+                waited_s += pause
 
     async def cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         rid = envelope.bd["rid"]

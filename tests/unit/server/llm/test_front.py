@@ -1,8 +1,10 @@
 """The bot's front desk on fakes: which messages trigger it, and the lock and queue rules of a request.
 
 Fencing rules, each named by a test: a request is queued only while it holds the room's lock (one
-generation per room); the lock is released whenever the request does not end up queued; an
-``llm.invoke`` is refused ``busy`` before anything is stored.
+generation per room); the lock is released whenever the request does not end up queued, in the
+background and again until the store answers (a turn never leaks: not even a lock whose reply was
+lost); a stored question that could not be queued keeps its room and is queued once the store is back;
+an ``llm.invoke`` is refused ``busy`` before anything is stored.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from server.appender import Appender
 from server.llm.front import LLMFront, new_rid
 from server.member import Member
 from server.settings import Trigger
-from server.store.ports import Request, Retention, StoreUnavailable
-from tests.unit.fakes import FakeStore
+from server.store.ports import Fence, Request, Retention, StoreUnavailable
+from tests.unit.fakes import FakeLocks, FakeStore
 from tests.unit.server.llm.rig import chat_body
 
 LEASE_MS = 600_000  # the queued lease (LLM_QUEUE_LEASE_S)
@@ -49,7 +51,9 @@ class Desk:
         self.store = FakeStore()
         self.queue = self.store.requests("default")
         self.appender = Appender(self.store.log, Retention(dedupe_s=3600), "n1", lambda *_: None)
-        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS)
+        self.pauses: list[float] = []  # the background retries' pauses
+        self._paused = asyncio.Event()
+        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS, sleep=self._pause)
         self.member = RecordingMember()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -57,7 +61,19 @@ class Desk:
         self._flusher = asyncio.ensure_future(self.appender.run())
         return self
 
+    async def _pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self._paused.set()
+        await asyncio.sleep(0)
+
+    async def until_paused(self, times: int = 1) -> None:
+        """Until the background work has paused ``times`` times (failed that often)."""
+        while len(self.pauses) < times:
+            self._paused.clear()
+            await self._paused.wait()
+
     async def __aexit__(self, *exc: object) -> None:
+        await self.front.aclose()
         assert self._flusher is not None
         self._flusher.cancel()
         await asyncio.gather(self._flusher, return_exceptions=True)
@@ -146,12 +162,18 @@ async def test_answer_in_a_busy_room_tells_the_sender_busy_and_leaves_the_messag
         assert [entry[0] for entry in desk.store.log.streams["r"]] == [entry_id]
 
 
-async def test_answer_releases_the_lock_when_the_request_cannot_be_queued() -> None:
+async def test_a_stored_question_that_cannot_be_queued_keeps_its_room_and_is_queued_once_the_store_is_back(
+        ) -> None:
     async with Desk() as desk:
         desk.queue.failing = StoreUnavailable("down")
-        with pytest.raises(StoreUnavailable):
-            await desk.front.answer(desk.member, b"5-0", "A", None)
-        assert desk.store.locks.held == {}
+        await desk.front.answer(desk.member, b"5-0", "A", None)  # nothing to tell the sender: it is stored
+        assert desk.member.pushed == [] and desk.queued == []
+        [rid] = desk.store.locks.held.values()
+        await desk.until_paused()
+        desk.queue.failing = None
+        await desk.front.idle()
+        [request] = desk.queued
+        assert (request.rid, request.reply_to) == (rid, "5-0") and desk.store.locks.held == {"r": rid}
 
 
 # -- invoke ---------------------------------------------------------------------------------------
@@ -184,6 +206,7 @@ async def test_invoke_releases_the_lock_when_the_append_fails() -> None:
         desk.store.log.failing = StoreUnavailable("down")
         with pytest.raises(StoreUnavailable):
             await desk.invoke()
+        await desk.front.idle()
         assert desk.store.locks.held == {} and desk.queued == []
 
 
@@ -196,6 +219,7 @@ async def test_invoke_releases_the_lock_when_the_append_is_cancelled() -> None:
         assert desk.store.locks.held != {}
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await desk.front.idle()
         assert desk.store.locks.held == {}
         desk.store.log.gate.set()
 
@@ -206,6 +230,7 @@ async def test_a_duplicate_invoke_releases_its_lock_and_answers_the_sender_with_
         [first] = desk.queued
         desk.store.locks.drop("r")  # its generation ended
         await desk.invoke("first (resent)", cid="c1")
+        await desk.front.idle()
         assert desk.queued == [first]  # not asked twice
         assert desk.store.locks.held == {}
         [(entry_id, fields)] = desk.store.log.streams["r"]
@@ -220,13 +245,63 @@ async def test_a_resent_invoke_while_its_answer_is_running_is_busy() -> None:
         assert len(desk.queued) == 1 and len(desk.store.log.streams["r"]) == 1
 
 
-async def test_invoke_releases_the_lock_when_the_request_cannot_be_queued() -> None:
+async def test_an_invoke_stored_but_not_queued_is_queued_once_the_store_is_back() -> None:
     async with Desk() as desk:
         desk.queue.failing = StoreUnavailable("down")
+        await desk.invoke()
+        assert len(desk.store.log.streams["r"]) == 1  # the question itself is stored (and broadcast)
+        await desk.until_paused()
+        desk.queue.failing = None
+        await desk.front.idle()
+        [request] = desk.queued
+        assert desk.store.locks.held == {"r": request.rid}
+
+
+class LostReplyLocks(FakeLocks):
+    """Locks whose next ``lock`` is taken in Redis but its reply is lost (a timeout, a dropped connection)."""
+
+    lose_next = True
+
+    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
+        fence = await super().lock(room, rid, lease_ms)
+        if self.lose_next:
+            self.lose_next = False
+            raise StoreUnavailable("no reply from Redis within 10 s")
+        return fence
+
+
+async def test_a_lock_whose_reply_was_lost_is_released_in_the_background() -> None:
+    async with Desk() as desk:
+        locks = LostReplyLocks(desk.store.log)
+        desk.front = LLMFront(locks, desk.queue, desk.appender, "mention", LEASE_MS, sleep=desk._pause)
         with pytest.raises(StoreUnavailable):
             await desk.invoke()
+        await desk.front.idle()
+        assert locks.held == {} and desk.store.log.batches == []
+
+
+async def test_a_release_that_fails_is_tried_again_until_the_store_answers() -> None:
+    async with Desk() as desk:
+        desk.store.log.failing = StoreUnavailable("down")
+        with pytest.raises(StoreUnavailable):
+            await desk.invoke()  # its lock is taken, its append fails...
+        desk.store.locks.failing = StoreUnavailable("down")  # ...and so does the release, at first
+        await desk.until_paused(3)
+        assert desk.store.locks.held != {}
+        desk.store.locks.failing = None
+        await desk.front.idle()
         assert desk.store.locks.held == {}
-        assert len(desk.store.log.streams["r"]) == 1  # the question itself is stored
+
+
+async def test_a_release_that_keeps_failing_gives_up_within_the_queued_lease() -> None:
+    async with Desk() as desk:
+        desk.store.log.failing = StoreUnavailable("down")
+        with pytest.raises(StoreUnavailable):
+            await desk.invoke()
+        desk.store.locks.failing = StoreUnavailable("down")
+        await desk.front.idle()
+        assert 0 < sum(desk.pauses) <= LEASE_MS / 1000  # then the lock lapses with its lease
+        assert desk.store.locks.held != {}
 
 
 # -- cancel ---------------------------------------------------------------------------------------
