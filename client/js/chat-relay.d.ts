@@ -69,7 +69,8 @@ export interface StatusDetail {
   error?: unknown;
 }
 
-/** The WebSocket class to use (default: the global one): the WHATWG interface, as browsers and Node have it. */
+/** The WebSocket class to use (default: the global one): the WHATWG interface, as browsers, Node >= 22 and
+ * the ws package have it. */
 export interface WebSocketLike {
   readonly readyState: number;
   onmessage: ((event: { data: any }) => void) | null;
@@ -88,7 +89,8 @@ export interface ConnectOptions {
   /** Resume from a stored id already received (and the epoch it belongs to). */
   lastId?: string | null;
   epoch?: string | null;
-  /** A WebSocket implementation, where there is no global one (Node 20 without --experimental-websocket). */
+  /** A WebSocket implementation, where there is no global one: Node 18 (Node 20 without
+   * --experimental-websocket), e.g. the ws package's: `import WebSocket from "ws"; connect(url, sid, { WebSocket })`. */
   WebSocket?: new (url: string) => WebSocketLike;
   /** Delays between reconnection attempts: minDelayMs doubled each time, up to maxDelayMs (500, 10000). */
   retry?: { minDelayMs?: number; maxDelayMs?: number };

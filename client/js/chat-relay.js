@@ -1,6 +1,7 @@
 // chat-relay's JavaScript client: one ES module, no build step, no dependency. Browsers, and
-// Node >= 20 (Node 22 has a global WebSocket; on Node 20 run `node --experimental-websocket`, or
-// pass any WHATWG-compatible implementation as `options.WebSocket`).
+// Node >= 18: Node 22 has a global WebSocket; on Node 20 run `node --experimental-websocket`; on
+// Node 18, which has none, pass an implementation as `options.WebSocket` (the `ws` package's:
+// `import WebSocket from "ws"; connect(url, sid, { WebSocket })`).
 //
 //   import { connect } from "./chat-relay.js";
 //   const room = await connect("ws://127.0.0.1:3000", "room001", { role: "A" });
@@ -146,7 +147,8 @@ export class Room {
     if (lastId !== null && !STREAM_ID.test(lastId)) throw new RelayError("invalid_resume", "lastId is not a stream id.");
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocket !== "function") {
-      throw new Error("no WebSocket: pass options.WebSocket (on Node 20, or run node --experimental-websocket)");
+      throw new Error("no WebSocket: pass options.WebSocket, e.g. the ws package's " +
+        "(Node 18; on Node 20 run node --experimental-websocket)");
     }
     this.url = url.replace(/^http/, "ws").replace(/\/+$/, "");
     this.sid = sid;
@@ -261,7 +263,7 @@ export class Room {
     this._replay = [];
     socket.onmessage = (event) => { if (this._socket === socket) this._receive(event.data); };
     socket.onclose = (event) => { if (this._socket === socket) this._dropped(event.code, event.reason); };
-    socket.onerror = () => {  // the connection failed (in browsers a close 1006 follows; Node 20 sends none)
+    socket.onerror = () => {  // the connection failed (browsers and ws follow with a close 1006; Node 20 not)
       if (this._socket !== socket) return;
       this._dropped(1006, "");
       try {
@@ -574,7 +576,11 @@ class AnswerStream {
 
 function newCid() {
   const bytes = new Uint8Array(9);
-  globalThis.crypto.getRandomValues(bytes);
+  if (globalThis.crypto?.getRandomValues) {
+    globalThis.crypto.getRandomValues(bytes);
+  } else {  // Node 18 has no global crypto; a cid must be unique in its room, not secret (broadcasts carry it)
+    for (let i = 0; i < bytes.length; i += 1) bytes[i] = Math.floor(Math.random() * 256);
+  }
   return "c-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 

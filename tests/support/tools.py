@@ -1,8 +1,14 @@
 """The client tools some tests drive: newman (npm) and Chromium (through Playwright, a test extra).
 
-``scripts/install_client_tools.sh`` installs them: newman and the AsyncAPI specification schemas
-into ``.ci/node`` (from ``.ci/node/package-lock.json``), Chromium from Debian's packages. A missing
-tool fails the test that needs it, with the command that installs it: these tests are never skipped.
+``scripts/install_client_tools.sh`` installs them: newman, the AsyncAPI specification schemas and
+``ws`` (the WebSocket of the JavaScript client's tests on a Node without one, such as Debian 12's Node
+18) into ``.ci/node`` (from ``.ci/node/package-lock.json``), Node and Chromium from Debian's packages.
+A missing tool fails the test that needs it, with the command that installs it: these tests are never
+skipped.
+
+Node is ``node`` on the PATH, for newman (``#!/usr/bin/env node``) as for the JavaScript client's
+tests: to run them on another Node, put the directory that holds its ``node`` first on the PATH
+(``PATH=/opt/node18/bin:$PATH scripts/test.sh clients``).
 
 A test that drives one must be marked ``clients`` (``pytestmark = pytest.mark.clients``): only
 ``scripts/test.sh clients`` runs those, the other stages need no Node and no Chromium. Reaching for a

@@ -3,10 +3,13 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { RelayError, Room, connect } from "../chat-relay.js";
+import { RelayError, Room, connect as connectTo } from "../chat-relay.js";
 import { REDIS_URL, ServerProcess, newRoom } from "./server.js";
+import { SOCKET_OPTIONS, WebSocket } from "./websocket.js";
 
 const TIMEOUT = { timeout: 90000 };
+/** connect(), with the WebSocket this Node needs passed in (websocket.js). */
+const connect = (url, sid, options) => connectTo(url, sid, { ...SOCKET_OPTIONS, ...options });
 let server;
 
 before(async () => { server = await ServerProcess.start(); });
@@ -193,7 +196,7 @@ test("across a server killed and started again on the same port, every message i
       retry: { minDelayMs: 100, maxDelayMs: 1000 },
       onStatus: (status) => { statuses.push(status); if (status === "disconnected") disconnected(); },
     });
-    const reader = new Room(node.url, sid, { role: "B", retry: { minDelayMs: 100, maxDelayMs: 1000 } });
+    const reader = new Room(node.url, sid, { ...SOCKET_OPTIONS, role: "B", retry: { minDelayMs: 100, maxDelayMs: 1000 } });
     await reader.ready;
     try {
       const reading = readChats(reader, 30);
@@ -226,14 +229,14 @@ test("across a server killed and started again on the same port, every message i
 
 test("a WebSocket implementation can be passed in the options", TIMEOUT, async () => {
   const opened = [];
-  class Recorded extends globalThis.WebSocket {
+  class Recorded extends WebSocket {
     constructor(url) {
       super(url);
       opened.push(url);
     }
   }
   const sid = newRoom();
-  const room = await connect(server.url, sid, { role: "A", WebSocket: Recorded });
+  const room = await connectTo(server.url, sid, { role: "A", WebSocket: Recorded });
   try {
     await room.send("through my socket");
     assert.deepEqual(opened, [`${server.url}/v1/session/chat?sid=${sid}&role=A`]);
