@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +23,16 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soakkit.run import Plan, soak
+from soakkit.run import Outcome, Plan, soak
+
+
+async def interruptible(plan: Plan) -> Outcome:
+    """The soak, cancelled by SIGTERM or SIGINT: its processes are stopped on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+    return await soak(plan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the outcome as JSON to this file")
     args = parser.parse_args(argv)
     plan = Plan(duration_s=args.duration, nodes=args.nodes, workers=args.workers, rooms=args.rooms, seed=args.seed)
-    outcome = asyncio.run(soak(plan))
+    try:
+        outcome = asyncio.run(interruptible(plan))
+    except asyncio.CancelledError:
+        print("soak: interrupted", file=sys.stderr)
+        return 130
     result = outcome.as_dict()
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
