@@ -16,7 +16,8 @@ have taken: a lock whose reply was lost) is released, and a release that fails (
 again in the background until it succeeds or the lease would have ended anyway: a few seconds of
 Redis trouble never leave a room ``busy`` for ``LLM_QUEUE_LEASE_S``. A question that is stored but
 could not be queued keeps its room, and is queued in the background the same way: it is answered
-once Redis is back (its sender was not told it failed: it is stored).
+once Redis is back (its sender was not told it failed: it is stored). So is a stored message that
+mentions the bot when the room's lock could not be taken.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ class LLMFront:
     async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
         """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
-        fence = await self._lock(request.room, request.rid)
+        try:
+            fence = await self._locks.lock(request.room, request.rid, self._lease_ms)
+        except Exception as exc:  # the message is stored: its answer is asked for again once Redis is back
+            log.warning("room %s: the bot could not take the room for %s (%s); trying again", request.room,
+                        request.rid, exc)
+            self._later(self._retry_answer(member, request, cid))
+            return
         if fence is None:
             member.push(error_for(ProtocolError("busy", cid=cid)))
             return
@@ -135,6 +142,20 @@ class LLMFront:
 
         if not await self._retried(release):
             log.warning("room %s: the lock of %s could not be released; it lapses with its lease", room, rid)
+
+    async def _retry_answer(self, member: Member, request: Request, cid: str | None) -> None:
+        taken: list[Fence | None] = []
+
+        async def lock() -> None:  # rid's own lock, taken already if only the reply was lost, is taken again
+            taken.append(await self._locks.lock(request.room, request.rid, self._lease_ms))
+
+        if not await self._retried(lock):
+            log.error("room %s: the bot could not take the room for %s: it stays unanswered", request.room,
+                      request.rid)
+        elif taken[-1] is None:
+            member.push(error_for(ProtocolError("busy", cid=cid)))
+        else:
+            await self._queue(request, taken[-1])
 
     async def _retry_queue(self, request: Request, fence: Fence) -> None:
         if not await self._retried(lambda: self._requests.add(request)):

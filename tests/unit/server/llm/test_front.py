@@ -162,6 +162,30 @@ async def test_answer_in_a_busy_room_tells_the_sender_busy_and_leaves_the_messag
         assert [entry[0] for entry in desk.store.log.streams["r"]] == [entry_id]
 
 
+async def test_a_mention_whose_lock_cannot_be_taken_is_answered_once_the_store_is_back() -> None:
+    async with Desk() as desk:
+        desk.store.locks.failing = StoreUnavailable("down")
+        await desk.front.answer(desk.member, b"5-0", "A", "c1")  # nothing to tell the sender: it is stored
+        assert desk.member.pushed == [] and desk.queued == []
+        await desk.until_paused()
+        desk.store.locks.failing = None
+        await desk.front.idle()
+        [request] = desk.queued
+        assert request.reply_to == "5-0" and desk.store.locks.held == {"r": request.rid}
+
+
+async def test_a_mention_whose_lock_is_taken_late_in_a_busy_room_tells_the_sender_busy() -> None:
+    async with Desk() as desk:
+        desk.store.locks.failing = StoreUnavailable("down")
+        await desk.front.answer(desk.member, b"5-0", "A", "c1")
+        await desk.until_paused()
+        desk.store.locks.failing = None
+        assert await desk.store.locks.lock("r", "g-other", LEASE_MS)  # another question came first
+        await desk.front.idle()
+        assert [(f["bd"]["code"], f["bd"]["cid"]) for f in desk.member.pushed] == [("busy", "c1")]
+        assert desk.queued == []
+
+
 async def test_a_stored_question_that_cannot_be_queued_keeps_its_room_and_is_queued_once_the_store_is_back(
         ) -> None:
     async with Desk() as desk:
