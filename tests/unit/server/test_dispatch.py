@@ -38,7 +38,8 @@ class Rig:
         self.appender = Appender(self.store.log, Retention(dedupe_s=60), "n1", lambda *_: None)
         self.task = asyncio.get_running_loop().create_task(self.appender.run())
         self.queue = self.store.requests("q")
-        self.front = None if bot is None else LLMFront(self.store.locks, self.queue, self.appender, bot, LEASE_MS)
+        self.front = None if bot is None else LLMFront(self.store.locks, self.queue, self.appender, bot, LEASE_MS,
+                                                       sleep=lambda _s: asyncio.sleep(0))
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     def stored(self, room: str = "r") -> list[dict[str, Any]]:
@@ -184,15 +185,18 @@ async def test_a_bot_question_in_a_busy_room_is_stored_and_answered_busy() -> No
     assert len(rig.stored()) == 1 and not rig.queue.new
 
 
-async def test_a_failed_hand_off_to_the_bot_is_answered_with_an_error_frame() -> None:
+async def test_a_hand_off_to_the_bot_the_store_fails_is_no_error_for_the_sender_and_is_made_once_it_is_back(
+        ) -> None:
     rig = Rig(bot="always")
     rig.store.locks.failing = StoreUnavailable("down")
     sender, outlet = member()
     await rig.dispatcher.dispatch(sender, chat("hello", "c6"))
-    await until(lambda: bool(outlet.frames))
-    [answer] = outlet.bodies()
-    assert answer["bd"]["code"] == "unavailable" and answer["bd"]["cid"] == "c6"
-    await until(lambda: not rig.dispatcher._tasks)
+    await until(lambda: sender.inflight == 0)
+    await passes()
+    assert not outlet.frames and not rig.queue.new  # the message is stored: nothing to refuse
+    rig.store.locks.failing = None
+    await until(lambda: bool(rig.queue.new))
+    assert rig.queue.new[0].asker == "A"
 
 
 async def test_a_resent_question_does_not_ask_the_bot_again() -> None:
