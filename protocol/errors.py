@@ -129,9 +129,13 @@ def refusal_body(code: str, message: str, cid: str | None = None) -> dict[str, A
 #: The codes of ``llm.error`` frames, with the message the frame carries unless the failure has a
 #: more precise one (:class:`server.llm.provider.ProviderError`).
 LLM_ERROR_CODES: dict[str, str] = {
-    "provider_rate_limited": "The LLM provider is rate limiting us (HTTP 429). Try again later.",
+    "provider_auth": "The LLM provider refused the server's API key, or the key may not use this model "
+                     "(check OPENAI_API_KEY and LLM_MODEL).",
+    "provider_rate_limited": "The LLM provider is rate limiting us. Try again later.",
     "provider_timeout": "The LLM provider did not finish answering in time.",
     "provider_unavailable": "The LLM provider could not be reached, or the connection dropped mid-answer.",
+    "provider_bad_request": "The LLM provider refused the request (a wrong model name, or a conversation too "
+                            "long for the model); asking again will not help.",
     "provider_error": "The LLM provider failed to answer.",
     "cancelled": "The answer was cancelled before any text was streamed; nothing was stored.",
     "expired": "The question waited longer than LLM_QUEUE_LEASE_S and another question took the room; ask again.",

@@ -106,7 +106,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # deliveries of one request that may generate; the next one ends with llm.error
 ANSWER_DEDUPE_S = 24 * 3600  # how long a stored answer's rid is remembered (no second llm.response)
 READ_BLOCK_MS = 1000
-FINAL_WRITE_ATTEMPTS = 10  # tries of a generation's last write (the store, then llm.error), over about 10 s, before giving up
+FINAL_WRITE_ATTEMPTS = 10  # tries of a generation's last write (the store, then llm.error), over about 10 s
 
 T = TypeVar("T")
 
@@ -386,6 +386,9 @@ class Worker:
         error: ProviderError | None = None
         if not generation.cancel.is_set():  # cancelled while it was queued: the model is not asked
             outcome, error = await self._ask(generation, messages)
+        if error is not None:
+            log.warning("room %s: generation %s failed: %s (HTTP %s): %s", request.room, request.rid, error.code,
+                        error.status or "-", error.message)
         if generation.fenced:
             COUNTS.generations["fenced"] += 1
             generation.fire(Trigger.FENCE)
@@ -468,7 +471,7 @@ class Worker:
         stale, False when the store kept failing."""
         finish = outcome.finish_reason if outcome else "error" if error else "cancelled"
         body = llm_response_body(request.room, request.rid, request.reply_to, _now_ms(), text, finish,
-                                 outcome.model if outcome else self._model_name(),
+                                 self._model_name(),
                                  outcome.usage if outcome else None, request.attempt,
                                  (error.code, error.message) if error else None)
         entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, fence)
@@ -514,6 +517,9 @@ class Worker:
                 await self._sleep(backoff(failures - 1))
 
     def _model_name(self) -> str:
+        """``bd.model`` of every answer, finished, failed or cancelled: the model asked for (``LLM_MODEL``,
+        or the scripted provider's), never the name the upstream answers with (a gateway's alias, a
+        dated snapshot), which a failed or cancelled answer may never have heard."""
         return self._settings.model if self._settings.provider == "openai" else SCRIPTED_MODEL
 
 
