@@ -129,7 +129,7 @@ def refusal_body(code: str, message: str, cid: str | None = None) -> dict[str, A
 #: The codes of ``llm.error`` frames, with the message the frame carries unless the failure has a
 #: more precise one (:class:`server.llm.provider.ProviderError`).
 LLM_ERROR_CODES: dict[str, str] = {
-    "provider_auth": "The LLM provider refused the server's API key, or the key may not use this model "
+    "provider_auth": "The LLM provider refused the API key, or the key may not use this model "
                      "(check OPENAI_API_KEY and LLM_MODEL).",
     "provider_rate_limited": "The LLM provider is rate limiting us. Try again later.",
     "provider_timeout": "The LLM provider did not finish answering in time.",

@@ -79,7 +79,8 @@ STATUS_CODES: dict[int, str] = {
 MAX_DETAIL_CHARS = 300  # of the provider's own message, in ``llm.error`` and the log
 MASK = "***"
 # Key-like strings a provider may echo back: OpenAI-style keys (``sk-...``, ``sk-proj-...``), bearer tokens.
-_SECRETS = re.compile(r"\b(sk-(?:[A-Za-z0-9]+-)?)[A-Za-z0-9_*\-]{3,}|(?i:(\bbearer\s+|key\s*[:=]\s*))[A-Za-z0-9_.\-]{8,}")
+_SECRETS = re.compile(r"\b(sk-(?:[A-Za-z0-9]+-)?)[A-Za-z0-9_*\-]{3,}"
+                      r"|(?i:(\bbearer\s+|key\s*[:=]\s*))[A-Za-z0-9_.\-]{8,}")
 
 
 def status_error(status: int, detail: str, secrets: Sequence[str] = ()) -> ProviderError:

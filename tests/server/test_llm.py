@@ -17,10 +17,11 @@ import orjson
 import pytest
 import redis
 
+from protocol.errors import LLM_ERROR_CODES
 from server.store.keys import stream_key
 from tests.conftest import RUN
 from tests.support.client import Client
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import LEAKED_KEY, FakeOpenAI, error_message
 from tests.support.server_process import ServerProcess, WorkerProcess
 from tests.support.streams import xrange
 
@@ -192,6 +193,42 @@ async def test_provider_failures_give_llm_error_and_the_room_stays_usable(
         await b.chat("@llm again")  # not busy: the failed generation released the room
         frames = await until_end(a)
         assert frames[-1]["hd"]["event"] == "llm.response"
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "provider_auth"), (429, "provider_rate_limited"), (408, "provider_timeout"),
+    (503, "provider_unavailable"), (404, "provider_bad_request"), (500, "provider_error"),
+])
+async def test_each_provider_status_reaches_the_room_as_its_code_with_the_providers_message_and_one_warning(
+        openai_node: ServerProcess, room: str, status: int, code: str) -> None:
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        await a.chat(f"@llm #status={status}")
+        end = (await until_end(a))[-1]
+    shown = error_message(status).replace(LEAKED_KEY, "sk-proj-***")
+    assert end["hd"]["event"] == "llm.error" and end["bd"]["code"] == code
+    assert end["bd"]["message"] == f"{LLM_ERROR_CODES[code]} HTTP {status}: {shown}"
+    log = openai_node.log_path.read_text(errors="replace")
+    warnings = [line for line in log.splitlines() if f"room {room}: generation" in line and " failed: " in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0]
+    assert f"failed: {code} (HTTP {status}): " in warnings[0] and shown in warnings[0]
+    assert LEAKED_KEY not in log and LEAKED_KEY[8:] not in log
+
+
+async def test_bd_model_is_the_model_asked_for_whether_the_answer_finished_failed_or_was_cancelled(
+        openai_node: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        await a.chat("@llm #dated")  # the upstream names a dated snapshot of the model
+        finished = (await until_end(a))[-1]
+        await a.chat("@llm #dated #cut")
+        failed = (await until_end(a))[-1]
+        await a.chat("@llm #dated #slow")
+        await a.recv()
+        first = await a.recv()
+        await a.send({"event": "llm.cancel"}, {"rid": first["hd"]["rid"]})
+        cancelled = (await until_end(a))[-1]
+    assert [end["bd"]["finish_reason"] for end in (finished, failed, cancelled)] == ["stop", "error", "cancelled"]
+    assert {end["bd"]["model"] for end in (finished, failed, cancelled)} == {"fake-model"}
+    assert stored(rdb, room, finished["hd"]["id"])[1]["bd"]["model"] == "fake-model"
 
 
 async def test_cancel_closes_the_upstream_stream(openai_node: ServerProcess, room: str,

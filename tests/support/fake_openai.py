@@ -24,6 +24,7 @@ marker          answer
 ``#status=N``   HTTP N, likewise: ``error.message`` is :func:`error_message` (401's holds a key)
 ``#bigerror``   with ``#status``: the message padded to :data:`BIG_ERROR_CHARS` characters
 ``#textbody``   with ``#status``: the message as a ``text/plain`` body (as a proxy's own error page)
+``#dated``      the chunks name the model asked for with :data:`DATED` appended (as OpenAI's do)
 ``#hang``       no answer at all, until the client hangs up
 ==============  ==================================================================================
 
@@ -52,6 +53,7 @@ HANG_S = 3600.0
 _WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 _MARKER = re.compile(r"#(\w+)(?:=(\d+))?")
 BIG_ERROR_CHARS = 1000
+DATED = "-2024-07-18"
 #: A key the 401's message echoes (as OpenAI's does, partly starred): it must never reach a room or a log.
 LEAKED_KEY = "sk-proj-fAkEkEy0123456789abcdefXYZ"
 _ERRORS = {
@@ -126,6 +128,7 @@ class Behaviour:
     hang: bool = False
     big_error: bool = False
     text_body: bool = False
+    dated: bool = False
 
     @classmethod
     def of(cls, text: str) -> Behaviour:
@@ -148,6 +151,7 @@ _MARKERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "status": lambda n: {"status": int(n or 500)},
     "bigerror": lambda n: {"big_error": True},
     "textbody": lambda n: {"text_body": True},
+    "dated": lambda n: {"dated": True},
     "hang": lambda n: {"hang": True},
 }
 
@@ -246,12 +250,12 @@ class FakeOpenAI:
         if behaviour.hang:
             await self._until_client_closes(reader, exchange, asyncio.sleep(HANG_S))
         elif behaviour.status != 200:
-            body = _error_body(behaviour.status, behaviour.big_error)
+            error = _error_body(behaviour.status, behaviour.big_error)
             headers = {"retry-after-ms": str(RETRY_AFTER_MS)}
             if behaviour.text_body:
-                await _send(writer, behaviour.status, body["error"]["message"].encode(), "text/plain", headers)
+                await _send(writer, behaviour.status, error["error"]["message"].encode(), "text/plain", headers)
             else:
-                await _send_json(writer, behaviour.status, body, headers)
+                await _send_json(writer, behaviour.status, error, headers)
             self._update(exchange, status=behaviour.status, ended="completed")
         elif request.get("stream") is not True:
             await _send_json(writer, 400, {"error": {"message": "the fake serves stream: true only", "type": "x"}})
@@ -280,7 +284,8 @@ class FakeOpenAI:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
         self._update(exchange, status=200)
-        chunks = _Chunks(request, f"chatcmpl-fake{id(exchange):x}")
+        model = str(request.get("model", "")) + (DATED if behaviour.dated else "")
+        chunks = _Chunks(model, request, f"chatcmpl-fake{id(exchange):x}")
         await _send_event(writer, chunks.make({"role": "assistant", "content": "", "refusal": None}))
         for count, token in enumerate(reply_tokens(behaviour.tokens), 1):
             if behaviour.cut and count > CUT_AFTER_TOKENS:
@@ -301,6 +306,7 @@ class FakeOpenAI:
 
 @dataclass
 class _Chunks:
+    model: str
     request: dict[str, Any]
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
@@ -316,7 +322,7 @@ class _Chunks:
 
     def _base(self) -> dict[str, Any]:
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.request.get("model", ""), "system_fingerprint": None}
+                "model": self.model, "system_fingerprint": None}
         if (self.request.get("stream_options") or {}).get("include_usage"):
             base["usage"] = None  # as the real API: null on every chunk but the last
         return base

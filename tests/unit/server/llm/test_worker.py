@@ -21,7 +21,10 @@ Ordering and fencing rules, each named by a test:
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from protocol.names import LLM_ROLE
 from server.llm.provider import Outcome, ProviderError
@@ -138,7 +141,7 @@ async def test_deltas_lost_on_the_bus_do_not_stop_the_answer() -> None:
 async def test_the_answer_is_stored_as_llm_response_with_the_text_model_and_usage() -> None:
     async with Rig() as rig:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        rig.provider.script("Hel", "lo", Outcome("length", "model-7", usage))
+        rig.provider.script("Hel", "lo", Outcome("length", SCRIPTED_MODEL, usage))
         request = await rig.ask()
         await rig.serve(request)
         [(_, answer)] = rig.answers()
@@ -146,7 +149,39 @@ async def test_the_answer_is_stored_as_llm_response_with_the_text_model_and_usag
         assert (hd["event"], hd["role"], hd["sid"], hd["rid"], hd["reply_to"]) == (
             "llm.response", LLM_ROLE, "r", request.rid, request.reply_to)
         assert hd["ts"].endswith("Z") and "attempt" not in hd
-        assert bd == {"text": "Hello", "finish_reason": "length", "model": "model-7", "usage": usage}
+        assert bd == {"text": "Hello", "finish_reason": "length", "model": SCRIPTED_MODEL, "usage": usage}
+
+
+async def test_a_finished_answer_names_the_model_asked_for_not_the_one_the_upstream_names() -> None:
+    openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
+    async with Rig(settings=openai) as rig:
+        rig.provider.script("Hi", Outcome("stop", "gpt-x-2024-07-18", None))
+        await rig.serve(await rig.ask())
+        [(_, answer)] = rig.answers()
+        assert answer["bd"]["model"] == "gpt-x"
+
+
+async def test_a_failed_answer_names_the_model_asked_for() -> None:
+    openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
+    async with Rig(settings=openai) as rig:
+        rig.provider.script("Hi", ProviderError("provider_unavailable"))
+        await rig.serve(await rig.ask())
+        [(_, answer)] = rig.answers()
+        assert (answer["bd"]["finish_reason"], answer["bd"]["model"]) == ("error", "gpt-x")
+
+
+async def test_a_failed_generation_logs_one_warning_with_its_code_status_and_message(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with Rig() as rig:
+        rig.provider.script(ProviderError("provider_auth", "Refused. HTTP 401: bad key sk-***", 401))
+        request = await rig.ask()
+        with caplog.at_level(logging.WARNING, logger="server.llm.worker"):
+            await rig.serve(request)
+        assert [(r.levelname, r.getMessage()) for r in caplog.records if "failed" in r.getMessage()] == [
+            ("WARNING", f"room r: generation {request.rid} failed: provider_auth (HTTP 401): "
+                        "Refused. HTTP 401: bad key sk-***")]
+        assert [frame["bd"]["code"] for frame in rig.frames() if frame["hd"]["event"] == "llm.error"] == [
+            "provider_auth"]
 
 
 async def test_the_answer_is_stored_with_cid_rid_so_it_is_stored_once() -> None:
@@ -183,7 +218,7 @@ async def cancelled_answer(settings: LLMSettings) -> dict[str, object]:
         return bd
 
 
-async def test_the_answer_without_an_outcome_names_the_configured_model() -> None:
+async def test_a_cancelled_answer_names_the_model_asked_for() -> None:
     assert await cancelled_answer(LLMSettings()) == {"text": "a", "finish_reason": "cancelled", "model": SCRIPTED_MODEL}
     openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
     assert await cancelled_answer(openai) == {"text": "a", "finish_reason": "cancelled", "model": "gpt-x"}
