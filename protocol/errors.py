@@ -87,11 +87,12 @@ ERRORS: dict[str, ErrorCode] = {
     "unknown_generation": ErrorCode(_FRAME, None, "No generation with this rid is running in this room."),
     "internal": ErrorCode(
         _HANDSHAKE | _FRAME | _HTTP, 500, "Internal server error; the message was not processed."),
-    # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set)
+    # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set); ``forbidden``
+    # also refuses an ``llm.cancel`` of another role's answer (``LLM_CANCEL=asker``), with its own message
     "unauthorized": ErrorCode(
         _HANDSHAKE | _HTTP, 401, "A valid token (or the admin key) is required.", credentials=True),
     "forbidden": ErrorCode(
-        _HANDSHAKE | _HTTP, 403,
+        _HANDSHAKE | _FRAME | _HTTP, 403,
         "The token does not allow this: it is for another room, or this needs the admin key.", credentials=True),
     # refusals of the HTTP API
     "invalid_ttl": ErrorCode(_HTTP, 400, "'ttl_s' must be a whole number of seconds."),

@@ -137,8 +137,34 @@ async def test_cancel_from_the_other_node(server: ServerProcess, server2: Server
         frames = [first, *await until_end(b)]
     response = frames[-1]
     assert response["hd"]["event"] == "llm.response" and response["bd"]["finish_reason"] == "cancelled"
+    assert response["bd"]["cancelled_by"] == "B"  # LLM_CANCEL=any: the other human may, and is named
     assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames))
     assert len(response["bd"]["text"].split()) < 200  # stopped well before the ~300 words of the whole answer
+
+
+async def test_with_cancel_asker_only_the_asker_stops_the_answer_on_any_node(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    queue = f"t{RUN}-asker"
+    one = start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_CANCEL="asker")
+    two = start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_CANCEL="asker", LLM_WORKERS="0")
+    async with await Client.open(one.ws(room, role="A")) as a, await Client.open(two.ws(room, role="B")) as b:
+        await a.chat("@llm #long tell me everything")
+        await b.recv()
+        first = await b.recv()
+        rid = first["hd"]["rid"]
+        await b.send({"event": "llm.cancel", "cid": "stop-1"}, {"rid": rid})
+        refusal = await b.recv()
+        while refusal["hd"]["event"] != "error":  # deltas still arriving meanwhile
+            refusal = await b.recv()
+        assert (refusal["bd"]["code"], refusal["bd"]["cid"]) == ("forbidden", "stop-1")
+        assert "LLM_CANCEL=asker" in refusal["bd"]["message"]
+        assert (await b.recv())["hd"]["event"] == "llm.streaming"  # the answer goes on
+        await a.send({"event": "llm.cancel"}, {"rid": rid})
+        response = (await until_end(a))[-1]
+        assert (await until_end(b))[-1] == response
+    assert (response["bd"]["finish_reason"], response["bd"]["cancelled_by"]) == ("cancelled", "A")
+    participant, body = stored(rdb, room, response["hd"]["id"])
+    assert participant == "llm" and body["bd"]["cancelled_by"] == "A"
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from server.llm.provider import Outcome, ProviderError
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.llm.worker import ANSWER_DEDUPE_S, FINAL_WRITE_ATTEMPTS, MAX_ATTEMPTS, State
 from server.settings import LLMSettings
-from server.store.ports import Request, StoreRefused, StoreUnavailable
+from server.store.ports import Cancel, Request, StoreRefused, StoreUnavailable
 from server.supervise import backoff
 from tests.unit.server.llm.rig import Rig, Ticks, chat_body, instant, settle
 
@@ -284,13 +284,14 @@ async def test_the_last_allowed_attempt_still_generates_and_says_its_attempt() -
 async def test_a_generation_cancelled_while_queued_stores_nothing_and_ends_with_llm_error_cancelled() -> None:
     async with Rig() as rig:
         request = await rig.ask()
-        assert await rig.store.locks.cancel("r", request.rid)  # cancelled while it waited in the queue
+        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED  # while it waited
         generation = await rig.serve(request)
         assert generation.state is State.CANCELLED
         assert rig.provider.asked == [] and deltas(rig) == [] and rig.answers() == []
         [error] = rig.heard()
         assert error.id == request.reply_to and error.frame["hd"]["event"] == "llm.error"
         assert error.frame["bd"]["code"] == "cancelled"
+        assert error.frame["bd"]["cancelled_by"] == "B"
         assert rig.store.locks.held == {} and rig.queue.acked == [request.entry_id]
 
 
@@ -613,11 +614,13 @@ async def test_a_cancel_heard_on_the_channel_stops_the_running_generation() -> N
         loop = rig.spawn(rig.worker._cancel_loop())
         await settle(lambda: bool(rig.store.locks.listeners) and rig.store.locks.listeners[0].subscribed
                      and len(rig.frames()) == 1)
-        assert await rig.store.locks.cancel("r", "g-elsewhere") is False
-        rig.store.locks.listeners[0].put(b"g-not-here")  # a generation of another worker: ignored
-        assert await rig.store.locks.cancel("r", request.rid)
+        assert await rig.store.locks.cancel("r", "g-elsewhere", "B") is Cancel.NOT_RUNNING
+        rig.store.locks.listeners[0].put(b"g-not-here B")  # a generation of another worker: ignored
+        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED
         await task
         assert generation.state is State.CANCELLED
+        [(_, answer)] = rig.answers()
+        assert (answer["bd"]["finish_reason"], answer["bd"]["cancelled_by"]) == ("cancelled", "B")
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         assert rig.store.locks.listeners[0].closed
