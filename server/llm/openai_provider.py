@@ -95,6 +95,9 @@ def provider_error(error: BaseException, secrets: Sequence[str] = ()) -> Provide
     if isinstance(error, (openai.APIConnectionError, OSError, *_transport_errors("TransportError"))):
         return ProviderError("provider_unavailable")
     if isinstance(error, openai.APIError):  # an error event in the middle of the stream
+        code = error.body.get("code") if isinstance(error.body, dict) else None
+        if isinstance(code, int | str) and str(code).isdigit() and 400 <= int(code) <= 599:
+            return status_error(int(code), _detail(error), secrets)  # a gateway's status (LiteLLM: "500")
         detail = safe_detail(_detail(error), secrets)
         return ProviderError("provider_error", f"{LLM_ERROR_CODES['provider_error']} It said: {detail}")
     return ProviderError("provider_error")

@@ -14,7 +14,14 @@ from protocol.errors import LLM_ERROR_CODES
 from server.llm.openai_provider import OpenAIProvider
 from server.llm.provider import ChatMessage, Outcome, ProviderError, Turn, build_messages
 from server.settings import LLMSettings
-from tests.support.fake_openai import LEAKED_KEY, FakeOpenAI, error_message, reply_text, reply_tokens
+from tests.support.fake_openai import (
+    LEAKED_KEY,
+    STREAM_ERROR_MESSAGE,
+    FakeOpenAI,
+    error_message,
+    reply_text,
+    reply_tokens,
+)
 from tests.support.redis_server import free_port
 
 Make = Callable[..., OpenAIProvider]
@@ -158,6 +165,19 @@ async def test_a_plain_text_error_body_is_the_message(make: Make) -> None:
     _, error = await run(make(), messages)
     assert isinstance(error, ProviderError) and error.code == "provider_unavailable"
     assert error.message.endswith(f"HTTP 502: {error_message(502)}")
+
+
+@pytest.mark.parametrize(("marker", "code"), [
+    ("#streamerror=503", "provider_unavailable"), ("#streamerror=500", "provider_error"),
+    ("#streamerror", "provider_error"),
+])
+async def test_an_error_event_mid_stream_has_the_code_of_its_status_after_the_partial_text(
+        make: Make, marker: str, code: str) -> None:
+    _, messages = asking(marker)
+    deltas, error = await run(make(), messages)
+    assert "".join(deltas) == reply_text(3)
+    assert isinstance(error, ProviderError) and error.code == code
+    assert error.message.endswith(STREAM_ERROR_MESSAGE)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])

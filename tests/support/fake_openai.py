@@ -24,6 +24,8 @@ marker          answer
 ``#status=N``   HTTP N, likewise: ``error.message`` is :func:`error_message` (401's holds a key)
 ``#bigerror``   with ``#status``: the message padded to :data:`BIG_ERROR_CHARS` characters
 ``#textbody``   with ``#status``: the message as a ``text/plain`` body (as a proxy's own error page)
+``#streamerror=N``  after 3 tokens, an error event (``data: {"error": ...}``, as LiteLLM's proxy sends
+                when its upstream fails mid-stream) with ``code`` ``"N"`` (none without N); no ``[DONE]``
 ``#dated``      the chunks name the model asked for with :data:`DATED` appended (as OpenAI's do)
 ``#hang``       no answer at all, until the client hangs up
 ==============  ==================================================================================
@@ -54,6 +56,7 @@ _WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 _MARKER = re.compile(r"#(\w+)(?:=(\d+))?")
 BIG_ERROR_CHARS = 1000
 DATED = "-2024-07-18"
+STREAM_ERROR_MESSAGE = "upstream failed mid-stream (fake)"
 #: A key the 401's message echoes (as OpenAI's does, partly starred): it must never reach a room or a log.
 LEAKED_KEY = "sk-proj-fAkEkEy0123456789abcdefXYZ"
 _ERRORS = {
@@ -129,6 +132,7 @@ class Behaviour:
     big_error: bool = False
     text_body: bool = False
     dated: bool = False
+    stream_error: int | None = None  # 0: an error event without a code
 
     @classmethod
     def of(cls, text: str) -> Behaviour:
@@ -152,6 +156,7 @@ _MARKERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "bigerror": lambda n: {"big_error": True},
     "textbody": lambda n: {"text_body": True},
     "dated": lambda n: {"dated": True},
+    "streamerror": lambda n: {"stream_error": int(n or 0)},
     "hang": lambda n: {"hang": True},
 }
 
@@ -291,6 +296,14 @@ class FakeOpenAI:
             if behaviour.cut and count > CUT_AFTER_TOKENS:
                 self._update(exchange, ended="cut")
                 return  # the connection closes without the body's last chunk
+            if behaviour.stream_error is not None and count > CUT_AFTER_TOKENS:
+                code = str(behaviour.stream_error) if behaviour.stream_error else None
+                await _send_event(writer, {"error": {"message": STREAM_ERROR_MESSAGE, "type": None, "param": None,
+                                                     "code": code}})
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                self._update(exchange, ended="completed")
+                return
             await asyncio.sleep(behaviour.delay_s)
             await _send_event(writer, chunks.make({"content": token}))
             self._update(exchange, tokens_sent=count)
