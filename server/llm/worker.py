@@ -106,7 +106,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # deliveries of one request that may generate; the next one ends with llm.error
 ANSWER_DEDUPE_S = 24 * 3600  # how long a stored answer's rid is remembered (no second llm.response)
 READ_BLOCK_MS = 1000
-FINAL_WRITE_ATTEMPTS = 10  # tries of a generation's last write (the store, then llm.error), over about 10 s
+FINAL_WRITE_ATTEMPTS = 10  # tries of a generation's last write (store, then llm.error): about 10 s of backoff
 
 T = TypeVar("T")
 
