@@ -111,23 +111,30 @@ def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str
 
 
 def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,
-                    attempt: int = 1) -> str:
-    """``llm.error``: generation ``rid`` failed (``code``: one of :data:`protocol.errors.LLM_ERROR_CODES`)."""
+                    attempt: int = 1, cancelled_by: str | None = None) -> str:
+    """``llm.error``: generation ``rid`` failed (``code``: one of :data:`protocol.errors.LLM_ERROR_CODES`);
+    ``cancelled_by``: the role whose ``llm.cancel`` ended it (code ``cancelled``)."""
     hd = _generation_header(Event.LLM_ERROR, room, rid, reply_to, now_ms, attempt)
-    return orjson.dumps({"hd": hd, "bd": {"code": code, "message": message}}).decode()
+    bd: dict[str, Any] = {"code": code, "message": message}
+    if cancelled_by:
+        bd["cancelled_by"] = cancelled_by
+    return orjson.dumps({"hd": hd, "bd": bd}).decode()
 
 
 def llm_response_body(room: str, rid: str, reply_to: str, now_ms: int, text: str, finish_reason: str, model: str,
                       usage: dict[str, int] | None = None, attempt: int = 1,
-                      error: tuple[str, str] | None = None) -> bytes:
+                      error: tuple[str, str] | None = None, cancelled_by: str | None = None) -> bytes:
     """The stored ``body`` of ``llm.response``: generation ``rid``'s whole text and how it ended
     (``stop``, ``length``, ``cancelled``, ``error``); ``usage`` when the provider reported it; ``error``
     (``code``, ``message``: one of :data:`protocol.errors.LLM_ERROR_CODES`) for an answer cut by a
-    failure, which it ends (no ``llm.error`` follows)."""
+    failure, which it ends (no ``llm.error`` follows); ``cancelled_by``, the role whose ``llm.cancel``
+    stopped it (``finish_reason`` ``cancelled``)."""
     hd = _generation_header(Event.LLM_RESPONSE, room, rid, reply_to, now_ms, attempt)
     bd: dict[str, Any] = {"text": text, "finish_reason": finish_reason, "model": model}
     if usage is not None:
         bd["usage"] = usage
     if error is not None:
         bd["error"] = {"code": error[0], "message": error[1]}
+    if cancelled_by:
+        bd["cancelled_by"] = cancelled_by
     return orjson.dumps({"hd": hd, "bd": bd})

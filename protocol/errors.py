@@ -87,11 +87,12 @@ ERRORS: dict[str, ErrorCode] = {
     "unknown_generation": ErrorCode(_FRAME, None, "No generation with this rid is running in this room."),
     "internal": ErrorCode(
         _HANDSHAKE | _FRAME | _HTTP, 500, "Internal server error; the message was not processed."),
-    # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set)
+    # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set); ``forbidden``
+    # also refuses an ``llm.cancel`` of another role's answer (``LLM_CANCEL=asker``), with its own message
     "unauthorized": ErrorCode(
         _HANDSHAKE | _HTTP, 401, "A valid token (or the admin key) is required.", credentials=True),
     "forbidden": ErrorCode(
-        _HANDSHAKE | _HTTP, 403,
+        _HANDSHAKE | _FRAME | _HTTP, 403,
         "The token does not allow this: it is for another room, or this needs the admin key.", credentials=True),
     # refusals of the HTTP API
     "invalid_ttl": ErrorCode(_HTTP, 400, "'ttl_s' must be a whole number of seconds."),
@@ -129,9 +130,13 @@ def refusal_body(code: str, message: str, cid: str | None = None) -> dict[str, A
 #: The codes of ``llm.error`` frames, with the message the frame carries unless the failure has a
 #: more precise one (:class:`server.llm.provider.ProviderError`).
 LLM_ERROR_CODES: dict[str, str] = {
-    "provider_rate_limited": "The LLM provider is rate limiting us (HTTP 429). Try again later.",
+    "provider_auth": "The LLM provider refused the API key, or the key may not use this model "
+                     "(check OPENAI_API_KEY and LLM_MODEL).",
+    "provider_rate_limited": "The LLM provider is rate limiting us. Try again later.",
     "provider_timeout": "The LLM provider did not finish answering in time.",
     "provider_unavailable": "The LLM provider could not be reached, or the connection dropped mid-answer.",
+    "provider_bad_request": "The LLM provider refused the request (a wrong model name, or a conversation too "
+                            "long for the model); asking again will not help.",
     "provider_error": "The LLM provider failed to answer.",
     "cancelled": "The answer was cancelled before any text was streamed; nothing was stored.",
     "expired": "The question waited longer than LLM_QUEUE_LEASE_S and another question took the room; ask again.",

@@ -124,7 +124,7 @@ class Relay:
         self.sessions = Sessions(store.bulk_log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
         self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
-                              settings.llm.queue_lease_ms)
+                              settings.llm.queue_lease_ms, settings.llm.cancel)
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     @contextlib.asynccontextmanager

@@ -9,7 +9,10 @@
 - An ``llm.invoke`` first takes the room's lock (``busy`` when it cannot: nothing is stored), is
   then stored like a chat message, and queued.
 - An ``llm.cancel`` stops the generation whichever process runs it; ``unknown_generation`` when
-  no such generation is running in the room.
+  no such generation is running in the room. Who may (``LLM_CANCEL``): ``any`` human in the room,
+  or only the role that ``asker``-ed (the room's lock records the asker when it is taken); another
+  role is refused ``forbidden``. The role that cancelled is recorded with the cancel, and stored
+  with the answer (``bd.cancelled_by``).
 
 **A room's turn never leaks.** Whenever a request does not end up queued, the lock it took (or may
 have taken: a lock whose reply was lost) is released, and a release that fails (Redis away) is tried
@@ -34,22 +37,25 @@ from protocol.errors import ProtocolError
 from server.appender import Appender
 from server.errors import error_for
 from server.member import Member
-from server.settings import Trigger
-from server.store.ports import Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue
+from server.settings import CancelScope, Trigger
+from server.store.ports import Cancel, Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue
 from server.supervise import backoff
 
 log = logging.getLogger(__name__)
 _MENTION = re.compile(r"@llm\b", re.IGNORECASE)
+CANCEL_FORBIDDEN = "Only the member who asked this question may stop its answer (LLM_CANCEL=asker)."
 
 
 class LLMFront:
     def __init__(self, locks: GenerationLocks, requests: RequestQueue, appender: Appender, trigger: Trigger,
-                 queue_lease_ms: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+                 queue_lease_ms: int, cancel_scope: CancelScope = "any",
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self._locks = locks
         self._requests = requests
         self._appender = appender
         self._trigger = trigger
         self._lease_ms = queue_lease_ms
+        self._asker_only = cancel_scope == "asker"
         self._sleep = sleep  # the background retries' pauses (tests pass their own)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -63,7 +69,7 @@ class LLMFront:
         """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
         try:
-            fence = await self._locks.lock(request.room, request.rid, self._lease_ms)
+            fence = await self._locks.lock(request.room, request.rid, self._lease_ms, asker)
         except Exception as exc:  # the message is stored: its answer is asked for again once Redis is back
             log.warning("room %s: the bot could not take the room for %s (%s); trying again", request.room,
                         request.rid, exc)
@@ -76,7 +82,7 @@ class LLMFront:
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()
-        fence = await self._lock(member.room, rid)
+        fence = await self._lock(member.room, rid, envelope.role)
         if fence is None:
             raise ProtocolError("busy", cid=envelope.cid)
         try:
@@ -103,11 +109,11 @@ class LLMFront:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _lock(self, room: str, rid: str) -> Fence | None:
+    async def _lock(self, room: str, rid: str, asker: str) -> Fence | None:
         """The room's lock for ``rid``, or None when another generation holds it. When the store fails,
         the lock may have been taken all the same (a lost reply): it is released in the background."""
         try:
-            return await self._locks.lock(room, rid, self._lease_ms)
+            return await self._locks.lock(room, rid, self._lease_ms, asker)
         except BaseException:
             self._release(room, rid, None)
             raise
@@ -147,7 +153,7 @@ class LLMFront:
         taken: list[Fence | None] = []
 
         async def lock() -> None:  # rid's own lock, taken already if only the reply was lost, is taken again
-            taken.append(await self._locks.lock(request.room, request.rid, self._lease_ms))
+            taken.append(await self._locks.lock(request.room, request.rid, self._lease_ms, request.asker))
 
         if not await self._retried(lock):
             log.error("room %s: the bot could not take the room for %s: it stays unanswered", request.room,
@@ -180,8 +186,11 @@ class LLMFront:
 
     async def cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         rid = envelope.bd["rid"]
-        if not await self._locks.cancel(member.room, rid):
+        done = await self._locks.cancel(member.room, rid, envelope.role, self._asker_only)
+        if done is Cancel.NOT_RUNNING:
             raise ProtocolError("unknown_generation", f"No generation {rid!r} is running in this room.", envelope.cid)
+        if done is Cancel.NOT_ASKER:
+            raise ProtocolError("forbidden", CANCEL_FORBIDDEN, envelope.cid)
 
 
 def new_rid() -> str:

@@ -14,6 +14,7 @@ and close it. Run it under ``contextlib.aclosing`` so the upstream HTTP stream i
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
@@ -41,8 +42,9 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a generation ended. ``model`` is the one the provider says answered; ``usage`` holds
-    its token counts (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) when reported."""
+    """How a generation ended. ``model`` is the one the provider says answered (not what the room
+    is told: ``bd.model`` is always the model asked for); ``usage`` holds its token counts
+    (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) when reported."""
 
     finish_reason: FinishReason
     model: str
@@ -54,14 +56,50 @@ Event = str | Outcome
 
 class ProviderError(Exception):
     """A generation the provider could not complete: the ``code`` and ``message`` of its ``llm.error``
-    frame. ``code`` is one of :data:`protocol.errors.LLM_ERROR_CODES`, whose message is the default."""
+    frame. ``code`` is one of :data:`protocol.errors.LLM_ERROR_CODES`, whose message is the default.
+    ``status`` is the provider's HTTP status, when it answered with one."""
 
-    def __init__(self, code: str, message: str | None = None) -> None:
+    def __init__(self, code: str, message: str | None = None, status: int | None = None) -> None:
         if code not in LLM_ERROR_CODES:
             raise ValueError(f"undocumented provider error code {code!r}")
         self.code = code
         self.message = message or LLM_ERROR_CODES[code]
+        self.status = status
         super().__init__(f"{code}: {self.message}")
+
+
+#: The code of a provider's HTTP error status; any status not listed is ``provider_error``.
+STATUS_CODES: dict[int, str] = {
+    400: "provider_bad_request", 404: "provider_bad_request", 422: "provider_bad_request",
+    401: "provider_auth", 403: "provider_auth",
+    408: "provider_timeout", 504: "provider_timeout",
+    429: "provider_rate_limited",
+    502: "provider_unavailable", 503: "provider_unavailable",
+}
+MAX_DETAIL_CHARS = 300  # of the provider's own message, in ``llm.error`` and the log
+MASK = "***"
+# Key-like strings a provider may echo back: OpenAI-style keys (``sk-...``, ``sk-proj-...``), bearer tokens.
+_SECRETS = re.compile(r"\b(sk-(?:[A-Za-z0-9]+-)?)[A-Za-z0-9_*\-]{3,}"
+                      r"|(?i:(\bbearer\s+|key\s*[:=]\s*))[A-Za-z0-9_.\-]{8,}")
+
+
+def status_error(status: int, detail: str, secrets: Sequence[str] = ()) -> ProviderError:
+    """The :class:`ProviderError` for a provider's HTTP error ``status`` whose body said ``detail``:
+    its message is the code's, then the status and the detail, made safe by :func:`safe_detail`."""
+    code = STATUS_CODES.get(status, "provider_error")
+    shown = safe_detail(detail, secrets)
+    message = f"{LLM_ERROR_CODES[code]} HTTP {status}" + (f": {shown}" if shown else ".")
+    return ProviderError(code, message, status)
+
+
+def safe_detail(detail: str, secrets: Sequence[str] = ()) -> str:
+    """A provider's own error message as the room and the log may see it: on one line, every key
+    fragment (and each of ``secrets``, the key we sent) masked, cut to :data:`MAX_DETAIL_CHARS`."""
+    for secret in secrets:
+        if len(secret) >= 8:
+            detail = detail.replace(secret, MASK)
+    detail = _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, " ".join(detail.split()))
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS - 1] + "\u2026"
 
 
 class Provider(Protocol):

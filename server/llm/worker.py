@@ -183,6 +183,13 @@ class Generation:
     state: State = CLAIMED
     fence: Fence | None = None  # the room's lock as this worker holds it (set by the start)
     fenced: bool = False  # a frame or a renewal found the token stale: write nothing more
+    cancelled_by: str | None = None  # the role whose llm.cancel stopped it (None: not cancelled, or the server)
+
+    def cancel_by(self, role: str | None) -> None:
+        """``llm.cancel`` from ``role`` stops it (the first cancel is the one recorded)."""
+        if not self.cancel.is_set():
+            self.cancelled_by = role or None
+        self.cancel.set()
 
     def fire(self, trigger: Trigger) -> State:
         """The only place the state changes: the next state from :data:`TRANSITIONS`."""
@@ -339,9 +346,10 @@ class Worker:
             while True:
                 event = await cancellations.next(timeout_s=1.0)
                 if event is not None and event[0] == "message":
-                    generation = self._running.get(event[1].decode())
+                    rid, _, by = event[1].decode().partition(" ")
+                    generation = self._running.get(rid)
                     if generation is not None:
-                        generation.cancel.set()
+                        generation.cancel_by(by)
         finally:
             await cancellations.close()
 
@@ -352,7 +360,7 @@ class Worker:
             generation.fire(Trigger.START)
             started = await self._locks.start(request.room, request.rid, self._settings.running_lease_ms)
             if started.cancelled:
-                generation.cancel.set()
+                generation.cancel_by(started.cancelled_by)
             if started.answered:
                 generation.fire(Trigger.ANSWERED)
             elif started.fence is None:
@@ -388,6 +396,9 @@ class Worker:
         error: ProviderError | None = None
         if not generation.cancel.is_set():  # cancelled while it was queued: the model is not asked
             outcome, error = await self._ask(generation, messages)
+        if error is not None:
+            log.warning("room %s: generation %s failed: %s (HTTP %s): %s", request.room, request.rid, error.code,
+                        error.status or "-", error.message)
         if generation.fenced:
             COUNTS.generations["fenced"] += 1
             generation.fire(Trigger.FENCE)
@@ -396,7 +407,7 @@ class Worker:
         text = "".join(generation.text)
         trigger = Trigger.FAIL if error else Trigger.FINISH if outcome else Trigger.CANCEL
         if outcome is not None or text:
-            stored = await self._store_answer(request, generation.fence, text, outcome, error)
+            stored = await self._store_answer(generation, text, outcome, error)
             if stored is None:
                 generation.fire(Trigger.FENCE)
                 return
@@ -409,7 +420,7 @@ class Worker:
         else:
             code = error.code if error else "cancelled"
             reason = error.message if error else LLM_ERROR_CODES[code]
-        if not await self._end(generation, code, reason):
+        if not await self._end(generation, code, reason, generation.cancelled_by if code == "cancelled" else None):
             generation.fire(Trigger.FENCE)
             return
         COUNTS.generations[code] += 1
@@ -463,17 +474,18 @@ class Worker:
                 log.warning("room %s: some deltas of %s did not reach other nodes: %s", request.room, request.rid,
                             failed)
 
-    async def _store_answer(self, request: Request, fence: Fence | None, text: str, outcome: Outcome | None,
+    async def _store_answer(self, generation: Generation, text: str, outcome: Outcome | None,
                             error: ProviderError | None) -> bool | None:
         """Store the answer, fenced (the lock released in the same step), retrying a failed store (its
         cid is the rid: never stored twice). True when stored (now or before), None when the token is
         stale, False when the store kept failing."""
+        request = generation.request
         finish = outcome.finish_reason if outcome else "error" if error else "cancelled"
         body = llm_response_body(request.room, request.rid, request.reply_to, _now_ms(), text, finish,
-                                 outcome.model if outcome else self._model_name(),
-                                 outcome.usage if outcome else None, request.attempt,
-                                 (error.code, error.message) if error else None)
-        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, fence)
+                                 self._model_name(), outcome.usage if outcome else None, request.attempt,
+                                 (error.code, error.message) if error else None,
+                                 generation.cancelled_by if finish == "cancelled" else None)
+        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, generation.fence)
         try:
             stored = await self._final_write(request, "the answer", lambda: self._appender.append(entry))
         except Fenced:
@@ -483,12 +495,13 @@ class Worker:
             return False
         return isinstance(stored, bytes | Duplicate)
 
-    async def _end(self, generation: Generation, code: str, text: str) -> bool:
+    async def _end(self, generation: Generation, code: str, text: str, cancelled_by: str | None = None) -> bool:
         """End the generation with ``llm.error`` (nothing stored), in the step that checks its token and
         releases the lock (retried: a retry after a lost reply sends nothing twice). False when the
         token is stale (or another worker ended it)."""
         request = generation.request
-        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt)
+        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt,
+                                cancelled_by)
         after = request.reply_to.encode()
         ended = await self._final_write(request, "llm.error", lambda: self._locks.end(
             request.room, request.rid, generation.fence, after + b" " + frame.encode(), self._ephemeral.node))
@@ -516,6 +529,9 @@ class Worker:
                 await self._sleep(backoff(failures - 1))
 
     def _model_name(self) -> str:
+        """``bd.model`` of every answer, finished, failed or cancelled: the model asked for (``LLM_MODEL``,
+        or the scripted provider's), never the name the upstream answers with (a gateway's alias, a
+        dated snapshot), which a failed or cancelled answer may never have heard."""
         return self._settings.model if self._settings.provider == "openai" else SCRIPTED_MODEL
 
 

@@ -18,7 +18,8 @@ scripts). A room's keys:
 - ``chat:llm:lock:<room>``: ``"<token> <rid>"`` of the room's generation (queued or running).
 - ``chat:llm:fence:<room>``: the room's fencing counter (INCR): each taking of the lock gets the next token.
 - ``chat:llm:ended:<room>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
-- ``chat:llm:cancelled:<room>:<rid>``: a generation cancelled before its worker started it.
+- ``chat:llm:cancelled:<room>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
+- ``chat:llm:asker:<room>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
 
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), and the channels
 ``chat:node:<node>`` (announcements and unstored frames for one node) and ``chat:llm:cancel``.
@@ -71,6 +72,10 @@ def llm_ended_key(room: str, rid: str) -> str:
 
 def llm_cancelled_key(room: str, rid: str) -> str:
     return f"chat:llm:cancelled:{room}:{rid}"
+
+
+def llm_asker_key(room: str, rid: str) -> str:
+    return f"chat:llm:asker:{room}:{rid}"
 
 
 def llm_requests_key(queue: str) -> str:

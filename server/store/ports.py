@@ -39,6 +39,7 @@ Guarantees the core relies on:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -84,6 +85,15 @@ class Started:
     answered: bool  # its answer is stored, or the generation ended already (an llm.error was sent)
     cancelled: bool  # llm.cancel named it
     fence: Fence | None  # the lock, taken again with a new token; None: answered, or the room is another's
+    cancelled_by: str | None = None  # the role whose llm.cancel named it (None: not cancelled, or unknown)
+
+
+class Cancel(enum.Enum):
+    """What :meth:`GenerationLocks.cancel` did."""
+
+    CANCELLED = "cancelled"  # it was running: marked cancelled, every worker told
+    NOT_RUNNING = "not_running"  # no such generation holds the room's lock
+    NOT_ASKER = "not_asker"  # only its asker may cancel it, and another role asked: nothing done
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +265,9 @@ class GenerationLocks(Protocol):
     so a worker whose token is stale (its lease lapsed, or another worker took the request over)
     cannot write anything."""
 
-    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
-        """Take the room's lock for ``rid`` with a new token; None when another generation holds it."""
+    async def lock(self, room: str, rid: str, lease_ms: int, asker: str = "") -> Fence | None:
+        """Take the room's lock for ``rid`` with a new token, recording ``asker`` (the role that asked,
+        for :meth:`cancel`; "" records nothing); None when another generation holds it."""
         ...
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
@@ -287,12 +298,13 @@ class GenerationLocks(Protocol):
         True when this fence ended it (now, or in an earlier call whose reply was lost)."""
         ...
 
-    async def cancel(self, room: str, rid: str) -> bool:
-        """Mark ``rid`` cancelled and tell every worker, if it holds the lock; False otherwise."""
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
+        """If ``rid`` holds the lock, mark it cancelled by the role ``by`` and tell every worker, in one
+        step; with ``asker_only``, only when ``by`` is the role that asked it (or who asked is unknown)."""
         ...
 
     def cancellations(self) -> Subscription:
-        """The rids cancelled on any node."""
+        """The generations cancelled on any node: messages ``b"<rid> <role that cancelled>"``."""
         ...
 
 

@@ -44,6 +44,7 @@ from server.store.keys import (
     dedupe_key,
     epoch_key,
     followers_key,
+    llm_asker_key,
     llm_cancelled_key,
     llm_ended_key,
     llm_fence_key,
@@ -58,6 +59,7 @@ from server.store.ports import (
     ENDED_TTL_S,
     FENCE_TTL_S,
     BatchResult,
+    Cancel,
     Duplicate,
     Entry,
     Fence,
@@ -79,6 +81,7 @@ T = TypeVar("T")
 #: Errors meaning "Redis cannot be reached right now".
 UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 CANCELLED_TTL_S = 600
+ASKER_TTL_S = ENDED_TTL_S  # who asked a generation is kept as long as any question may wait and run
 REQUESTS_MAXLEN = 100_000
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
@@ -397,17 +400,19 @@ class RedisLocks:
         self._script = connections.script("jobs.lua")
 
     @translated
-    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
-        token = await self._script([llm_lock_key(room), llm_fence_key(room)], ["lock", rid, lease_ms, FENCE_TTL_S])
+    async def lock(self, room: str, rid: str, lease_ms: int, asker: str = "") -> Fence | None:
+        token = await self._script([llm_lock_key(room), llm_fence_key(room), llm_asker_key(room, rid)],
+                                   ["lock", rid, lease_ms, FENCE_TTL_S, asker, ASKER_TTL_S])
         return Fence(room, rid, int(token)) if token else None
 
     @translated
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
-        answered, cancelled, token = await self._script(
+        answered, cancelled, token, by = await self._script(
             [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid),
              llm_ended_key(room, rid), llm_fence_key(room)],
             ["start", rid, lease_ms, FENCE_TTL_S])
-        return Started(bool(answered), bool(cancelled), Fence(room, rid, int(token)) if token else None)
+        return Started(bool(answered), bool(cancelled), Fence(room, rid, int(token)) if token else None,
+                       by.decode() if by else None)
 
     @translated
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
@@ -438,9 +443,10 @@ class RedisLocks:
         return bool(ended)
 
     @translated
-    async def cancel(self, room: str, rid: str) -> bool:
-        return bool(await self._script([llm_lock_key(room), llm_cancelled_key(room, rid)],
-                                       ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S]))
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
+        done = await self._script([llm_lock_key(room), llm_cancelled_key(room, rid), llm_asker_key(room, rid)],
+                                  ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S, by, int(asker_only)])
+        return {0: Cancel.NOT_RUNNING, 1: Cancel.CANCELLED, 2: Cancel.NOT_ASKER}[int(done)]
 
     def cancellations(self) -> TranslatedSubscription:
         return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from protocol.names import LLM_ROLE
-from server.store.keys import dedupe_key, llm_lock_key, llm_requests_key
-from server.store.ports import Fence, Fenced, NewEntry, Request, Retention, Started, Store
+from server.store.keys import dedupe_key, llm_asker_key, llm_lock_key, llm_requests_key
+from server.store.ports import ENDED_TTL_S, Cancel, Fence, Fenced, NewEntry, Request, Retention, Started, Store
 from tests.conftest import RUN, Backend, new_room
 
 LEASE_MS = 60_000
@@ -26,15 +26,40 @@ async def test_one_generation_per_room_fenced_by_a_growing_token(backend: Backen
     await backend.raw.pexpire(llm_lock_key(room), 500)
     assert await locks.renew([first, Fence(room, "g-2", 2)], LEASE_MS) == [True, False]
     assert 500 < await backend.raw.pttl(llm_lock_key(room)) <= LEASE_MS  # renewed for its holder
-    assert await locks.cancel(room, "g-2") is False  # not running
-    assert await locks.cancel(room, "g-1") is True
+    assert await locks.cancel(room, "g-2", "A") is Cancel.NOT_RUNNING
+    assert await locks.cancel(room, "g-1", "B") is Cancel.CANCELLED
     started = await locks.start(room, "g-1", LEASE_MS)  # the worker takes it over: a new token
-    assert started == Started(False, True, Fence(room, "g-1", 2))
+    assert started == Started(False, True, Fence(room, "g-1", 2), "B")
     assert await locks.renew([first], LEASE_MS) == [False]  # the front's token is stale now
     assert started.fence is not None and await locks.release(started.fence) is True
     second = await locks.lock(room, "g-2", LEASE_MS)  # free again
     assert second == Fence(room, "g-2", 3)
     await locks.release(second)
+
+
+async def test_the_lock_records_who_asked_and_with_asker_only_only_they_may_cancel(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    fence = await locks.lock(room, "g-1", LEASE_MS, "A")
+    assert await backend.raw.get(llm_asker_key(room, "g-1")) == b"A"
+    assert 0 < await backend.raw.ttl(llm_asker_key(room, "g-1")) <= ENDED_TTL_S
+    assert await locks.cancel(room, "g-1", "B", asker_only=True) is Cancel.NOT_ASKER
+    assert await locks.start(room, "g-1", LEASE_MS) == Started(False, False, Fence(room, "g-1", 2))  # not cancelled
+    assert await locks.cancel(room, "g-1", "A", asker_only=True) is Cancel.CANCELLED
+    assert (await locks.start(room, "g-1", LEASE_MS)).cancelled_by == "A"
+    assert await locks.cancel(room, "g-2", "A", asker_only=True) is Cancel.NOT_RUNNING
+    assert fence is not None and await locks.release(Fence(room, "g-1", 3))
+
+
+async def test_any_role_may_cancel_without_asker_only_or_when_who_asked_is_unknown(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    await locks.lock(room, "g-1", LEASE_MS, "A")
+    assert await locks.cancel(room, "g-1", "B") is Cancel.CANCELLED
+    assert (await locks.start(room, "g-1", LEASE_MS)).cancelled_by == "B"
+    assert await locks.release(Fence(room, "g-1", 2))
+    await locks.lock(room, "g-2", LEASE_MS)  # no asker recorded
+    assert await backend.raw.exists(llm_asker_key(room, "g-2")) == 0
+    assert await locks.cancel(room, "g-2", "B", asker_only=True) is Cancel.CANCELLED
+    assert await locks.release(Fence(room, "g-2", 3))
 
 
 async def test_start_tells_an_answered_request_and_retakes_a_lost_lock(backend: Backend) -> None:
@@ -135,10 +160,10 @@ async def test_a_cancel_reaches_every_subscribed_worker(store: Store) -> None:
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "subscribe":
         pass
     fence = await store.locks.lock(room, "g-5", LEASE_MS)
-    assert await store.locks.cancel(room, "g-5")
+    assert await store.locks.cancel(room, "g-5", "B") is Cancel.CANCELLED
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "message":
         pass
-    assert message[1] == b"g-5"
+    assert message[1] == b"g-5 B"  # the rid, and the role that cancelled it
     await heard.close()
     assert fence is not None
     await store.locks.release(fence)

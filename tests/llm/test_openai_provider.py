@@ -10,10 +10,18 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from protocol.errors import LLM_ERROR_CODES
 from server.llm.openai_provider import OpenAIProvider
 from server.llm.provider import ChatMessage, Outcome, ProviderError, Turn, build_messages
 from server.settings import LLMSettings
-from tests.support.fake_openai import FakeOpenAI, reply_text, reply_tokens
+from tests.support.fake_openai import (
+    LEAKED_KEY,
+    STREAM_ERROR_MESSAGE,
+    FakeOpenAI,
+    error_message,
+    reply_text,
+    reply_tokens,
+)
 from tests.support.redis_server import free_port
 
 Make = Callable[..., OpenAIProvider]
@@ -114,6 +122,78 @@ async def test_500_is_provider_error(make: Make, fake_openai: FakeOpenAI) -> Non
     assert isinstance(error, ProviderError) and error.code == "provider_error"
     assert "500" in error.message
     assert len(fake_openai.exchanges(tag)) == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "provider_auth"), (403, "provider_auth"),
+    (429, "provider_rate_limited"),
+    (408, "provider_timeout"), (504, "provider_timeout"),
+    (502, "provider_unavailable"), (503, "provider_unavailable"),
+    (400, "provider_bad_request"), (404, "provider_bad_request"), (422, "provider_bad_request"),
+    (500, "provider_error"), (409, "provider_error"), (418, "provider_error"),
+])
+async def test_each_error_status_has_its_code_and_the_providers_own_message(make: Make, status: int,
+                                                                            code: str) -> None:
+    _, messages = asking(f"#status={status}")
+    deltas, error = await run(make(), messages)
+    assert deltas == []
+    assert isinstance(error, ProviderError)
+    assert (error.code, error.status) == (code, status)
+    shown = error_message(status).replace(LEAKED_KEY, "sk-proj-***")
+    assert error.message == f"{LLM_ERROR_CODES[code]} HTTP {status}: {shown}"
+
+
+async def test_a_key_the_provider_echoes_is_masked(make: Make) -> None:
+    _, messages = asking("#status=401")
+    _, error = await run(make(OPENAI_API_KEY="sk-our-own-secret-key-42"), messages)
+    assert isinstance(error, ProviderError) and error.code == "provider_auth"
+    assert LEAKED_KEY not in error.message and LEAKED_KEY[8:] not in error.message
+    assert "Incorrect API key provided: sk-proj-***." in error.message
+
+
+async def test_the_providers_message_is_cut_to_300_characters(make: Make) -> None:
+    _, messages = asking("#status=400", "#bigerror")
+    _, error = await run(make(), messages)
+    assert isinstance(error, ProviderError) and error.code == "provider_bad_request"
+    detail = error.message.split(" HTTP 400: ", 1)[1]
+    assert len(detail) == 300 and detail.endswith("\u2026")
+    assert detail.startswith(error_message(400))
+
+
+async def test_a_plain_text_error_body_is_the_message(make: Make) -> None:
+    _, messages = asking("#status=502", "#textbody")
+    _, error = await run(make(), messages)
+    assert isinstance(error, ProviderError) and error.code == "provider_unavailable"
+    assert error.message.endswith(f"HTTP 502: {error_message(502)}")
+
+
+@pytest.mark.parametrize(("marker", "code"), [
+    ("#streamerror=503", "provider_unavailable"), ("#streamerror=500", "provider_error"),
+    ("#streamerror", "provider_error"),
+])
+async def test_an_error_event_mid_stream_has_the_code_of_its_status_after_the_partial_text(
+        make: Make, marker: str, code: str) -> None:
+    _, messages = asking(marker)
+    deltas, error = await run(make(), messages)
+    assert "".join(deltas) == reply_text(3)
+    assert isinstance(error, ProviderError) and error.code == code
+    assert error.message.endswith(STREAM_ERROR_MESSAGE)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_a_refused_request_is_never_retried(make: Make, fake_openai: FakeOpenAI, status: int) -> None:
+    tag, messages = asking(f"#status={status}")
+    _, error = await run(make(LLM_MAX_RETRIES="2"), messages)
+    assert isinstance(error, ProviderError) and error.status == status
+    assert len(fake_openai.exchanges(tag)) == 1
+
+
+@pytest.mark.parametrize("status", [408, 502, 503, 504])
+async def test_a_passing_failure_is_retried_then_reported(make: Make, fake_openai: FakeOpenAI, status: int) -> None:
+    tag, messages = asking(f"#status={status}")
+    _, error = await run(make(LLM_MAX_RETRIES="1"), messages)
+    assert isinstance(error, ProviderError) and error.status == status
+    assert len(fake_openai.exchanges(tag)) == 2
 
 
 async def test_no_answer_is_provider_timeout_within_the_cap_retries_included(make: Make,

@@ -17,10 +17,11 @@ import orjson
 import pytest
 import redis
 
+from protocol.errors import LLM_ERROR_CODES
 from server.store.keys import stream_key
 from tests.conftest import RUN
 from tests.support.client import Client
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import LEAKED_KEY, FakeOpenAI, error_message
 from tests.support.server_process import ServerProcess, WorkerProcess
 from tests.support.streams import xrange
 
@@ -136,8 +137,34 @@ async def test_cancel_from_the_other_node(server: ServerProcess, server2: Server
         frames = [first, *await until_end(b)]
     response = frames[-1]
     assert response["hd"]["event"] == "llm.response" and response["bd"]["finish_reason"] == "cancelled"
+    assert response["bd"]["cancelled_by"] == "B"  # LLM_CANCEL=any: the other human may, and is named
     assert response["bd"]["text"] == "".join(d["bd"]["delta"] for d in deltas(frames))
     assert len(response["bd"]["text"].split()) < 200  # stopped well before the ~300 words of the whole answer
+
+
+async def test_with_cancel_asker_only_the_asker_stops_the_answer_on_any_node(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    queue = f"t{RUN}-asker"
+    one = start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_CANCEL="asker")
+    two = start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_CANCEL="asker", LLM_WORKERS="0")
+    async with await Client.open(one.ws(room, role="A")) as a, await Client.open(two.ws(room, role="B")) as b:
+        await a.chat("@llm #long tell me everything")
+        await b.recv()
+        first = await b.recv()
+        rid = first["hd"]["rid"]
+        await b.send({"event": "llm.cancel", "cid": "stop-1"}, {"rid": rid})
+        refusal = await b.recv()
+        while refusal["hd"]["event"] != "error":  # deltas still arriving meanwhile
+            refusal = await b.recv()
+        assert (refusal["bd"]["code"], refusal["bd"]["cid"]) == ("forbidden", "stop-1")
+        assert "LLM_CANCEL=asker" in refusal["bd"]["message"]
+        assert (await b.recv())["hd"]["event"] == "llm.streaming"  # the answer goes on
+        await a.send({"event": "llm.cancel"}, {"rid": rid})
+        response = (await until_end(a))[-1]
+        assert (await until_end(b))[-1] == response
+    assert (response["bd"]["finish_reason"], response["bd"]["cancelled_by"]) == ("cancelled", "A")
+    participant, body = stored(rdb, room, response["hd"]["id"])
+    assert participant == "llm" and body["bd"]["cancelled_by"] == "A"
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +219,42 @@ async def test_provider_failures_give_llm_error_and_the_room_stays_usable(
         await b.chat("@llm again")  # not busy: the failed generation released the room
         frames = await until_end(a)
         assert frames[-1]["hd"]["event"] == "llm.response"
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "provider_auth"), (429, "provider_rate_limited"), (408, "provider_timeout"),
+    (503, "provider_unavailable"), (404, "provider_bad_request"), (500, "provider_error"),
+])
+async def test_each_provider_status_reaches_the_room_as_its_code_with_the_providers_message_and_one_warning(
+        openai_node: ServerProcess, room: str, status: int, code: str) -> None:
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        await a.chat(f"@llm #status={status}")
+        end = (await until_end(a))[-1]
+    shown = error_message(status).replace(LEAKED_KEY, "sk-proj-***")
+    assert end["hd"]["event"] == "llm.error" and end["bd"]["code"] == code
+    assert end["bd"]["message"] == f"{LLM_ERROR_CODES[code]} HTTP {status}: {shown}"
+    log = openai_node.log_path.read_text(errors="replace")
+    warnings = [line for line in log.splitlines() if f"room {room}: generation" in line and " failed: " in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0]
+    assert f"failed: {code} (HTTP {status}): " in warnings[0] and shown in warnings[0]
+    assert LEAKED_KEY not in log and LEAKED_KEY[8:] not in log
+
+
+async def test_bd_model_is_the_model_asked_for_whether_the_answer_finished_failed_or_was_cancelled(
+        openai_node: ServerProcess, room: str, rdb: redis.Redis) -> None:
+    async with await Client.open(openai_node.ws(room, role="A")) as a:
+        await a.chat("@llm #dated")  # the upstream names a dated snapshot of the model
+        finished = (await until_end(a))[-1]
+        await a.chat("@llm #dated #cut")
+        failed = (await until_end(a))[-1]
+        await a.chat("@llm #dated #slow")
+        await a.recv()
+        first = await a.recv()
+        await a.send({"event": "llm.cancel"}, {"rid": first["hd"]["rid"]})
+        cancelled = (await until_end(a))[-1]
+    assert [end["bd"]["finish_reason"] for end in (finished, failed, cancelled)] == ["stop", "error", "cancelled"]
+    assert {end["bd"]["model"] for end in (finished, failed, cancelled)} == {"fake-model"}
+    assert stored(rdb, room, finished["hd"]["id"])[1]["bd"]["model"] == "fake-model"
 
 
 async def test_cancel_closes_the_upstream_stream(openai_node: ServerProcess, room: str,

@@ -21,6 +21,12 @@ marker          answer
 ``#cut``        3 tokens, then the connection is closed mid-body: no end chunk, no ``[DONE]``
 ``#429``        HTTP 429 with an OpenAI-style error body and ``retry-after-ms: 10``
 ``#500``        HTTP 500, likewise
+``#status=N``   HTTP N, likewise: ``error.message`` is :func:`error_message` (401's holds a key)
+``#bigerror``   with ``#status``: the message padded to :data:`BIG_ERROR_CHARS` characters
+``#textbody``   with ``#status``: the message as a ``text/plain`` body (as a proxy's own error page)
+``#streamerror=N``  after 3 tokens, an error event (``data: {"error": ...}``, as LiteLLM's proxy sends
+                when its upstream fails mid-stream) with ``code`` ``"N"`` (none without N); no ``[DONE]``
+``#dated``      the chunks name the model asked for with :data:`DATED` appended (as OpenAI's do)
 ``#hang``       no answer at all, until the client hangs up
 ==============  ==================================================================================
 
@@ -36,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -47,13 +54,40 @@ RETRY_AFTER_MS = 10
 HANG_S = 3600.0
 _WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 _MARKER = re.compile(r"#(\w+)(?:=(\d+))?")
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+BIG_ERROR_CHARS = 1000
+DATED = "-2024-07-18"
+STREAM_ERROR_MESSAGE = "upstream failed mid-stream (fake)"
+#: A key the 401's message echoes (as OpenAI's does, partly starred): it must never reach a room or a log.
+LEAKED_KEY = "sk-proj-fAkEkEy0123456789abcdefXYZ"
 _ERRORS = {
-    429: {"message": "Rate limit reached for requests (fake).", "type": "requests", "param": None,
-          "code": "rate_limit_exceeded"},
-    500: {"message": "The server had an error while processing your request (fake).", "type": "server_error",
-          "param": None, "code": None},
+    400: ("This model's maximum context length is 8 tokens (fake).", "invalid_request_error",
+          "context_length_exceeded"),
+    401: (f"Incorrect API key provided: {LEAKED_KEY}. You can find your API key at "
+          "https://platform.openai.com/account/api-keys (fake).", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model (fake).", "invalid_request_error", "model_not_allowed"),
+    404: ("The model `no-such-model` does not exist or you do not have access to it (fake).",
+          "invalid_request_error", "model_not_found"),
+    408: ("The upstream took too long to answer (fake).", "timeout", None),
+    422: ("Unprocessable: messages[0].content is invalid (fake).", "invalid_request_error", None),
+    429: ("Rate limit reached for requests (fake).", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request (fake).", "server_error", None),
+    502: ("Bad gateway: the upstream model server did not answer (fake).", "server_error", None),
+    503: ("The engine is currently overloaded, please try again later (fake).", "server_error", None),
+    504: ("Gateway timeout: the upstream model server timed out (fake).", "server_error", None),
 }
+
+
+def error_message(status: int) -> str:
+    """The ``error.message`` the fake answers HTTP ``status`` with."""
+    return _ERRORS[status][0] if status in _ERRORS else f"Something went wrong with status {status} (fake)."
+
+
+def _error_body(status: int, big: bool) -> dict[str, Any]:
+    _, kind, code = _ERRORS.get(status, ("", "server_error", None))
+    message = error_message(status)
+    if big:
+        message = (message + " " + "blah " * BIG_ERROR_CHARS)[:BIG_ERROR_CHARS]
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def reply_tokens(count: int) -> list[str]:
@@ -95,6 +129,10 @@ class Behaviour:
     finish_reason: str | None = "stop"
     cut: bool = False
     hang: bool = False
+    big_error: bool = False
+    text_body: bool = False
+    dated: bool = False
+    stream_error: int | None = None  # 0: an error event without a code
 
     @classmethod
     def of(cls, text: str) -> Behaviour:
@@ -114,6 +152,11 @@ _MARKERS: dict[str, Callable[[str], dict[str, Any]]] = {
     "cut": lambda n: {"cut": True},
     "429": lambda n: {"status": 429},
     "500": lambda n: {"status": 500},
+    "status": lambda n: {"status": int(n or 500)},
+    "bigerror": lambda n: {"big_error": True},
+    "textbody": lambda n: {"text_body": True},
+    "dated": lambda n: {"dated": True},
+    "streamerror": lambda n: {"stream_error": int(n or 0)},
     "hang": lambda n: {"hang": True},
 }
 
@@ -212,8 +255,12 @@ class FakeOpenAI:
         if behaviour.hang:
             await self._until_client_closes(reader, exchange, asyncio.sleep(HANG_S))
         elif behaviour.status != 200:
-            await _send_json(writer, behaviour.status, {"error": _ERRORS[behaviour.status]},
-                             {"retry-after-ms": str(RETRY_AFTER_MS)})
+            error = _error_body(behaviour.status, behaviour.big_error)
+            headers = {"retry-after-ms": str(RETRY_AFTER_MS)}
+            if behaviour.text_body:
+                await _send(writer, behaviour.status, error["error"]["message"].encode(), "text/plain", headers)
+            else:
+                await _send_json(writer, behaviour.status, error, headers)
             self._update(exchange, status=behaviour.status, ended="completed")
         elif request.get("stream") is not True:
             await _send_json(writer, 400, {"error": {"message": "the fake serves stream: true only", "type": "x"}})
@@ -242,12 +289,21 @@ class FakeOpenAI:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
         self._update(exchange, status=200)
-        chunks = _Chunks(request, f"chatcmpl-fake{id(exchange):x}")
+        model = str(request.get("model", "")) + (DATED if behaviour.dated else "")
+        chunks = _Chunks(model, request, f"chatcmpl-fake{id(exchange):x}")
         await _send_event(writer, chunks.make({"role": "assistant", "content": "", "refusal": None}))
         for count, token in enumerate(reply_tokens(behaviour.tokens), 1):
             if behaviour.cut and count > CUT_AFTER_TOKENS:
                 self._update(exchange, ended="cut")
                 return  # the connection closes without the body's last chunk
+            if behaviour.stream_error is not None and count > CUT_AFTER_TOKENS:
+                code = str(behaviour.stream_error) if behaviour.stream_error else None
+                await _send_event(writer, {"error": {"message": STREAM_ERROR_MESSAGE, "type": None, "param": None,
+                                                     "code": code}})
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                self._update(exchange, ended="completed")
+                return
             await asyncio.sleep(behaviour.delay_s)
             await _send_event(writer, chunks.make({"content": token}))
             self._update(exchange, tokens_sent=count)
@@ -263,6 +319,7 @@ class FakeOpenAI:
 
 @dataclass
 class _Chunks:
+    model: str
     request: dict[str, Any]
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
@@ -278,7 +335,7 @@ class _Chunks:
 
     def _base(self) -> dict[str, Any]:
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.request.get("model", ""), "system_fingerprint": None}
+                "model": self.model, "system_fingerprint": None}
         if (self.request.get("stream_options") or {}).get("include_usage"):
             base["usage"] = None  # as the real API: null on every chunk but the last
         return base
@@ -302,8 +359,13 @@ async def _send_event(writer: asyncio.StreamWriter, data: dict[str, Any]) -> Non
 
 async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any],
                      headers: dict[str, str] | None = None) -> None:
-    content = orjson.dumps(body)
+    await _send(writer, status, orjson.dumps(body), "application/json", headers)
+
+
+async def _send(writer: asyncio.StreamWriter, status: int, content: bytes, content_type: str,
+                headers: dict[str, str] | None = None) -> None:
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+    reason = HTTPStatus(status).phrase if status in {member.value for member in HTTPStatus} else "Unknown"
+    writer.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
                  f"content-length: {len(content)}\r\nconnection: close\r\n{extra}\r\n".encode() + content)
     await writer.drain()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from server.store.ports import (
     BatchResult,
+    Cancel,
     Duplicate,
     Entry,
     Fence,
@@ -399,7 +400,8 @@ class FakeLocks(_Failing):
         self.until: dict[str, int] = {}  # room -> lease end, in ms
         self.counters: dict[str, int] = {}  # room -> the last token drawn
         self.ended: dict[tuple[str, str], str] = {}  # (room, rid) -> the fence value that ended it
-        self.cancelled: set[tuple[str, str]] = set()
+        self.cancelled: dict[tuple[str, str], str] = {}  # (room, rid) -> the role that cancelled it
+        self.askers: dict[tuple[str, str], str] = {}  # (room, rid) -> the role that asked it
         self.renewed: list[tuple[str, str]] = []
         self.listeners: list[FakeSubscription] = []
         self.frames_gate: asyncio.Event | None = None  # when set to an unset event, frames() waits for it
@@ -423,20 +425,22 @@ class FakeLocks(_Failing):
         self.until[room] = self.log.clock.now_ms + lease_ms
         return Fence(room, rid, token)
 
-    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
+    async def lock(self, room: str, rid: str, lease_ms: int, asker: str = "") -> Fence | None:
         self._check()
         if self._holder(room) not in (None, rid):
             return None
+        if asker:
+            self.askers[room, rid] = asker
         return self._take(room, rid, lease_ms)
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
         self._check()
-        cancelled = (room, rid) in self.cancelled
+        cancelled, by = (room, rid) in self.cancelled, self.cancelled.get((room, rid)) or None
         if (room, "llm", rid) in self.log.cids or (room, rid) in self.ended:
-            return Started(True, cancelled, None)
+            return Started(True, cancelled, None, by)
         if self._holder(room) not in (None, rid):
-            return Started(False, cancelled, None)
-        return Started(False, cancelled, self._take(room, rid, lease_ms))
+            return Started(False, cancelled, None, by)
+        return Started(False, cancelled, self._take(room, rid, lease_ms), by)
 
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
         self._check()
@@ -485,14 +489,17 @@ class FakeLocks(_Failing):
                 for message in messages:
                     bus.send(other, room.encode() + b" " + message)
 
-    async def cancel(self, room: str, rid: str) -> bool:
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
         self._check()
         if self._holder(room) != rid:
-            return False
-        self.cancelled.add((room, rid))
+            return Cancel.NOT_RUNNING
+        asker = self.askers.get((room, rid))
+        if asker_only and asker is not None and asker != by:
+            return Cancel.NOT_ASKER
+        self.cancelled[room, rid] = by
         for listener in self.listeners:
-            listener.put(rid.encode())
-        return True
+            listener.put(f"{rid} {by}".encode())
+        return Cancel.CANCELLED
 
     def cancellations(self) -> FakeSubscription:
         subscription = FakeSubscription()

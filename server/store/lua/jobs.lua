@@ -4,13 +4,14 @@
 -- room's counter (INCR) each time the lock is taken or taken over. Every write of a generation
 -- passes the whole value ("<token> <rid>") and is refused when the lock holds anything else.
 --
--- lock    KEYS: lock, the room's fencing counter. ARGV: 'lock', rid, lease_ms, the counter's ttl_s.
---         Takes the free lock (or rid's own) for rid with a new token: the token, else 0.
+-- lock    KEYS: lock, the room's fencing counter, rid's asker. ARGV: 'lock', rid, lease_ms, the
+--         counter's ttl_s, the role that asked ('' : not recorded), the asker's ttl_s. Takes the free
+--         lock (or rid's own) for rid with a new token, recording who asked: the token, else 0.
 -- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key),
 --         rid's ended marker, the fencing counter. ARGV: 'start', rid, lease_ms, the counter's ttl_s.
---         A worker starting (or taking over) rid: returns {answered, cancelled, token}. Unless rid
---         is answered or ended, takes the lock with a new token when it is free or rid's (token 0:
---         another generation holds the room).
+--         A worker starting (or taking over) rid: returns {answered, cancelled, token, cancelled by}.
+--         Unless rid is answered or ended, takes the lock with a new token when it is free or rid's
+--         (token 0: another generation holds the room).
 -- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
 -- frames  KEYS: lock, the room's followers. ARGV: 'frames', value, this node's id, the prefix of
@@ -21,9 +22,11 @@
 --         room, one message. Unless rid ended already: if the lock holds value (or value is ''),
 --         deletes the lock, marks rid ended (with value) and publishes the message: 1. A rid that
 --         ended with the same value (a retry after a lost reply): 2, nothing sent. Else 0.
--- cancel  KEYS: lock, rid's cancelled marker. ARGV: 'cancel', rid, the workers' cancel channel, the
---         marker's ttl_s. When rid holds the lock: marks it cancelled, tells the workers, returns 1;
---         else 0 (no such generation is running).
+-- cancel  KEYS: lock, rid's cancelled marker, rid's asker. ARGV: 'cancel', rid, the workers' cancel
+--         channel, the marker's ttl_s, the role cancelling, '1' when only the asker may cancel. When rid
+--         holds the lock: 2 (nothing done) if only the asker may and another role asked it; else marks
+--         it cancelled by that role, tells the workers ("<rid> <role>"), returns 1. Else 0 (no such
+--         generation is running).
 local step = ARGV[1]
 local followers = KEYS[#KEYS] -- (frames and end: the room's followers come last)
 
@@ -49,18 +52,21 @@ if step == 'lock' then
   local token = redis.call('INCR', KEYS[2])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
   redis.call('SET', KEYS[1], token .. ' ' .. rid, 'PX', ARGV[3])
+  if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
   return token
 elseif step == 'start' then
   local rid = ARGV[2]
   local answered = redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4])
-  local cancelled = redis.call('EXISTS', KEYS[2])
-  if answered > 0 then return {1, cancelled, 0} end
+  local by = redis.call('GET', KEYS[2])
+  local cancelled = by and 1 or 0
+  by = by or ''
+  if answered > 0 then return {1, cancelled, 0, by} end
   local holder = holder_rid(redis.call('GET', KEYS[1]))
-  if holder and holder ~= rid then return {0, cancelled, 0} end
+  if holder and holder ~= rid then return {0, cancelled, 0, by} end
   local token = redis.call('INCR', KEYS[5])
   redis.call('EXPIRE', KEYS[5], ARGV[4])
   redis.call('SET', KEYS[1], token .. ' ' .. rid, 'PX', ARGV[3])
-  return {0, cancelled, token}
+  return {0, cancelled, token, by}
 elseif step == 'renew' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -90,8 +96,10 @@ elseif step == 'end' then
 elseif step == 'cancel' then
   local rid = ARGV[2]
   if holder_rid(redis.call('GET', KEYS[1])) ~= rid then return 0 end
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
-  redis.call('PUBLISH', ARGV[3], rid)
+  local asker = redis.call('GET', KEYS[3])
+  if ARGV[6] == '1' and asker and asker ~= ARGV[5] then return 2 end
+  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
+  redis.call('PUBLISH', ARGV[3], rid .. ' ' .. ARGV[5])
   return 1
 end
 return redis.error_reply('unknown step ' .. tostring(step))

@@ -19,9 +19,9 @@ from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from server.appender import Appender
-from server.llm.front import LLMFront, new_rid
+from server.llm.front import CANCEL_FORBIDDEN, LLMFront, new_rid
 from server.member import Member
-from server.settings import Trigger
+from server.settings import CancelScope, Trigger
 from server.store.ports import Fence, Request, Retention, StoreUnavailable
 from tests.unit.fakes import FakeLocks, FakeStore
 from tests.unit.server.llm.rig import chat_body
@@ -47,13 +47,14 @@ class RecordingMember(Member):
 class Desk:
     """A front on fakes, with a running appender. Use as ``async with Desk() as desk``."""
 
-    def __init__(self, trigger: Trigger = "mention") -> None:
+    def __init__(self, trigger: Trigger = "mention", cancel: CancelScope = "any") -> None:
         self.store = FakeStore()
         self.queue = self.store.requests("default")
         self.appender = Appender(self.store.log, Retention(dedupe_s=3600), "n1", lambda *_: None)
         self.pauses: list[float] = []  # the background retries' pauses
         self._paused = asyncio.Event()
-        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS, sleep=self._pause)
+        self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS, cancel,
+                              sleep=self._pause)
         self.member = RecordingMember()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -286,8 +287,8 @@ class LostReplyLocks(FakeLocks):
 
     lose_next = True
 
-    async def lock(self, room: str, rid: str, lease_ms: int) -> Fence | None:
-        fence = await super().lock(room, rid, lease_ms)
+    async def lock(self, room: str, rid: str, lease_ms: int, asker: str = "") -> Fence | None:
+        fence = await super().lock(room, rid, lease_ms, asker)
         if self.lose_next:
             self.lose_next = False
             raise StoreUnavailable("no reply from Redis within 10 s")
@@ -338,7 +339,7 @@ async def test_cancel_of_a_generation_not_running_is_unknown_generation() -> Non
                 await desk.front.cancel(desk.member, ClientEnvelope("llm.cancel", "A", "c3", {"rid": "g-1"}))
             assert (refused.value.code, refused.value.cid) == ("unknown_generation", "c3")
             assert "'g-1'" in refused.value.message
-        assert desk.store.locks.cancelled == set()
+        assert desk.store.locks.cancelled == {}
 
 
 async def test_cancel_marks_the_running_generation_cancelled_and_tells_every_worker() -> None:
@@ -348,6 +349,56 @@ async def test_cancel_marks_the_running_generation_cancelled_and_tells_every_wor
         await desk.invoke()
         [request] = desk.queued
         await desk.front.cancel(desk.member, ClientEnvelope("llm.cancel", "B", None, {"rid": request.rid}))
-        assert desk.store.locks.cancelled == {("r", request.rid)}
-        assert [await heard.next(1), await heard.next(1)] == [("subscribe", b""), ("message", request.rid.encode())]
+        assert desk.store.locks.cancelled == {("r", request.rid): "B"}
+        assert [await heard.next(1), await heard.next(1)] == [("subscribe", b""),
+                                                              ("message", f"{request.rid} B".encode())]
         assert desk.store.locks.held == {"r": request.rid}  # the worker releases it when the answer ends
+
+
+def cancel_of(rid: str, role: str, cid: str | None = None) -> ClientEnvelope:
+    return ClientEnvelope("llm.cancel", role, cid, {"rid": rid})
+
+
+async def test_the_lock_records_who_asked_an_invoke_and_a_mention() -> None:
+    async with Desk() as desk:
+        await desk.invoke(role="B")
+        [invoked] = desk.queued
+        assert desk.store.locks.askers == {("r", invoked.rid): "B"}
+        desk.store.locks.held.clear()
+        await desk.front.answer(desk.member, b"5-0", "A", None)
+        asked = desk.queued[-1]
+        assert desk.store.locks.askers[("r", asked.rid)] == "A" == asked.asker
+
+
+async def test_with_cancel_any_another_human_may_cancel() -> None:
+    async with Desk(cancel="any") as desk:
+        await desk.invoke(role="A")
+        [request] = desk.queued
+        await desk.front.cancel(desk.member, cancel_of(request.rid, "B"))
+        assert desk.store.locks.cancelled == {("r", request.rid): "B"}
+
+
+async def test_with_cancel_asker_another_role_is_refused_forbidden_and_nothing_is_cancelled() -> None:
+    async with Desk(cancel="asker") as desk:
+        await desk.invoke(role="A")
+        [request] = desk.queued
+        with pytest.raises(ProtocolError) as refused:
+            await desk.front.cancel(desk.member, cancel_of(request.rid, "B", "c9"))
+        assert (refused.value.code, refused.value.cid) == ("forbidden", "c9")
+        assert refused.value.message == CANCEL_FORBIDDEN
+        assert desk.store.locks.cancelled == {}
+
+
+async def test_with_cancel_asker_the_asker_may_cancel() -> None:
+    async with Desk(cancel="asker") as desk:
+        await desk.invoke(role="A")
+        [request] = desk.queued
+        await desk.front.cancel(desk.member, cancel_of(request.rid, "A"))
+        assert desk.store.locks.cancelled == {("r", request.rid): "A"}
+
+
+async def test_with_cancel_asker_a_generation_not_running_is_still_unknown_generation() -> None:
+    async with Desk(cancel="asker") as desk:
+        with pytest.raises(ProtocolError) as refused:
+            await desk.front.cancel(desk.member, cancel_of("g-1", "B"))
+        assert refused.value.code == "unknown_generation"

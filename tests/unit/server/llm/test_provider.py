@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from server.llm.provider import ProviderError, Turn, build_messages
+from protocol.errors import LLM_ERROR_CODES
+from server.llm.provider import (
+    MAX_DETAIL_CHARS,
+    STATUS_CODES,
+    ProviderError,
+    Turn,
+    build_messages,
+    safe_detail,
+    status_error,
+)
 
 SYSTEM = "Be brief."
 
@@ -73,3 +82,46 @@ def test_provider_errors_carry_a_documented_code() -> None:
     assert (error.code, error.message) == ("provider_timeout", "The LLM provider did not finish answering in time.")
     with pytest.raises(ValueError, match="undocumented"):
         ProviderError("timeout")
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "provider_auth"), (403, "provider_auth"), (429, "provider_rate_limited"),
+    (408, "provider_timeout"), (504, "provider_timeout"), (502, "provider_unavailable"),
+    (503, "provider_unavailable"), (400, "provider_bad_request"), (404, "provider_bad_request"),
+    (422, "provider_bad_request"), (500, "provider_error"), (409, "provider_error"), (418, "provider_error"),
+])
+def test_an_http_error_status_has_the_code_of_its_cause(status: int, code: str) -> None:
+    error = status_error(status, "what it said")
+    assert (error.code, error.status) == (code, status)
+    assert error.message == f"{LLM_ERROR_CODES[code]} HTTP {status}: what it said"
+
+
+def test_an_error_with_no_message_names_its_status() -> None:
+    assert status_error(503, "  ").message == f"{LLM_ERROR_CODES['provider_unavailable']} HTTP 503."
+
+
+def test_the_status_table_names_only_documented_codes() -> None:
+    assert set(STATUS_CODES.values()) <= set(LLM_ERROR_CODES)
+
+
+@pytest.mark.parametrize(("said", "shown"), [
+    ("Incorrect API key provided: sk-abc123DEF456. See docs.", "Incorrect API key provided: sk-***. See docs."),
+    ("Incorrect API key provided: sk-proj-****************abcd.", "Incorrect API key provided: sk-proj-***."),
+    ("Authorization: Bearer eyJabc.def-ghi_jkl", "Authorization: Bearer ***"),
+    ("bad api_key=abcdefgh12345 given", "bad api_key=*** given"),
+    ("a monkey business key: short", "a monkey business key: short"),  # too short to be a key
+    ("line one\nline two\t\ttabbed", "line one line two tabbed"),  # one line: no forged log lines
+])
+def test_the_providers_message_is_shown_with_key_fragments_masked(said: str, shown: str) -> None:
+    assert safe_detail(said) == shown
+
+
+def test_the_key_we_sent_is_masked_wherever_it_appears() -> None:
+    assert safe_detail("you sent my-local-secret-42, which is wrong", ["my-local-secret-42"]) == (
+        "you sent ***, which is wrong")
+
+
+def test_the_providers_message_is_cut_to_300_characters() -> None:
+    shown = safe_detail("x" * 1000)
+    assert len(shown) == MAX_DETAIL_CHARS == 300 and shown.endswith("\u2026")
+    assert safe_detail("y" * 300) == "y" * 300

@@ -87,3 +87,10 @@ def test_a_bad_value_is_refused_with_a_message_naming_the_variable(variable: str
     with pytest.raises(SettingsError) as refused:
         LLMSettings.from_env({variable: value})
     assert str(refused.value) == message
+
+
+def test_llm_cancel_is_any_by_default_or_asker() -> None:
+    assert LLMSettings.from_env({}).cancel == "any"
+    assert LLMSettings.from_env({"LLM_CANCEL": "Asker"}).cancel == "asker"
+    with pytest.raises(SettingsError, match=r"^LLM_CANCEL='owner' is not one of any, asker$"):
+        LLMSettings.from_env({"LLM_CANCEL": "owner"})

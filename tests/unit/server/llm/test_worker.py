@@ -21,14 +21,17 @@ Ordering and fencing rules, each named by a test:
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from protocol.names import LLM_ROLE
 from server.llm.provider import Outcome, ProviderError
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.llm.worker import ANSWER_DEDUPE_S, FINAL_WRITE_ATTEMPTS, MAX_ATTEMPTS, State
 from server.settings import LLMSettings
-from server.store.ports import Request, StoreRefused, StoreUnavailable
+from server.store.ports import Cancel, Request, StoreRefused, StoreUnavailable
 from server.supervise import backoff
 from tests.unit.server.llm.rig import Rig, Ticks, chat_body, instant, settle
 
@@ -138,7 +141,7 @@ async def test_deltas_lost_on_the_bus_do_not_stop_the_answer() -> None:
 async def test_the_answer_is_stored_as_llm_response_with_the_text_model_and_usage() -> None:
     async with Rig() as rig:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        rig.provider.script("Hel", "lo", Outcome("length", "model-7", usage))
+        rig.provider.script("Hel", "lo", Outcome("length", SCRIPTED_MODEL, usage))
         request = await rig.ask()
         await rig.serve(request)
         [(_, answer)] = rig.answers()
@@ -146,7 +149,39 @@ async def test_the_answer_is_stored_as_llm_response_with_the_text_model_and_usag
         assert (hd["event"], hd["role"], hd["sid"], hd["rid"], hd["reply_to"]) == (
             "llm.response", LLM_ROLE, "r", request.rid, request.reply_to)
         assert hd["ts"].endswith("Z") and "attempt" not in hd
-        assert bd == {"text": "Hello", "finish_reason": "length", "model": "model-7", "usage": usage}
+        assert bd == {"text": "Hello", "finish_reason": "length", "model": SCRIPTED_MODEL, "usage": usage}
+
+
+async def test_a_finished_answer_names_the_model_asked_for_not_the_one_the_upstream_names() -> None:
+    openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
+    async with Rig(settings=openai) as rig:
+        rig.provider.script("Hi", Outcome("stop", "gpt-x-2024-07-18", None))
+        await rig.serve(await rig.ask())
+        [(_, answer)] = rig.answers()
+        assert answer["bd"]["model"] == "gpt-x"
+
+
+async def test_a_failed_answer_names_the_model_asked_for() -> None:
+    openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
+    async with Rig(settings=openai) as rig:
+        rig.provider.script("Hi", ProviderError("provider_unavailable"))
+        await rig.serve(await rig.ask())
+        [(_, answer)] = rig.answers()
+        assert (answer["bd"]["finish_reason"], answer["bd"]["model"]) == ("error", "gpt-x")
+
+
+async def test_a_failed_generation_logs_one_warning_with_its_code_status_and_message(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with Rig() as rig:
+        rig.provider.script(ProviderError("provider_auth", "Refused. HTTP 401: bad key sk-***", 401))
+        request = await rig.ask()
+        with caplog.at_level(logging.WARNING, logger="server.llm.worker"):
+            await rig.serve(request)
+        assert [(r.levelname, r.getMessage()) for r in caplog.records if "failed" in r.getMessage()] == [
+            ("WARNING", f"room r: generation {request.rid} failed: provider_auth (HTTP 401): "
+                        "Refused. HTTP 401: bad key sk-***")]
+        assert [frame["bd"]["code"] for frame in rig.frames() if frame["hd"]["event"] == "llm.error"] == [
+            "provider_auth"]
 
 
 async def test_the_answer_is_stored_with_cid_rid_so_it_is_stored_once() -> None:
@@ -183,7 +218,7 @@ async def cancelled_answer(settings: LLMSettings) -> dict[str, object]:
         return bd
 
 
-async def test_the_answer_without_an_outcome_names_the_configured_model() -> None:
+async def test_a_cancelled_answer_names_the_model_asked_for() -> None:
     assert await cancelled_answer(LLMSettings()) == {"text": "a", "finish_reason": "cancelled", "model": SCRIPTED_MODEL}
     openai = LLMSettings(provider="openai", openai_api_key="k", model="gpt-x")
     assert await cancelled_answer(openai) == {"text": "a", "finish_reason": "cancelled", "model": "gpt-x"}
@@ -249,13 +284,14 @@ async def test_the_last_allowed_attempt_still_generates_and_says_its_attempt() -
 async def test_a_generation_cancelled_while_queued_stores_nothing_and_ends_with_llm_error_cancelled() -> None:
     async with Rig() as rig:
         request = await rig.ask()
-        assert await rig.store.locks.cancel("r", request.rid)  # cancelled while it waited in the queue
+        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED  # while it waited
         generation = await rig.serve(request)
         assert generation.state is State.CANCELLED
         assert rig.provider.asked == [] and deltas(rig) == [] and rig.answers() == []
         [error] = rig.heard()
         assert error.id == request.reply_to and error.frame["hd"]["event"] == "llm.error"
         assert error.frame["bd"]["code"] == "cancelled"
+        assert error.frame["bd"]["cancelled_by"] == "B"
         assert rig.store.locks.held == {} and rig.queue.acked == [request.entry_id]
 
 
@@ -578,11 +614,13 @@ async def test_a_cancel_heard_on_the_channel_stops_the_running_generation() -> N
         loop = rig.spawn(rig.worker._cancel_loop())
         await settle(lambda: bool(rig.store.locks.listeners) and rig.store.locks.listeners[0].subscribed
                      and len(rig.frames()) == 1)
-        assert await rig.store.locks.cancel("r", "g-elsewhere") is False
-        rig.store.locks.listeners[0].put(b"g-not-here")  # a generation of another worker: ignored
-        assert await rig.store.locks.cancel("r", request.rid)
+        assert await rig.store.locks.cancel("r", "g-elsewhere", "B") is Cancel.NOT_RUNNING
+        rig.store.locks.listeners[0].put(b"g-not-here B")  # a generation of another worker: ignored
+        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED
         await task
         assert generation.state is State.CANCELLED
+        [(_, answer)] = rig.answers()
+        assert (answer["bd"]["finish_reason"], answer["bd"]["cancelled_by"]) == ("cancelled", "B")
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         assert rig.store.locks.listeners[0].closed
