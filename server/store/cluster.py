@@ -19,10 +19,11 @@ the room's followers, so an append that counts the node as a follower always fin
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis
@@ -82,20 +83,24 @@ class ShardChannels:
     :class:`~server.store.ports.StoreUnavailable`, and the caller subscribes again (catching up what it
     may have missed, as after any reconnection)."""
 
-    def __init__(self, cluster: RedisCluster, url: str, node: str) -> None:
+    def __init__(self, cluster: RedisCluster, url: str, node: str, followed: Collection[str] = ()) -> None:
         self._cluster = cluster
         self._options = _node_options(url)
         self._node = node
+        self._followed = followed  # the rooms the node follows (their channels are subscribed first)
         self._items: asyncio.Queue[tuple[str, bytes] | Exception] = asyncio.Queue()
         self._shards: dict[str, _Shard] = {}  # by cluster node name ("host:port")
         self._channels: dict[bytes, str] = {}  # channel -> its cluster node's name
         self._waiting: dict[bytes, asyncio.Future[None]] = {}  # channel -> confirmed
+        self._leaving: collections.Counter[bytes] = collections.Counter()  # our SUNSUBSCRIBEs not confirmed yet
         self._broken: Exception | None = None
 
     async def subscribe(self) -> None:
-        """Refresh the map of the slots (a failover may have moved them) and say ``subscribe``."""
+        """Refresh the map of the slots (a failover may have moved them), subscribe to the channels of
+        the rooms the node follows, and say ``subscribe``."""
         await self._cluster.initialize()
         await self._cluster.nodes_manager.initialize()
+        await self.add(list(self._followed))
         self._items.put_nowait(("subscribe", b""))
 
     async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
@@ -136,6 +141,7 @@ class ShardChannels:
             name = self._channels.pop(channel, None)
             shard = None if name is None else self._shards.get(name)
             if shard is not None:
+                self._leaving[channel] += 1
                 await shard.pubsub.sunsubscribe(channel)
 
     async def close(self) -> None:
@@ -181,8 +187,13 @@ class ShardChannels:
             future = self._waiting.pop(channel, None)
             if future is not None and not future.done():
                 future.set_result(None)
-        elif kind == "sunsubscribe" and channel in self._channels:  # not ours: the cluster moved its slot
-            self._break(StoreUnavailable("a shard channel moved to another node of the cluster"))
+        elif kind == "sunsubscribe":
+            if self._leaving[channel] > 0:
+                self._leaving[channel] -= 1
+                if not self._leaving[channel]:
+                    del self._leaving[channel]
+            elif channel in self._channels:  # not asked for: the cluster moved the channel's slot
+                self._break(StoreUnavailable("a shard channel moved to another node of the cluster"))
 
     def _break(self, exc: Exception) -> None:
         if self._broken is not None:

@@ -33,6 +33,7 @@ from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -387,14 +388,17 @@ class RedisNodeBus:
         self._follow = connections.script("follow.lua")
         self._ephemeral = connections.script("ephemeral.lua")
         self._channels: dict[str, ShardChannels] = {}  # node -> its current shard channels (cluster)
+        self._followed: dict[str, set[str]] = {}  # node -> the rooms it follows (cluster)
 
     @translated
     async def follow(self, rooms: Sequence[str], node: str, ttl_s: int) -> list[str]:
         if not rooms:
             return []
-        channels = self._channels.get(node)
-        if channels is not None:
-            await channels.add(rooms)
+        if self._connections.sharded:
+            self._followed.setdefault(node, set()).update(rooms)
+            channels = self._channels.get(node)
+            if channels is not None:
+                await channels.add(rooms)
         replies = await self._follow.many([([followers_key(room)], [node, ttl_s * 1000]) for room in rooms])
         for reply in replies:
             if isinstance(reply, Exception):
@@ -407,9 +411,11 @@ class RedisNodeBus:
             for room in rooms:
                 pipe.zrem(followers_key(room), node)
             await pipe.execute()
-        channels = self._channels.get(node)
-        if channels is not None:
-            await channels.remove(rooms)
+        if self._connections.sharded:
+            self._followed.get(node, set()).difference_update(rooms)
+            channels = self._channels.get(node)
+            if channels is not None:
+                await channels.remove(rooms)
 
     @translated
     async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
@@ -424,7 +430,8 @@ class RedisNodeBus:
         url = self._connections.cluster_url
         if url is None:
             return self._connections.subscription(node_channel(node))
-        channels = self._channels[node] = ShardChannels(self._connections.listener, url, node)
+        followed = self._followed.setdefault(node, set())
+        channels = self._channels[node] = ShardChannels(self._connections.listener, url, node, followed)
         return TranslatedSubscription(channels)
 
 
@@ -617,6 +624,8 @@ class PubSubSubscription:
         self._channel = channel
 
     async def subscribe(self) -> None:
+        if isinstance(self._pubsub, ClusterPubSub):
+            await self._pubsub.cluster.initialize()  # (it routes by the slot map, made here)
         await self._pubsub.subscribe(self._channel)
 
     async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
