@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from importlib import resources
@@ -91,6 +92,7 @@ from server.store.ports import (
 )
 from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -165,6 +167,7 @@ class Connections:
     def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
         """The clients of the Redis at ``url``: a Redis Cluster's when it is a node of one."""
         if cluster.is_cluster(url, wait_s=timeout_s):
+            log.info("Redis Cluster: commands go to each room's shard, nodes hear each other on shard channels")
             return cls(cluster.connect(url, timeout_s=timeout_s), cluster.connect(url, timeout_s=timeout_s,
                                                                                    listener=True), cluster_url=url)
         return cls.connect_single(url, lean=lean, timeout_s=timeout_s)

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.cluster import key_slot
 
+from server.store.keys import stream_key
 from tests.support.redis_server import RedisServer
 
 MASTERS = 3
@@ -82,6 +84,22 @@ class RedisCluster:
                 by_port.setdefault(int(master[1]), []).append((int(start), int(end)))
             return sorted(by_port.items())
         raise RuntimeError("no node of the cluster is running")
+
+    def master_of(self, room: str) -> int:
+        """The port of the master that holds ``room`` (its slot's)."""
+        slot = key_slot(stream_key(room).encode())
+        return next(port for port, ranges in self.masters() if any(start <= slot <= end for start, end in ranges))
+
+    def rooms_on_every_master(self, new_room: Callable[[], str]) -> list[str]:
+        """Rooms named by ``new_room``, one held by each master, in the order of their ports."""
+        ranges = self.masters()
+        found: dict[int, str] = {}
+        while len(found) < len(ranges):
+            room = new_room()
+            slot = key_slot(stream_key(room).encode())
+            port = next(port for port, spans in ranges if any(start <= slot <= end for start, end in spans))
+            found.setdefault(port, room)
+        return [found[port] for port, _ in ranges]
 
     def _formed(self) -> bool:
         for node in self.nodes:
