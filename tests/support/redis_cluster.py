@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from server.store.keys import stream_key
 from tests.support.redis_server import RedisServer
