@@ -69,31 +69,47 @@ def connect(url: str, *, timeout_s: float, listener: bool = False) -> RedisClust
 class _Shard:
     """One cluster node's subscriber connection, and the task that reads it."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, name: str, client: aioredis.Redis) -> None:
+        self.name = name
         self.client = client
         self.pubsub = client.pubsub()
         self.reader: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.reader is not None and self.reader is not asyncio.current_task():
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
 
 
 class ShardChannels:
     """The shard channels of node ``node``: :meth:`add` subscribes to those of some rooms (and returns
     once Redis has confirmed), :meth:`remove` unsubscribes; :meth:`next` gives ``("subscribe", b"")``
-    first, then ``("message", data)``. A lost connection, or a channel the cluster moved to another
-    shard (resharding, failover), ends the subscription: :meth:`next` raises
-    :class:`~server.store.ports.StoreUnavailable`, and the caller subscribes again (catching up what it
-    may have missed, as after any reconnection)."""
+    first, then ``("message", data)``.
+
+    Each shard's channels are on a connection of their own. When one is lost (a master died, the
+    network dropped it) or the cluster moves a channel's slot (resharding, failover), only the rooms of
+    that shard are concerned: their channels are subscribed again in the background, on the shard the
+    refreshed map of the slots names, retrying with backoff; then ``("subscribe", b"")`` comes again, and
+    the caller catches every room up, as after any reconnection (what was sent in between is in the
+    streams). Rooms on the other shards never wait for it."""
 
     def __init__(self, cluster: RedisCluster, url: str, node: str, followed: Collection[str] = ()) -> None:
         self._cluster = cluster
         self._options = _node_options(url)
         self._node = node
-        self._followed = followed  # the rooms the node follows (their channels are subscribed first)
-        self._items: asyncio.Queue[tuple[str, bytes] | Exception] = asyncio.Queue()
+        self._followed = followed  # the rooms the node follows: their channels are the ones wanted
+        self._items: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._shards: dict[str, _Shard] = {}  # by cluster node name ("host:port")
         self._channels: dict[bytes, str] = {}  # channel -> its cluster node's name
-        self._waiting: dict[bytes, asyncio.Future[None]] = {}  # channel -> confirmed
+        self._waiting: dict[bytes, asyncio.Future[bool]] = {}  # channel -> confirmed (False: its shard was lost)
         self._leaving: collections.Counter[bytes] = collections.Counter()  # our SUNSUBSCRIBEs not confirmed yet
-        self._broken: Exception | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def subscribe(self) -> None:
         """Refresh the map of the slots (a failover may have moved them), subscribe to the channels of
@@ -105,35 +121,46 @@ class ShardChannels:
 
     async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
         try:
-            item = await asyncio.wait_for(self._items.get(), timeout_s)
+            return await asyncio.wait_for(self._items.get(), timeout_s)
         except TimeoutError:
             return None
-        if isinstance(item, Exception):
-            raise item
-        return item
 
     async def add(self, rooms: Sequence[str]) -> None:
-        """Subscribe to this node's channels of ``rooms`` not subscribed yet, and wait for Redis to confirm."""
-        if self._broken is not None:
-            raise StoreUnavailable(str(self._broken))
+        """Subscribe to this node's channels of ``rooms`` not subscribed yet, and wait for Redis to confirm.
+        Raises :class:`~server.store.ports.StoreUnavailable` when a shard could not confirm."""
         loop = asyncio.get_running_loop()
-        confirmed = []
-        for room in rooms:
-            name = node_shard_channel(self._node, room)
-            channel = name.encode()
-            if channel in self._channels:
-                continue
-            node = self._cluster.get_node_from_key(name)
-            assert node is not None
-            shard = self._shard(node)
-            self._channels[channel] = node.name
-            self._waiting[channel] = future = loop.create_future()
-            confirmed.append(future)
-            await shard.pubsub.ssubscribe(channel)
-            if shard.reader is None:
-                shard.reader = loop.create_task(self._read(shard))
-        if confirmed:
-            await asyncio.wait_for(asyncio.gather(*confirmed), CONFIRM_TIMEOUT_S)
+        confirmed: list[asyncio.Future[bool]] = []
+        try:
+            for room in rooms:
+                name = node_shard_channel(self._node, room)
+                channel = name.encode()
+                if channel in self._channels:
+                    continue
+                node = self._cluster.get_node_from_key(name)
+                assert node is not None
+                shard = self._shard(node)
+                self._channels[channel] = shard.name
+                self._waiting[channel] = future = loop.create_future()
+                confirmed.append(future)
+                await shard.pubsub.ssubscribe(channel)
+                if shard.reader is None:
+                    shard.reader = loop.create_task(self._read(shard))
+            if confirmed and not all(await asyncio.wait_for(asyncio.gather(*confirmed), CONFIRM_TIMEOUT_S)):
+                raise StoreUnavailable("a shard of the cluster was lost while subscribing")
+        except BaseException as exc:
+            for future in confirmed:
+                future.cancel()
+            for channel, future in list(self._waiting.items()):
+                if future in confirmed:
+                    del self._waiting[channel]
+                    self._channels.pop(channel, None)  # wanted still: subscribed again later
+            for name, shard in list(self._shards.items()):
+                if shard.reader is None:  # it never connected
+                    del self._shards[name]
+                    asyncio.get_running_loop().create_task(shard.close())
+            if not isinstance(exc, asyncio.CancelledError | StoreUnavailable):
+                self._recover()
+            raise
 
     async def remove(self, rooms: Sequence[str]) -> None:
         for room in rooms:
@@ -145,27 +172,22 @@ class ShardChannels:
                 await shard.pubsub.sunsubscribe(channel)
 
     async def close(self) -> None:
-        self._break(StoreUnavailable("closed"))
-        for shard in self._shards.values():
-            if shard.reader is not None:
-                shard.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await shard.reader
-            with contextlib.suppress(Exception):
-                await shard.pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(Exception):
-                await shard.client.aclose()
-        self._shards.clear()
+        self._closed = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+        shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            await shard.close()
 
     def _shard(self, node: ClusterNode) -> _Shard:
         shard = self._shards.get(node.name)
         if shard is None:
-            # No retries: a lost connection must end the subscription (messages were missed), never be
-            # mended silently by a reconnection.
+            # No retries: a lost connection must be noticed (messages were missed), never be mended
+            # silently by a reconnection.
             client = aioredis.Redis(**self._options, host=node.host, port=int(node.port), socket_timeout=None,
                                     socket_connect_timeout=5.0, socket_keepalive=True, health_check_interval=30,
                                     retry=Retry(NoBackoff(), 0))
-            shard = self._shards[node.name] = _Shard(client)
+            shard = self._shards[node.name] = _Shard(node.name, client)
         return shard
 
     async def _read(self, shard: _Shard) -> None:
@@ -173,37 +195,66 @@ class ShardChannels:
             while True:
                 message = await shard.pubsub.get_message(timeout=None)
                 if message is not None:
-                    self._take(message)
+                    self._take(shard, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._break(exc)
+            log.warning("lost the connection of shard %s (%s): its rooms' channels are subscribed again",
+                        shard.name, exc)
+            self._lose(shard)
 
-    def _take(self, message: dict[str, Any]) -> None:
+    def _take(self, shard: _Shard, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
         if kind == "smessage":
             self._items.put_nowait(("message", message["data"]))
         elif kind == "ssubscribe":
             future = self._waiting.pop(channel, None)
             if future is not None and not future.done():
-                future.set_result(None)
+                future.set_result(True)
         elif kind == "sunsubscribe":
             if self._leaving[channel] > 0:
                 self._leaving[channel] -= 1
                 if not self._leaving[channel]:
                     del self._leaving[channel]
-            elif channel in self._channels:  # not asked for: the cluster moved the channel's slot
-                self._break(StoreUnavailable("a shard channel moved to another node of the cluster"))
+            elif self._channels.get(channel) == shard.name:  # not asked for: the cluster moved its slot
+                del self._channels[channel]
+                self._recover()
 
-    def _break(self, exc: Exception) -> None:
-        if self._broken is not None:
-            return
-        self._broken = exc
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(StoreUnavailable(str(exc)))
-        self._waiting.clear()
-        self._items.put_nowait(exc)
+    def _lose(self, shard: _Shard) -> None:
+        """Forget ``shard``'s connection and channels, and subscribe to them again in the background."""
+        if self._shards.get(shard.name) is shard:
+            del self._shards[shard.name]
+        for channel, name in list(self._channels.items()):
+            if name == shard.name:
+                del self._channels[channel]
+                future = self._waiting.pop(channel, None)
+                if future is not None and not future.done():
+                    future.set_result(False)
+        asyncio.get_running_loop().create_task(shard.close())
+        self._recover()
+
+    def _recover(self) -> None:
+        if self._recovery is None and not self._closed:
+            self._recovery = asyncio.get_running_loop().create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again to every wanted channel, on the shards a refreshed map of the slots names; then
+        say ``subscribe`` (the caller catches every room up)."""
+        failures = 0
+        try:
+            while True:
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                try:
+                    await self._cluster.nodes_manager.initialize()
+                    await self.add(list(self._followed))
+                except Exception as exc:
+                    failures += 1
+                    log.debug("subscribing again failed (%s); retrying", exc)
+                    continue
+                self._items.put_nowait(("subscribe", b""))
+                return
+        finally:
+            self._recovery = None
 
 
 def _node_options(url: str) -> dict[str, Any]:

@@ -269,12 +269,12 @@ class RedisRoomLog:
         for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
             if isinstance(reply, Exception):
                 for i in indexes:
-                    ids[i] = store_error(reply)
+                    ids[i] = _failure(reply)
                 continue
             before[room] = reply[0]
             for i, outcome in zip(indexes, reply[1:], strict=True):
                 ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
-                          else store_error(outcome) if isinstance(outcome, Exception) else outcome)
+                          else _failure(outcome) if isinstance(outcome, Exception) else outcome)
         return BatchResult(before=before, ids=ids)
 
     def _call(self, room: str, entries: list[NewEntry], retention: Retention, node: str,
@@ -685,12 +685,28 @@ def _deleted_ids(reply: list[Any]) -> list[bytes]:
 
 
 async def _each(calls: Iterable[Awaitable[Any]]) -> list[Any]:
-    """The replies of ``calls``, run at once, an error reply in place; raises when one could not run."""
+    """The replies of ``calls``, run at once, each error in place: an error reply as it is, a shard that
+    could not be reached as :class:`StoreUnavailable` (the other shards' calls ran)."""
     replies = await asyncio.gather(*calls, return_exceptions=True)
-    for reply in replies:
+    for n, reply in enumerate(replies):
         if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
-            raise reply
+            if not isinstance(reply, Exception):
+                raise reply  # cancelled
+            replies[n] = _failure(reply)
     return replies
+
+
+def _failure(exc: Exception) -> Exception:
+    """The port's exception for what a call raised or replied."""
+    if isinstance(exc, StoreError | StoreUnavailable):
+        return exc
+    if isinstance(exc, ResponseError):
+        return store_error(exc)
+    if isinstance(exc, _CLUSTER_BUGS):
+        return StoreError(str(exc))
+    if isinstance(exc, UNREACHABLE):
+        return StoreUnavailable(str(exc))
+    return exc
 
 
 def _count(count: int | None) -> tuple[Any, ...]:
