@@ -34,7 +34,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.store.keys import node_shard_channel
-from server.store.ports import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,7 @@ class ShardChannels:
         self._waiting: dict[bytes, asyncio.Future[bool]] = {}  # channel -> confirmed (False: its shard was lost)
         self._leaving: collections.Counter[bytes] = collections.Counter()  # our SUNSUBSCRIBEs not confirmed yet
         self._recovery: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # lost shards' connections being closed
         self._closed = False
 
     async def subscribe(self) -> None:
@@ -125,11 +125,15 @@ class ShardChannels:
         except TimeoutError:
             return None
 
-    async def add(self, rooms: Sequence[str]) -> None:
-        """Subscribe to this node's channels of ``rooms`` not subscribed yet, and wait for Redis to confirm.
-        Raises :class:`~server.store.ports.StoreUnavailable` when a shard could not confirm."""
+    async def add(self, rooms: Sequence[str]) -> bool:
+        """Subscribe to this node's channels of ``rooms`` not subscribed yet, and wait for Redis to confirm;
+        True when every one is. The channels of a shard that cannot be reached (a master just died) are
+        left to the background, which subscribes them once the cluster names their new shard. Raises
+        :class:`~server.store.ports.StoreUnavailable` when a shard that took the subscriptions does not
+        confirm them in time."""
         loop = asyncio.get_running_loop()
         confirmed: list[asyncio.Future[bool]] = []
+        unreachable: set[str] = set()
         try:
             for room in rooms:
                 name = node_shard_channel(self._node, room)
@@ -137,30 +141,36 @@ class ShardChannels:
                 if channel in self._channels:
                     continue
                 node = self._cluster.get_node_from_key(name)
-                assert node is not None
+                if node is None or node.name in unreachable:
+                    continue
                 shard = self._shard(node)
+                try:
+                    await shard.pubsub.ssubscribe(channel)
+                except Exception as exc:
+                    log.debug("shard %s cannot be reached (%s)", node.name, exc)
+                    unreachable.add(node.name)
+                    if shard.reader is None:  # it never connected
+                        del self._shards[node.name]
+                        await shard.close()
+                    continue
                 self._channels[channel] = shard.name
                 self._waiting[channel] = future = loop.create_future()
                 confirmed.append(future)
-                await shard.pubsub.ssubscribe(channel)
                 if shard.reader is None:
                     shard.reader = loop.create_task(self._read(shard))
-            if confirmed and not all(await asyncio.wait_for(asyncio.gather(*confirmed), CONFIRM_TIMEOUT_S)):
-                raise StoreUnavailable("a shard of the cluster was lost while subscribing")
-        except BaseException as exc:
+            results = await asyncio.wait_for(asyncio.gather(*confirmed), CONFIRM_TIMEOUT_S) if confirmed else []
+        except BaseException:
             for future in confirmed:
                 future.cancel()
             for channel, future in list(self._waiting.items()):
                 if future in confirmed:
                     del self._waiting[channel]
                     self._channels.pop(channel, None)  # wanted still: subscribed again later
-            for name, shard in list(self._shards.items()):
-                if shard.reader is None:  # it never connected
-                    del self._shards[name]
-                    asyncio.get_running_loop().create_task(shard.close())
-            if not isinstance(exc, asyncio.CancelledError | StoreUnavailable):
-                self._recover()
             raise
+        complete = not unreachable and all(results)
+        if not complete:
+            self._recover()
+        return complete
 
     async def remove(self, rooms: Sequence[str]) -> None:
         for room in rooms:
@@ -230,7 +240,9 @@ class ShardChannels:
                 future = self._waiting.pop(channel, None)
                 if future is not None and not future.done():
                     future.set_result(False)
-        asyncio.get_running_loop().create_task(shard.close())
+        closing = asyncio.get_running_loop().create_task(shard.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         self._recover()
 
     def _recover(self) -> None:
@@ -246,10 +258,12 @@ class ShardChannels:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 try:
                     await self._cluster.nodes_manager.initialize()
-                    await self.add(list(self._followed))
+                    complete = await self.add(list(self._followed))
                 except Exception as exc:
-                    failures += 1
+                    complete = False
                     log.debug("subscribing again failed (%s); retrying", exc)
+                if not complete:
+                    failures += 1
                     continue
                 self._items.put_nowait(("subscribe", b""))
                 return

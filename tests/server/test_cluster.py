@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
+import websockets
 from redis.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 
@@ -157,3 +159,82 @@ def test_every_key_of_a_room_is_in_the_stream_s_slot(crdb: ClusterClient, rooms:
     assert {key_slot(key.encode()) for key in (epoch_key(room), presence_key(room), followers_key(room))} == {slot}
     with pytest.raises(redis.ResponseError):  # and the cluster refuses a script that strays from it
         crdb.eval("return redis.call('GET', ARGV[1])", 1, stream_key(room), epoch_key(elsewhere))
+
+
+class CarefulSender:
+    """A member that sends numbered messages, each with a cid, one at a time: it resends the same cid
+    when told ``unavailable`` or when its connection drops (reconnecting with ``last_id``), until the
+    message comes back; every acknowledged ``(text, id)`` is kept."""
+
+    def __init__(self, node: ServerProcess, room: str) -> None:
+        self.node, self.room = node, room
+        self.acked: list[tuple[str, str]] = []
+        self.acked_at: list[float] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client: Client | None = None
+        n = 0
+        while not stop.is_set():
+            try:
+                if client is None:
+                    last = {"last_id": self.acked[-1][1]} if self.acked else {}
+                    client = await Client.open(self.node.ws(self.room, role="A", **last))
+                await client.chat(f"m{n}", cid=f"c{n}")
+                while True:
+                    frame = await client.recv(timeout_s=15)
+                    if frame["hd"].get("cid") == f"c{n}":
+                        break
+                if frame["hd"]["event"] == "error":
+                    assert frame["bd"]["code"] == "unavailable", frame
+                    await asyncio.sleep(0.05)
+                    continue
+                self.acked.append((f"m{n}", frame["hd"]["id"]))
+                self.acked_at.append(asyncio.get_running_loop().time())
+                n += 1
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidStatus):
+                client = None  # the relay closed it (1011), or refused the handshake: again, resuming
+                await asyncio.sleep(0.1)
+        if client is not None:
+            await client.close()
+
+
+async def test_a_master_killed_under_traffic_fails_over_and_both_relays_follow(
+        nodes: Nodes, rooms: list[str], redis_cluster: RedisCluster, crdb: ClusterClient) -> None:
+    loop = asyncio.get_running_loop()
+    victim = redis_cluster.master_of(rooms[0])
+    senders = [CarefulSender(nodes[n % 2], room) for n, room in enumerate(rooms)]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(sender.run(stop)) for sender in senders]
+    try:
+        deadline = loop.time() + 30
+        while min(len(sender.acked) for sender in senders) < 10:  # traffic in every room
+            assert loop.time() < deadline, "no traffic"
+            await asyncio.sleep(0.05)
+        killed_at = loop.time()
+        node = redis_cluster.kill(victim)
+        deadline = killed_at + 30
+        while redis_cluster.master_of(rooms[0]) == victim:  # until its replica is promoted
+            assert loop.time() < deadline, "no replica took over"
+            await asyncio.sleep(0.1)
+        promoted_at = loop.time()
+        while len([at for at in senders[0].acked_at if at > promoted_at]) < 10:  # the failed shard's room resumes
+            assert loop.time() < deadline, "the room on the failed shard did not resume"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+    for sender in senders[1:]:  # the other shards' rooms went on while the failed one had no master
+        assert any(killed_at < at < promoted_at for at in sender.acked_at), sender.room
+    for sender in senders:
+        stored: list[tuple[str, dict[str, str]]] = crdb.xrange(stream_key(sender.room))  # type: ignore[assignment]
+        cids = [orjson.loads(fields["body"])["hd"]["cid"] for _, fields in stored]
+        assert len(cids) == len(set(cids)), "a resent cid was stored twice"
+        ids = [entry_id for entry_id, _ in stored]
+        after = [entry_id for (_, entry_id), at in zip(sender.acked, sender.acked_at, strict=True) if at > promoted_at]
+        assert after and set(after) <= set(ids)  # acknowledged after the failover: stored
+    async with (await Client.open(nodes[0].ws(rooms[0], role="A")) as a,
+                await Client.open(nodes[1].ws(rooms[0], role="B")) as b):
+        await a.chat("after the failover")
+        assert (await b.recv())["bd"]["text"] == "after the failover"
+    node.start()  # back, as a replica: the cluster is whole again for the other tests
+    redis_cluster.wait_formed()

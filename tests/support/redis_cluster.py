@@ -58,7 +58,7 @@ class RedisCluster:
             subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "1",
                             "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            timeout=START_TIMEOUT_S)
-            self._wait(self._formed)
+            self.wait_formed()
         except BaseException:
             self.stop()
             raise
@@ -85,6 +85,20 @@ class RedisCluster:
             return sorted(by_port.items())
         raise RuntimeError("no node of the cluster is running")
 
+    def wait_formed(self) -> None:
+        """Until every node sees the cluster ok, knows every node, and every replica's link is up."""
+        self._wait(self._formed)
+
+    def kill(self, port: int) -> RedisServer:
+        """SIGKILL the node on ``port`` (its data dir and cluster config stay: :meth:`RedisServer.start`
+        brings it back, as a replica of whoever took its place)."""
+        node = next(node for node in self.nodes if node.port == port)
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait()
+        node.process = None
+        return node
+
     def master_of(self, room: str) -> int:
         """The port of the master that holds ``room`` (its slot's)."""
         slot = key_slot(stream_key(room).encode())
@@ -102,6 +116,8 @@ class RedisCluster:
         return [found[port] for port, _ in ranges]
 
     def _formed(self) -> bool:
+        if any(node.process is None for node in self.nodes):
+            return False
         for node in self.nodes:
             with self.client(node.port) as client:
                 info = client.execute_command("CLUSTER", "INFO")
