@@ -16,9 +16,7 @@ import pytest
 import redis
 
 from server.store.keys import stream_key
-from tests.conftest import new_room
 from tests.support.client import Client
-from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess
 
@@ -288,16 +286,3 @@ def test_follow_waits_on_an_empty_room_and_applies_the_participant_filter(
     assert seen == ["", "--- Message #1 ---", f"ID: {b_id}", "Participant: B", f"Content: {for_b}"]
     assert (status, stderr) == (0, "")
     assert rest == ["", "Messages per participant:", "  B: 1"]
-
-
-def test_a_cluster_node_s_url_reads_rooms_on_every_master(redis_cluster: RedisCluster) -> None:
-    crdb = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
-    try:
-        for room in redis_cluster.rooms_on_every_master(new_room):
-            ids = [str(crdb.xadd(stream_key(room), {"participant": role, "body": envelope(role, room, "hi")}))
-                   for role in ("A", "B")]
-            result = run_script(room, "--json", "--redis-url", redis_cluster.nodes[-1].url.removesuffix("/0"))
-            assert result.returncode == 0, result.stderr
-            assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids
-    finally:
-        crdb.close()
