@@ -34,7 +34,7 @@ from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterPubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -613,6 +613,9 @@ class RedisStore:
 
     @translated
     async def ping(self) -> None:
+        if self._connections.sharded:  # every master (a replica down takes no room's writes away)
+            await self._connections.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            return
         await self._connections.client.ping()
 
     async def close(self) -> None:

@@ -235,5 +235,10 @@ async def test_a_master_killed_under_traffic_fails_over_and_both_relays_follow(
                 await Client.open(nodes[1].ws(rooms[0], role="B")) as b):
         await a.chat("after the failover")
         assert (await b.recv())["bd"]["text"] == "after the failover"
+    for relay in nodes:  # ready again, with one master fewer than at the start (its replica took over)
+        async with httpx.AsyncClient(base_url=relay.http) as http:
+            while (await http.get("/readyz")).status_code != 200:
+                assert loop.time() < deadline + 15, (await http.get("/readyz")).json()
+                await asyncio.sleep(0.1)
     node.start()  # back, as a replica: the cluster is whole again for the other tests
     redis_cluster.wait_formed()
