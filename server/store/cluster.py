@@ -43,7 +43,8 @@ _PROBE_TIMEOUT_S = 2.0
 
 def is_cluster(url: str, wait_s: float) -> bool:
     """Whether the Redis at ``url`` is a node of a Redis Cluster (``INFO cluster``), asked again for up to
-    ``wait_s`` while it cannot be reached; then a single Redis is assumed (and a warning logged)."""
+    ``wait_s`` while it cannot be reached; then a single Redis is assumed (and a warning logged). It
+    blocks: it runs once, when the store is opened."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -57,6 +58,9 @@ def is_cluster(url: str, wait_s: float) -> bool:
                             " process once Redis answers if it is a Redis Cluster)", exc)
                 return False
             time.sleep(0.2)
+        except redis.RedisError as exc:  # it answers, but not that (an ACL without INFO): not a cluster's
+            log.warning("Redis did not say whether it is a cluster node (%s): taken for a single Redis", exc)
+            return False
 
 
 def connect(url: str, *, timeout_s: float, listener: bool = False) -> RedisCluster:

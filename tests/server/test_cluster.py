@@ -16,11 +16,13 @@ import websockets
 from redis.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 
+from server.store.cluster import is_cluster
 from server.store.keys import epoch_key, followers_key, presence_key, stream_key
 from tests.conftest import RUN, new_room
 from tests.server.test_llm import check_generation, until_end
 from tests.support.client import Client
 from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess
 
 Nodes = tuple[ServerProcess, ServerProcess]
@@ -242,3 +244,11 @@ async def test_a_master_killed_under_traffic_fails_over_and_both_relays_follow(
                 await asyncio.sleep(0.1)
     node.start()  # back, as a replica: the cluster is whole again for the other tests
     redis_cluster.wait_formed()
+
+
+def test_a_cluster_is_told_from_a_single_redis_by_asking_it(redis_cluster: RedisCluster, redis_url: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    assert is_cluster(redis_cluster.url, wait_s=0) and is_cluster(redis_cluster.nodes[-1].url, wait_s=0)
+    assert not is_cluster(redis_url, wait_s=0)
+    assert not is_cluster(f"redis://127.0.0.1:{free_port()}", wait_s=0)  # nobody there: taken for a single Redis
+    assert "taken for a single Redis" in caplog.text
