@@ -24,16 +24,19 @@ MASTERS = 3
 START_TIMEOUT_S = 60.0
 
 
-def free_cluster_port() -> int:
-    """A free port below 55536 whose cluster bus port (10000 higher) is free too."""
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port below 55536 whose cluster bus port (10000 higher) is free too, not in ``taken`` (added)."""
     while True:
         port = random.randrange(20000, 30000)
+        if port in taken:
+            continue
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", candidate))
         except OSError:
             continue
+        taken.add(port)
         return port
 
 
@@ -45,7 +48,8 @@ class RedisCluster:
         if cli is None:
             raise RuntimeError("redis-cli is not installed: apt-get install redis-server (it ships redis-cli)")
         self.cli = cli
-        self.nodes = [RedisServer(free_cluster_port(), extra=("--cluster-enabled", "yes", "--cluster-config-file",
+        taken: set[int] = set()
+        self.nodes = [RedisServer(free_cluster_port(taken), extra=("--cluster-enabled", "yes", "--cluster-config-file",
                                                       "nodes.conf", "--cluster-node-timeout", "2000"))
                       for _ in range(2 * MASTERS)]
         self.url = self.nodes[0].url.removesuffix("/0")
