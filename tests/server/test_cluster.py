@@ -226,6 +226,8 @@ async def test_a_master_killed_under_traffic_fails_over_and_both_relays_follow(
     finally:
         stop.set()
         await asyncio.gather(*running)
+    for sender in senders[1:]:  # the other shards' rooms went on while the failed one had no master
+        assert any(killed_at < at < promoted_at for at in sender.acked_at), sender.room
     for sender in senders:
         stored: list[tuple[str, dict[str, str]]] = crdb.xrange(stream_key(sender.room))  # type: ignore[assignment]
         cids = [orjson.loads(fields["body"])["hd"]["cid"] for _, fields in stored]

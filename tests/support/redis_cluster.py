@@ -50,7 +50,8 @@ class RedisCluster:
         self.cli = cli
         taken: set[int] = set()
         self.nodes = [RedisServer(free_cluster_port(taken), extra=("--cluster-enabled", "yes", "--cluster-config-file",
-                                                      "nodes.conf", "--cluster-node-timeout", "2000"))
+                                                      "nodes.conf", "--cluster-node-timeout", "2000",
+                                                              "--cluster-require-full-coverage", "no"))
                       for _ in range(2 * MASTERS)]
         self.url = self.nodes[0].url.removesuffix("/0")
 
