@@ -1,7 +1,8 @@
 """Print a room's chat history from its Redis Stream chat:session:ROOM (``chat-relay history``, and
 ``scripts/check_redis_chat.py``).
 
-The Redis URL defaults to $REDIS_URL, else redis://127.0.0.1:6379/0.
+The Redis URL defaults to $REDIS_URL, else redis://127.0.0.1:6379/0. A URL naming any node of a
+Redis Cluster works too (the stream is read on the shard that holds it).
 
 Human output (the default): "Total N messages in chat:session:ROOM"; then, after a blank line,
 one block per message ("--- Message #k ---", "ID: <stream id>", "Participant: <role>",
@@ -128,6 +129,15 @@ def connect(url: str) -> redis.Redis:
                                 socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
 
 
+def on_cluster(client: redis.Redis, url: str) -> Any:
+    """``client``, or a Redis Cluster client when ``url`` names a node of one (asked: ``INFO cluster``)."""
+    if not client.info("cluster").get("cluster_enabled"):
+        return client
+    client.close()
+    return redis.RedisCluster.from_url(url, decode_responses=True, encoding_errors="replace",
+                                       socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
 def to_entry(raw: RawEntry) -> Entry:
     entry_id, fields = raw
     return Entry(entry_id, fields.get("participant", "?"), fields.get("body", ""))
@@ -224,10 +234,11 @@ def run_args(args: argparse.Namespace, prog: str = PROG) -> int:
         return fail(prog, f"invalid Redis URL: {exc}")
     report = Report(as_json=args.json)
     try:
+        client = on_cluster(client, args.redis_url)
         status = run(client, args, report)
     except KeyboardInterrupt:
         status = 0 if args.follow else 130
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException) as exc:
         return fail(prog, f"cannot reach Redis: {exc}")
     except redis.RedisError as exc:
         return fail(prog, f"Redis error: {exc}")

@@ -1,8 +1,10 @@
 """Shared fixtures: a real Redis, a real server process, fresh room names.
 
 Redis: ``TEST_REDIS_URL`` when set (CI starts one and passes it), otherwise a private
-``redis-server`` on a free port. Every room a test uses is named ``t<run>-<n>``, and only keys of
-this run's rooms are deleted at the end, so a shared Redis keeps everything else.
+``redis-server`` on a free port. The Redis Cluster tests get a private cluster of 3 masters and 3
+replicas (``redis_cluster``), started once per session when a test asks for it. Every room a test
+uses is named ``t<run>-<n>``, and only keys of this run's rooms are deleted at the end, so a shared
+Redis keeps everything else.
 
 Tests that drive the client tools (newman, Node, Chromium) are marked ``clients``
 (``scripts/test.sh clients``); the pure ones live in ``tests/unit`` (``scripts/test.sh unit``).
@@ -28,6 +30,7 @@ from server.store.ports import Store
 from server.store.redis_store import RedisStore
 from tests.support import tools
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 
@@ -83,6 +86,14 @@ def _delete_run_keys(url: str) -> None:
         if keys:
             client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private Redis Cluster (3 masters, 3 replicas), for the session."""
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -142,14 +153,18 @@ class Backend:
     raw: Any  # a redis.asyncio (or fakeredis) client
 
 
-@pytest.fixture(params=["redis", "redis-py", "embedded"])
+@pytest.fixture(params=["redis", "redis-py", "embedded", "cluster"])
 async def backend(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Backend]:
     """The store on the test Redis (through the lean connection, and through redis-py alone, as for
-    TLS or Unix socket URLs) and on the embedded fakeredis: one contract, three adapters."""
+    TLS or Unix socket URLs), on the embedded fakeredis and on a Redis Cluster: one contract, four adapters."""
     if request.param == "embedded":
         fake = fakeredis.FakeServer()
         store: Store = EmbeddedStore.create(fake)
         raw: Any = fakeredis.FakeAsyncRedis(server=fake)
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        store = RedisStore.connect(url)
+        raw = redis.asyncio.RedisCluster.from_url(url)
     else:
         store = RedisStore.connect(redis_url, lean=request.param == "redis")
         raw = redis.asyncio.Redis.from_url(redis_url)

@@ -21,11 +21,18 @@ from urllib.parse import quote, urlsplit
 import orjson
 import redis
 
-STREAM_KEY = "chat:session:{room}"
-# What a room leaves in Redis: its stream, epoch, roster and node set, and its senders' cids.
-ROOM_KEYS = ("chat:session:{room}", "chat:epoch:{room}", "chat:presence:{room}", "chat:room-nodes:{room}",
-             "chat:llm:lock:{room}")
-ROOM_PATTERNS = ("chat:cid:{room}:*",)
+from server.store.keys import (
+    dedupe_key,
+    epoch_key,
+    followers_key,
+    llm_fence_key,
+    llm_lock_key,
+    presence_key,
+    stream_key,
+)
+
+# What a room leaves in Redis: its stream, epoch, roster and followers, its bot's lock, and its senders' cids.
+ROOM_KEYS = (stream_key, epoch_key, presence_key, followers_key, llm_lock_key, llm_fence_key)
 READ_COUNT = 10_000
 
 StoredEntry = tuple[str, str]  # (stream id, hd.event)
@@ -42,7 +49,7 @@ class RedisReader:
         self._client = redis.Redis.from_url(url)
 
     def entries(self, room: str) -> list[StoredEntry]:
-        key, start, found = STREAM_KEY.format(room=room), "-", []
+        key, start, found = stream_key(room), "-", []
         while True:
             chunk: list[tuple[bytes, dict[bytes, bytes]]] = self._client.xrange(  # type: ignore[assignment]
                 key, start, "+", count=READ_COUNT)
@@ -54,9 +61,9 @@ class RedisReader:
     def delete_rooms(self, rooms: Iterable[str]) -> int:
         """Delete the keys these rooms left (see ROOM_KEYS), and nothing else."""
         rooms = list(rooms)
-        keys = [template.format(room=room) for room in rooms for template in ROOM_KEYS]
-        keys += [key for room in rooms for pattern in ROOM_PATTERNS
-                 for key in self._client.scan_iter(match=pattern.format(room=room), count=1000)]
+        keys = [name(room) for room in rooms for name in ROOM_KEYS]
+        keys += [key for room in rooms
+                 for key in self._client.scan_iter(match=dedupe_key(room, "*", "*"), count=1000)]
         return sum(int(self._client.unlink(*keys[i:i + 1000])) for i in range(0, len(keys), 1000))
 
     def close(self) -> None:

@@ -2,27 +2,32 @@
 
 Lua scripts never build a key: every key a script touches is passed in ``KEYS``, and each script
 call touches the keys of one room only (``tests/unit/server/store/test_lua_keys.py`` checks the
-scripts). A room's keys:
+scripts). Every key of a room lies in the room's hash slot, so one room lives on one shard of a Redis
+Cluster and each script call touches one slot: the stream keeps its plain name, and every other key
+of the room carries the hash tag ``{chat:session:<room>}`` (written ``<tag>`` below), the stream's
+name, which hashes to the same slot. A room's keys:
 
 - ``chat:session:<room>``: the room's stream (documented; the replay script and ``redis-cli XRANGE``
   read it).
-- ``chat:epoch:<room>``: the stream's epoch, set when an append finds the stream empty or absent.
-- ``chat:presence:<room>``: the roster, a hash ``<node>/<connection>`` -> role.
-- ``chat:followers:<room>``: the nodes that follow the room, a sorted set node -> the time (ms, Redis's
+- ``chat:epoch:<tag>``: the stream's epoch, set when an append finds the stream empty or absent.
+- ``chat:presence:<tag>``: the roster, a hash ``<node>/<connection>`` -> role.
+- ``chat:followers:<tag>``: the nodes that follow the room, a sorted set node -> the time (ms, Redis's
   clock) until which the node is alive; a node renews it with each heartbeat.
-- ``chat:cid:<room>:<participant>:<cid>``: an entry's client id, within the dedupe window: ``<epoch>
+- ``chat:cid:<tag>:<participant>:<cid>``: an entry's client id, within the dedupe window: ``<epoch>
   <id>``, counted only in that epoch of the stream (a bare ``<id>``, written before, while the stream
   holds it); the LLM's answer marker too (participant ``llm``, cid = the generation's rid).
-- ``chat:room:<room>``: the room's current instance (a random id, made by ``POST /v1/session`` with
+- ``chat:room:<tag>``: the room's current instance (a random id, made by ``POST /v1/session`` with
   auth on; its expiry is the longest of the tokens issued for it), deleted with the room.
-- ``chat:llm:lock:<room>``: ``"<token> <rid>"`` of the room's generation (queued or running).
-- ``chat:llm:fence:<room>``: the room's fencing counter (INCR): each taking of the lock gets the next token.
-- ``chat:llm:ended:<room>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
-- ``chat:llm:cancelled:<room>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
-- ``chat:llm:asker:<room>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
+- ``chat:llm:lock:<tag>``: ``"<token> <rid>"`` of the room's generation (queued or running).
+- ``chat:llm:fence:<tag>``: the room's fencing counter (INCR): each taking of the lock gets the next token.
+- ``chat:llm:ended:<tag>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
+- ``chat:llm:cancelled:<tag>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
+- ``chat:llm:asker:<tag>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
 
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), and the channels
-``chat:node:<node>`` (announcements and unstored frames for one node) and ``chat:llm:cancel``.
+``chat:llm:cancel`` and a node's: on a single Redis ``chat:node:<node>`` (announcements and unstored
+frames for one node, of every room), on a Redis Cluster one shard channel per node and room,
+``chat:node:<node>:<tag>``, in the room's slot (``SPUBLISH`` reaches the room's shard only).
 """
 
 from __future__ import annotations
@@ -38,44 +43,49 @@ def stream_key(room: str) -> str:
     return STREAM_PREFIX + room
 
 
+def room_tag(room: str) -> str:
+    """The hash tag of every other key of the room: the stream's name, so they share its slot."""
+    return "{" + STREAM_PREFIX + room + "}"
+
+
 def epoch_key(room: str) -> str:
-    return "chat:epoch:" + room
+    return "chat:epoch:" + room_tag(room)
 
 
 def presence_key(room: str) -> str:
-    return "chat:presence:" + room
+    return "chat:presence:" + room_tag(room)
 
 
 def followers_key(room: str) -> str:
-    return "chat:followers:" + room
+    return "chat:followers:" + room_tag(room)
 
 
 def dedupe_key(room: str, participant: str, cid: str) -> str:
-    return f"chat:cid:{room}:{participant}:{cid}"
+    return f"chat:cid:{room_tag(room)}:{participant}:{cid}"
 
 
 def room_instance_key(room: str) -> str:
-    return "chat:room:" + room
+    return "chat:room:" + room_tag(room)
 
 
 def llm_lock_key(room: str) -> str:
-    return "chat:llm:lock:" + room
+    return "chat:llm:lock:" + room_tag(room)
 
 
 def llm_fence_key(room: str) -> str:
-    return "chat:llm:fence:" + room
+    return "chat:llm:fence:" + room_tag(room)
 
 
 def llm_ended_key(room: str, rid: str) -> str:
-    return f"chat:llm:ended:{room}:{rid}"
+    return f"chat:llm:ended:{room_tag(room)}:{rid}"
 
 
 def llm_cancelled_key(room: str, rid: str) -> str:
-    return f"chat:llm:cancelled:{room}:{rid}"
+    return f"chat:llm:cancelled:{room_tag(room)}:{rid}"
 
 
 def llm_asker_key(room: str, rid: str) -> str:
-    return f"chat:llm:asker:{room}:{rid}"
+    return f"chat:llm:asker:{room_tag(room)}:{rid}"
 
 
 def llm_requests_key(queue: str) -> str:
@@ -83,4 +93,15 @@ def llm_requests_key(queue: str) -> str:
 
 
 def node_channel(node: str) -> str:
+    """A node's channel on a single Redis: the announcements and frames of every room it follows."""
     return NODE_CHANNEL_PREFIX + node
+
+
+def node_shard_suffix(room: str) -> str:
+    """What follows ``chat:node:<node>`` in the node's shard channel for ``room`` (Redis Cluster)."""
+    return ":" + room_tag(room)
+
+
+def node_shard_channel(node: str, room: str) -> str:
+    """A node's shard channel for one room, in the room's slot (Redis Cluster)."""
+    return NODE_CHANNEL_PREFIX + node + node_shard_suffix(room)

@@ -11,32 +11,50 @@ announcements arrive on a lean subscriber connection. Bulk reads (history pages,
 replays: :attr:`RedisStore.bulk_log`) go through a second lean connection of their own: a reply of
 a megabyte on the hot connection would hold every append's reply queued behind it. Other URLs (TLS,
 Unix sockets) use redis-py alone, whose pool gives each concurrent command a connection of its own.
+On a Redis Cluster (found out when the store is opened: :mod:`server.store.cluster`) everything goes
+through redis-py's ``RedisCluster``, and the nodes' channels are shard channels, one per node and room.
 :mod:`server.store.embedded` runs these same adapters on an in-process fakeredis server.
 
 Every public coroutine of an adapter raises :class:`~server.store.ports.StoreUnavailable` when Redis
 cannot be reached, :class:`~server.store.ports.StoreRefused` when it refuses to run a command (no
-writes taken right now: NOREPLICAS, READONLY, OOM, MISCONF, BUSY, ...) and
+writes taken right now: NOREPLICAS, READONLY, OOM, MISCONF, BUSY, CLUSTERDOWN, TRYAGAIN, ...) and
 :class:`~server.store.ports.StoreError` when it refuses a command otherwise; nothing of
 redis-py escapes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import secrets
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.names import LLM_ROLE
+from server.store import cluster
+from server.store.cluster import ShardChannels
 from server.store.keys import (
     LLM_CANCEL_CHANNEL,
     LLM_GROUP,
@@ -51,6 +69,7 @@ from server.store.keys import (
     llm_lock_key,
     llm_requests_key,
     node_channel,
+    node_shard_suffix,
     presence_key,
     room_instance_key,
     stream_key,
@@ -75,11 +94,16 @@ from server.store.ports import (
 )
 from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Errors meaning "Redis cannot be reached right now".
-UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors meaning "Redis cannot be reached right now" (on a cluster: no node answers, or redis-py
+#: gave up following a topology change: ClusterError, RedisClusterException).
+UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError,
+                                            RedisClusterException)
+#: redis-py's cluster errors that are bugs of ours (keys of several slots in one transaction).
+_CLUSTER_BUGS = (CrossSlotTransactionError, InvalidPipelineStack)
 CANCELLED_TTL_S = 600
 ASKER_TTL_S = ENDED_TTL_S  # who asked a generation is kept as long as any question may wait and run
 REQUESTS_MAXLEN = 100_000
@@ -88,10 +112,11 @@ _POOL_WAIT_S = 10.0
 _LUA = resources.files("server.store").joinpath("lua")
 #: Error replies of a Redis that runs no write right now (the command was not run): by their first word,
 #: and by the classes redis-py makes of some of them (it strips the word from their message).
-REFUSALS = frozenset({"NOREPLICAS", "READONLY", "OOM", "MISCONF", "BUSY", "MASTERDOWN", "TRYAGAIN", "LOADING"})
+REFUSALS = frozenset({"NOREPLICAS", "READONLY", "OOM", "MISCONF", "BUSY", "MASTERDOWN", "TRYAGAIN", "LOADING",
+                      "CLUSTERDOWN"})
 _REFUSAL_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
     (ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"), (MasterDownError, "MASTERDOWN"),
-    (TryAgainError, "TRYAGAIN"))
+    (TryAgainError, "TRYAGAIN"), (ClusterDownError, "CLUSTERDOWN"))
 
 
 def store_error(reply: Exception) -> StoreError:
@@ -116,10 +141,12 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
+        except ResponseError as exc:  # (before UNREACHABLE: CLUSTERDOWN is both)
+            raise store_error(exc) from exc
+        except _CLUSTER_BUGS as exc:
+            raise StoreError(str(exc)) from exc
         except UNREACHABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
-        except ResponseError as exc:
-            raise store_error(exc) from exc
 
     return call
 
@@ -127,17 +154,29 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
 class Connections:
     """The clients of one Redis: a pool (``client``), a client for subscriptions, and, when the URL
     allows it, the lean pipelined connection for the hot path (``lean``) and a second one for bulk
-    reads (``bulk``)."""
+    reads (``bulk``). On a Redis Cluster (``sharded``) the client and the listener are
+    ``RedisCluster`` clients, and there is no lean connection."""
 
     def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None,
-                 bulk: LeanRedis | None = None) -> None:
+                 bulk: LeanRedis | None = None, *, cluster_url: str | None = None) -> None:
         self.client = client
         self.listener = listener
         self.lean = lean
         self.bulk = bulk  # bulk reads' own lean connection (never the one appends are pipelined on)
+        self.cluster_url = cluster_url  # set on a Redis Cluster
+        self.sharded = cluster_url is not None
 
     @classmethod
     def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
+        """The clients of the Redis at ``url``: a Redis Cluster's when it is a node of one."""
+        if cluster.is_cluster(url, wait_s=timeout_s):
+            log.info("Redis Cluster: commands go to each room's shard, nodes hear each other on shard channels")
+            return cls(cluster.connect(url, timeout_s=timeout_s), cluster.connect(url, timeout_s=timeout_s,
+                                                                                   listener=True), cluster_url=url)
+        return cls.connect_single(url, lean=lean, timeout_s=timeout_s)
+
+    @classmethod
+    def connect_single(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
         # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
         # connection that Redis dropped (a restart) fails its next command: that command is sent
         # again on a new connection, twice at most. Timeouts are not retried (the command may
@@ -158,6 +197,11 @@ class Connections:
     def script(self, name: str) -> Script:
         return Script(self, _LUA.joinpath(name).read_text())
 
+    def fanout(self, node: str, room: str) -> list[Any]:
+        """The scripts' arguments naming the channels of ``room``'s followers, for a message from
+        ``node``: the sender, the channels' prefix and suffix (shard channels on a cluster), the room."""
+        return [node, NODE_CHANNEL_PREFIX, node_shard_suffix(room) if self.sharded else "", room]
+
     async def call(self, *args: Any) -> Any:
         """One command, raw (on the lean connection when there is one; never a blocking one)."""
         if self.lean is None:
@@ -165,6 +209,7 @@ class Connections:
         return await self.lean.execute(*args)
 
     def subscription(self, channel: str) -> TranslatedSubscription:
+        """The messages of ``channel`` (a plain one, not a shard channel)."""
         if self.lean is not None:
             return TranslatedSubscription(self.lean.subscriber(channel))
         return TranslatedSubscription(PubSubSubscription(self.listener.pubsub(), channel))
@@ -185,6 +230,7 @@ class Script:
         self._lean = None if connections.lean is None else LeanScript(connections.lean, source)
         self._client = connections.client
         self._script = connections.client.register_script(source)
+        self._sharded = connections.sharded
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._lean is not None:
@@ -195,6 +241,8 @@ class Script:
         """The replies of each ``(keys, args)`` call, in order; an error reply is returned in place."""
         if self._lean is not None:
             return await self._lean.many(calls)
+        if self._sharded:  # each call on its room's shard, all at once (redis-py's cluster pipelines take no scripts)
+            return await _each(self._script(keys=keys, args=args) for keys, args in calls)
         async with self._client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 await self._script(keys=keys, args=args, client=pipe)
@@ -205,6 +253,7 @@ class RedisRoomLog:
     """A room log; with ``bulk``, its reads go on the bulk connection (:attr:`Connections.bulk`)."""
 
     def __init__(self, connections: Connections, *, bulk: bool = False) -> None:
+        self._connections = connections
         self._client = connections.client
         self._lean = connections.bulk if bulk else connections.lean
         self._append = connections.script("append.lua")
@@ -223,19 +272,19 @@ class RedisRoomLog:
         for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
             if isinstance(reply, Exception):
                 for i in indexes:
-                    ids[i] = store_error(reply)
+                    ids[i] = _failure(reply)
                 continue
             before[room] = reply[0]
             for i, outcome in zip(indexes, reply[1:], strict=True):
                 ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
-                          else store_error(outcome) if isinstance(outcome, Exception) else outcome)
+                          else _failure(outcome) if isinstance(outcome, Exception) else outcome)
         return BatchResult(before=before, ids=ids)
 
-    @staticmethod
-    def _call(room: str, entries: list[NewEntry], retention: Retention, node: str,
+    def _call(self, room: str, entries: list[NewEntry], retention: Retention, node: str,
               epoch: str) -> tuple[list[Any], list[Any]]:
         keys: list[Any] = [stream_key(room), epoch_key(room), followers_key(room)]
-        args: list[Any] = [retention.maxlen, retention.ttl_s, node, epoch, NODE_CHANNEL_PREFIX, room]
+        sender, prefix, suffix, _ = self._connections.fanout(node, room)
+        args: list[Any] = [retention.maxlen, retention.ttl_s, sender, epoch, prefix, suffix, room]
         for entry in entries:
             window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
             dedupe = 0
@@ -335,16 +384,27 @@ class RedisRoster:
 
 
 class RedisNodeBus:
+    """On a Redis Cluster a node's subscription is its shard channels (:class:`ShardChannels`): following
+    a room subscribes to the node's channel of the room first (confirmed), then adds the node to the
+    room's followers; unfollowing does the reverse."""
+
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
         self._client = connections.client
         self._follow = connections.script("follow.lua")
         self._ephemeral = connections.script("ephemeral.lua")
+        self._channels: dict[str, ShardChannels] = {}  # node -> its current shard channels (cluster)
+        self._followed: dict[str, set[str]] = {}  # node -> the rooms it follows (cluster)
 
     @translated
     async def follow(self, rooms: Sequence[str], node: str, ttl_s: int) -> list[str]:
         if not rooms:
             return []
+        if self._connections.sharded:
+            self._followed.setdefault(node, set()).update(rooms)
+            channels = self._channels.get(node)
+            if channels is not None:
+                await channels.add(rooms)
         replies = await self._follow.many([([followers_key(room)], [node, ttl_s * 1000]) for room in rooms])
         for reply in replies:
             if isinstance(reply, Exception):
@@ -357,17 +417,28 @@ class RedisNodeBus:
             for room in rooms:
                 pipe.zrem(followers_key(room), node)
             await pipe.execute()
+        if self._connections.sharded:
+            self._followed.get(node, set()).difference_update(rooms)
+            channels = self._channels.get(node)
+            if channels is not None:
+                await channels.remove(rooms)
 
     @translated
     async def publish(self, messages: Mapping[str, Sequence[bytes]], node: str) -> None:
-        replies = await self._ephemeral.many([([followers_key(room)], [node, NODE_CHANNEL_PREFIX, room, *batch])
+        fanout = self._connections.fanout
+        replies = await self._ephemeral.many([([followers_key(room)], [*fanout(node, room), *batch])
                                               for room, batch in messages.items()])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
 
     def subscription(self, node: str) -> TranslatedSubscription:
-        return self._connections.subscription(node_channel(node))
+        url = self._connections.cluster_url
+        if url is None:
+            return self._connections.subscription(node_channel(node))
+        followed = self._followed.setdefault(node, set())
+        channels = self._channels[node] = ShardChannels(self._connections.listener, url, node, followed)
+        return TranslatedSubscription(channels)
 
 
 class RedisRoomInstances:
@@ -433,13 +504,14 @@ class RedisLocks:
     async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
         room = fence.room
         return bool(await self._script([llm_lock_key(room), followers_key(room)],
-                                       ["frames", fence_value(fence), node, NODE_CHANNEL_PREFIX, room, *messages]))
+                                       ["frames", fence_value(fence), *self._connections.fanout(node, room),
+                                        *messages]))
 
     @translated
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         value = "" if fence is None else fence_value(fence)
         ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), followers_key(room)],
-                                   ["end", value, ENDED_TTL_S, node, NODE_CHANNEL_PREFIX, room, message])
+                                   ["end", value, ENDED_TTL_S, *self._connections.fanout(node, room), message])
         return bool(ended)
 
     @translated
@@ -547,6 +619,9 @@ class RedisStore:
 
     @translated
     async def ping(self) -> None:
+        if self._connections.sharded:  # every master (a replica down takes no room's writes away)
+            await self._connections.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            return
         await self._connections.client.ping()
 
     async def close(self) -> None:
@@ -561,6 +636,8 @@ class PubSubSubscription:
         self._channel = channel
 
     async def subscribe(self) -> None:
+        if isinstance(self._pubsub, ClusterPubSub):
+            await self._pubsub.cluster.initialize()  # (it routes by the slot map, made here)
         await self._pubsub.subscribe(self._channel)
 
     async def next(self, timeout_s: float) -> tuple[str, bytes] | None:
@@ -577,7 +654,7 @@ class PubSubSubscription:
 class TranslatedSubscription:
     """A subscription raising the ports' exceptions."""
 
-    def __init__(self, inner: PubSubSubscription | LeanSubscriber) -> None:
+    def __init__(self, inner: PubSubSubscription | LeanSubscriber | ShardChannels) -> None:
         self._inner = inner
 
     @translated
@@ -614,6 +691,31 @@ def _requests(entries: list[Any], attempts: dict[bytes, int]) -> list[Request]:
 def _deleted_ids(reply: list[Any]) -> list[bytes]:
     """XAUTOCLAIM (Redis >= 7) also lists pending ids whose entries were deleted."""
     return list(reply[2]) if len(reply) > 2 else []
+
+
+async def _each(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """The replies of ``calls``, run at once, each error in place: an error reply as it is, a shard that
+    could not be reached as :class:`StoreUnavailable` (the other shards' calls ran)."""
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    for n, reply in enumerate(replies):
+        if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+            if not isinstance(reply, Exception):
+                raise reply  # cancelled
+            replies[n] = _failure(reply)
+    return replies
+
+
+def _failure(exc: Exception) -> Exception:
+    """The port's exception for what a call raised or replied."""
+    if isinstance(exc, StoreError | StoreUnavailable):
+        return exc
+    if isinstance(exc, ResponseError):
+        return store_error(exc)
+    if isinstance(exc, _CLUSTER_BUGS):
+        return StoreError(str(exc))
+    if isinstance(exc, UNREACHABLE):
+        return StoreUnavailable(str(exc))
+    return exc
 
 
 def _count(count: int | None) -> tuple[Any, ...]:

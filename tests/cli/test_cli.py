@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from client import RelayError, connect
+from server.store.keys import room_instance_key
 from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess
 
@@ -84,7 +85,7 @@ def token(room: str, role: str, *options: str, redis_url: str) -> str:
 async def test_token_gives_a_token_the_server_accepts_for_that_role(secured: ServerProcess, room: str,
                                                                     redis_url: str, rdb: redis.Redis) -> None:
     for_a, for_b = token(room, "A", redis_url=redis_url), token(room, "B", "--ttl-s", "600", redis_url=redis_url)
-    assert rdb.get(f"chat:room:{room}") is not None  # created as POST /v1/session creates it
+    assert rdb.get(room_instance_key(room)) is not None  # created as POST /v1/session creates it
     url = f"ws://127.0.0.1:{secured.port}"
     async with connect(url, room, token=for_a) as a, connect(url, room, token=for_b) as b:
         assert (a.role, b.role) == ("A", "B")

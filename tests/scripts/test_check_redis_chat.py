@@ -17,7 +17,9 @@ import redis
 
 from client import connect
 from server.store.keys import stream_key
+from tests.conftest import new_room
 from tests.support.client import Client
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import free_port
 from tests.support.server_process import ServerProcess
 from tests.support.streams import xrange, xrevrange
@@ -323,3 +325,16 @@ def json_entry(rdb: redis.Redis, room: str, entry_id: str) -> dict[str, object]:
 def test_url_must_be_a_websocket_url(room: str, redis_url: str) -> None:
     result = run_script(room, "--redis-url", redis_url, "--follow", "--url", "http://127.0.0.1:1")
     assert_one_line_error(result, "check_redis_chat.py: --url must start with ws://")
+
+
+def test_a_cluster_node_s_url_reads_rooms_on_every_master(redis_cluster: RedisCluster) -> None:
+    crdb = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    try:
+        for room in redis_cluster.rooms_on_every_master(new_room):
+            ids = [str(crdb.xadd(stream_key(room), {"participant": role, "body": envelope(role, room, "hi")}))
+                   for role in ("A", "B")]
+            result = run_script(room, "--json", "--redis-url", redis_cluster.nodes[-1].url.removesuffix("/0"))
+            assert result.returncode == 0, result.stderr
+            assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids
+    finally:
+        crdb.close()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import redis
 
+from server.store.keys import presence_key
 from tests.support.client import Client
 from tests.support.server_process import ServerProcess
 
@@ -61,7 +62,7 @@ async def test_members_of_a_killed_node_leave_the_roster(start_server: Callable[
             await asyncio.sleep(0.5)
     # The dead node's entry is gone from Redis too. (A's last connection may still be there for a
     # moment: the server answers a client's close before it leaves the roster.)
-    assert not [field for field in rdb.hkeys(f"chat:presence:{room}") if field.endswith("/" + b.ready["hd"]["conn"])]
+    assert not [field for field in rdb.hkeys(presence_key(room)) if field.endswith("/" + b.ready["hd"]["conn"])]
 
 
 async def test_members_still_present_hear_a_dead_node_s_members_leave(start_server: Callable[..., ServerProcess],
@@ -79,7 +80,7 @@ async def test_members_still_present_hear_a_dead_node_s_members_leave(start_serv
         doomed.process.wait()
         left = await a.recv_presence(timeout_s=30)  # bounded: NODE_TTL_S, then the survivor's next beat
         assert left["hd"] == {**left["hd"], "event": "presence.leave", "role": "B", "conn": b_conn, "sid": room}
-        assert not any(field.endswith("/" + b_conn) for field in rdb.hkeys(f"chat:presence:{room}"))
+        assert not any(field.endswith("/" + b_conn) for field in rdb.hkeys(presence_key(room)))
         await a.chat("still here")
         assert (await a.recv())["bd"]["text"] == "still here"
         assert a.presence == []  # one presence.leave, not one per sweeping node

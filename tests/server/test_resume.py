@@ -12,7 +12,7 @@ import redis
 from websockets.exceptions import InvalidStatus
 
 from protocol import format_ts
-from server.store.keys import stream_key
+from server.store.keys import epoch_key, stream_key
 from tests.support.client import Client
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
@@ -39,7 +39,7 @@ async def test_ready_tells_newest_id_epoch_and_members(server: ServerProcess, ro
     async with await Client.open(server.ws(room)) as c:
         assert c.replayed == []
         assert c.ready["bd"]["last_id"] == first["hd"]["id"]
-        assert c.ready["bd"]["epoch"] == rdb.get(f"chat:epoch:{room}")
+        assert c.ready["bd"]["epoch"] == rdb.get(epoch_key(room))
 
 
 async def test_resume_replays_what_was_missed_then_live(server: ServerProcess, room: str) -> None:
@@ -111,7 +111,7 @@ async def test_deleted_and_recreated_room_is_a_new_epoch(server: ServerProcess, 
     async with await Client.open(server.ws(room)) as c:
         old_epoch = c.ready["bd"]["epoch"]
     assert old_epoch
-    rdb.delete(stream_key(room), f"chat:epoch:{room}")  # as the DELETE route, or a Redis that lost its data
+    rdb.delete(stream_key(room), epoch_key(room))  # as the DELETE route, or a Redis that lost its data
     async with await Client.open(server.ws(room, role="B")) as b:
         await b.chat("new 1")
         await b.chat("new 2")

@@ -100,4 +100,4 @@ def test_only_the_redis_adapter_uses_the_lean_client() -> None:
 def test_only_the_store_adapters_import_a_redis_client() -> None:
     users = {name for name, path in modules().items()
              if {target.split(".")[0] for target in imported(path)} & {"redis", "fakeredis", "hiredis"}}
-    assert users == {"server.store.redis_store", "server.store.embedded", "server.store.resp"}
+    assert users == {"server.store.redis_store", "server.store.cluster", "server.store.embedded", "server.store.resp"}

@@ -3,7 +3,9 @@
 -- KEYS: the room's stream, its epoch, its followers (a sorted set node -> alive-until, in ms), then
 --       the dedupe keys of the entries that have a cid.
 -- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, a fresh random epoch (for a
---       stream this batch creates), the prefix of the nodes' channels, the room, then for each entry
+--       stream this batch creates), the prefix of the nodes' channels, their suffix ("" on a single
+--       Redis; on a Redis Cluster the room's hash tag: shard channels, in the room's slot, reached
+--       with SPUBLISH), the room, then for each entry
 --       six values: its participant, its body, the index in KEYS of its dedupe key (0: no cid), how
 --       long the dedupe key is kept, in seconds, the index in KEYS of its fence (a generation's lock,
 --       0: none) and the value the lock must hold ("<token> <rid>").
@@ -21,14 +23,15 @@
 -- (a follower whose time is up, a process that died, hears nothing: its followers' heartbeats
 -- remove it, see follow.lua).
 local stream, epoch_key, followers = KEYS[1], KEYS[2], KEYS[3]
-local maxlen, ttl, self, fresh, prefix, room = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local maxlen, ttl, self, fresh = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local prefix, suffix, room = ARGV[5], ARGV[6], ARGV[7]
 local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local before = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
 local epoch = before ~= '0-0' and redis.call('GET', epoch_key)
 local created = not epoch
 if created then epoch = fresh end
 local out, newest = {before}, false
-for j = 7, #ARGV, 6 do
+for j = 8, #ARGV, 6 do
   local d, f = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 4])
   local dedupe = d > 0 and KEYS[d]
   local fence = f > 0 and KEYS[f]
@@ -74,7 +77,9 @@ if newest then
     redis.call('EXPIRE', epoch_key, ttl)
   end
   for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
-    if node ~= self then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest) end
+    if node == self then
+    elseif suffix == '' then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest)
+    else redis.call('SPUBLISH', prefix .. node .. suffix, room .. ' ' .. newest) end
   end
 end
 return out

@@ -14,12 +14,12 @@
 --         (token 0: another generation holds the room).
 -- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
--- frames  KEYS: lock, the room's followers. ARGV: 'frames', value, this node's id, the prefix of
---         the nodes' channels, the room, then messages "<after id> <frame>". If the lock holds
+-- frames  KEYS: lock, the room's followers. ARGV: 'frames', value, this node's id, the prefix and
+--         suffix of the nodes' channels (see append.lua), the room, then messages "<after id> <frame>". If the lock holds
 --         value, publishes "<room> <message>" to every other follower: 1; else 0, nothing sent.
 -- end     KEYS: lock, rid's ended marker, the followers. ARGV: 'end', value ('' for a generation
---         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix, the
---         room, one message. Unless rid ended already: if the lock holds value (or value is ''),
+--         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix and
+--         suffix, the room, one message. Unless rid ended already: if the lock holds value (or value is ''),
 --         deletes the lock, marks rid ended (with value) and publishes the message: 1. A rid that
 --         ended with the same value (a retry after a lost reply): 2, nothing sent. Else 0.
 -- cancel  KEYS: lock, rid's cancelled marker, rid's asker. ARGV: 'cancel', rid, the workers' cancel
@@ -35,11 +35,12 @@ local function holder_rid(value)
   return string.match(value, '^%d+ (.*)$')
 end
 
-local function publish(self, prefix, room, first)
+local function publish(self, prefix, suffix, room, first)
   for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
     if node ~= self then
       for m = first, #ARGV do
-        redis.call('PUBLISH', prefix .. node, room .. ' ' .. ARGV[m])
+        if suffix == '' then redis.call('PUBLISH', prefix .. node, room .. ' ' .. ARGV[m])
+        else redis.call('SPUBLISH', prefix .. node .. suffix, room .. ' ' .. ARGV[m]) end
       end
     end
   end
@@ -77,7 +78,7 @@ elseif step == 'release' then
   return 1
 elseif step == 'frames' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-  publish(ARGV[3], ARGV[4], ARGV[5], 6)
+  publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 7)
   return 1
 elseif step == 'end' then
   local value = ARGV[2]
@@ -91,7 +92,7 @@ elseif step == 'end' then
     redis.call('DEL', KEYS[1])
   end
   redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
-  publish(ARGV[4], ARGV[5], ARGV[6], 7)
+  publish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], 8)
   return 1
 elseif step == 'cancel' then
   local rid = ARGV[2]

@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = {path.name: path.read_text() for path in resources.files("server.store").joinpath("lua").iterdir()
            if path.name.endswith(".lua")}
 #: Commands whose first argument is not a key.
-NOT_KEYS = {"PUBLISH", "TIME", "SCRIPT"}
+NOT_KEYS = {"PUBLISH", "SPUBLISH", "TIME", "SCRIPT"}  # (a shard channel: in the room's slot, see keys.py)
 #: Commands whose key comes after a subcommand (``XINFO STREAM key``).
 SUBCOMMANDS = {"XINFO", "XGROUP", "OBJECT"}
 _CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'\s*(?:,\s*([^,)]+))?(?:,\s*([^,)]+))?")

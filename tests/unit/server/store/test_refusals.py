@@ -5,10 +5,21 @@ not run, nothing was written) is :class:`StoreRefused`; any other error reply is
 from __future__ import annotations
 
 import pytest
-from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    CrossSlotTransactionError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
-from server.store.ports import StoreError, StoreRefused
-from server.store.redis_store import store_error
+from server.store.ports import StoreError, StoreRefused, StoreUnavailable
+from server.store.redis_store import store_error, translated
 
 REFUSED_REPLIES = [
     "NOREPLICAS Not enough good replicas to write. script: 3a00e9bb, on @user_script:12.",
@@ -18,6 +29,8 @@ REFUSED_REPLIES = [
     "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
     "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
     "LOADING Redis is loading the dataset in memory",
+    "CLUSTERDOWN The cluster is down",
+    "TRYAGAIN Multiple keys request during rehashing of slot",
 ]
 
 
@@ -28,7 +41,8 @@ def test_a_refusal_read_by_the_lean_client_is_refused_with_its_message(reply: st
 
 
 @pytest.mark.parametrize(("cls", "word"), [(ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"),
-                                           (MasterDownError, "MASTERDOWN"), (TryAgainError, "TRYAGAIN")])
+                                           (MasterDownError, "MASTERDOWN"), (TryAgainError, "TRYAGAIN"),
+                                           (ClusterDownError, "CLUSTERDOWN")])
 def test_a_refusal_redis_py_made_a_class_of_is_refused_and_keeps_its_word(cls: type[ResponseError],
                                                                          word: str) -> None:
     error = store_error(cls("the message without its word"))  # redis-py strips the word
@@ -42,3 +56,21 @@ def test_a_refusal_redis_py_made_a_class_of_is_refused_and_keeps_its_word(cls: t
 def test_any_other_error_reply_is_a_plain_store_error(reply: str) -> None:
     error = store_error(ResponseError(reply))
     assert type(error) is StoreError and str(error) == reply
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (ClusterDownError("The cluster is down"), StoreRefused),  # a reply: the command was not run
+    (ClusterError("TTL exhausted."), StoreUnavailable),  # redis-py gave up following redirections
+    (SlotNotCoveredError('Slot "5" is not covered by the cluster.'), StoreUnavailable),
+    (RedisClusterException("Redis Cluster cannot be connected."), StoreUnavailable),
+    (CrossSlotTransactionError("keys of several slots in one transaction"), StoreError),  # a bug of ours
+])
+async def test_redis_cluster_errors_become_the_ports_exceptions(raised: Exception,
+                                                                expected: type[Exception]) -> None:
+    @translated
+    async def command() -> None:
+        raise raised
+
+    with pytest.raises(expected) as caught:
+        await command()
+    assert type(caught.value) is expected
