@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -38,6 +39,7 @@ def run_args(args: argparse.Namespace) -> int:
     if args.ttl_s is not None and not 1 <= args.ttl_s <= MAX_TTL_S:
         return fail(f"--ttl-s must be from 1 to {MAX_TTL_S}")
     settings = settings_or_exit(PROG, os.environ)
+    logging.disable(logging.WARNING)  # a command: its own one-line message says what failed, not the store's log
     if settings.auth_secret is None:
         return fail("AUTH_SECRET is not set: with auth off the relay takes no tokens")
     if settings.redis_url is None:
