@@ -224,7 +224,7 @@ async def test_direct_stall_to_slow() -> None:
     member.push("b")  # queued for the writer task: no flush is scheduled
     await loop_pass()
     assert outlet.writes == []
-    assert list(member._queue) == ["a", "b"]
+    assert list(member._queue.frames) == ["a", "b"]
 
 
 async def test_direct_close_to_closing() -> None:
