@@ -10,11 +10,12 @@ consumer: its queue is dropped and the connection is closed with 1013 and reason
 consumer``, so it can resume from its last stream id instead of holding memory for everyone else.
 
 ``llm.streaming`` deltas (:meth:`Member.push_delta`) are not stored: a member that missed them could
-not get them back, so they never count toward ``queue_max``. Instead, while nothing can be written
-to the member (SLOW, NEW, frames held, or an ASGI send under way), a delta that continues the one
-queued last is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
+not get them back, so they never count toward ``queue_max``. Instead, while the member is backed up
+(SLOW, or an ASGI send under way: :attr:`Member.backed_up`), a delta that continues the one queued
+last (or held last) is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
 holds one frame per generation between two other frames, not one per token. A member that keeps
-up (DIRECT, an idle ASGI writer) gets every delta as it came.
+up gets every delta as it came. (A merge in progress, :attr:`Outbox.run`, is only ever open while
+backed up, or in the held frames: the writer seals it before it writes.)
 
 The outbound side is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
@@ -199,7 +200,6 @@ class Member:
         self._outlet = self._outlet_for(self._send)
         state = self._fire(Trigger.START_ASGI if self._outlet is None else Trigger.START_DIRECT)
         if state is DIRECT:
-            self._queue.seal()  # deltas merged before the start: from now on the flushes write the queue as it is
             if self._queue:
                 self._wake()
             return
@@ -226,23 +226,21 @@ class Member:
     def push_delta(self, frame: DeltaFrame) -> None:
         """Queue one ``llm.streaming`` frame for this member. Never blocks, never overflows: while the
         connection is backed up, it is merged into the delta queued before it when it continues it."""
-        state = self._state
-        if state >= CLOSE_REQUESTED:
+        if self._state >= CLOSE_REQUESTED:
             return
-        if self._held is not None:
-            self._held.add_delta(frame, True)
-        elif state is DIRECT or (state is ASGI and not self._sending):
-            queue = self._queue  # a reader that keeps up: the delta as it came
+        held = self._held
+        queue = self._queue if held is None else held
+        backed_up = self._state is SLOW or self._sending
+        if backed_up or queue.run is not None:
+            queue.add_delta(frame, backed_up)
+        else:  # a reader that keeps up: the delta as it came
             queue.frames.append(frame)
             queue.deltas += 1
-            if not self._awake:
-                self._wake()
-        else:
-            self._queue.add_delta(frame, True)  # NEW, SLOW, or an ASGI send under way: nothing can be written
+        if not self._awake and held is None:
+            self._wake()
 
     def hold(self) -> None:
         """Set live frames aside until :meth:`release`."""
-        self._queue.seal()
         self._held = Outbox()
 
     async def push_history(self, frames: list[str]) -> None:

@@ -83,12 +83,14 @@ class Outbox:
         self.deltas += other.deltas
 
     def popleft(self) -> str:
-        """The oldest frame, taken out (the merge in progress is sealed first when it is all that is left)."""
+        """The oldest frame, taken out (the merge in progress is sealed first when it is all that is left),
+        as a plain ``str``."""
         if not self.frames:
             self.seal()
         frame = self.frames.popleft()
         if type(frame) is DeltaFrame:
             self.deltas -= 1
+            return str(frame)  # for an ASGI server that wants exactly a str
         return frame
 
     def clear(self) -> None:
