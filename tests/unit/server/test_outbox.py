@@ -86,7 +86,8 @@ def test_first_seq_is_always_the_previous_seq_plus_one() -> None:
             outbox.add(f"m{seq}")
     spans = [frame[1:3] for frame in shown(outbox) if isinstance(frame, tuple)]
     assert spans[0][0] == 0 and spans[-1][1] == 39
-    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(spans, spans[1:], strict=False))
+    pairs = zip(spans, spans[1:], strict=False)
+    assert all(later[0] == earlier[1] + 1 for earlier, later in pairs)
     assert any(first < last for first, last in spans)
 
 
