@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
@@ -86,8 +87,7 @@ def test_first_seq_is_always_the_previous_seq_plus_one() -> None:
             outbox.add(f"m{seq}")
     spans = [frame[1:3] for frame in shown(outbox) if isinstance(frame, tuple)]
     assert spans[0][0] == 0 and spans[-1][1] == 39
-    pairs = zip(spans, spans[1:], strict=False)
-    assert all(later[0] == earlier[1] + 1 for earlier, later in pairs)
+    assert all(later[0] == earlier[1] + 1 for earlier, later in itertools.pairwise(spans))
     assert any(first < last for first, last in spans)
 
 
