@@ -364,8 +364,10 @@ class Member:
             if outlet is None:
                 while queue:
                     self._sending = True  # meanwhile, deltas merge
-                    await send({"type": "websocket.send", "text": queue.popleft()})
-                    self._sending = False
+                    try:
+                        await send({"type": "websocket.send", "text": queue.popleft()})
+                    finally:
+                        self._sending = False
             else:
                 while queue:
                     await outlet.writable()

@@ -76,7 +76,7 @@ async def test_a_reader_that_stops_during_a_long_answer_is_not_closed_and_reads_
         filled = await fill_until_backed_up(node, a)
         merged_before = await metric(node, "chat_llm_deltas_merged_total")
         await a.chat("@llm #long tell me everything", cid="question")
-        prompt = []
+        prompt: list[dict[str, Any]] = []
         while not prompt or prompt[-1]["hd"]["event"] != "llm.response":
             prompt.append(await a.recv())
         answer = prompt[-1]["bd"]["text"]
