@@ -58,7 +58,8 @@ RESTART = Close(
     1012, "", Reconnect.RESUME, By.UVICORN, "the server is shutting down (SIGTERM): reconnect to another node")
 SLOW_CONSUMER = Close(
     1013, "slow consumer", Reconnect.RESUME, By.RELAY,
-    "the client read too slowly: more than `SEND_QUEUE_MAX` frames were waiting for it")
+    "the client read too slowly: more than `SEND_QUEUE_MAX` frames (`llm.streaming` deltas not counted)"
+    " were waiting for it")
 TOKEN_EXPIRED = Close(
     4001, "token expired", Reconnect.FRESH_TOKEN, By.RELAY,
     "with auth on: the connection's token expired (its `exp`); the admin key never expires")

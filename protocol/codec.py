@@ -6,7 +6,8 @@ text (or, for stored events, the entry's ``body`` bytes); each builds one dict a
 - ``session.ready``: :func:`session_ready_frame`; ``presence.join`` / ``presence.leave``:
   :func:`presence_frame`; ``error``: :func:`error_frame`.
 - ``chat.message`` and ``llm.invoke`` are stored: :func:`message_body` is the entry's ``body``.
-- The bot's: ``llm.streaming``: :func:`llm_streaming_frame`; ``llm.error``: :func:`llm_error_frame`;
+- The bot's: ``llm.streaming``: :func:`llm_streaming_frame` (and :func:`merged_streaming_frame`, for
+  consecutive deltas merged by :mod:`protocol.deltas`); ``llm.error``: :func:`llm_error_frame`;
   ``llm.response`` is stored: :func:`llm_response_body`.
 
 Broadcast frames are built once per message and the same text goes to every member. A stored
@@ -25,6 +26,9 @@ import orjson
 from protocol.names import LLM_ROLE, Event
 
 _HD_PREFIX = b'{"hd":{'
+#: How every ``llm.streaming`` frame the server builds begins (``hd`` first, ``event`` first in it): the
+#: relay tells deltas from other unstored frames by it, with no parse.
+LLM_STREAMING_PREFIX = '{"hd":{"event":"llm.streaming",'
 
 
 _last_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
@@ -102,12 +106,18 @@ def _generation_header(event: str, room: str, rid: str, reply_to: str, now_ms: i
 
 def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str, attempt: int = 1) -> str:
     """``llm.streaming``: text delta ``seq`` (from 0) of generation ``rid``, which answers entry ``reply_to``;
-    ``attempt`` > 1 when the generation started over on another worker."""
+    ``attempt`` > 1 when the generation started over on another worker. ``first_seq`` is ``seq``: one delta."""
     hd: dict[str, Any] = {"event": Event.LLM_STREAMING, "role": LLM_ROLE, "sid": room, "rid": rid,
-                          "reply_to": reply_to, "seq": seq}
+                          "reply_to": reply_to, "seq": seq, "first_seq": seq}
     if attempt > 1:
         hd["attempt"] = attempt
     return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
+
+
+def merged_streaming_frame(hd: dict[str, Any], first_seq: int, seq: int, delta: str) -> str:
+    """``llm.streaming`` for deltas ``first_seq`` to ``seq`` of one generation, merged: ``hd`` is the first
+    one's header (its other fields, in their order), ``delta`` their texts joined."""
+    return orjson.dumps({"hd": {**hd, "seq": seq, "first_seq": first_seq}, "bd": {"delta": delta}}).decode()
 
 
 def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,

@@ -114,7 +114,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             *history_routes(relay),
             *rooms_routes(relay.auth, relay.store.instances, settings.auth_token_ttl_s),
             *metrics_routes(relay.fanout.counts, relay.supervisor.loops,
-                            MetricsAccess(settings.metrics_token, closed=relay.auth.enabled)),
+                            MetricsAccess(settings.metrics_token, closed=relay.auth.enabled), relay.fanout.backed_up),
             *docs_routes(),
         ],
         lifespan=lifespan,

@@ -2,7 +2,8 @@
 
 - :class:`Fanout` holds the rooms' members and pushes frames to them: entries arrive from the room
   feed in stream order; each entry's frame is built once and the same text is pushed to every member
-  of its room (the sender included).
+  of its room (the sender included). Unstored frames come ready-made; ``llm.streaming`` ones are
+  pushed as deltas (:class:`~protocol.deltas.DeltaFrame`), which a backed-up member merges.
 - :class:`Hub` is how members join and leave: joining the first member of a room makes the feed
   follow it; the last member leaving stops that.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from protocol.codec import frame_with_id
+from protocol.codec import LLM_STREAMING_PREFIX, frame_with_id
+from protocol.deltas import DeltaFrame
 from server.feed import Item, RoomFeed
 from server.member import Member
 from server.metrics import COUNTS
@@ -47,6 +49,10 @@ class Fanout:
         """(connections, rooms) on this process."""
         return sum(len(room.members) for room in self.rooms.values()), len(self.rooms)
 
+    def backed_up(self) -> int:
+        """How many members here have frames waiting for them to read."""
+        return sum(member.backed_up for room in self.rooms.values() for member in room.members)
+
     def deliver(self, room_name: str, items: list[Item]) -> None:
         room = self.rooms.get(room_name)
         if room is None or not room.members:
@@ -67,8 +73,13 @@ class Fanout:
         if room is None:
             return
         members = [member for member in room.members if member is not skip]
-        for member in members:
-            member.push(frame)
+        if frame.startswith(LLM_STREAMING_PREFIX):  # a delta: merged for a member that does not keep up
+            delta = DeltaFrame(frame)
+            for member in members:
+                member.push_delta(delta)
+        else:
+            for member in members:
+                member.push(frame)
         COUNTS.delivered(frame, len(members))
 
 

@@ -9,6 +9,14 @@ task waits for that member alone. A member whose queue passes ``queue_max`` fram
 consumer: its queue is dropped and the connection is closed with 1013 and reason ``slow
 consumer``, so it can resume from its last stream id instead of holding memory for everyone else.
 
+``llm.streaming`` deltas (:meth:`Member.push_delta`) are not stored: a member that missed them could
+not get them back, so they never count toward ``queue_max``. Instead, while the member is backed up
+(SLOW, or an ASGI send under way: :attr:`Member.backed_up`), a delta that continues the one queued
+last (or held last) is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
+holds one frame per generation between two other frames, not one per token. A member that keeps
+up gets every delta as it came. (A merge in progress, :attr:`Outbox.run`, is only ever open while
+backed up, or in the held frames: the writer seals it before it writes.)
+
 The outbound side is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
 :meth:`Member._fire`, which raises :class:`MemberStateError` for a pair that is not in the table.
@@ -59,8 +67,10 @@ frames are set aside (:meth:`hold`) and queued after the replay (:meth:`release`
 The hot path. Transitions happen a few times per connection; pushes, once per member per delivered
 frame. So :meth:`push` never looks at the table: the states are ordered (an ``IntEnum``) so that
 one comparison tells whether frames are still taken, then it picks the queue (``_held``), checks
-its length, appends, and calls :meth:`_wake` only when ``_awake`` is False (the first push of a
-loop pass, in DIRECT).
+its length (the deltas in it are subtracted only when that length reaches ``queue_max``), appends
+(unless deltas are being merged at its end), and calls :meth:`_wake` only when ``_awake`` is False
+(the first push of a loop pass, in DIRECT). :meth:`push_delta` is the same for a member that keeps
+up; it merges only when the state says nothing can be written.
 
 Cost, measured when the table was introduced (ten started members on a fake outlet, Python 3.11,
 best of many runs; before -> after): a push alone, a flush already due, 108 -> 79 ns; five pushes
@@ -74,11 +84,12 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from protocol.close import NORMAL, SLOW_CONSUMER
+from protocol.deltas import DeltaFrame
+from server.outbox import Outbox
 from server.outlet import DirectOutlet, Gone, outlet_for
 from server.states import next_state
 
@@ -146,7 +157,7 @@ class MemberStateError(RuntimeError):
 
 class Member:
     __slots__ = ("_awake", "_close_frame", "_drained", "_held", "_idle", "_loop", "_outlet", "_outlet_for",
-                 "_queue", "_queue_max", "_send", "_state", "_writer", "conn", "inflight", "role", "room")
+                 "_queue", "_queue_max", "_send", "_sending", "_state", "_writer", "conn", "inflight", "role", "room")
 
     def __init__(self, send: Send, room: str, role: str | None, queue_max: int,
                  outlet_for: OutletFor = outlet_for) -> None:
@@ -157,8 +168,9 @@ class Member:
         self.conn = secrets.token_hex(4)  # the connection's id in the room's roster
         self._state = NEW
         self._awake = True  # see the module docstring: push wakes the writing side only when False
-        self._queue: deque[str] = deque()
-        self._held: deque[str] | None = None
+        self._queue = Outbox()
+        self._held: Outbox | None = None
+        self._sending = False  # the ASGI writer waits for a send to return
         self._drained: asyncio.Event | None = None  # made while a history replay waits for the queue
         self._queue_max = queue_max
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -171,6 +183,11 @@ class Member:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def backed_up(self) -> bool:
+        """Frames wait for the client to read: the transport takes no more (SLOW), or an ASGI send is under way."""
+        return self._state is SLOW or self._sending
 
     @property
     def closing(self) -> bool:
@@ -195,20 +212,40 @@ class Member:
         if self._state >= CLOSE_REQUESTED:
             return
         queue = self._queue if self._held is None else self._held
-        if len(queue) >= self._queue_max:
-            self._overflow(len(queue))
+        frames = queue.frames
+        if len(frames) >= self._queue_max and queue.counted() >= self._queue_max:
+            self._overflow(queue.counted())
             return
-        queue.append(frame)
+        if queue.run is None:
+            frames.append(frame)
+        else:
+            queue.add(frame)
         if not self._awake and self._held is None:
+            self._wake()
+
+    def push_delta(self, frame: DeltaFrame) -> None:
+        """Queue one ``llm.streaming`` frame for this member. Never blocks, never overflows: while the
+        connection is backed up, it is merged into the delta queued before it when it continues it."""
+        if self._state >= CLOSE_REQUESTED:
+            return
+        held = self._held
+        queue = self._queue if held is None else held
+        backed_up = self._state is SLOW or self._sending
+        if backed_up or queue.run is not None:
+            queue.add_delta(frame, backed_up)
+        else:  # a reader that keeps up: the delta as it came
+            queue.frames.append(frame)
+            queue.deltas += 1
+        if not self._awake and held is None:
             self._wake()
 
     def hold(self) -> None:
         """Set live frames aside until :meth:`release`."""
-        self._held = deque()
+        self._held = Outbox()
 
     async def push_history(self, frames: list[str]) -> None:
         """Queue frames ahead of the held ones; waits while the queue is more than half full."""
-        while self._state < CLOSE_REQUESTED and len(self._queue) > self._queue_max // 2:
+        while self._state < CLOSE_REQUESTED and self._queue.counted() > self._queue_max // 2:
             self._drained = asyncio.Event()
             await self._drained.wait()
         if self._state < CLOSE_REQUESTED:
@@ -219,7 +256,7 @@ class Member:
         """Queue the frames held since :meth:`hold`, after everything queued so far."""
         held, self._held = self._held, None
         if held and self._state < CLOSE_REQUESTED:
-            self._queue.extend(held)
+            self._queue.take(held)
             self._wake()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -285,10 +322,10 @@ class Member:
             return  # closing since the flush was scheduled: the writer task has the queue
         self._awake = False
         queue, outlet = self._queue, self._outlet
-        if not queue or outlet is None:
+        if not queue.frames or outlet is None:
             return
         try:
-            if not outlet.write(queue):
+            if not outlet.write(queue.frames):
                 self._fire(Trigger.STALL)  # the client reads slowly: wait for it in a task of its own
                 self._start_writer()
                 return
@@ -331,11 +368,16 @@ class Member:
         while True:
             if outlet is None:
                 while queue:
-                    await send({"type": "websocket.send", "text": queue.popleft()})
+                    self._sending = True  # meanwhile, deltas merge
+                    try:
+                        await send({"type": "websocket.send", "text": queue.popleft()})
+                    finally:
+                        self._sending = False
             else:
                 while queue:
                     await outlet.writable()
-                    if outlet.write(queue):
+                    queue.seal()  # the deltas merged while the client did not read: one frame
+                    if outlet.write(queue.frames):
                         queue.clear()
             self._history_may_go_on()
             if self._state is CLOSING:

@@ -4,13 +4,16 @@ The hot path only bumps plain integers (:class:`Counts`); they become Prometheus
 scraped, so counting costs a dict update per message, not a client-library call per delivery.
 The two latency histograms are observed once per append batch.
 
-- ``chat_connections`` / ``chat_rooms``: current WebSocket connections and followed rooms.
+- ``chat_connections`` / ``chat_rooms``: current WebSocket connections and followed rooms;
+  ``chat_backed_up_connections``: those whose client reads slower than frames come (frames wait for it).
 - ``chat_messages_in_total{event}``: accepted client frames; ``chat_messages_out_total{event}``:
   frames handed to members (one per member).
 - ``chat_errors_total{code}``: refusals and failures sent to clients.
 - ``chat_llm_generations_total{outcome}`` (a finish reason, an ``llm.error`` code, or ``fenced``: a
   generation stopped because another worker took it over) and
-  ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent).
+  ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent);
+  ``chat_llm_deltas_merged_total``: deltas merged into the one before them for a backed-up connection
+  (:mod:`server.outbox`): frames that slow readers did not have to take.
 - ``chat_write_path{path}``: 1 for the way members' frames are written under the installed uvicorn,
   ``direct`` (straight to its sans-I/O transport) or ``asgi`` (the ASGI ``send``), 0 for the other
   (:func:`server.outlet.write_path`).
@@ -56,6 +59,7 @@ class Counts:
         self.errors: Counter[str] = Counter()
         self.generations: Counter[str] = Counter()
         self.tokens_streamed = 0
+        self.deltas_merged = 0
 
     def delivered(self, frame: str | bytes, members: int) -> None:
         self.messages_out[event_of(frame)] += members
@@ -88,15 +92,19 @@ Loops = Callable[[], Iterable[tuple[str, bool, int]]]
 
 
 class _Collector(Collector):
-    def __init__(self, counts: Counts, gauges: Callable[[], tuple[int, int]], loops: Loops) -> None:
+    def __init__(self, counts: Counts, gauges: Callable[[], tuple[int, int]], loops: Loops,
+                 backed_up: Callable[[], int]) -> None:
         self._counts = counts
         self._gauges = gauges
         self._loops = loops
+        self._backed_up = backed_up
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         connections, rooms = self._gauges()
         yield GaugeMetricFamily("chat_connections", "Current WebSocket connections.", value=connections)
         yield GaugeMetricFamily("chat_rooms", "Rooms with members on this process.", value=rooms)
+        yield GaugeMetricFamily("chat_backed_up_connections", "Connections whose frames wait for a slow reader.",
+                                value=self._backed_up())
         yield _labelled("chat_messages_in", "Accepted client frames, by event.", "event", self._counts.messages_in)
         yield _labelled("chat_messages_out", "Frames handed to members, by event.", "event", self._counts.messages_out)
         yield _labelled("chat_errors", "Errors sent to clients, by code.", "code", self._counts.errors)
@@ -104,6 +112,10 @@ class _Collector(Collector):
         tokens = CounterMetricFamily("chat_llm_tokens_streamed", "llm.streaming frames sent.")
         tokens.add_metric([], self._counts.tokens_streamed)
         yield tokens
+        merged = CounterMetricFamily("chat_llm_deltas_merged",
+                                     "llm.streaming deltas merged into the one before them for a backed-up connection.")
+        merged.add_metric([], self._counts.deltas_merged)
+        yield merged
         direct = write_path().direct
         path = GaugeMetricFamily("chat_write_path", "How members' frames are written: 1 for the path in use.",
                                  labels=["path"])
@@ -154,11 +166,11 @@ OPEN = MetricsAccess(None, closed=False)
 
 
 def metrics_routes(gauges: Callable[[], tuple[int, int]], loops: Loops = list,
-                   access: MetricsAccess = OPEN) -> list[BaseRoute]:
+                   access: MetricsAccess = OPEN, backed_up: Callable[[], int] = lambda: 0) -> list[BaseRoute]:
     """The ``/metrics`` route; ``gauges`` tells the current (connections, rooms), ``loops`` the
-    supervised loops, ``access`` who may read it."""
+    supervised loops, ``access`` who may read it, ``backed_up`` how many connections are backed up."""
     registry = CollectorRegistry()
-    for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges, loops)):
+    for collector in (XADD_SECONDS, ACCEPT_TO_DELIVERY_SECONDS, _Collector(COUNTS, gauges, loops, backed_up)):
         registry.register(collector)
 
     async def metrics(request: Request) -> Response:

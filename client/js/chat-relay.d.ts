@@ -20,6 +20,8 @@ export interface Header {
   rid?: string;
   reply_to?: string;
   seq?: number;
+  /** llm.streaming: the first delta the frame carries (less than `seq` when merged for a slow reader). */
+  first_seq?: number;
   attempt?: number;
   [key: string]: unknown;
 }

@@ -28,7 +28,8 @@
 //   again) is not yielded. A resume's replay is held until its session.ready, which comes first:
 //   then what was missed; with `recovered: false`, everything retained (all of it: it replaces what
 //   the reader had).
-// - The bot's answers are followed per generation (AnswerText): deltas merged by seq, llm.snapshot
+// - The bot's answers are followed per generation (AnswerText): deltas joined by seq (a frame carries
+//   first_seq..seq: several when the server merged them for a slow reader), llm.snapshot
 //   frames taken in, a higher hd.attempt starting the text over.
 
 const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -64,8 +65,8 @@ function compareNumbers(a, b) {  // decimal strings without leading zeros, up to
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** The text of one generation (one `rid`) as it arrives: `llm.streaming` deltas merged by `seq`
- * (out of order or repeated ones included), `llm.snapshot` frames (`bd.text` = deltas 0..`hd.seq`),
+/** The text of one generation (one `rid`) as it arrives: `llm.streaming` deltas joined by `seq`
+ * (a frame carries deltas `first_seq` to `seq`; out of order or repeated ones included), `llm.snapshot` frames (`bd.text` = deltas 0..`hd.seq`),
  * `hd.attempt` > 1 starting over, and the final `llm.response` text. */
 export class AnswerText {
   constructor() {
@@ -73,7 +74,7 @@ export class AnswerText {
     this.attempt = 1;
     this.final = null;  // the llm.response or llm.error frame, once it came
     this._next = 0;  // the seq of the first delta not in `text` yet
-    this._early = new Map();  // seq -> delta, arrived before the ones it follows
+    this._early = new Map();  // first_seq -> {seq, delta}, arrived before the ones it follows
   }
 
   /** Takes in one frame of the generation; returns what changed, `{text, delta, reset}` (`reset`:
@@ -91,7 +92,8 @@ export class AnswerText {
       this._early.clear();
     }
     if (hd.event === "llm.streaming" && hd.seq >= this._next) {
-      this._early.set(hd.seq, bd.delta);
+      const first = hd.first_seq ?? hd.seq;
+      if (!(this._early.get(first)?.seq >= hd.seq)) this._early.set(first, { seq: hd.seq, delta: bd.delta });
     } else if (hd.event === "llm.snapshot" && hd.seq >= this._next) {
       this.text = bd.text;
       this._next = hd.seq + 1;
@@ -101,11 +103,11 @@ export class AnswerText {
     } else if (hd.event === "llm.error") {
       this.final = frame;
     }
-    for (let delta; (delta = this._early.get(this._next)) !== undefined; this._next += 1) {
+    for (let early; (early = this._early.get(this._next)) !== undefined; this._next = early.seq + 1) {
       this._early.delete(this._next);
-      this.text += delta;
+      this.text += early.delta;
     }
-    for (const seq of this._early.keys()) if (seq < this._next) this._early.delete(seq);
+    for (const first of this._early.keys()) if (first < this._next) this._early.delete(first);
     if (this.text === before) return null;
     const reset = !this.text.startsWith(before);
     return { text: this.text, delta: reset ? this.text : this.text.slice(before.length), reset };

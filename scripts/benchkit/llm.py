@@ -2,7 +2,8 @@
 
 The contract measured: a ``chat.message`` whose text contains ``@llm`` makes the server stream an
 answer to every member of the room as ``llm.streaming`` frames (``hd.rid``: the generation,
-``hd.reply_to``, ``hd.seq`` from 0, ``bd.delta``) and then store and send one ``llm.response``
+``hd.reply_to``, ``hd.seq`` from 0, ``bd.delta``; a frame merged for a member that reads slowly carries
+deltas ``hd.first_seq`` to ``hd.seq``, and counts as those) and then store and send one ``llm.response``
 (``bd.text``: the deltas joined). With ``LLM_PROVIDER=scripted`` the provider emits one token every
 ``LLM_SCRIPTED_DELAY_MS``.
 
@@ -120,8 +121,10 @@ class Member:
             now = time.monotonic_ns()
             seq = hd.get("seq")
             seq = seq if isinstance(seq, int) else -1
-            generation.seqs.append(seq)
-            generation.deltas.setdefault(seq, str(bd.get("delta", "")))
+            first = hd.get("first_seq", seq)  # a frame merged for a slow reader carries first_seq..seq
+            first = first if isinstance(first, int) and 0 <= first <= seq else seq
+            generation.seqs.extend(range(first, seq + 1))
+            generation.deltas.setdefault(first, str(bd.get("delta", "")))
             generation.times_ns.append(now)
             self.room.tally.deltas += 1
             self.room.tally.first_delta.set()

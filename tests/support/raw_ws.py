@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 TIMEOUT_S = 10.0
@@ -17,8 +18,17 @@ class RawWebSocket:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, path: str) -> RawWebSocket:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, path: str, rcvbuf: int | None = None) -> RawWebSocket:
+        """Connect and upgrade; ``rcvbuf`` shrinks the socket's receive buffer (and the reader's), so that
+        a client that stops reading backs the server up after a few frames."""
+        if rcvbuf is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: the window
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())

@@ -16,6 +16,17 @@ test("deltas are merged by seq, whatever order and however often they arrive", (
   assert.equal(answer.text, "A long stream");
 });
 
+test("merged deltas (first_seq..seq) join like the deltas they carry, in any order", () => {
+  const merged = (first, seq, delta) => ({ hd: { ...streaming(seq, delta).hd, first_seq: first }, bd: { delta } });
+  const answer = new AnswerText();
+  assert.deepEqual(answer.apply(merged(0, 0, "A")), { text: "A", delta: "A", reset: false });
+  assert.equal(answer.apply(merged(4, 5, " is slow")), null);  // waits for 1..3
+  assert.deepEqual(answer.apply(merged(1, 3, " stream that")), { text: "A stream that is slow", delta: " stream that is slow", reset: false });
+  assert.equal(answer.apply(merged(4, 5, " is slow")), null);  // a repeat changes nothing
+  answer.apply(streaming(6, "!"));
+  assert.equal(answer.text, "A stream that is slow!");
+});
+
 test("a snapshot gives the text up to its seq, and later deltas continue it", () => {
   const answer = new AnswerText();
   answer.apply(streaming(3, "!"));

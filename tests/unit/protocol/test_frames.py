@@ -51,10 +51,10 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
      b'{"hd":{"event":"llm.invoke","role":"user","sid":"room001","ts":"2025-11-22T15:30:00.123Z"},"bd":{}}'),
     ("llm.streaming", llm_streaming_frame(ROOM, RID, REPLY_TO, 0, "A stream"),
      '{"hd":{"event":"llm.streaming","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
-     '"reply_to":"1700641234567-0","seq":0},"bd":{"delta":"A stream"}}'),
+     '"reply_to":"1700641234567-0","seq":0,"first_seq":0},"bd":{"delta":"A stream"}}'),
     ("llm.streaming, second attempt", llm_streaming_frame(ROOM, RID, REPLY_TO, 3, " is", 2),
      '{"hd":{"event":"llm.streaming","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
-     '"reply_to":"1700641234567-0","seq":3,"attempt":2},"bd":{"delta":" is"}}'),
+     '"reply_to":"1700641234567-0","seq":3,"first_seq":3,"attempt":2},"bd":{"delta":" is"}}'),
     ("llm.error", llm_error_frame(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
                                   LLM_ERROR_CODES["provider_timeout"]),
      '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'

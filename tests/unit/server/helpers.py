@@ -169,7 +169,7 @@ class RecordingOutlet(DirectOutlet):
         self.frames: list[str] = []
 
     def write(self, frames: Iterable[str]) -> bool:
-        self.frames.extend(frames)
+        self.frames.extend(str(frame) for frame in frames)  # a delta is a str subclass, which orjson does not read
         return True
 
     async def writable(self) -> None:

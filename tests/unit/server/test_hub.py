@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import orjson
 import pytest
 
+from protocol.codec import llm_streaming_frame
 from server.hub import Fanout, Hub, Room
 from server.member import Member
 from server.store.ports import StoreUnavailable
 from tests.unit.fakes import FakeBus, FakeStore
-from tests.unit.server.helpers import Node, body, member, no_leftover_tasks, passes
+from tests.unit.server.helpers import (
+    QUEUE_MAX,
+    Node,
+    RecordingOutlet,
+    body,
+    member,
+    no_leftover_tasks,
+    noop_send,
+    passes,
+    until,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +245,39 @@ async def test_a_joiner_cancelled_while_the_follow_is_pending_does_not_stop_the_
     assert first.cancelled() and fanout.members("r") == [two]
     hub.leave(two)  # the cancelled joiner's reference was given back: the room is unfollowed
     assert fanout.rooms == {} and node.feed.rooms() == []
+
+
+async def test_deltas_reach_a_prompt_member_as_they_came_and_a_slow_one_merged() -> None:
+    fanout = Fanout()
+    prompt, out = member()
+    slow_outlet = StallingOutlet()
+    slow = Member(noop_send, "r", None, QUEUE_MAX, outlet_for=lambda _send: slow_outlet)
+    slow.start()
+    await _room(fanout, "r", prompt, slow)
+    fanout.deliver_frame("r", "presence", None)
+    await passes(1)  # the slow member's flush finds its transport full
+    assert fanout.backed_up() == 1
+    frames = [llm_streaming_frame("r", "g-1", "1-0", seq, f"<{seq}>") for seq in range(4)]
+    for frame in frames:
+        fanout.deliver_frame("r", frame, None)
+    await passes(1)
+    assert out.frames == ["presence", *frames]
+    slow_outlet.ready.set()
+    await until(lambda: len(slow_outlet.frames) == 2)
+    merged = orjson.loads(slow_outlet.frames[1])
+    assert (merged["hd"]["first_seq"], merged["hd"]["seq"], merged["bd"]["delta"]) == (0, 3, "<0><1><2><3>")
+    assert fanout.backed_up() == 0
+
+
+class StallingOutlet(RecordingOutlet):
+    """Takes nothing until ``ready`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = asyncio.Event()
+
+    def write(self, frames: Iterable[str]) -> bool:
+        return self.ready.is_set() and super().write(frames)
+
+    async def writable(self) -> None:
+        await self.ready.wait()

@@ -15,10 +15,13 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import orjson
 import pytest
 
 import server.member as member_module
 from protocol.close import NORMAL, RATE_LIMIT, SLOW_CONSUMER, STORE_UNAVAILABLE
+from protocol.codec import LLM_STREAMING_PREFIX, llm_streaming_frame
+from protocol.deltas import DeltaFrame
 from server.member import (
     TRANSITIONS,
     WS_1000_NORMAL,
@@ -224,7 +227,7 @@ async def test_direct_stall_to_slow() -> None:
     member.push("b")  # queued for the writer task: no flush is scheduled
     await loop_pass()
     assert outlet.writes == []
-    assert list(member._queue) == ["a", "b"]
+    assert list(member._queue.frames) == ["a", "b"]
 
 
 async def test_direct_close_to_closing() -> None:
@@ -537,3 +540,137 @@ async def test_wait_closed_on_a_member_never_started_returns() -> None:
     member, _, _ = direct_member()
     await member.wait_closed()
     assert state(member) is State.NEW
+
+
+# -- llm.streaming deltas -----------------------------------------------------------------------
+
+def delta(seq: int, rid: str = "g-1") -> DeltaFrame:
+    return DeltaFrame(llm_streaming_frame("room", rid, "1-0", seq, f"<{seq}>"))
+
+
+def spans(frames: Iterable[str]) -> list[Any]:
+    """Each frame as ``(first_seq, seq, delta)`` for a delta, itself otherwise."""
+    out: list[Any] = []
+    for frame in frames:
+        if frame.startswith(LLM_STREAMING_PREFIX):
+            parsed = orjson.loads(str(frame))
+            out.append((parsed["hd"]["first_seq"], parsed["hd"]["seq"], parsed["bd"]["delta"]))
+        else:
+            out.append(frame)
+    return out
+
+
+async def test_a_prompt_reader_gets_every_delta_as_it_came() -> None:
+    member, _, outlet = direct_member()
+    member.start()
+    frames = [delta(seq) for seq in range(5)]
+    for frame in frames[:3]:
+        member.push_delta(frame)
+    member.push("m")
+    for frame in frames[3:]:
+        member.push_delta(frame)
+    await loop_pass()
+    assert outlet.writes == [[*frames[:3], "m", *frames[3:]]]
+    assert all(a is b for a, b in zip(outlet.writes[0][:3], frames, strict=False))
+    assert not member.backed_up
+
+
+async def test_a_prompt_reader_through_asgi_gets_every_delta_as_it_came() -> None:
+    member, send = asgi_member()
+    member.start()
+    await writer_idle(member)
+    for seq in range(4):
+        member.push_delta(delta(seq))
+    await writer_idle(member)
+    assert spans(send.texts) == [(seq, seq, f"<{seq}>") for seq in range(4)]
+    assert all(type(text) is str for text in send.texts)
+
+
+async def test_a_slow_member_gets_consecutive_deltas_merged_around_other_frames() -> None:
+    member, _, outlet = await slow_member()  # "a" is waiting for the transport
+    assert member.backed_up
+    for seq in range(10):
+        member.push_delta(delta(seq))
+    member.push("m")
+    for seq in range(10, 13):
+        member.push_delta(delta(seq))
+    outlet.unstall()
+    await writer_ended(member)
+    assert spans(outlet.frames) == ["a", (0, 9, "".join(f"<{n}>" for n in range(10))), "m",
+                                    (10, 12, "<10><11><12>")]
+    assert state(member) is State.DIRECT and not member.backed_up
+    member.push_delta(delta(13))  # keeping up again: as it came
+    await loop_pass()
+    assert spans(outlet.writes[-1]) == [(13, 13, "<13>")]
+
+
+async def test_a_slow_member_never_gets_two_generations_merged() -> None:
+    member, _, outlet = await slow_member()
+    for frame in (delta(0, "g-1"), delta(1, "g-1"), delta(0, "g-2"), delta(1, "g-2"), delta(2, "g-1")):
+        member.push_delta(frame)
+    outlet.unstall()
+    await writer_ended(member)
+    rids = [orjson.loads(str(frame))["hd"]["rid"] for frame in outlet.frames[1:]]
+    assert rids == ["g-1", "g-2", "g-1"]
+    assert spans(outlet.frames) == ["a", (0, 1, "<0><1>"), (0, 1, "<0><1>"), (2, 2, "<2>")]
+
+
+async def test_deltas_never_count_toward_queue_max_only_stored_frames_do() -> None:
+    member, send, outlet = await slow_member()  # one frame counted
+    for n in range(QUEUE_MAX - 2):
+        member.push(f"m{n}")
+    for seq in range(10 * QUEUE_MAX):
+        member.push_delta(delta(seq))  # one generation: merged
+    for n in range(10 * QUEUE_MAX):
+        member.push_delta(delta(0, rid=f"g-{n}"))  # as many generations: nothing merges, nothing counts
+    member.push("last that fits")
+    assert state(member) is State.SLOW
+    member.push("one too many")
+    assert state(member) is State.CLOSING
+    outlet.unstall()
+    await member.wait_closed()
+    assert send.closes == [(1013, "slow consumer")]
+
+
+async def test_a_member_that_falls_behind_through_asgi_gets_deltas_merged_while_a_send_waits() -> None:
+    member, send = asgi_member()
+    member.start()
+    await writer_idle(member)
+    send.gate = asyncio.Event()  # the client stops reading: the next send waits
+    member.push("m")
+    await loop_pass()  # the writer is in the send of "m"
+    assert member.backed_up
+    for seq in range(6):
+        member.push_delta(delta(seq))
+    send.gate.set()
+    await writer_idle(member)
+    assert spans(send.texts) == ["m", (0, 5, "".join(f"<{n}>" for n in range(6)))]
+    assert not member.backed_up
+
+
+async def test_deltas_held_during_a_resume_merge_while_the_member_is_slow() -> None:
+    member, _, outlet = direct_member()
+    member.hold()
+    member.start()
+    member.push_delta(delta(0))  # held while the member keeps up: as it came
+    outlet.stall()
+    await member.push_history(["h0"])
+    await loop_pass()  # the flush finds the transport full
+    assert state(member) is State.SLOW
+    for seq in range(1, 5):
+        member.push_delta(delta(seq))
+    member.push("live")
+    member.push_delta(delta(5))
+    member.release()
+    outlet.unstall()
+    await writer_ended(member)
+    assert spans(outlet.frames) == ["h0", (0, 4, "<0><1><2><3><4>"), "live", (5, 5, "<5>")]
+
+
+async def test_deltas_pushed_after_close_are_ignored() -> None:
+    member, send, outlet = direct_member()
+    member.start()
+    member.close(WS_1000_NORMAL)
+    member.push_delta(delta(0))
+    await member.wait_closed()
+    assert outlet.writes == [] and send.closes == [(1000, "")]
