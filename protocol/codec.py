@@ -62,9 +62,12 @@ def frame_with_id(body: bytes, entry_id: str) -> str:
     return orjson.dumps(envelope).decode()
 
 
-def error_frame(code: str, message: str, cid: str | None = None) -> str:
-    """``error``: a refusal of one client frame (a code of :data:`protocol.errors.ERRORS`), to its sender."""
+def error_frame(code: str, message: str, cid: str | None = None, retry_after_s: int | None = None) -> str:
+    """``error``: a refusal of one client frame (a code of :data:`protocol.errors.ERRORS`), to its sender;
+    ``retry_after_s``: the seconds until asking again may succeed (``quota_exceeded``)."""
     bd: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_s is not None:
+        bd["retry_after_s"] = retry_after_s
     if cid is not None:
         bd["cid"] = cid
     return orjson.dumps({"hd": {"event": Event.ERROR}, "bd": bd}).decode()
@@ -96,21 +99,28 @@ def message_body(event: str, role: str, room: str, now_ms: int, cid: str | None,
     return orjson.dumps({"hd": hd, "bd": bd})
 
 
-def _generation_header(event: str, room: str, rid: str, reply_to: str, now_ms: int, attempt: int) -> dict[str, Any]:
+def _generation_header(event: str, room: str, rid: str, reply_to: str, now_ms: int, attempt: int,
+                       regenerates: str = "") -> dict[str, Any]:
     hd: dict[str, Any] = {"event": event, "role": LLM_ROLE, "sid": room, "ts": format_ts(now_ms), "rid": rid,
                           "reply_to": reply_to}
     if attempt > 1:
         hd["attempt"] = attempt
+    if regenerates:
+        hd["regenerates"] = regenerates
     return hd
 
 
-def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str, attempt: int = 1) -> str:
+def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str, attempt: int = 1,
+                        regenerates: str = "") -> str:
     """``llm.streaming``: text delta ``seq`` (from 0) of generation ``rid``, which answers entry ``reply_to``;
-    ``attempt`` > 1 when the generation started over on another worker. ``first_seq`` is ``seq``: one delta."""
+    ``attempt`` > 1 when the generation started over on another worker; ``regenerates``: the rid of the answer
+    it gives again (``llm.regenerate``). ``first_seq`` is ``seq``: one delta."""
     hd: dict[str, Any] = {"event": Event.LLM_STREAMING, "role": LLM_ROLE, "sid": room, "rid": rid,
                           "reply_to": reply_to, "seq": seq, "first_seq": seq}
     if attempt > 1:
         hd["attempt"] = attempt
+    if regenerates:
+        hd["regenerates"] = regenerates
     return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
 
 
@@ -121,10 +131,11 @@ def merged_streaming_frame(hd: dict[str, Any], first_seq: int, seq: int, delta: 
 
 
 def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,
-                    attempt: int = 1, cancelled_by: str | None = None) -> str:
+                    attempt: int = 1, cancelled_by: str | None = None, regenerates: str = "") -> str:
     """``llm.error``: generation ``rid`` failed (``code``: one of :data:`protocol.errors.LLM_ERROR_CODES`);
-    ``cancelled_by``: the role whose ``llm.cancel`` ended it (code ``cancelled``)."""
-    hd = _generation_header(Event.LLM_ERROR, room, rid, reply_to, now_ms, attempt)
+    ``cancelled_by``: the role whose ``llm.cancel`` ended it (code ``cancelled``); ``regenerates``: as for
+    :func:`llm_streaming_frame`."""
+    hd = _generation_header(Event.LLM_ERROR, room, rid, reply_to, now_ms, attempt, regenerates)
     bd: dict[str, Any] = {"code": code, "message": message}
     if cancelled_by:
         bd["cancelled_by"] = cancelled_by
@@ -133,13 +144,14 @@ def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, 
 
 def llm_response_body(room: str, rid: str, reply_to: str, now_ms: int, text: str, finish_reason: str, model: str,
                       usage: dict[str, int] | None = None, attempt: int = 1,
-                      error: tuple[str, str] | None = None, cancelled_by: str | None = None) -> bytes:
+                      error: tuple[str, str] | None = None, cancelled_by: str | None = None,
+                      regenerates: str = "") -> bytes:
     """The stored ``body`` of ``llm.response``: generation ``rid``'s whole text and how it ended
     (``stop``, ``length``, ``cancelled``, ``error``); ``usage`` when the provider reported it; ``error``
     (``code``, ``message``: one of :data:`protocol.errors.LLM_ERROR_CODES`) for an answer cut by a
     failure, which it ends (no ``llm.error`` follows); ``cancelled_by``, the role whose ``llm.cancel``
-    stopped it (``finish_reason`` ``cancelled``)."""
-    hd = _generation_header(Event.LLM_RESPONSE, room, rid, reply_to, now_ms, attempt)
+    stopped it (``finish_reason`` ``cancelled``); ``regenerates``, the rid of the answer it gives again."""
+    hd = _generation_header(Event.LLM_RESPONSE, room, rid, reply_to, now_ms, attempt, regenerates)
     bd: dict[str, Any] = {"text": text, "finish_reason": finish_reason, "model": model}
     if usage is not None:
         bd["usage"] = usage

@@ -136,10 +136,18 @@ def _llm_cancel(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
         raise ProtocolError("invalid_envelope", "llm.cancel needs 'bd.rid', the generation id to stop.", cid)
 
 
+def _llm_regenerate(bd: dict[str, Any], limits: Limits, cid: str | None) -> None:
+    rid = bd.get("rid")
+    if not isinstance(rid, str) or not 1 <= len(rid) <= MAX_CID_CHARS:
+        raise ProtocolError("invalid_envelope", "llm.regenerate needs 'bd.rid', the id of the answer to give again.",
+                            cid)
+
+
 _BODY_RULES: dict[str, Callable[[dict[str, Any], Limits, str | None], None]] = {
     Event.CHAT_MESSAGE: _chat_message,
     Event.LLM_INVOKE: _llm_invoke,
     Event.LLM_CANCEL: _llm_cancel,
+    Event.LLM_REGENERATE: _llm_regenerate,
 }
 
 

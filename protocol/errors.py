@@ -8,10 +8,11 @@ refuses: a refused handshake never opens the connection (an HTTP status and a JS
 :func:`refusal_body`); a refused frame gets an ``error`` frame and the connection stays open. No
 error code closes an open connection: the closes are :mod:`protocol.close`'s table.
 
-A :class:`ProtocolError` carries the ``code`` that goes on the wire, a human ``message`` and, when
+A :class:`ProtocolError` carries the ``code`` that goes on the wire, a human ``message``, when
 the offending frame named one, the client's ``cid`` so the sender can match the refusal to its
-message. :data:`ERROR_CODES` (code -> default message) is a view of the table; :func:`http_status`
-is the only place a code becomes a status. README "Error codes" is checked against the table.
+message, and for a refusal that lasts a while (``quota_exceeded``) ``retry_after_s``.
+:data:`ERROR_CODES` (code -> default message) is a view of the table; :func:`http_status` is the only
+place a code becomes a status. README "Error codes" is checked against the table.
 
 :data:`LLM_ERROR_CODES` are the codes of ``llm.error`` frames: why a generation failed (not a
 refusal of anything the client sent), with the message the frame carries by default.
@@ -84,7 +85,12 @@ ERRORS: dict[str, ErrorCode] = {
         "The message store is unreachable; the message was not stored. Try again."),
     "busy": ErrorCode(
         _FRAME, None, "The bot is already answering in this room; ask again when its answer has arrived."),
-    "unknown_generation": ErrorCode(_FRAME, None, "No generation with this rid is running in this room."),
+    "unknown_generation": ErrorCode(
+        _FRAME, None, "No generation with this rid is running in this room (llm.cancel), or no answer with this "
+        "rid is stored in it (llm.regenerate)."),
+    "quota_exceeded": ErrorCode(
+        _FRAME, None, "The bot's budget is spent (LLM_ROOM_GENERATIONS_PER_HOUR, LLM_ROOM_TOKENS_PER_DAY or "
+        "LLM_TOKENS_PER_DAY): the question is stored but not answered; ask again after retry_after_s seconds."),
     "internal": ErrorCode(
         _HANDSHAKE | _FRAME | _HTTP, 500, "Internal server error; the message was not processed."),
     # refusals for want of credentials (handshakes and HTTP routes, when AUTH_SECRET is set); ``forbidden``
@@ -147,10 +153,12 @@ LLM_ERROR_CODES: dict[str, str] = {
 class ProtocolError(Exception):
     """A frame or HTTP request the relay refuses. ``code`` is one of :data:`ERRORS`."""
 
-    def __init__(self, code: str, message: str | None = None, cid: str | None = None) -> None:
+    def __init__(self, code: str, message: str | None = None, cid: str | None = None,
+                 retry_after_s: int | None = None) -> None:
         if code not in ERRORS:
             raise ValueError(f"undocumented error code {code!r}")
         self.code = code
         self.message = message or ERRORS[code].message
         self.cid = cid
+        self.retry_after_s = retry_after_s  # when asking again may succeed (``quota_exceeded``)
         super().__init__(f"{code}: {self.message}")

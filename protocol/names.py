@@ -12,6 +12,7 @@ class Event(StrEnum):
     ERROR = "error"
     LLM_INVOKE = "llm.invoke"
     LLM_CANCEL = "llm.cancel"
+    LLM_REGENERATE = "llm.regenerate"
     LLM_STREAMING = "llm.streaming"
     LLM_RESPONSE = "llm.response"
     LLM_ERROR = "llm.error"
@@ -20,7 +21,8 @@ class Event(StrEnum):
     PRESENCE_LEAVE = "presence.leave"
 
 
-CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_CANCEL})
+CLIENT_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_CANCEL,
+                                           Event.LLM_REGENERATE})
 STORED_EVENTS: frozenset[str] = frozenset({Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_RESPONSE})
 
 CLIENT_ROLES: frozenset[str] = frozenset({"A", "B"})

@@ -36,6 +36,7 @@ class Dispatcher:
             Event.CHAT_MESSAGE: self._chat_message,
             Event.LLM_INVOKE: self._llm_invoke,
             Event.LLM_CANCEL: self._llm_cancel,
+            Event.LLM_REGENERATE: self._llm_regenerate,
         }
         self._drained: dict[Member, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,6 +60,9 @@ class Dispatcher:
 
     async def _llm_cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         await self._bot(envelope).cancel(member, envelope)
+
+    async def _llm_regenerate(self, member: Member, envelope: ClientEnvelope) -> None:
+        await self._bot(envelope).regenerate(member, envelope)
 
     def _bot(self, envelope: ClientEnvelope) -> LLMFront:
         if self._llm is None:

@@ -41,6 +41,6 @@ def error_code(exc: BaseException) -> tuple[str, str]:
 def error_for(exc: BaseException, cid: str | None = None) -> str:
     """The ``error`` frame answering ``exc``; ``cid`` is used when the error carries none."""
     code, message = error_code(exc)
-    if isinstance(exc, ProtocolError) and exc.cid is not None:
-        cid = exc.cid
-    return error_frame(code, message, cid)
+    if not isinstance(exc, ProtocolError):
+        return error_frame(code, message, cid)
+    return error_frame(code, message, exc.cid if exc.cid is not None else cid, exc.retry_after_s)

@@ -4,6 +4,7 @@
     GET    /api/chat/history/{sid}/export   the whole conversation as a download (format=json|markdown)
     DELETE /api/chat/history/{sid}          remove the room: its stream and its instance (its tokens)
     POST   /api/chat/{sid}/messages         publish a client envelope, as a WebSocket member would
+    GET    /api/chat/{sid}/usage            what the room's bot answers cost, and its budgets (the cost guard)
 
 Every refusal is ``{"error": {"code", "message"[, "cid"]}}`` with a code of
 :data:`protocol.errors.ERRORS`; its HTTP status follows from the code alone
@@ -51,6 +52,7 @@ def history_routes(relay: Relay) -> list[BaseRoute]:
         Route("/api/chat/history/{sid}", _answering(api.delete), methods=["DELETE"]),
         Route("/api/chat/history/{sid}/export", _answering(api.export), methods=["GET"]),
         Route("/api/chat/{sid}/messages", _answering(api.publish), methods=["POST"]),
+        Route("/api/chat/{sid}/usage", _answering(api.usage), methods=["GET"]),
     ]
 
 
@@ -62,6 +64,7 @@ class HistoryApi:
         self._limits = relay.settings.limits
         self._access = relay.access
         self._instances = relay.store.instances
+        self._guard = relay.parts.guard
 
     async def _grant(self, request: Request, *, admin: bool = False) -> Grant | None:
         """With auth on: a token of the room's current instance (or the admin key; only the admin key
@@ -103,6 +106,11 @@ class HistoryApi:
         if not await self._log.delete(room) and not ended:
             raise ProtocolError("room_not_found")
         return Response(status_code=204)
+
+    async def usage(self, request: Request) -> Response:
+        """The room's generations in the last hour and tokens today (UTC), with its budgets (null: none)."""
+        await self._grant(request)
+        return _json(await self._guard.usage(_room(request)))
 
     async def publish(self, request: Request) -> Response:
         grant, sid = await self._grant(request), _room(request)

@@ -12,6 +12,9 @@ The two latency histograms are observed once per append batch.
 - ``chat_llm_generations_total{outcome}`` (a finish reason, an ``llm.error`` code, or ``fenced``: a
   generation stopped because another worker took it over) and
   ``chat_llm_tokens_streamed_total`` (``llm.streaming`` frames sent);
+  ``chat_llm_tokens_in_total{model}`` / ``chat_llm_tokens_out_total{model}``: the prompt and completion
+  tokens the provider reported for the answers this process's workers ended (by the model asked for,
+  ``LLM_MODEL``, as ``bd.model``);
   ``chat_llm_deltas_merged_total``: deltas merged into the one before them for a backed-up connection
   (:mod:`server.outbox`): frames that slow readers did not have to take.
 - ``chat_write_path{path}``: 1 for the way members' frames are written under the installed uvicorn,
@@ -60,6 +63,8 @@ class Counts:
         self.generations: Counter[str] = Counter()
         self.tokens_streamed = 0
         self.deltas_merged = 0
+        self.tokens_in: Counter[str] = Counter()  # by model: the provider's prompt tokens
+        self.tokens_out: Counter[str] = Counter()  # by model: the provider's completion tokens
 
     def delivered(self, frame: str | bytes, members: int) -> None:
         self.messages_out[event_of(frame)] += members
@@ -112,6 +117,10 @@ class _Collector(Collector):
         tokens = CounterMetricFamily("chat_llm_tokens_streamed", "llm.streaming frames sent.")
         tokens.add_metric([], self._counts.tokens_streamed)
         yield tokens
+        yield _labelled("chat_llm_tokens_in", "Prompt tokens the provider reported, by model asked for.", "model",
+                        self._counts.tokens_in)
+        yield _labelled("chat_llm_tokens_out", "Completion tokens the provider reported, by model asked for.",
+                        "model", self._counts.tokens_out)
         merged = CounterMetricFamily("chat_llm_deltas_merged",
                                      "llm.streaming deltas merged into the one before them for a backed-up connection.")
         merged.add_metric([], self._counts.deltas_merged)

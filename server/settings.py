@@ -231,6 +231,15 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 @dataclass(frozen=True, slots=True)
+class Budgets:
+    """The cost guard's limits (:mod:`server.llm.quota`; None: no limit)."""
+
+    generations_per_hour: int | None = 60  # per room, in a sliding hour
+    room_tokens_per_day: int | None = None  # per room, per UTC day
+    tokens_per_day: int | None = None  # the whole deployment's, per UTC day
+
+
+@dataclass(frozen=True, slots=True)
 class LLMSettings:
     provider: ProviderName = "scripted"
     openai_api_key: str | None = field(default=None, repr=False)
@@ -250,6 +259,14 @@ class LLMSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     scripted_delay_ms: int = 20  # the scripted provider's pause between chunks
     queue: str = "default"  # the request queue this process's triggers and workers use
+    room_generations_per_hour: int | None = 60  # questions a room may have answered in a sliding hour (None: any)
+    room_tokens_per_day: int | None = None  # tokens a room's answers may use per UTC day (None: any)
+    tokens_per_day: int | None = None  # tokens every room's answers together may use per UTC day (None: any)
+
+    @property
+    def budgets(self) -> Budgets:
+        """The cost guard's limits."""
+        return Budgets(self.room_generations_per_hour, self.room_tokens_per_day, self.tokens_per_day)
 
     @property
     def queue_lease_ms(self) -> int:
@@ -285,6 +302,16 @@ def _provider(chosen: ProviderName | None, api_key: str | None) -> ProviderName:
     if chosen is not None:
         return chosen
     return "openai" if api_key else "scripted"
+
+
+def _limit(high: int) -> Callable[[str, str], int | None]:
+    """A budget: a whole number from 0 (no limit: None) to ``high``."""
+    number = _int(0, high)
+
+    def parse(name: str, raw: str) -> int | None:
+        return number(name, raw) or None
+
+    return parse
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -330,6 +357,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "system_prompt": ("LLM_SYSTEM_PROMPT", _text),
     "scripted_delay_ms": ("LLM_SCRIPTED_DELAY_MS", _int(0, 60_000)),
     "queue": ("LLM_QUEUE", _name),
+    "room_generations_per_hour": ("LLM_ROOM_GENERATIONS_PER_HOUR", _limit(1_000_000)),
+    "room_tokens_per_day": ("LLM_ROOM_TOKENS_PER_DAY", _limit(10**15)),
+    "tokens_per_day": ("LLM_TOKENS_PER_DAY", _limit(10**15)),
 }
 
 

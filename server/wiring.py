@@ -14,7 +14,8 @@ construction is the order of dependence, inward first::
 
     store ports -> fanout -> feed (log, bus, fanout, roster restorer) -> hub (fanout, feed)
                 -> appender (log, feed) -> ephemeral (bus, feed) -> sessions (log, roster, ephemeral, feed)
-                -> LLM front (locks, queue, appender) -> dispatcher (appender, front) -> workers
+                -> cost guard (usage counters) -> LLM front (locks, queue, appender, guard, log)
+                -> dispatcher (appender, front) -> workers (..., guard)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from server.hub import Fanout, Hub
 from server.llm import make_provider
 from server.llm.front import LLMFront
 from server.llm.provider import Provider
+from server.llm.quota import CostGuard
 from server.llm.worker import Worker
 from server.session import RosterRestorer, Sessions
 from server.settings import Settings
@@ -70,10 +72,12 @@ class Parts:
         self.appender = Appender(store.log, retention, node_id, appended)
         self.ephemeral = Ephemeral(store.bus, node_id, feed)
         self.requests = store.requests(settings.llm.queue)
+        self.guard = CostGuard(store.usage, settings.llm.budgets)
         self.provider: Provider | None = make_provider(settings.llm) if workers > 0 else None
         self.workers = [
             Worker(f"{node_id}-{n}", store.locks, self.requests, store.log, self.appender, self.ephemeral,
-                   self.provider, settings.llm, settings.llm.concurrency, supervisor=supervisor, label=f"llm{n}")
+                   self.provider, settings.llm, settings.llm.concurrency, supervisor=supervisor, label=f"llm{n}",
+                   guard=self.guard)
             for n in range(workers) if self.provider is not None
         ]
         supervisor.register(APPENDER)
@@ -124,7 +128,8 @@ class Relay:
         self.sessions = Sessions(store.bulk_log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
         self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
-                              settings.llm.queue_lease_ms, settings.llm.cancel)
+                              settings.llm.queue_lease_ms, settings.llm.cancel, guard=self.parts.guard,
+                              room_log=store.log)
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     @contextlib.asynccontextmanager

@@ -8,6 +8,15 @@
   starts it takes the lock over with a new fencing token and its own short, renewed lease.
 - An ``llm.invoke`` first takes the room's lock (``busy`` when it cannot: nothing is stored), is
   then stored like a chat message, and queued.
+- An ``llm.regenerate`` names a stored answer (by its ``rid``): its question is asked again, as a new
+  generation (a new ``rid``, the same ``reply_to``, ``regenerates`` the old rid). The answer is found by
+  its marker (the ``llm.response``'s dedupe key) and read from the room's stream; a rid with no stored
+  answer (unknown, still running, ended with ``llm.error``, trimmed away) is ``unknown_generation``.
+  Nothing is stored for the ``llm.regenerate`` itself; the room busy: ``busy``.
+- Every question is checked against the bot's budgets (:mod:`server.llm.quota`) once it holds the room's
+  lock: over budget, the lock is released and the asker gets ``quota_exceeded`` (with ``retry_after_s``).
+  The question stays stored (a chat message, and an ``llm.invoke`` too: it is stored before the check,
+  as a question a busy room refuses is not), and it is never answered.
 - An ``llm.cancel`` stops the generation whichever process runs it; ``unknown_generation`` when
   no such generation is running in the room. Who may (``LLM_CANCEL``): ``any`` human in the room,
   or only the role that ``asker``-ed (the room's lock records the asker when it is taken); another
@@ -31,14 +40,18 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 
+import orjson
+
 from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
+from protocol.names import Event
 from server.appender import Appender
 from server.errors import error_for
+from server.llm.quota import CostGuard
 from server.member import Member
 from server.settings import CancelScope, Trigger
-from server.store.ports import Cancel, Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue
+from server.store.ports import Cancel, Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue, RoomLog
 from server.supervise import backoff
 
 log = logging.getLogger(__name__)
@@ -49,7 +62,10 @@ CANCEL_FORBIDDEN = "Only the member who asked this question may stop its answer 
 class LLMFront:
     def __init__(self, locks: GenerationLocks, requests: RequestQueue, appender: Appender, trigger: Trigger,
                  queue_lease_ms: int, cancel_scope: CancelScope = "any",
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep, *, guard: CostGuard | None = None,
+                 room_log: RoomLog | None = None) -> None:
+        self._guard = guard  # the bot's budgets (None: no limit)
+        self._log = room_log  # where llm.regenerate finds the answer it gives again
         self._locks = locks
         self._requests = requests
         self._appender = appender
@@ -78,7 +94,8 @@ class LLMFront:
         if fence is None:
             member.push(error_for(ProtocolError("busy", cid=cid)))
             return
-        await self._queue(request, fence)
+        if await self._admitted(member, request, fence, cid):
+            await self._queue(request, fence)
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()
@@ -94,7 +111,58 @@ class LLMFront:
             self._release(member.room, rid, fence)
             member.push(frame_with_id(stored.body, stored.id.decode()))
             return
-        await self._queue(Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role), fence)
+        request = Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role)
+        if await self._admitted(member, request, fence, envelope.cid):
+            await self._queue(request, fence)
+
+    async def regenerate(self, member: Member, envelope: ClientEnvelope) -> None:
+        """Ask the question the stored answer ``bd.rid`` answered again, as a new generation."""
+        old = envelope.bd["rid"]
+        reply_to = await self._question_of(member.room, old)
+        if reply_to is None:
+            raise ProtocolError("unknown_generation", f"No finished answer {old!r} is stored in this room.",
+                                envelope.cid)
+        request = Request(room=member.room, rid=new_rid(), reply_to=reply_to, asker=envelope.role, regenerates=old)
+        fence = await self._lock(request.room, request.rid, request.asker)
+        if fence is None:
+            raise ProtocolError("busy", cid=envelope.cid)
+        if await self._admitted(member, request, fence, envelope.cid):
+            await self._queue(request, fence)
+
+    async def _question_of(self, room: str, rid: str) -> str | None:
+        """The ``reply_to`` of ``rid``'s stored answer; None when the room's stream holds no answer ``rid``."""
+        if self._log is None:
+            return None
+        entry_id = await self._locks.answer(room, rid)
+        if entry_id is None:
+            return None
+        entries = await self._log.range(room, entry_id, entry_id)
+        if not entries:  # trimmed away
+            return None
+        try:
+            hd = orjson.loads(entries[0][1].get(b"body", b"{}"))["hd"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(hd, dict) or hd.get("event") != Event.LLM_RESPONSE or hd.get("rid") != rid:
+            return None
+        reply_to = hd.get("reply_to")
+        return reply_to if isinstance(reply_to, str) and reply_to else None
+
+    async def _admitted(self, member: Member, request: Request, fence: Fence, cid: str | None) -> bool:
+        """Whether the bot's budgets let ``request`` be answered (it is counted then); when they do not, the
+        room's lock is released and the asker told ``quota_exceeded``."""
+        if self._guard is None:
+            return True
+        try:
+            await self._guard.admit(request.room, request.rid, cid)
+        except ProtocolError as refused:
+            self._release(request.room, request.rid, fence)
+            member.push(error_for(refused))
+            return False
+        except BaseException:
+            self._release(request.room, request.rid, fence)
+            raise
+        return True
 
     async def idle(self) -> None:
         """Wait until the background releases and queueings are done (tests; shutdown cancels them)."""
@@ -160,7 +228,7 @@ class LLMFront:
                       request.rid)
         elif taken[-1] is None:
             member.push(error_for(ProtocolError("busy", cid=cid)))
-        else:
+        elif await self._admitted(member, request, taken[-1], cid):
             await self._queue(request, taken[-1])
 
     async def _retry_queue(self, request: Request, fence: Fence) -> None:

@@ -11,7 +11,8 @@ For each request (see :class:`~server.store.ports.RequestQueue` and
    took (its lease lapsed) ends with ``llm.error`` ``expired``; one delivered too many times (its
    workers kept dying) with ``llm.error`` ``provider_error``.
 2. The model sees the system prompt and the room's last messages up to the triggering one.
-3. Each text delta goes to the room as an ``llm.streaming`` frame (not stored), after the triggering
+3. Each text delta goes to the room as an ``llm.streaming`` frame (not stored; every frame of an answer
+   that regenerates another carries ``hd.regenerates``), after the triggering
    message and in ``seq`` order, on every node; the deltas of one loop pass go in one step that
    checks the token first (:meth:`~server.store.ports.GenerationLocks.frames`): a worker whose token
    is stale sends nothing, and stops. A request taken over from a dead worker starts again at
@@ -22,7 +23,8 @@ For each request (see :class:`~server.store.ports.RequestQueue` and
    text, with ``finish_reason`` ``cancelled`` / ``error``), or, when no text was streamed, an
    ``llm.error`` is sent (the provider's code, or ``cancelled``: nothing is stored). The store is
    retried (same cid: never stored twice); when it keeps failing, ``llm.error`` ``store_failed``.
-   Then the request is acknowledged.
+   Then the request is acknowledged. The answer's tokens (its provider's usage) are counted for the
+   cost guard (:mod:`server.llm.quota`) when the stream ends, before the answer is stored.
 
 Generation runs as tasks on the worker's event loop: the provider is asynchronous, so a slow model
 never blocks the relay or other rooms. While a generation runs, the worker renews the room's lock
@@ -85,6 +87,7 @@ from server.appender import Appender
 from server.batching import Batcher
 from server.ephemeral import Ephemeral
 from server.llm.provider import Outcome, Provider, ProviderError, build_messages
+from server.llm.quota import CostGuard
 from server.llm.scripted import MODEL as SCRIPTED_MODEL
 from server.metrics import COUNTS
 from server.settings import LLMSettings
@@ -241,7 +244,7 @@ class Worker:
     def __init__(self, name: str, locks: GenerationLocks, requests: RequestQueue, room_log: RoomLog,
                  appender: Appender, ephemeral: Ephemeral, provider: Provider, settings: LLMSettings,
                  concurrency: int, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-                 supervisor: Supervisor | None = None, label: str = "llm") -> None:
+                 supervisor: Supervisor | None = None, label: str = "llm", guard: CostGuard | None = None) -> None:
         self.name = name  # the consumer's name in the group
         self.label = label  # its loops' names start with it (``/readyz``, ``/metrics``)
         self._supervisor = supervisor or Supervisor(sleep)
@@ -252,6 +255,7 @@ class Worker:
         self._ephemeral = ephemeral
         self._provider = provider
         self._settings = settings
+        self._guard = guard  # counts each answer's tokens (None: not counted)
         self._concurrency = concurrency
         self._sleep = sleep  # the loops' pauses (tests pass their own)
         self._running: dict[str, Generation] = {}  # rid -> generation
@@ -399,6 +403,8 @@ class Worker:
         if error is not None:
             log.warning("room %s: generation %s failed: %s (HTTP %s): %s", request.room, request.rid, error.code,
                         error.status or "-", error.message)
+        if outcome is not None and outcome.usage and self._guard is not None:  # before the answer is heard
+            await self._guard.spent(request.room, self._model_name(), outcome.usage)
         if generation.fenced:
             COUNTS.generations["fenced"] += 1
             generation.fire(Trigger.FENCE)
@@ -461,7 +467,7 @@ class Worker:
                     generation.text.append(event)
                     COUNTS.tokens_streamed += 1
                     told = frames.post(after, llm_streaming_frame(request.room, request.rid, request.reply_to, seq,
-                                                                  event, request.attempt))
+                                                                  event, request.attempt, request.regenerates))
                     if not sent or sent[-1] is not told:
                         sent.append(told)
                     seq += 1
@@ -484,7 +490,7 @@ class Worker:
         body = llm_response_body(request.room, request.rid, request.reply_to, _now_ms(), text, finish,
                                  self._model_name(), outcome.usage if outcome else None, request.attempt,
                                  (error.code, error.message) if error else None,
-                                 generation.cancelled_by if finish == "cancelled" else None)
+                                 generation.cancelled_by if finish == "cancelled" else None, request.regenerates)
         entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, generation.fence)
         try:
             stored = await self._final_write(request, "the answer", lambda: self._appender.append(entry))
@@ -501,7 +507,7 @@ class Worker:
         token is stale (or another worker ended it)."""
         request = generation.request
         frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt,
-                                cancelled_by)
+                                cancelled_by, request.regenerates)
         after = request.reply_to.encode()
         ended = await self._final_write(request, "llm.error", lambda: self._locks.end(
             request.room, request.rid, generation.fence, after + b" " + frame.encode(), self._ephemeral.node))

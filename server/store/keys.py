@@ -23,8 +23,13 @@ name, which hashes to the same slot. A room's keys:
 - ``chat:llm:ended:<tag>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
 - ``chat:llm:cancelled:<tag>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
 - ``chat:llm:asker:<tag>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
+- ``chat:llm:generations:<tag>``: the room's generations of the last hour (the cost guard), a sorted set
+  rid -> when its question was accepted (ms, Redis's clock).
+- ``chat:llm:tokens:<tag>:<day>``: the tokens the room's answers used on UTC day ``<day>`` (days since
+  1970-01-01), kept two days.
 
-Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), and the channels
+Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), ``chat:llm:tokens:<day>``
+(the tokens every room's answers used on UTC day ``<day>``: the deployment's budget, one key), and the channels
 ``chat:llm:cancel`` and a node's: on a single Redis ``chat:node:<node>`` (announcements and unstored
 frames for one node, of every room), on a Redis Cluster one shard channel per node and room,
 ``chat:node:<node>:<tag>``, in the room's slot (``SPUBLISH`` reaches the room's shard only).
@@ -86,6 +91,18 @@ def llm_cancelled_key(room: str, rid: str) -> str:
 
 def llm_asker_key(room: str, rid: str) -> str:
     return f"chat:llm:asker:{room_tag(room)}:{rid}"
+
+
+def llm_generations_key(room: str) -> str:
+    return "chat:llm:generations:" + room_tag(room)
+
+
+def llm_room_tokens_key(room: str, day: int) -> str:
+    return f"chat:llm:tokens:{room_tag(room)}:{day}"
+
+
+def llm_tokens_key(day: int) -> str:
+    return f"chat:llm:tokens:{day}"
 
 
 def llm_requests_key(queue: str) -> str:

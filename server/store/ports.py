@@ -8,6 +8,8 @@
   the instance it was issued for).
 - :class:`GenerationLocks` and :class:`RequestQueue`: the LLM bot's work (one generation per room,
   and the queue of questions any worker may answer).
+- :class:`UsageCounters`: what the bot's answers cost, per room and for the whole deployment (the cost
+  guard, :mod:`server.llm.quota`).
 
 Two adapters implement every port with the same behaviour: :mod:`server.store.redis_store` (a Redis
 URL) and :mod:`server.store.embedded` (an in-process fakeredis server, the zero-setup default); one
@@ -154,6 +156,17 @@ class Request:
     asker: str  # the role that asked
     entry_id: str = ""  # the request's id in its queue (set when read)
     attempt: int = 1  # 2, 3...: the request was taken over from a worker that died
+    regenerates: str = ""  # the rid of the stored answer this one gives again (``llm.regenerate``)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What :meth:`UsageCounters.admit` found: ``over`` is "" when the generation was counted, else the
+    budget that refused it (``generations`` or ``tokens``); ``retry_after_ms``, for ``generations``, is
+    how long until the oldest generation counted leaves the window."""
+
+    over: str = ""
+    retry_after_ms: int = 0
 
 
 class Subscription(Protocol):
@@ -307,6 +320,37 @@ class GenerationLocks(Protocol):
         """The generations cancelled on any node: messages ``b"<rid> <role that cancelled>"``."""
         ...
 
+    async def answer(self, room: str, rid: str) -> bytes | None:
+        """The id of ``rid``'s stored answer (its ``llm.response``) in the room's current epoch, from the
+        answer's marker; None when there is none (never answered, still running, ended with an
+        ``llm.error``, or its marker forgotten)."""
+        ...
+
+
+class UsageCounters(Protocol):
+    """The bot's spending: each room's generations in a sliding window (a sorted set of when each was
+    accepted, by Redis's clock), and tokens per UTC day (``day``: days since 1970-01-01) for each room and
+    for the whole deployment. Each call is one atomic step on one room's keys (or on the global key)."""
+
+    async def admit(self, room: str, rid: str, window_ms: int, most_generations: int, day: int,
+                    most_tokens: int) -> Admission:
+        """Count generation ``rid`` in the room's window, unless the room used ``most_tokens`` tokens on
+        ``day`` or ``most_generations`` generations within the last ``window_ms`` (0: no such limit).
+        A rid counted already is admitted again without counting twice."""
+        ...
+
+    async def add_tokens(self, room: str, day: int, tokens: int) -> None:
+        """Add ``tokens`` to the room's and the deployment's counts of ``day``."""
+        ...
+
+    async def room_usage(self, room: str, window_ms: int, day: int) -> tuple[int, int]:
+        """``(generations within the last window_ms, tokens on day)`` of the room."""
+        ...
+
+    async def tokens(self, day: int) -> int:
+        """The tokens every room used on ``day``."""
+        ...
+
 
 class RequestQueue(Protocol):
     """Requests for the bot, read by any worker of the queue; a dead worker's are taken over."""
@@ -363,6 +407,9 @@ class Store(Protocol):
 
     @property
     def locks(self) -> GenerationLocks: ...
+
+    @property
+    def usage(self) -> UsageCounters: ...
 
     def requests(self, queue: str) -> RequestQueue: ...
 

@@ -66,8 +66,11 @@ from server.store.keys import (
     llm_cancelled_key,
     llm_ended_key,
     llm_fence_key,
+    llm_generations_key,
     llm_lock_key,
     llm_requests_key,
+    llm_room_tokens_key,
+    llm_tokens_key,
     node_channel,
     node_shard_suffix,
     presence_key,
@@ -77,6 +80,7 @@ from server.store.keys import (
 from server.store.ports import (
     ENDED_TTL_S,
     FENCE_TTL_S,
+    Admission,
     BatchResult,
     Cancel,
     Duplicate,
@@ -107,6 +111,7 @@ _CLUSTER_BUGS = (CrossSlotTransactionError, InvalidPipelineStack)
 CANCELLED_TTL_S = 600
 ASKER_TTL_S = ENDED_TTL_S  # who asked a generation is kept as long as any question may wait and run
 REQUESTS_MAXLEN = 100_000
+TOKENS_TTL_S = 2 * 24 * 3600  # a day's token counters are kept through the next day
 _POOL_CONNECTIONS = 64
 _POOL_WAIT_S = 10.0
 _LUA = resources.files("server.store").joinpath("lua")
@@ -523,6 +528,48 @@ class RedisLocks:
     def cancellations(self) -> TranslatedSubscription:
         return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))
 
+    @translated
+    async def answer(self, room: str, rid: str) -> bytes | None:
+        marker, epoch = await self._connections.call("MGET", dedupe_key(room, LLM_ROLE, rid), epoch_key(room))
+        if not marker:
+            return None
+        marker_epoch, _, entry_id = bytes(marker).rpartition(b" ")
+        if marker_epoch and marker_epoch != epoch:  # remembered from an earlier epoch of the stream
+            return None
+        return entry_id
+
+
+class RedisUsage:
+    """The cost guard's counters (``usage.lua``)."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._script = connections.script("usage.lua")
+
+    @translated
+    async def admit(self, room: str, rid: str, window_ms: int, most_generations: int, day: int,
+                    most_tokens: int) -> Admission:
+        over, retry_ms = await self._script([llm_generations_key(room), llm_room_tokens_key(room, day)],
+                                            ["admit", rid, window_ms, most_generations, most_tokens])
+        return Admission({0: "", 1: "generations", 2: "tokens"}[int(over)], int(retry_ms))
+
+    @translated
+    async def add_tokens(self, room: str, day: int, tokens: int) -> None:
+        replies = await self._script.many([([llm_room_tokens_key(room, day)], ["add", tokens, TOKENS_TTL_S]),
+                                           ([llm_tokens_key(day)], ["add", tokens, TOKENS_TTL_S])])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise _failure(reply)
+
+    @translated
+    async def room_usage(self, room: str, window_ms: int, day: int) -> tuple[int, int]:
+        generations, tokens = await self._script([llm_generations_key(room), llm_room_tokens_key(room, day)],
+                                                 ["usage", window_ms])
+        return int(generations), int(tokens)
+
+    @translated
+    async def tokens(self, day: int) -> int:
+        return int(await self._script([llm_tokens_key(day)], ["tokens"]))
+
 
 def fence_value(fence: Fence) -> str:
     """What the room's lock holds while ``fence`` holds it."""
@@ -601,6 +648,7 @@ class RedisStore:
         self.bus = RedisNodeBus(connections)
         self.instances = RedisRoomInstances(connections)
         self.locks = RedisLocks(connections)
+        self.usage = RedisUsage(connections)
         self._queues: dict[str, RedisRequestQueue] = {}
 
     @classmethod
@@ -671,7 +719,10 @@ class TranslatedSubscription:
 
 
 def _fields(request: Request) -> dict[str, str]:
-    return {"room": request.room, "rid": request.rid, "reply_to": request.reply_to, "asker": request.asker}
+    fields = {"room": request.room, "rid": request.rid, "reply_to": request.reply_to, "asker": request.asker}
+    if request.regenerates:
+        fields["regenerates"] = request.regenerates
+    return fields
 
 
 def requests_of(reply: Any) -> list[Request]:
@@ -684,7 +735,8 @@ def _requests(entries: list[Any], attempts: dict[bytes, int]) -> list[Request]:
         fields = {key.decode(): value.decode() for key, value in raw.items()}
         requests.append(Request(room=fields.get("room", ""), rid=fields.get("rid", ""),
                                 reply_to=fields.get("reply_to", ""), asker=fields.get("asker", ""),
-                                entry_id=entry_id.decode(), attempt=attempts.get(entry_id, 1)))
+                                entry_id=entry_id.decode(), attempt=attempts.get(entry_id, 1),
+                                regenerates=fields.get("regenerates", "")))
     return requests
 
 

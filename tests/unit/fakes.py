@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from server.store.ports import (
+    Admission,
     BatchResult,
     Cancel,
     Duplicate,
@@ -506,6 +507,54 @@ class FakeLocks(_Failing):
         self.listeners.append(subscription)
         return subscription
 
+    async def answer(self, room: str, rid: str) -> bytes | None:
+        self._check()
+        epoch, entry_id = self.log.cids.get((room, "llm", rid), ("", b""))
+        return entry_id if entry_id and epoch == self.log.epochs.get(room) else None
+
+
+class FakeUsage(_Failing):
+    """The cost guard's counters on the clock: ``accepted`` room -> {rid: ms}, ``room_tokens`` (room, day) ->
+    tokens, ``day_tokens`` day -> tokens."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.accepted: dict[str, dict[str, int]] = {}
+        self.room_tokens: dict[tuple[str, int], int] = {}
+        self.day_tokens: dict[int, int] = {}
+
+    def _window(self, room: str, window_ms: int) -> dict[str, int]:
+        since = self.clock.now_ms - window_ms
+        kept = {rid: at for rid, at in self.accepted.get(room, {}).items() if at > since}
+        self.accepted[room] = kept
+        return kept
+
+    async def admit(self, room: str, rid: str, window_ms: int, most_generations: int, day: int,
+                    most_tokens: int) -> Admission:
+        self._check()
+        window = self._window(room, window_ms)
+        if most_tokens and self.room_tokens.get((room, day), 0) >= most_tokens:
+            return Admission("tokens")
+        if rid in window:
+            return Admission()
+        if most_generations and len(window) >= most_generations:
+            return Admission("generations", max(1, min(window.values()) + window_ms - self.clock.now_ms))
+        window[rid] = self.clock.now_ms
+        return Admission()
+
+    async def add_tokens(self, room: str, day: int, tokens: int) -> None:
+        self._check()
+        self.room_tokens[room, day] = self.room_tokens.get((room, day), 0) + tokens
+        self.day_tokens[day] = self.day_tokens.get(day, 0) + tokens
+
+    async def room_usage(self, room: str, window_ms: int, day: int) -> tuple[int, int]:
+        self._check()
+        return len(self._window(room, window_ms)), self.room_tokens.get((room, day), 0)
+
+    async def tokens(self, day: int) -> int:
+        self._check()
+        return self.day_tokens.get(day, 0)
+
 
 @dataclass
 class _Pending:
@@ -528,7 +577,8 @@ class FakeRequestQueue(_Failing):
     async def add(self, request: Request) -> None:
         self._check()
         self._ids += 1
-        self.new.append(Request(request.room, request.rid, request.reply_to, request.asker, f"{self._ids}-0"))
+        self.new.append(Request(request.room, request.rid, request.reply_to, request.asker, f"{self._ids}-0",
+                                regenerates=request.regenerates))
         self._added.set()
 
     async def ensure_group(self) -> None:
@@ -557,7 +607,7 @@ class FakeRequestQueue(_Failing):
                 pending.deliveries += 1
                 request = pending.request
                 taken.append(Request(request.room, request.rid, request.reply_to, request.asker, entry_id,
-                                     pending.deliveries))
+                                     pending.deliveries, request.regenerates))
         return taken
 
     async def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
@@ -628,6 +678,7 @@ class FakeStore:
         self.instances = FakeRoomInstances(self.clock)
         self.locks = FakeLocks(self.log)
         self.log.locks = self.locks
+        self.usage = FakeUsage(self.clock)
         self.queues: dict[str, FakeRequestQueue] = {}
         self.closed = False
 
