@@ -224,7 +224,8 @@ def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", worke
     else:
         env = dict(item.split("=", 1) for item in args.server_env)
         if args.mode == "llm":
-            env = {"LLM_PROVIDER": "scripted", "LLM_SCRIPTED_DELAY_MS": str(round(1000 / args.tokens_per_s)), **env}
+            env = {"LLM_PROVIDER": "scripted", "LLM_SCRIPTED_DELAY_MS": str(round(1000 / args.tokens_per_s)),
+                   "LLM_ROOM_GENERATIONS_PER_HOUR": "0", **env}  # (each room asks again at once: no cost guard)
         servers = ServerSet(nodes, args.redis_url or None, env, workers)
     reader: StreamReader | None = None
     ctx: Context | None = None

@@ -74,7 +74,8 @@ def _env(redis: Redis, plan: Plan) -> dict[str, str]:
     return {**env, "REDIS_URL": redis.url, "HOST": "127.0.0.1", "LOG_LEVEL": "warning", "LLM_PROVIDER": "scripted",
             "LLM_WORKERS": "0", "LLM_TRIGGER": "explicit", "LLM_SCRIPTED_DELAY_MS": "40",
             "LLM_RECLAIM_AFTER_S": str(plan.reclaim_after_s), "REDIS_TIMEOUT_S": str(plan.redis_timeout_s),
-            "NODE_TTL_S": "6", "STREAM_MAXLEN": "0", "RATE_LIMIT_PER_SEC": "0"}
+            "NODE_TTL_S": "6", "STREAM_MAXLEN": "0", "RATE_LIMIT_PER_SEC": "0",
+            "LLM_ROOM_GENERATIONS_PER_HOUR": "0"}  # (every stored question must be answered: no cost guard)
 
 
 async def soak(plan: Plan) -> Outcome:
