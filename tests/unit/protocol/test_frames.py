@@ -98,7 +98,7 @@ def test_stored_events_are_the_bodies_and_the_others_are_text_frames() -> None:
     stored = {orjson.loads(b)["hd"]["event"] for _, b, _ in FRAMES_BEFORE if isinstance(b, bytes)}
     assert stored == {Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_RESPONSE}
     sent = {orjson.loads(b)["hd"]["event"] for _, b, _ in FRAMES_BEFORE}
-    assert sent == {str(event) for event in Event} - {Event.LLM_CANCEL, Event.LLM_REGENERATE}  # every server event has a builder
+    assert sent == {str(event) for event in Event} - {Event.LLM_CANCEL, Event.LLM_REGENERATE}  # each has a builder
 
 
 def test_a_stored_message_keeps_the_client_body_as_sent() -> None:

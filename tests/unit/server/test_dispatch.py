@@ -222,3 +222,14 @@ async def test_llm_invoke_and_cancel_go_to_the_bot() -> None:
     with pytest.raises(ProtocolError) as refused:
         await rig.dispatcher.dispatch(sender, ClientEnvelope("llm.cancel", "A", "c3", {"rid": "g-none"}))
     assert refused.value.code == "unknown_generation" and refused.value.cid == "c3"
+
+
+async def test_llm_regenerate_goes_to_the_bot() -> None:
+    rig = Rig(bot="explicit")
+    sender, _ = member()
+    with pytest.raises(ProtocolError) as refused:  # (the rig's front reads no log: no answer is found)
+        await rig.dispatcher.dispatch(sender, ClientEnvelope("llm.regenerate", "A", "c4", {"rid": "g-none"}))
+    assert refused.value.code == "unknown_generation" and refused.value.cid == "c4"
+    with pytest.raises(ProtocolError) as no_bot:
+        await Rig().dispatcher.dispatch(sender, ClientEnvelope("llm.regenerate", "A", "c5", {"rid": "g-1"}))
+    assert no_bot.value.code == "unknown_event"

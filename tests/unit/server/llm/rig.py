@@ -26,6 +26,7 @@ from protocol.names import LLM_ROLE
 from server.appender import Appender
 from server.ephemeral import Ephemeral
 from server.llm.provider import ChatMessage, Event, Outcome, ProviderError
+from server.llm.quota import CostGuard
 from server.llm.worker import Generation, Worker
 from server.settings import LLMSettings
 from server.store.ports import NodeBus, Request, Retention
@@ -146,8 +147,10 @@ class Rig:
     """A worker (and the parts it needs) on fakes. Use as ``async with Rig() as rig``."""
 
     def __init__(self, concurrency: int = 10, settings: LLMSettings | None = None,
-                 sleep: Callable[[float], Awaitable[object]] | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[object]] | None = None, guard: bool = False) -> None:
         self.store = FakeStore()
+        self.guard = CostGuard(self.store.usage, (settings or LLMSettings()).budgets,
+                               lambda: self.store.clock.now_ms / 1000) if guard else None
         self.queue = self.store.requests("default")
         self.bus = GatedBus(self.store.bus)
         self.appended: list[tuple[str, bytes, list[tuple[bytes, bytes]]]] = []
@@ -158,7 +161,7 @@ class Rig:
         self.provider = FakeProvider()
         self.settings = settings or LLMSettings(history_turns=10, system_prompt="Be brief.")
         self.worker = Worker("w1", self.store.locks, self.queue, self.store.log, self.appender, self.ephemeral,
-                             self.provider, self.settings, concurrency, sleep or Ticks())
+                             self.provider, self.settings, concurrency, sleep or Ticks(), guard=self.guard)
         self._tasks: list[asyncio.Task[Any]] = []
         self._rids = 0
 
@@ -194,9 +197,9 @@ class Rig:
         assert read.rid == request.rid
         return read
 
-    async def queue_request(self, room: str, reply_to: str, lock: bool = True) -> Request:
+    async def queue_request(self, room: str, reply_to: str, lock: bool = True, regenerates: str = "") -> Request:
         self._rids += 1
-        request = Request(room=room, rid=f"g-{self._rids}", reply_to=reply_to, asker="A")
+        request = Request(room=room, rid=f"g-{self._rids}", reply_to=reply_to, asker="A", regenerates=regenerates)
         if lock:
             assert await self.store.locks.lock(room, request.rid, self.settings.queue_lease_ms)
         await self.queue.add(request)

@@ -20,8 +20,9 @@ from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from server.appender import Appender
 from server.llm.front import CANCEL_FORBIDDEN, LLMFront, new_rid
+from server.llm.quota import CostGuard
 from server.member import Member
-from server.settings import CancelScope, Trigger
+from server.settings import Budgets, CancelScope, Trigger
 from server.store.ports import Fence, Request, Retention, StoreUnavailable
 from tests.unit.fakes import FakeLocks, FakeStore
 from tests.unit.server.llm.rig import chat_body
@@ -47,14 +48,17 @@ class RecordingMember(Member):
 class Desk:
     """A front on fakes, with a running appender. Use as ``async with Desk() as desk``."""
 
-    def __init__(self, trigger: Trigger = "mention", cancel: CancelScope = "any") -> None:
+    def __init__(self, trigger: Trigger = "mention", cancel: CancelScope = "any",
+                 budgets: Budgets | None = None) -> None:
         self.store = FakeStore()
+        self.guard = None if budgets is None else CostGuard(self.store.usage, budgets,
+                                                            lambda: self.store.clock.now_ms / 1000)
         self.queue = self.store.requests("default")
         self.appender = Appender(self.store.log, Retention(dedupe_s=3600), "n1", lambda *_: None)
         self.pauses: list[float] = []  # the background retries' pauses
         self._paused = asyncio.Event()
         self.front = LLMFront(self.store.locks, self.queue, self.appender, trigger, LEASE_MS, cancel,
-                              sleep=self._pause)
+                              sleep=self._pause, guard=self.guard, room_log=self.store.log)
         self.member = RecordingMember()
         self._flusher: asyncio.Task[None] | None = None
 

@@ -94,3 +94,17 @@ def test_llm_cancel_is_any_by_default_or_asker() -> None:
     assert LLMSettings.from_env({"LLM_CANCEL": "Asker"}).cancel == "asker"
     with pytest.raises(SettingsError, match=r"^LLM_CANCEL='owner' is not one of any, asker$"):
         LLMSettings.from_env({"LLM_CANCEL": "owner"})
+
+
+def test_the_cost_guard_allows_60_questions_an_hour_per_room_and_no_token_budget_by_default() -> None:
+    budgets = LLMSettings.from_env({}).budgets
+    assert (budgets.generations_per_hour, budgets.room_tokens_per_day, budgets.tokens_per_day) == (60, None, None)
+
+
+def test_the_cost_guard_reads_its_budgets_and_zero_means_no_limit() -> None:
+    budgets = LLMSettings.from_env({"LLM_ROOM_GENERATIONS_PER_HOUR": "2", "LLM_ROOM_TOKENS_PER_DAY": "5000",
+                                    "LLM_TOKENS_PER_DAY": "100000"}).budgets
+    assert (budgets.generations_per_hour, budgets.room_tokens_per_day, budgets.tokens_per_day) == (2, 5000, 100000)
+    assert LLMSettings.from_env({"LLM_ROOM_GENERATIONS_PER_HOUR": "0"}).budgets.generations_per_hour is None
+    with pytest.raises(SettingsError, match=r"^LLM_TOKENS_PER_DAY=-1 is out of range"):
+        LLMSettings.from_env({"LLM_TOKENS_PER_DAY": "-1"})
