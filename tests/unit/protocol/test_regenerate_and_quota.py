@@ -41,5 +41,6 @@ def test_every_frame_of_a_regenerated_answer_carries_regenerates_and_others_do_n
              llm_error_frame("r", "g-2", "1-0", 0, "provider_error", "x", regenerates="g-1"),
              llm_response_body("r", "g-2", "1-0", 0, "a", "stop", "m", regenerates="g-1")]
     assert [orjson.loads(frame)["hd"]["regenerates"] for frame in built] == ["g-1"] * 3
-    plain: list[str | bytes] = [llm_streaming_frame("r", "g-2", "1-0", 0, "a"), llm_response_body("r", "g-2", "1-0", 0, "a", "stop", "m")]
+    plain: list[str | bytes] = [llm_streaming_frame("r", "g-2", "1-0", 0, "a"),
+                                llm_response_body("r", "g-2", "1-0", 0, "a", "stop", "m")]
     assert all("regenerates" not in orjson.loads(frame)["hd"] for frame in plain)
