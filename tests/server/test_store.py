@@ -1,5 +1,5 @@
-"""One contract, every adapter: the room log, roster, node bus and room instance ports on a real Redis (through the
-lean connection and through redis-py alone) and on the embedded fakeredis."""
+"""One contract, every adapter: the room log, roster, node bus, room instance and usage ports on a real
+Redis (through the lean connection and through redis-py alone) and on the embedded fakeredis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ import asyncio
 
 import redis.asyncio
 
-from server.store.keys import dedupe_key, epoch_key, followers_key, room_instance_key, stream_key
-from server.store.ports import Duplicate, NewEntry, Retention, Store, Subscription
+from server.store.keys import (
+    dedupe_key,
+    epoch_key,
+    followers_key,
+    llm_room_tokens_key,
+    llm_tokens_key,
+    room_instance_key,
+    stream_key,
+)
+from server.store.ports import Admission, Duplicate, NewEntry, Retention, Store, Subscription
 from server.store.redis_store import RedisStore
 from tests.conftest import Backend, new_room
 
@@ -310,3 +318,51 @@ async def test_bulk_reads_go_on_a_redis_connection_of_their_own_not_the_appends(
     finally:
         await raw.aclose()
         await store.close()
+
+
+async def test_usage_admits_generations_up_to_the_limit_of_the_window_and_tells_when_one_leaves(store: Store) -> None:
+    room, day = new_room(), 20000
+    assert await store.usage.admit(room, "g-1", 60_000, 2, day, 0) == Admission()
+    assert await store.usage.admit(room, "g-1", 60_000, 2, day, 0) == Admission()  # counted once
+    assert await store.usage.admit(room, "g-2", 60_000, 2, day, 0) == Admission()
+    refused = await store.usage.admit(room, "g-3", 60_000, 2, day, 0)
+    assert refused.over == "generations" and 0 < refused.retry_after_ms <= 60_000
+    assert await store.usage.admit(new_room(), "g-3", 60_000, 2, day, 0) == Admission()  # each room its own
+    assert await store.usage.room_usage(room, 60_000, day) == (2, 0)
+    assert await store.usage.admit(room, "g-4", 60_000, 0, day, 0) == Admission()  # 0: no limit
+
+
+async def test_usage_forgets_generations_older_than_the_window(store: Store) -> None:
+    room = new_room()
+    assert await store.usage.admit(room, "g-1", 50, 1, 1, 0) == Admission()
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await store.usage.admit(room, "g-2", 50, 1, 1, 0)).over:  # until g-1 is 50 ms old (Redis's clock)
+        assert asyncio.get_running_loop().time() < deadline
+    assert await store.usage.room_usage(room, 50, 1) in ((1, 0), (0, 0))
+
+
+async def test_usage_counts_tokens_per_room_and_day_and_for_the_deployment(backend: Backend) -> None:
+    store, room, other, day = backend.store, new_room(), new_room(), 30000 + int(new_room().rsplit("-", 1)[-1])
+    await store.usage.add_tokens(room, day, 40)
+    await store.usage.add_tokens(other, day, 2)
+    await store.usage.add_tokens(room, day + 1, 5)
+    assert (await store.usage.room_usage(room, 60_000, day))[1] == 40
+    assert await store.usage.tokens(day) == 42 and await store.usage.tokens(day + 1) == 5
+    assert await store.usage.admit(room, "g-1", 60_000, 0, day, 40) == Admission("tokens")
+    assert await store.usage.admit(room, "g-1", 60_000, 0, day, 41) == Admission()
+    assert 0 < await backend.raw.ttl(llm_room_tokens_key(room, day)) <= 2 * 86400
+    assert 0 < await backend.raw.ttl(llm_tokens_key(day)) <= 2 * 86400
+
+
+async def test_the_locks_find_a_stored_answer_by_its_marker_in_the_streams_epoch(store: Store) -> None:
+    room = new_room()
+    assert await store.locks.answer(room, "g-1") is None
+    [question] = (await store.log.append_batch(entries(room, "q"), KEEP_ALL, "n")).ids
+    answer = NewEntry(room, "llm", b'{"hd":{"event":"llm.response","rid":"g-1"},"bd":{}}', "g-1")
+    [answer_id] = (await store.log.append_batch([answer], Retention(dedupe_s=60), "n")).ids
+    assert isinstance(question, bytes) and isinstance(answer_id, bytes)
+    assert await store.locks.answer(room, "g-1") == answer_id
+    assert await store.locks.answer(room, "g-2") is None
+    await store.log.delete(room)  # a new epoch: the old marker does not count
+    await store.log.append_batch(entries(room, "again"), KEEP_ALL, "n")
+    assert await store.locks.answer(room, "g-1") is None
