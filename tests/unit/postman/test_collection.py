@@ -23,4 +23,4 @@ def test_every_http_route_is_in_the_collection() -> None:
     assert routes >= {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/v1/session"),
                       ("POST", "/api/chat/{{room}}/messages"), ("GET", "/api/chat/history/{{room}}"),
                       ("GET", "/api/chat/history/{{room}}/export"), ("DELETE", "/api/chat/history/{{room}}"),
-                      ("GET", "/openapi.json"), ("GET", "/")}
+                      ("GET", "/openapi.json"), ("GET", "/"), ("GET", "/api/chat/{{room}}/usage")}
