@@ -13,6 +13,7 @@ class Event(StrEnum):
     LLM_INVOKE = "llm.invoke"
     LLM_CANCEL = "llm.cancel"
     LLM_STREAMING = "llm.streaming"
+    LLM_SNAPSHOT = "llm.snapshot"
     LLM_RESPONSE = "llm.response"
     LLM_ERROR = "llm.error"
     SESSION_READY = "session.ready"

@@ -67,6 +67,7 @@ from server.store.keys import (
     llm_ended_key,
     llm_fence_key,
     llm_lock_key,
+    llm_partial_key,
     llm_requests_key,
     node_channel,
     node_shard_suffix,
@@ -77,6 +78,7 @@ from server.store.keys import (
 from server.store.ports import (
     ENDED_TTL_S,
     FENCE_TTL_S,
+    PARTIAL_MAX_BYTES,
     BatchResult,
     Cancel,
     Duplicate,
@@ -84,8 +86,10 @@ from server.store.ports import (
     Fence,
     Fenced,
     NewEntry,
+    Progress,
     Request,
     Retention,
+    Running,
     SessionInfo,
     Started,
     StoreError,
@@ -293,8 +297,8 @@ class RedisRoomLog:
                 dedupe = len(keys)
             fence, held = 0, ""
             if entry.fence is not None:
-                keys.append(llm_lock_key(room))
-                fence, held = len(keys), fence_value(entry.fence)
+                keys += (llm_lock_key(room), llm_partial_key(room))
+                fence, held = len(keys) - 1, fence_value(entry.fence)
             args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
         return keys, args
 
@@ -350,12 +354,14 @@ class RedisRoster:
     @translated
     async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
                     cursor: bytes | None = None) -> SessionInfo:
-        epoch, first, removed, roster, full, newest, kept = await self._session(
-            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)],
+        epoch, first, removed, roster, full, newest, kept, running = await self._session(
+            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room), llm_lock_key(room),
+             llm_partial_key(room)],
             [field, role, ttl_s, most, cursor or b""])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
         return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
-                           newest_id=newest or None, cursor_kept=None if kept is None else bool(kept))
+                           newest_id=newest or None, cursor_kept=None if kept is None else bool(kept),
+                           generations=_running(running))
 
     @translated
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
@@ -501,16 +507,19 @@ class RedisLocks:
         return bool(await self._script([llm_lock_key(fence.room)], ["release", fence_value(fence)]))
 
     @translated
-    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
+                     progress: Progress | None = None) -> bool:
         room = fence.room
-        return bool(await self._script([llm_lock_key(room), followers_key(room)],
+        kept = (progress.reply_to, progress.attempt, progress.seq, progress.text) if progress else ("", 1, -1, "")
+        return bool(await self._script([llm_lock_key(room), llm_partial_key(room), followers_key(room)],
                                        ["frames", fence_value(fence), *self._connections.fanout(node, room),
-                                        *messages]))
+                                        *kept, PARTIAL_MAX_BYTES, *messages]))
 
     @translated
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         value = "" if fence is None else fence_value(fence)
-        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), followers_key(room)],
+        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), llm_partial_key(room),
+                                    followers_key(room)],
                                    ["end", value, ENDED_TTL_S, *self._connections.fanout(node, room), message])
         return bool(ended)
 
@@ -522,6 +531,15 @@ class RedisLocks:
 
     def cancellations(self) -> TranslatedSubscription:
         return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))
+
+
+def _running(reply: Any) -> tuple[Running, ...]:
+    """session.lua's running generation: ``{rid, reply_to, attempt, seq, text or false}``, or false."""
+    if not reply:
+        return ()
+    rid, reply_to, attempt, seq, text = reply
+    return (Running(rid.decode(), reply_to.decode(), int(attempt), int(seq),
+                    text.decode() if text else None if text is None else ""),)
 
 
 def fence_value(fence: Fence) -> str:
