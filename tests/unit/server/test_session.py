@@ -287,7 +287,7 @@ async def test_a_resume_in_a_room_whose_stream_is_gone_is_not_recovered() -> Non
     _, outlet = await here.connect(resume=Resume("1700000000000-5", "e1"))
     assert outlet.events() == ["session.ready"]
     assert ready_of(outlet)["bd"] == {"last_id": None, "epoch": None, "recovered": False,
-                                      "members": ready_of(outlet)["bd"]["members"]}
+                                      "members": ready_of(outlet)["bd"]["members"], "generations": []}
 
 
 async def test_a_resume_from_a_cursor_newer_than_the_newest_entry_is_not_recovered() -> None:
@@ -483,4 +483,5 @@ def test_session_ready_lists_members_by_role_and_connection() -> None:
     info = SessionInfo("ep", b"1-0", 0, [("n1/aa", "A"), ("n2/bb", "user")])
     ready = orjson.loads(session_ready(joined, b"5-0", info, False))
     assert ready["bd"] == {"last_id": "5-0", "epoch": "ep", "recovered": False,
-                           "members": [{"role": "A", "conn": "aa"}, {"role": "user", "conn": "bb"}]}
+                           "members": [{"role": "A", "conn": "aa"}, {"role": "user", "conn": "bb"}],
+                           "generations": []}
