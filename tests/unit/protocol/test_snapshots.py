@@ -19,7 +19,8 @@ def delta(seq: int, rid: str = "g-1", attempt: int = 1) -> Delta:
 
 def merged(first_seq: int, seq: int, rid: str = "g-1") -> Delta:
     hd = orjson.loads(llm_streaming_frame(ROOM, rid, REPLY_TO, first_seq, ""))["hd"]
-    parsed = parse_delta(merged_streaming_frame(hd, first_seq, seq, "".join(f"<{n}>" for n in range(first_seq, seq + 1))))
+    text = "".join(f"<{n}>" for n in range(first_seq, seq + 1))
+    parsed = parse_delta(merged_streaming_frame(hd, first_seq, seq, text))
     assert parsed is not None
     return parsed
 

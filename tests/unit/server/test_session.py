@@ -502,7 +502,8 @@ class Generating:
         if self.fence is None:
             self.fence = (await self.store.locks.start("r", self.rid, 60_000)).fence
         assert self.fence is not None
-        frames = [llm_streaming_frame("r", self.rid, self.question, self.seq + n, text) for n, text in enumerate(deltas)]
+        frames = [llm_streaming_frame("r", self.rid, self.question, self.seq + n, text)
+                  for n, text in enumerate(deltas)]
         progress = Progress(self.question, 1, self.seq + len(deltas) - 1, "".join(deltas))
         assert await self.store.locks.frames(self.fence, [f"{self.question} {frame}".encode() for frame in frames],
                                              "", progress)
