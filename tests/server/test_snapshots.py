@@ -32,7 +32,7 @@ async def question_and_early_deltas(asker: Client, deltas: int) -> tuple[dict[st
 
 async def rest_of_answer(client: Client) -> list[dict[str, Any]]:
     """The client's frames up to the generation's llm.response."""
-    frames = []
+    frames: list[dict[str, Any]] = []
     while not frames or frames[-1]["hd"]["event"] != "llm.response":
         frames.append(await client.recv())
     return frames
