@@ -23,10 +23,11 @@ name, which hashes to the same slot. A room's keys:
 - ``chat:llm:ended:<tag>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
 - ``chat:llm:cancelled:<tag>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
 - ``chat:llm:asker:<tag>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
-- ``chat:llm:partial:<tag>``: the running generation's text so far, for ``llm.snapshot``: a hash
+- ``chat:llm:partial:<tag>``: the running generation's progress, for ``llm.snapshot``: a hash
   (``value``: the lock's ``"<token> <rid>"`` it was written under, ``reply_to``, ``attempt``, ``seq``: the
-  last delta sent, ``text``: deltas 0..seq joined, or ``over`` = 1 past its cap). Written in the step
-  that sends the deltas, expiring with the lock's lease; deleted when the answer is stored or ends.
+  last delta sent, ``over`` = 1 once its text passed its cap), and ``chat:llm:partial:text:<tag>`` its
+  text so far (deltas 0..seq joined; APPENDed to, gone past the cap). Written in the step that sends the
+  deltas, expiring with the lock's lease; deleted when the answer is stored or ends.
 
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), and the channels
 ``chat:llm:cancel`` and a node's: on a single Redis ``chat:node:<node>`` (announcements and unstored
@@ -94,6 +95,10 @@ def llm_asker_key(room: str, rid: str) -> str:
 
 def llm_partial_key(room: str) -> str:
     return "chat:llm:partial:" + room_tag(room)
+
+
+def llm_partial_text_key(room: str) -> str:
+    return "chat:llm:partial:text:" + room_tag(room)
 
 
 def llm_requests_key(queue: str) -> str:

@@ -68,6 +68,7 @@ from server.store.keys import (
     llm_fence_key,
     llm_lock_key,
     llm_partial_key,
+    llm_partial_text_key,
     llm_requests_key,
     node_channel,
     node_shard_suffix,
@@ -297,8 +298,8 @@ class RedisRoomLog:
                 dedupe = len(keys)
             fence, held = 0, ""
             if entry.fence is not None:
-                keys += (llm_lock_key(room), llm_partial_key(room))
-                fence, held = len(keys) - 1, fence_value(entry.fence)
+                keys += (llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room))
+                fence, held = len(keys) - 2, fence_value(entry.fence)
             args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
         return keys, args
 
@@ -356,7 +357,7 @@ class RedisRoster:
                     cursor: bytes | None = None) -> SessionInfo:
         epoch, first, removed, roster, full, newest, kept, running = await self._session(
             [stream_key(room), epoch_key(room), presence_key(room), followers_key(room), llm_lock_key(room),
-             llm_partial_key(room)],
+             llm_partial_key(room), llm_partial_text_key(room)],
             [field, role, ttl_s, most, cursor or b""])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
         return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
@@ -511,7 +512,8 @@ class RedisLocks:
                      progress: Progress | None = None) -> bool:
         room = fence.room
         kept = (progress.reply_to, progress.attempt, progress.seq, progress.text) if progress else ("", 1, -1, "")
-        return bool(await self._script([llm_lock_key(room), llm_partial_key(room), followers_key(room)],
+        return bool(await self._script([llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room),
+                                        followers_key(room)],
                                        ["frames", fence_value(fence), *self._connections.fanout(node, room),
                                         *kept, PARTIAL_MAX_BYTES, *messages]))
 
@@ -519,7 +521,7 @@ class RedisLocks:
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         value = "" if fence is None else fence_value(fence)
         ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), llm_partial_key(room),
-                                    followers_key(room)],
+                                    llm_partial_text_key(room), followers_key(room)],
                                    ["end", value, ENDED_TTL_S, *self._connections.fanout(node, room), message])
         return bool(ended)
 

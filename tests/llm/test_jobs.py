@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from protocol.names import LLM_ROLE
-from server.store.keys import dedupe_key, llm_asker_key, llm_lock_key, llm_partial_key, llm_requests_key
+from server.store.keys import (
+    dedupe_key,
+    llm_asker_key,
+    llm_lock_key,
+    llm_partial_key,
+    llm_partial_text_key,
+    llm_requests_key,
+)
 from server.store.ports import (
     ENDED_TTL_S,
     PARTIAL_MAX_BYTES,
@@ -231,7 +238,8 @@ async def test_the_text_so_far_is_written_in_the_step_that_sends_the_deltas(back
     assert await locks.frames(fence, [b"1-0 f0", b"1-0 f1"], "", Progress("1-0", 1, 1, "ab")) is True
     assert await locks.frames(fence, [b"1-0 f2"], "", Progress("1-0", 1, 2, "c")) is True
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)
-    assert 0 < await backend.raw.pttl(llm_partial_key(room)) <= LEASE_MS  # expires with the lock's lease
+    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # expires with the lock's lease
+        assert 0 < await backend.raw.pttl(key) <= LEASE_MS
     assert await locks.frames(Fence(room, "g-1", 99), [b"1-0 x"], "", Progress("1-0", 1, 3, "x")) is False
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)  # a stale token wrote nothing
 
@@ -257,7 +265,7 @@ async def test_a_text_past_its_cap_is_not_kept_but_the_generation_is_listed(back
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 0, "x" * PARTIAL_MAX_BYTES),)
     assert await locks.frames(fence, [b"1-0 b"], "", Progress("1-0", 1, 1, "y"))
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 1, None),)
-    assert await backend.raw.hget(llm_partial_key(room), "text") == b""  # bounded in Redis too
+    assert await backend.raw.exists(llm_partial_text_key(room)) == 0  # bounded in Redis too
     assert await locks.frames(fence, [b"1-0 c"], "", Progress("1-0", 1, 2, "z"))
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, None),)
 
@@ -268,9 +276,9 @@ async def test_the_text_so_far_goes_with_the_stored_answer_or_the_end(backend: B
     assert fence is not None and await store.locks.frames(fence, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
     answer = NewEntry(room, LLM_ROLE, b'{"hd":{},"bd":{}}', "g-1", 60, fence)
     assert isinstance((await store.log.append_batch([answer], Retention(), "")).ids[0], bytes)
-    assert await backend.raw.exists(llm_partial_key(room)) == 0
+    assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
     other = (await store.locks.start(room, "g-2", LEASE_MS)).fence
     assert other is not None and await store.locks.frames(other, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
     assert await store.locks.end(room, "g-2", other, b"1-0 error", "") is True
-    assert await backend.raw.exists(llm_partial_key(room)) == 0
+    assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
     assert await running(store, room) == ()

@@ -14,14 +14,14 @@
 --         (token 0: another generation holds the room).
 -- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
--- frames  KEYS: lock, the room's partial text, the room's followers. ARGV: 'frames', value, this node's id,
+-- frames  KEYS: lock, the room's partial text (its hash, its text), the room's followers. ARGV: 'frames', value, this node's id,
 --         the prefix and suffix of the nodes' channels (see append.lua), the room, the generation's
 --         reply_to and attempt, the seq of the last delta of this batch (-1: no partial text kept), the
 --         batch's deltas joined, the partial text's cap in bytes, then messages "<after id> <frame>". If
---         the lock holds value, adds the batch to the partial text (started afresh when written under
---         another value; past the cap, marked over and emptied), renews its expiry to the lock's, and
+--         the lock holds value, appends the batch to the partial text (started afresh when written under
+--         another value; past the cap, marked over and deleted), renews its expiry to the lock's, and
 --         publishes "<room> <message>" to every other follower: 1; else 0, nothing written or sent.
--- end     KEYS: lock, rid's ended marker, the room's partial text, the followers. ARGV: 'end', value ('' for a generation
+-- end     KEYS: lock, rid's ended marker, the room's partial text (hash, text), the followers. ARGV: 'end', value ('' for a generation
 --         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix and
 --         suffix, the room, one message. Unless rid ended already: if the lock holds value (or value is ''),
 --         deletes the lock (and the partial text written under it), marks rid ended (with value) and
@@ -84,19 +84,24 @@ elseif step == 'release' then
 elseif step == 'frames' then
   local value = ARGV[2]
   if redis.call('GET', KEYS[1]) ~= value then return 0 end
-  local partial, seq = KEYS[2], tonumber(ARGV[9])
+  local partial, text, seq = KEYS[2], KEYS[3], tonumber(ARGV[9])
   if seq >= 0 then
     if redis.call('HGET', partial, 'value') ~= value then
-      redis.call('DEL', partial)
-      redis.call('HSET', partial, 'value', value, 'reply_to', ARGV[7], 'attempt', ARGV[8], 'text', '')
+      redis.call('DEL', partial, text)
+      redis.call('HSET', partial, 'value', value, 'reply_to', ARGV[7], 'attempt', ARGV[8])
     end
     redis.call('HSET', partial, 'seq', seq)
     if redis.call('HEXISTS', partial, 'over') == 0 then
-      local text = redis.call('HGET', partial, 'text') .. ARGV[10]
-      if #text > tonumber(ARGV[11]) then redis.call('HSET', partial, 'over', 1, 'text', '')
-      else redis.call('HSET', partial, 'text', text) end
+      if redis.call('STRLEN', text) + #ARGV[10] > tonumber(ARGV[11]) then
+        redis.call('HSET', partial, 'over', 1)
+        redis.call('DEL', text)
+      else
+        redis.call('APPEND', text, ARGV[10])
+      end
     end
-    redis.call('PEXPIRE', partial, math.max(redis.call('PTTL', KEYS[1]), 1))
+    local lease = math.max(redis.call('PTTL', KEYS[1]), 1)
+    redis.call('PEXPIRE', partial, lease)
+    redis.call('PEXPIRE', text, lease)
   end
   publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 12)
   return 1
@@ -110,7 +115,7 @@ elseif step == 'end' then
   if value ~= '' then
     if redis.call('GET', KEYS[1]) ~= value then return 0 end
     redis.call('DEL', KEYS[1])
-    if redis.call('HGET', KEYS[3], 'value') == value then redis.call('DEL', KEYS[3]) end
+    if redis.call('HGET', KEYS[3], 'value') == value then redis.call('DEL', KEYS[3], KEYS[4]) end
   end
   redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
   publish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], 8)

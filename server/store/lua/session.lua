@@ -2,7 +2,7 @@
 -- session.ready needs, atomically.
 --
 -- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
---       sorted set node -> alive-until, in ms), the bot's lock and partial text (see jobs.lua).
+--       sorted set node -> alive-until, in ms), the bot's lock and partial text (hash, text: see jobs.lua).
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none),
 --       the most connections the room may hold (0 = no limit), and a resume cursor ("<ms>-<seq>", or ""
 --       for none).
@@ -64,10 +64,10 @@ end
 local running = false
 local lock = redis.call('GET', KEYS[5])
 if lock then
-  local partial = redis.call('HMGET', KEYS[6], 'value', 'reply_to', 'attempt', 'seq', 'text', 'over')
+  local partial = redis.call('HMGET', KEYS[6], 'value', 'reply_to', 'attempt', 'seq', 'over')
   if partial[1] == lock then
-    local text = partial[5]
-    if partial[6] then text = false end
+    local text = false
+    if not partial[5] then text = redis.call('GET', KEYS[7]) or '' end
     running = {string.match(lock, '^%d+ (.*)$'), partial[2], partial[3], partial[4], text}
   end
 end
