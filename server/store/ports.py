@@ -308,7 +308,8 @@ class GenerationLocks(Protocol):
         ...
 
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
-        """Renew these locks, in one round trip: for each, whether its fence still holds."""
+        """Renew these locks (and the text so far written under them), in one round trip: for each, whether
+        its fence still holds."""
         ...
 
     async def release(self, fence: Fence) -> bool:

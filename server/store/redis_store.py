@@ -496,7 +496,8 @@ class RedisLocks:
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
         if not fences:
             return []
-        replies = await self._script.many([([llm_lock_key(fence.room)], ["renew", fence_value(fence), lease_ms])
+        replies = await self._script.many([([llm_lock_key(fence.room), llm_partial_key(fence.room),
+                                             llm_partial_text_key(fence.room)], ["renew", fence_value(fence), lease_ms])
                                            for fence in fences])
         for reply in replies:
             if isinstance(reply, Exception):

@@ -238,8 +238,12 @@ async def test_the_text_so_far_is_written_in_the_step_that_sends_the_deltas(back
     assert await locks.frames(fence, [b"1-0 f0", b"1-0 f1"], "", Progress("1-0", 1, 1, "ab")) is True
     assert await locks.frames(fence, [b"1-0 f2"], "", Progress("1-0", 1, 2, "c")) is True
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)
-    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # expires with the lock's lease
+    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # expires with the lock's lease...
         assert 0 < await backend.raw.pttl(key) <= LEASE_MS
+        await backend.raw.pexpire(key, 500)
+    assert await locks.renew([fence], LEASE_MS) == [True]
+    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # ...and is renewed with it
+        assert 500 < await backend.raw.pttl(key) <= LEASE_MS
     assert await locks.frames(Fence(room, "g-1", 99), [b"1-0 x"], "", Progress("1-0", 1, 3, "x")) is False
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)  # a stale token wrote nothing
 

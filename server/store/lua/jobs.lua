@@ -12,14 +12,15 @@
 --         A worker starting (or taking over) rid: returns {answered, cancelled, token, cancelled by}.
 --         Unless rid is answered or ended, takes the lock with a new token when it is free or rid's
 --         (token 0: another generation holds the room).
--- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
+-- renew   KEYS: lock, the room's partial text (hash, text). ARGV: 'renew', value, lease_ms. Renews the lock
+--         (and the partial text written under it) if it holds value: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
 -- frames  KEYS: lock, the room's partial text (its hash, its text), the room's followers. ARGV: 'frames', value, this node's id,
 --         the prefix and suffix of the nodes' channels (see append.lua), the room, the generation's
 --         reply_to and attempt, the seq of the last delta of this batch (-1: no partial text kept), the
 --         batch's deltas joined, the partial text's cap in bytes, then messages "<after id> <frame>". If
 --         the lock holds value, appends the batch to the partial text (started afresh when written under
---         another value; past the cap, marked over and deleted), renews its expiry to the lock's, and
+--         another value, expiring with the lock; past the cap, marked over and deleted), and
 --         publishes "<room> <message>" to every other follower: 1; else 0, nothing written or sent.
 -- end     KEYS: lock, rid's ended marker, the room's partial text (hash, text), the followers. ARGV: 'end', value ('' for a generation
 --         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix and
@@ -76,6 +77,10 @@ elseif step == 'start' then
 elseif step == 'renew' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if redis.call('HGET', KEYS[2], 'value') == ARGV[2] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  end
   return 1
 elseif step == 'release' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
@@ -86,12 +91,15 @@ elseif step == 'frames' then
   if redis.call('GET', KEYS[1]) ~= value then return 0 end
   local partial, text, seq = KEYS[2], KEYS[3], tonumber(ARGV[9])
   if seq >= 0 then
-    if redis.call('HGET', partial, 'value') ~= value then
+    local kept = redis.call('HMGET', partial, 'value', 'over')
+    local fresh = kept[1] ~= value
+    if fresh then
       redis.call('DEL', partial, text)
       redis.call('HSET', partial, 'value', value, 'reply_to', ARGV[7], 'attempt', ARGV[8])
+      kept[2] = false
     end
     redis.call('HSET', partial, 'seq', seq)
-    if redis.call('HEXISTS', partial, 'over') == 0 then
+    if not kept[2] then
       if redis.call('STRLEN', text) + #ARGV[10] > tonumber(ARGV[11]) then
         redis.call('HSET', partial, 'over', 1)
         redis.call('DEL', text)
@@ -99,9 +107,11 @@ elseif step == 'frames' then
         redis.call('APPEND', text, ARGV[10])
       end
     end
-    local lease = math.max(redis.call('PTTL', KEYS[1]), 1)
-    redis.call('PEXPIRE', partial, lease)
-    redis.call('PEXPIRE', text, lease)
+    if fresh then -- the lock's lease, renewed with it (renew)
+      local lease = math.max(redis.call('PTTL', KEYS[1]), 1)
+      redis.call('PEXPIRE', partial, lease)
+      redis.call('PEXPIRE', text, lease)
+    end
   end
   publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 12)
   return 1
