@@ -18,10 +18,10 @@ delta as the worker sent it, so no merged frame ever straddles a snapshot.
 ``llm.streaming`` deltas (:meth:`Member.push_delta`) are not stored: a member that missed them could
 not get them back, so they never count toward ``queue_max``. Instead, while the member is backed up
 (SLOW, or an ASGI send under way: :attr:`Member.backed_up`), a delta that continues the one queued
-last (or held last) is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
+last is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
 holds one frame per generation between two other frames, not one per token. A member that keeps
 up gets every delta as it came. (A merge in progress, :attr:`Outbox.run`, is only ever open while
-backed up, or in the held frames: the writer seals it before it writes.)
+backed up, never in the held frames: the writer seals it before it writes.)
 
 The outbound side is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
