@@ -7,7 +7,8 @@ text (or, for stored events, the entry's ``body`` bytes); each builds one dict a
   :func:`presence_frame`; ``error``: :func:`error_frame`.
 - ``chat.message`` and ``llm.invoke`` are stored: :func:`message_body` is the entry's ``body``.
 - The bot's: ``llm.streaming``: :func:`llm_streaming_frame` (and :func:`merged_streaming_frame`, for
-  consecutive deltas merged by :mod:`protocol.deltas`); ``llm.error``: :func:`llm_error_frame`;
+  consecutive deltas merged by :mod:`protocol.deltas`); ``llm.snapshot``: :func:`llm_snapshot_frame`;
+  ``llm.error``: :func:`llm_error_frame`;
   ``llm.response`` is stored: :func:`llm_response_body`.
 
 Broadcast frames are built once per message and the same text goes to every member. A stored
@@ -74,12 +75,16 @@ def error_frame(code: str, message: str, cid: str | None = None, retry_after_s: 
 
 
 def session_ready_frame(room: str, role: str, conn: str, last_id: str | None, epoch: str | None, recovered: bool,
-                        members: Iterable[tuple[str, str]]) -> str:
+                        members: Iterable[tuple[str, str]],
+                        generations: Iterable[tuple[str, str, str, int]] = ()) -> str:
     """``session.ready`` for connection ``conn`` (bound to ``role``): the room's newest id (None: no
-    entry yet), its stream's epoch, whether the resume is complete, and the ``(role, conn)`` of
-    every member present."""
+    entry yet), its stream's epoch, whether the resume is complete, the ``(role, conn)`` of every
+    member present, and the room's questions the bot is answering (or will), ``(rid, reply_to,
+    state, position)``: ``running`` at position 0."""
     bd: dict[str, Any] = {"last_id": last_id, "epoch": epoch, "recovered": recovered,
-                          "members": [{"role": r, "conn": c} for r, c in members]}
+                          "members": [{"role": r, "conn": c} for r, c in members],
+                          "generations": [{"rid": rid, "reply_to": reply_to, "state": state, "position": position}
+                                          for rid, reply_to, state, position in generations]}
     hd = {"event": Event.SESSION_READY, "sid": room, "role": role, "conn": conn}
     return orjson.dumps({"hd": hd, "bd": bd}).decode()
 
@@ -122,6 +127,16 @@ def llm_streaming_frame(room: str, rid: str, reply_to: str, seq: int, delta: str
     if regenerates:
         hd["regenerates"] = regenerates
     return orjson.dumps({"hd": hd, "bd": {"delta": delta}}).decode()
+
+
+def llm_snapshot_frame(room: str, rid: str, reply_to: str, seq: int, text: str, attempt: int = 1) -> str:
+    """``llm.snapshot``: the text of running generation ``rid``'s deltas 0 to ``seq`` joined, for a member
+    that joins (or resumes) while it streams; its ``llm.streaming`` frames after ``seq`` follow."""
+    hd: dict[str, Any] = {"event": Event.LLM_SNAPSHOT, "role": LLM_ROLE, "sid": room, "rid": rid,
+                          "reply_to": reply_to, "seq": seq}
+    if attempt > 1:
+        hd["attempt"] = attempt
+    return orjson.dumps({"hd": hd, "bd": {"text": text}}).decode()
 
 
 def merged_streaming_frame(hd: dict[str, Any], first_seq: int, seq: int, delta: str) -> str:

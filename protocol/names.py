@@ -14,6 +14,7 @@ class Event(StrEnum):
     LLM_CANCEL = "llm.cancel"
     LLM_REGENERATE = "llm.regenerate"
     LLM_STREAMING = "llm.streaming"
+    LLM_SNAPSHOT = "llm.snapshot"
     LLM_RESPONSE = "llm.response"
     LLM_ERROR = "llm.error"
     SESSION_READY = "session.ready"

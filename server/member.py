@@ -9,13 +9,19 @@ task waits for that member alone. A member whose queue passes ``queue_max`` fram
 consumer: its queue is dropped and the connection is closed with 1013 and reason ``slow
 consumer``, so it can resume from its last stream id instead of holding memory for everyone else.
 
+A member that enters its room while the bot answers is sent an ``llm.snapshot`` of each running
+generation (:mod:`server.session`); the deltas the snapshot holds are dropped for it, the held ones
+when :meth:`Member.release` is given the :class:`~protocol.snapshots.SnapshotGate`, the later ones as
+they come (until the gate has nothing left to drop). Held deltas are not merged: the gate sees each
+delta as the worker sent it, so no merged frame ever straddles a snapshot.
+
 ``llm.streaming`` deltas (:meth:`Member.push_delta`) are not stored: a member that missed them could
 not get them back, so they never count toward ``queue_max``. Instead, while the member is backed up
 (SLOW, or an ASGI send under way: :attr:`Member.backed_up`), a delta that continues the one queued
-last (or held last) is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
+last is merged into it (:mod:`server.outbox`, :mod:`protocol.deltas`): a stalled member
 holds one frame per generation between two other frames, not one per token. A member that keeps
 up gets every delta as it came. (A merge in progress, :attr:`Outbox.run`, is only ever open while
-backed up, or in the held frames: the writer seals it before it writes.)
+backed up, never in the held frames: the writer seals it before it writes.)
 
 The outbound side is a state machine, in the style of h11's ``_state.py``: :data:`TRANSITIONS`
 maps ``(state, trigger)`` to the next state, and every change of state goes through
@@ -89,6 +95,7 @@ from typing import Any
 
 from protocol.close import NORMAL, SLOW_CONSUMER
 from protocol.deltas import DeltaFrame
+from protocol.snapshots import SnapshotGate
 from server.outbox import Outbox
 from server.outlet import DirectOutlet, Gone, outlet_for
 from server.states import next_state
@@ -156,7 +163,7 @@ class MemberStateError(RuntimeError):
 
 
 class Member:
-    __slots__ = ("_awake", "_close_frame", "_drained", "_held", "_idle", "_loop", "_outlet", "_outlet_for",
+    __slots__ = ("_awake", "_close_frame", "_drained", "_gate", "_held", "_idle", "_loop", "_outlet", "_outlet_for",
                  "_queue", "_queue_max", "_send", "_sending", "_state", "_writer", "conn", "inflight", "role", "room")
 
     def __init__(self, send: Send, room: str, role: str | None, queue_max: int,
@@ -170,6 +177,7 @@ class Member:
         self._awake = True  # see the module docstring: push wakes the writing side only when False
         self._queue = Outbox()
         self._held: Outbox | None = None
+        self._gate: SnapshotGate | None = None  # the deltas its llm.snapshot frames hold: dropped
         self._sending = False  # the ASGI writer waits for a send to return
         self._drained: asyncio.Event | None = None  # made while a history replay waits for the queue
         self._queue_max = queue_max
@@ -228,16 +236,30 @@ class Member:
         connection is backed up, it is merged into the delta queued before it when it continues it."""
         if self._state >= CLOSE_REQUESTED:
             return
+        if self._gate is not None and not self._admit(frame):
+            return
         held = self._held
-        queue = self._queue if held is None else held
+        if held is not None:  # one delta a frame until release() has gated them
+            held.add_delta(frame, False)
+            return
+        queue = self._queue
         backed_up = self._state is SLOW or self._sending
         if backed_up or queue.run is not None:
             queue.add_delta(frame, backed_up)
         else:  # a reader that keeps up: the delta as it came
             queue.frames.append(frame)
             queue.deltas += 1
-        if not self._awake and held is None:
+        if not self._awake:
             self._wake()
+
+    def _admit(self, frame: DeltaFrame) -> bool:
+        gate = self._gate
+        assert gate is not None
+        if not gate.admit(frame.delta):
+            return False
+        if not gate:
+            self._gate = None  # nothing more to drop
+        return True
 
     def hold(self) -> None:
         """Set live frames aside until :meth:`release`."""
@@ -252,9 +274,14 @@ class Member:
             self._queue.extend(frames)
             self._wake()
 
-    def release(self) -> None:
-        """Queue the frames held since :meth:`hold`, after everything queued so far."""
+    def release(self, gate: SnapshotGate | None = None) -> None:
+        """Queue the frames held since :meth:`hold`, after everything queued so far; with ``gate`` (the
+        ``llm.snapshot`` frames just queued), drop the deltas they hold, now and from then on."""
         held, self._held = self._held, None
+        if gate:
+            if held:
+                held.keep_deltas(lambda frame: gate.admit(frame.delta))
+            self._gate = gate if gate else None
         if held and self._state < CLOSE_REQUESTED:
             self._queue.take(held)
             self._wake()

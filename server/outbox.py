@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from protocol.deltas import DeltaFrame, DeltaRun
 from server.metrics import COUNTS
@@ -67,6 +67,13 @@ class Outbox:
             self.seal()
         self.frames.append(frame)
         self.deltas += 1
+
+    def keep_deltas(self, admit: Callable[[DeltaFrame], bool]) -> None:
+        """Drop the queued deltas ``admit`` refuses (the merge in progress is sealed first)."""
+        self.seal()
+        kept = deque(frame for frame in self.frames if type(frame) is not DeltaFrame or admit(frame))
+        self.deltas -= len(self.frames) - len(kept)
+        self.frames = kept
 
     def seal(self) -> None:
         """Queue the frame of the merge in progress, if any."""

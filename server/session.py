@@ -12,7 +12,10 @@ Entering, in this order:
    bulk connection, yielding to the event loop after each). Live frames queue after them, so nothing
    is missed or seen twice.
 5. ``session.ready`` tells the newest id, the epoch, whether the resume is complete
-   (``recovered``) and who is present on every node; then the held live frames follow.
+   (``recovered``), who is present on every node and the bot's running generations; an
+   ``llm.snapshot`` of each (its text so far, deltas 0..K, read in step 2) follows, then the held
+   live frames, less the deltas the snapshots hold (:mod:`protocol.snapshots`: the member joined
+   before step 2 read the text, so every delta after K reaches it, and those up to K are dropped).
 
 A cursor cannot be honoured when entries after it are gone (trimmed, or the stream was deleted,
 expired or lost and created again, which changes its epoch), nor when it is newer than the stream's
@@ -41,9 +44,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.codec import frame_with_id, presence_frame, session_ready_frame
+from protocol.codec import frame_with_id, llm_snapshot_frame, presence_frame, session_ready_frame
 from protocol.errors import ProtocolError
 from protocol.names import DEFAULT_ROLE, Event
+from protocol.snapshots import Snapshot, SnapshotGate
 from server.ephemeral import Ephemeral
 from server.feed import RoomFeed, id_tuple
 from server.hub import Fanout
@@ -117,8 +121,10 @@ class Sessions:
             start, recovered = replay_start(resume, info)
             if id_tuple(newest) > (0, 0) and (start == "-" or id_tuple(start[1:].encode()) < id_tuple(newest)):
                 await self._replay(member, start, newest)
-        await member.push_history([session_ready(member, newest, info, recovered)])
-        member.release()
+        snapshots = snapshots_of(info)
+        await member.push_history([session_ready(member, newest, info, recovered),
+                                   *(snapshot_frame(member.room, snapshot) for snapshot in snapshots)])
+        member.release(SnapshotGate(snapshots))
 
     async def _replay(self, member: Member, start: str, newest: bytes) -> None:
         sizer = Sizer(PAGE_BYTES, PAGE)
@@ -220,5 +226,16 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:
     members = ((role, field.partition("/")[2]) for field, role in info.roster)
+    generations = ((running.rid, running.reply_to, "running", 0) for running in info.generations)
     return session_ready_frame(member.room, role_of(member), member.conn, None if newest == _NONE else newest.decode(),
-                               info.epoch, recovered, members)
+                               info.epoch, recovered, members, generations)
+
+
+def snapshots_of(info: SessionInfo) -> list[Snapshot]:
+    """The running generations whose text so far was kept (not past its cap): one ``llm.snapshot`` each."""
+    return [Snapshot(running.rid, running.reply_to, running.attempt, running.seq, running.text)
+            for running in info.generations if running.text is not None]
+
+
+def snapshot_frame(room: str, snapshot: Snapshot) -> str:
+    return llm_snapshot_frame(room, snapshot.rid, snapshot.reply_to, snapshot.seq, snapshot.text, snapshot.attempt)

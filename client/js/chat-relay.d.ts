@@ -36,7 +36,17 @@ export interface SessionReady extends Frame<{
   epoch: string | null;
   recovered: boolean;
   members: Member[];
+  /** The bot's running answers (each followed by its llm.snapshot); later, queued ones too. */
+  generations: Generation[];
 }> {}
+
+/** An answer the bot is giving (`running`, position 0), or will give (`queued`, position 1, 2...). */
+export interface Generation {
+  rid: string;
+  reply_to: string;
+  state: "running" | "queued";
+  position: number;
+}
 
 /** A stored message's broadcast (hd.id set). */
 export interface Stored<B = Record<string, unknown>> extends Frame<B> {

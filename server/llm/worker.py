@@ -16,7 +16,9 @@ For each request (see :class:`~server.store.ports.RequestQueue` and
    message and in ``seq`` order, on every node; the deltas of one loop pass go in one step that
    checks the token first (:meth:`~server.store.ports.GenerationLocks.frames`): a worker whose token
    is stale sends nothing, and stops. A request taken over from a dead worker starts again at
-   ``seq`` 0 with ``hd.attempt`` 2, 3...
+   ``seq`` 0 with ``hd.attempt`` 2, 3... The same step adds the deltas to the generation's text so
+   far, kept in the store for ``llm.snapshot`` (members entering the room mid-answer), bounded and
+   expiring with the lock's lease.
 4. When the answer ends it gets exactly one terminal event, its generation's last write, which
    checks the token and releases the room's lock in the same step (the room is free before anyone
    hears the answer): the ``llm.response`` is stored (finished; or cancelled or failed after some
@@ -98,6 +100,7 @@ from server.store.ports import (
     Fenced,
     GenerationLocks,
     NewEntry,
+    Progress,
     Request,
     RequestQueue,
     RoomLog,
@@ -209,34 +212,37 @@ class Generation:
 class FencedFrames:
     """A generation's deltas, sent in one fenced step per loop pass (one in flight at a time).
 
-    Each step checks the generation's token before anything is published; a refused step fences the
-    generation out. This process's own members get a batch once the step has checked the token."""
+    Each step checks the generation's token before anything is published, and adds the step's deltas
+    to the generation's text so far (what ``llm.snapshot`` shows members entering the room); a refused
+    step fences the generation out. This process's own members get a batch once the step has checked
+    the token."""
 
     def __init__(self, locks: GenerationLocks, ephemeral: Ephemeral, generation: Generation) -> None:
         self._locks = locks
         self._ephemeral = ephemeral
         self._generation = generation
-        self._batches: Batcher[tuple[bytes, str]] = Batcher(self._step)
+        self._batches: Batcher[tuple[bytes, str, int, str]] = Batcher(self._step)
 
-    def post(self, after: bytes, frame: str) -> asyncio.Future[None]:
-        """Send ``frame`` after the entry ``after``; the future is done once the step ran (frames posted
-        while one step is in flight share the next step's future)."""
-        return self._batches.post((after, frame))
+    def post(self, after: bytes, frame: str, seq: int, delta: str) -> asyncio.Future[None]:
+        """Send ``frame`` (delta ``seq``, whose text is ``delta``) after the entry ``after``; the future is
+        done once the step ran (frames posted while one step is in flight share the next step's future)."""
+        return self._batches.post((after, frame, seq, delta))
 
-    async def _step(self, batch: list[tuple[bytes, str]]) -> None:
+    async def _step(self, batch: list[tuple[bytes, str, int, str]]) -> None:
         generation = self._generation
-        fence = generation.fence
+        fence, request = generation.fence, generation.request
         assert fence is not None
         if generation.fenced:
             return
-        held = await self._locks.frames(fence, [after + b" " + frame.encode() for after, frame in batch],
-                                        self._ephemeral.node)
+        progress = Progress(request.reply_to, request.attempt, batch[-1][2], "".join(item[3] for item in batch))
+        held = await self._locks.frames(fence, [after + b" " + frame.encode() for after, frame, _, _ in batch],
+                                        self._ephemeral.node, progress)
         if not held:
             log.warning("room %s: generation %s lost its room's lock (token %d): stopped", fence.room,
                         fence.rid, fence.token)
             generation.fence_out()
             return
-        for after, frame in batch:
+        for after, frame, _, _ in batch:
             self._ephemeral.local(fence.room, after, frame)
 
 
@@ -467,7 +473,8 @@ class Worker:
                     generation.text.append(event)
                     COUNTS.tokens_streamed += 1
                     told = frames.post(after, llm_streaming_frame(request.room, request.rid, request.reply_to, seq,
-                                                                  event, request.attempt, request.regenerates))
+                                                                  event, request.attempt, request.regenerates),
+                                     seq, event)
                     if not sent or sent[-1] is not told:
                         sent.append(told)
                     seq += 1

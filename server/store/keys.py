@@ -28,6 +28,13 @@ name, which hashes to the same slot. A room's keys:
 - ``chat:llm:tokens:<tag>:<day>``: the tokens the room's answers used on UTC day ``<day>`` (days since
   1970-01-01), kept two days.
 
+
+- ``chat:llm:partial:<tag>``: the running generation's progress, for ``llm.snapshot``: a hash
+  (``value``: the lock's ``"<token> <rid>"`` it was written under, ``reply_to``, ``attempt``, ``seq``: the
+  last delta sent, ``over`` = 1 once its text passed its cap), and ``chat:llm:partial:text:<tag>`` its
+  text so far (deltas 0..seq joined; APPENDed to, gone past the cap). Written in the step that sends the
+  deltas, expiring with the lock's lease; deleted when the answer is stored or ends.
+
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), ``chat:llm:tokens:<day>``
 (the tokens every room's answers used on UTC day ``<day>``: the deployment's budget, one key), and the channels
 ``chat:llm:cancel`` and a node's: on a single Redis ``chat:node:<node>`` (announcements and unstored
@@ -103,6 +110,14 @@ def llm_room_tokens_key(room: str, day: int) -> str:
 
 def llm_tokens_key(day: int) -> str:
     return f"chat:llm:tokens:{day}"
+
+
+def llm_partial_key(room: str) -> str:
+    return "chat:llm:partial:" + room_tag(room)
+
+
+def llm_partial_text_key(room: str) -> str:
+    return "chat:llm:partial:text:" + room_tag(room)
 
 
 def llm_requests_key(queue: str) -> str:

@@ -49,6 +49,9 @@ from typing import Protocol
 Entry = tuple[bytes, dict[bytes, bytes]]  # (stream id, fields)
 FENCE_TTL_S = 7 * 24 * 3600  # a room's fencing counter is kept this long after its last lock
 ENDED_TTL_S = 24 * 3600  # how long a generation ended without a stored answer is remembered
+#: The most bytes of a running generation's text kept for ``llm.snapshot``: past it, members entering get
+#: no snapshot of it (its deltas from then on, and the whole text in its ``llm.response``).
+PARTIAL_MAX_BYTES = 256 * 1024
 
 
 class StoreUnavailable(Exception):
@@ -133,6 +136,28 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """What a batch of a generation's deltas adds to its text so far (kept for ``llm.snapshot``)."""
+
+    reply_to: str
+    attempt: int
+    seq: int  # the batch's last delta
+    text: str  # the batch's deltas joined
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A room's running generation as a connection entering the room found it: the deltas 0 to ``seq``
+    sent so far, joined (``text`` None: past :data:`PARTIAL_MAX_BYTES`, not kept)."""
+
+    rid: str
+    reply_to: str
+    attempt: int
+    seq: int
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     """What a connection entering a room learns, read in one step with its roster entry."""
 
@@ -144,6 +169,8 @@ class SessionInfo:
     newest_id: bytes | None = None  # the newest retained entry (None: the room has no stream)
     # whether the stream still holds the resume cursor's own entry (None: no cursor was given, or no stream)
     cursor_kept: bool | None = None
+    #: the room's running generations that have sent deltas, read in the same step (one at most today)
+    generations: tuple[Running, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +245,9 @@ class Roster(Protocol):
                     cursor: bytes | None = None) -> SessionInfo:
         """Add ``field`` (``node/connection``; "" to only read) as ``role``, unless the room already holds
         ``most`` connections (0 = no limit; then ``full`` is set); read what ``session.ready`` needs, with
-        whether the stream still holds the entry ``cursor`` (a full ``<ms>-<seq>`` id) names."""
+        whether the stream still holds the entry ``cursor`` (a full ``<ms>-<seq>`` id) names, and the
+        running generation's text so far (as :meth:`GenerationLocks.frames` last wrote it, in this step:
+        every delta after its ``seq`` is sent after this step)."""
         ...
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
@@ -292,16 +321,21 @@ class GenerationLocks(Protocol):
         ...
 
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
-        """Renew these locks, in one round trip: for each, whether its fence still holds."""
+        """Renew these locks (and the text so far written under them), in one round trip: for each, whether
+        its fence still holds."""
         ...
 
     async def release(self, fence: Fence) -> bool:
         """Delete the lock if ``fence`` holds it (compare-and-delete)."""
         ...
 
-    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
+                     progress: Progress | None = None) -> bool:
         """Send ``messages`` (``b"<after id> <frame>"``, not stored) to the room's followers other than
-        ``node``, only if ``fence`` holds the lock: False (nothing sent) when it does not."""
+        ``node``, only if ``fence`` holds the lock: False (nothing sent) when it does not. In the same
+        step, ``progress`` (the deltas these messages carry) is added to the generation's text so far,
+        which expires with the lock's lease (and is dropped when the answer is stored or ends), up to
+        :data:`PARTIAL_MAX_BYTES`; what a connection entering the room reads (:meth:`Roster.enter`)."""
         ...
 
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:

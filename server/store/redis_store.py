@@ -68,6 +68,8 @@ from server.store.keys import (
     llm_fence_key,
     llm_generations_key,
     llm_lock_key,
+    llm_partial_key,
+    llm_partial_text_key,
     llm_requests_key,
     llm_room_tokens_key,
     llm_tokens_key,
@@ -80,6 +82,7 @@ from server.store.keys import (
 from server.store.ports import (
     ENDED_TTL_S,
     FENCE_TTL_S,
+    PARTIAL_MAX_BYTES,
     Admission,
     BatchResult,
     Cancel,
@@ -88,8 +91,10 @@ from server.store.ports import (
     Fence,
     Fenced,
     NewEntry,
+    Progress,
     Request,
     Retention,
+    Running,
     SessionInfo,
     Started,
     StoreError,
@@ -298,8 +303,8 @@ class RedisRoomLog:
                 dedupe = len(keys)
             fence, held = 0, ""
             if entry.fence is not None:
-                keys.append(llm_lock_key(room))
-                fence, held = len(keys), fence_value(entry.fence)
+                keys += (llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room))
+                fence, held = len(keys) - 2, fence_value(entry.fence)
             args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
         return keys, args
 
@@ -355,12 +360,14 @@ class RedisRoster:
     @translated
     async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
                     cursor: bytes | None = None) -> SessionInfo:
-        epoch, first, removed, roster, full, newest, kept = await self._session(
-            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room)],
+        epoch, first, removed, roster, full, newest, kept, running = await self._session(
+            [stream_key(room), epoch_key(room), presence_key(room), followers_key(room), llm_lock_key(room),
+             llm_partial_key(room), llm_partial_text_key(room)],
             [field, role, ttl_s, most, cursor or b""])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
         return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
-                           newest_id=newest or None, cursor_kept=None if kept is None else bool(kept))
+                           newest_id=newest or None, cursor_kept=None if kept is None else bool(kept),
+                           generations=_running(running))
 
     @translated
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
@@ -494,7 +501,8 @@ class RedisLocks:
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
         if not fences:
             return []
-        replies = await self._script.many([([llm_lock_key(fence.room)], ["renew", fence_value(fence), lease_ms])
+        replies = await self._script.many([([llm_lock_key(fence.room), llm_partial_key(fence.room),
+                                             llm_partial_text_key(fence.room)], ["renew", fence_value(fence), lease_ms])
                                            for fence in fences])
         for reply in replies:
             if isinstance(reply, Exception):
@@ -506,16 +514,20 @@ class RedisLocks:
         return bool(await self._script([llm_lock_key(fence.room)], ["release", fence_value(fence)]))
 
     @translated
-    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
+                     progress: Progress | None = None) -> bool:
         room = fence.room
-        return bool(await self._script([llm_lock_key(room), followers_key(room)],
+        kept = (progress.reply_to, progress.attempt, progress.seq, progress.text) if progress else ("", 1, -1, "")
+        return bool(await self._script([llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room),
+                                        followers_key(room)],
                                        ["frames", fence_value(fence), *self._connections.fanout(node, room),
-                                        *messages]))
+                                        *kept, PARTIAL_MAX_BYTES, *messages]))
 
     @translated
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         value = "" if fence is None else fence_value(fence)
-        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), followers_key(room)],
+        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), llm_partial_key(room),
+                                    llm_partial_text_key(room), followers_key(room)],
                                    ["end", value, ENDED_TTL_S, *self._connections.fanout(node, room), message])
         return bool(ended)
 
@@ -569,6 +581,15 @@ class RedisUsage:
     @translated
     async def tokens(self, day: int) -> int:
         return int(await self._script([llm_tokens_key(day)], ["tokens"]))
+
+
+def _running(reply: Any) -> tuple[Running, ...]:
+    """session.lua's running generation: ``{rid, reply_to, attempt, seq, text or false}``, or false."""
+    if not reply:
+        return ()
+    rid, reply_to, attempt, seq, text = reply
+    return (Running(rid.decode(), reply_to.decode(), int(attempt), int(seq),
+                    text.decode() if text else None if text is None else ""),)
 
 
 def fence_value(fence: Fence) -> str:

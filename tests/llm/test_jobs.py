@@ -5,8 +5,28 @@ from __future__ import annotations
 import asyncio
 
 from protocol.names import LLM_ROLE
-from server.store.keys import dedupe_key, llm_asker_key, llm_lock_key, llm_requests_key
-from server.store.ports import ENDED_TTL_S, Cancel, Fence, Fenced, NewEntry, Request, Retention, Started, Store
+from server.store.keys import (
+    dedupe_key,
+    llm_asker_key,
+    llm_lock_key,
+    llm_partial_key,
+    llm_partial_text_key,
+    llm_requests_key,
+)
+from server.store.ports import (
+    ENDED_TTL_S,
+    PARTIAL_MAX_BYTES,
+    Cancel,
+    Fence,
+    Fenced,
+    NewEntry,
+    Progress,
+    Request,
+    Retention,
+    Running,
+    Started,
+    Store,
+)
 from tests.conftest import RUN, Backend, new_room
 
 LEASE_MS = 60_000
@@ -200,3 +220,69 @@ async def test_a_reader_waits_for_the_next_request(backend: Backend) -> None:
     [got] = await asyncio.wait_for(reader, 10)
     assert got.rid == "g-1"
     await backend.raw.delete(llm_requests_key(queue))
+
+
+# -- the running generation's text so far (llm.snapshot) ----------------------------------------------
+
+async def running(store: Store, room: str) -> tuple[Running, ...]:
+    """What a connection entering ``room`` reads of its running generation (in the roster step)."""
+    return (await store.roster.enter(room, "", "A", 60)).generations
+
+
+async def test_the_text_so_far_is_written_in_the_step_that_sends_the_deltas(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    assert await running(backend.store, room) == ()
+    fence = (await locks.start(room, "g-1", LEASE_MS)).fence
+    assert fence is not None
+    assert await running(backend.store, room) == ()  # nothing streamed yet: not listed
+    assert await locks.frames(fence, [b"1-0 f0", b"1-0 f1"], "", Progress("1-0", 1, 1, "ab")) is True
+    assert await locks.frames(fence, [b"1-0 f2"], "", Progress("1-0", 1, 2, "c")) is True
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)
+    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # expires with the lock's lease...
+        assert 0 < await backend.raw.pttl(key) <= LEASE_MS
+        await backend.raw.pexpire(key, 500)
+    assert await locks.renew([fence], LEASE_MS) == [True]
+    for key in (llm_partial_key(room), llm_partial_text_key(room)):  # ...and is renewed with it
+        assert 500 < await backend.raw.pttl(key) <= LEASE_MS
+    assert await locks.frames(Fence(room, "g-1", 99), [b"1-0 x"], "", Progress("1-0", 1, 3, "x")) is False
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, "abc"),)  # a stale token wrote nothing
+
+
+async def test_a_takeover_starts_the_text_afresh_and_a_stale_text_is_never_read(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    first = (await locks.start(room, "g-1", LEASE_MS)).fence
+    assert first is not None and await locks.frames(first, [b"1-0 a"], "", Progress("1-0", 1, 0, "old"))
+    second = (await locks.start(room, "g-1", LEASE_MS)).fence  # another worker took it over
+    assert second is not None
+    assert await running(backend.store, room) == ()  # the text was written under the first token
+    assert await locks.frames(second, [b"1-0 b"], "", Progress("1-0", 2, 0, "new"))
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 2, 0, "new"),)
+    assert await locks.release(second)
+    assert await running(backend.store, room) == ()  # no lock: nothing is running
+
+
+async def test_a_text_past_its_cap_is_not_kept_but_the_generation_is_listed(backend: Backend) -> None:
+    locks, room = backend.store.locks, new_room()
+    fence = (await locks.start(room, "g-1", LEASE_MS)).fence
+    assert fence is not None
+    assert await locks.frames(fence, [b"1-0 a"], "", Progress("1-0", 1, 0, "x" * PARTIAL_MAX_BYTES))
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 0, "x" * PARTIAL_MAX_BYTES),)
+    assert await locks.frames(fence, [b"1-0 b"], "", Progress("1-0", 1, 1, "y"))
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 1, None),)
+    assert await backend.raw.exists(llm_partial_text_key(room)) == 0  # bounded in Redis too
+    assert await locks.frames(fence, [b"1-0 c"], "", Progress("1-0", 1, 2, "z"))
+    assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, None),)
+
+
+async def test_the_text_so_far_goes_with_the_stored_answer_or_the_end(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+    fence = (await store.locks.start(room, "g-1", LEASE_MS)).fence
+    assert fence is not None and await store.locks.frames(fence, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
+    answer = NewEntry(room, LLM_ROLE, b'{"hd":{},"bd":{}}', "g-1", 60, fence)
+    assert isinstance((await store.log.append_batch([answer], Retention(), "")).ids[0], bytes)
+    assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
+    other = (await store.locks.start(room, "g-2", LEASE_MS)).fence
+    assert other is not None and await store.locks.frames(other, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
+    assert await store.locks.end(room, "g-2", other, b"1-0 error", "") is True
+    assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
+    assert await running(store, room) == ()

@@ -236,3 +236,21 @@ async def test_when_its_token_expires_the_page_says_a_new_token_is_needed(
     status = page.locator(STATUS)
     await expect(status).to_have_text(re.compile("token has expired"), timeout=10_000)  # closed with 4001
     await expect(status).to_have_attribute("data-state", "disconnected")
+
+
+async def test_a_page_opened_mid_answer_shows_the_answer_so_far_at_once(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="200")  # a #long answer takes ~20 s
+    async with await Client.open(node.ws(room, role="A")) as a:
+        await a.chat("@llm #long story please")
+        early = await until(a, lambda frame: frame["hd"]["event"] == "llm.streaming" and frame["hd"]["seq"] >= 3)
+        page = await new_page(f"{node.http}/?sid={room}&role=B")
+        await connected(page)
+        bot = page.locator(BOT)
+        # Its first words came before the page was opened: only the llm.snapshot can have shown them.
+        await expect(bot.locator(".text")).to_have_text(re.compile(r"^You said: A: @llm #long story please\."))
+        await expect(bot).to_have_attribute("data-final", "false")
+        await a.send({"event": "llm.cancel"}, {"rid": early["hd"]["rid"]})
+        response = await until(a, lambda frame: frame["hd"]["event"] == "llm.response")
+        await expect(bot).to_have_attribute("data-final", "true")
+        assert await bot.locator(".text").text_content() == response["bd"]["text"]

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from server.store.ports import (
+    PARTIAL_MAX_BYTES,
     Admission,
     BatchResult,
     Cancel,
@@ -31,8 +32,10 @@ from server.store.ports import (
     Fence,
     Fenced,
     NewEntry,
+    Progress,
     Request,
     Retention,
+    Running,
     SessionInfo,
     Started,
     StoreUnavailable,
@@ -262,6 +265,7 @@ class FakeLog(_Failing):
                     ids.append(Fenced(f"FENCED {entry.fence}"))
                     continue
                 self.locks.drop(entry.room)
+                self.locks.partials.pop(entry.room, None)
             entry_id = self.add(entry.room, entry.body, entry.participant)
             if entry.cid is not None and window > 0:
                 self.cids[key] = (self.epochs[entry.room], entry_id)
@@ -337,8 +341,9 @@ class FakeRoster(_Failing):
         first = stream[0][0] if stream else None
         removed = None if stream is None else self.log.added.get(room, 0) - len(stream)
         kept = None if stream is None or not cursor else any(entry_id == cursor for entry_id, _ in stream)
+        running = () if self.log.locks is None else self.log.locks.running(room)
         return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full,
-                           newest_id=stream[-1][0] if stream else None, cursor_kept=kept)
+                           newest_id=stream[-1][0] if stream else None, cursor_kept=kept, generations=running)
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         self._check()
@@ -406,6 +411,8 @@ class FakeLocks(_Failing):
         self.renewed: list[tuple[str, str]] = []
         self.listeners: list[FakeSubscription] = []
         self.frames_gate: asyncio.Event | None = None  # when set to an unset event, frames() waits for it
+        #: room -> (the fence it was written under, the running generation's text so far)
+        self.partials: dict[str, tuple[Fence, Running]] = {}
 
     def _holder(self, room: str) -> str | None:
         if room in self.until and self.until[room] <= self.log.clock.now_ms:
@@ -461,14 +468,28 @@ class FakeLocks(_Failing):
         self.drop(fence.room)
         return True
 
-    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str) -> bool:
+    async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
+                     progress: Progress | None = None) -> bool:
         if self.frames_gate is not None:
             await self.frames_gate.wait()
         self._check()
         if not self.holds(fence):
             return False
+        if progress is not None:
+            written, kept = self.partials.get(fence.room, (None, None))
+            text = kept.text if kept is not None and written == fence else ""
+            if text is not None:
+                text += progress.text
+                text = text if len(text.encode()) <= PARTIAL_MAX_BYTES else None
+            self.partials[fence.room] = (fence, Running(fence.rid, progress.reply_to, progress.attempt, progress.seq,
+                                                        text))
         self._publish(fence.room, messages, node)
         return True
+
+    def running(self, room: str) -> tuple[Running, ...]:
+        """The room's running generation with the text it sent so far (none: no lock, or no delta sent)."""
+        written, kept = self.partials.get(room, (None, None))
+        return (kept,) if kept is not None and written is not None and self.holds(written) else ()
 
     async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
         self._check()
@@ -479,6 +500,7 @@ class FakeLocks(_Failing):
             if not self.holds(fence):
                 return False
             self.drop(room)
+            self.partials.pop(room, None)
         self.ended[room, rid] = value
         self._publish(room, [message], node)
         return True

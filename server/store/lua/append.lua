@@ -8,7 +8,9 @@
 --       with SPUBLISH), the room, then for each entry
 --       six values: its participant, its body, the index in KEYS of its dedupe key (0: no cid), how
 --       long the dedupe key is kept, in seconds, the index in KEYS of its fence (a generation's lock,
---       0: none) and the value the lock must hold ("<token> <rid>").
+--       0: none; the room's partial text of the generation, its hash and its text, follow it in KEYS)
+--       and the value the lock
+--       must hold ("<token> <rid>").
 -- Returns an array: the id of the newest entry the stream held before this batch ("0-0" when none),
 -- then, for each entry, its new id, or {original id, original body} when its dedupe key names an
 -- entry stored within the window in this epoch of the stream (nothing is appended), or an error reply
@@ -65,7 +67,10 @@ for j = 8, #ARGV, 6 do
     if type(id) == 'string' then
       newest = id
       if dedupe then redis.call('SET', dedupe, epoch .. ' ' .. id, 'EX', ARGV[j + 3]) end
-      if fence then redis.call('DEL', fence) end
+      if fence then
+        redis.call('DEL', fence)
+        if redis.call('HGET', KEYS[f + 1], 'value') == ARGV[j + 5] then redis.call('DEL', KEYS[f + 1], KEYS[f + 2]) end
+      end
     end
   end
   out[#out + 1] = id

@@ -12,15 +12,21 @@
 --         A worker starting (or taking over) rid: returns {answered, cancelled, token, cancelled by}.
 --         Unless rid is answered or ended, takes the lock with a new token when it is free or rid's
 --         (token 0: another generation holds the room).
--- renew   KEYS: lock. ARGV: 'renew', value, lease_ms. Renews the lock if it holds value: 1, else 0.
+-- renew   KEYS: lock, the room's partial text (hash, text). ARGV: 'renew', value, lease_ms. Renews the lock
+--         (and the partial text written under it) if it holds value: 1, else 0.
 -- release KEYS: lock. ARGV: 'release', value. Deletes the lock if it holds value: 1, else 0.
--- frames  KEYS: lock, the room's followers. ARGV: 'frames', value, this node's id, the prefix and
---         suffix of the nodes' channels (see append.lua), the room, then messages "<after id> <frame>". If the lock holds
---         value, publishes "<room> <message>" to every other follower: 1; else 0, nothing sent.
--- end     KEYS: lock, rid's ended marker, the followers. ARGV: 'end', value ('' for a generation
+-- frames  KEYS: lock, the room's partial text (its hash, its text), the room's followers. ARGV: 'frames', value, this node's id,
+--         the prefix and suffix of the nodes' channels (see append.lua), the room, the generation's
+--         reply_to and attempt, the seq of the last delta of this batch (-1: no partial text kept), the
+--         batch's deltas joined, the partial text's cap in bytes, then messages "<after id> <frame>". If
+--         the lock holds value, appends the batch to the partial text (started afresh when written under
+--         another value, expiring with the lock; past the cap, marked over and deleted), and
+--         publishes "<room> <message>" to every other follower: 1; else 0, nothing written or sent.
+-- end     KEYS: lock, rid's ended marker, the room's partial text (hash, text), the followers. ARGV: 'end', value ('' for a generation
 --         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix and
 --         suffix, the room, one message. Unless rid ended already: if the lock holds value (or value is ''),
---         deletes the lock, marks rid ended (with value) and publishes the message: 1. A rid that
+--         deletes the lock (and the partial text written under it), marks rid ended (with value) and
+--         publishes the message: 1. A rid that
 --         ended with the same value (a retry after a lost reply): 2, nothing sent. Else 0.
 -- cancel  KEYS: lock, rid's cancelled marker, rid's asker. ARGV: 'cancel', rid, the workers' cancel
 --         channel, the marker's ttl_s, the role cancelling, '1' when only the asker may cancel. When rid
@@ -71,14 +77,43 @@ elseif step == 'start' then
 elseif step == 'renew' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if redis.call('HGET', KEYS[2], 'value') == ARGV[2] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  end
   return 1
 elseif step == 'release' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
   redis.call('DEL', KEYS[1])
   return 1
 elseif step == 'frames' then
-  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-  publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 7)
+  local value = ARGV[2]
+  if redis.call('GET', KEYS[1]) ~= value then return 0 end
+  local partial, text, seq = KEYS[2], KEYS[3], tonumber(ARGV[9])
+  if seq >= 0 then
+    local kept = redis.call('HMGET', partial, 'value', 'over')
+    local fresh = kept[1] ~= value
+    if fresh then
+      redis.call('DEL', partial, text)
+      redis.call('HSET', partial, 'value', value, 'reply_to', ARGV[7], 'attempt', ARGV[8])
+      kept[2] = false
+    end
+    redis.call('HSET', partial, 'seq', seq)
+    if not kept[2] then
+      if redis.call('STRLEN', text) + #ARGV[10] > tonumber(ARGV[11]) then
+        redis.call('HSET', partial, 'over', 1)
+        redis.call('DEL', text)
+      else
+        redis.call('APPEND', text, ARGV[10])
+      end
+    end
+    if fresh then -- the lock's lease, renewed with it (renew)
+      local lease = math.max(redis.call('PTTL', KEYS[1]), 1)
+      redis.call('PEXPIRE', partial, lease)
+      redis.call('PEXPIRE', text, lease)
+    end
+  end
+  publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 12)
   return 1
 elseif step == 'end' then
   local value = ARGV[2]
@@ -90,6 +125,7 @@ elseif step == 'end' then
   if value ~= '' then
     if redis.call('GET', KEYS[1]) ~= value then return 0 end
     redis.call('DEL', KEYS[1])
+    if redis.call('HGET', KEYS[3], 'value') == value then redis.call('DEL', KEYS[3], KEYS[4]) end
   end
   redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
   publish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], 8)

@@ -2,7 +2,7 @@
 -- session.ready needs, atomically.
 --
 -- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
---       sorted set node -> alive-until, in ms).
+--       sorted set node -> alive-until, in ms), the bot's lock and partial text (hash, text: see jobs.lua).
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none),
 --       the most connections the room may hold (0 = no limit), and a resume cursor ("<ms>-<seq>", or ""
 --       for none).
@@ -14,7 +14,8 @@
 -- last-generated-id: a resume cursor newer than the newest entry names entries the stream no longer
 -- holds), and roster being a flat array field, role, ... of the connections on live nodes; entries of
 -- nodes that are no longer alive (their time in the followers set is up: the process died) are removed
--- on the way.
+-- on the way. Then the running generation, when the lock holds the value the partial text was written
+-- under: {rid, reply_to, attempt, seq, text or false (past its cap)}, else false.
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or ''
 local epoch = redis.call('GET', epoch_key)
@@ -60,4 +61,14 @@ if field ~= '' then
     roster[#roster + 1] = role
   end
 end
-return {epoch, first, removed, roster, full, newest, kept}
+local running = false
+local lock = redis.call('GET', KEYS[5])
+if lock then
+  local partial = redis.call('HMGET', KEYS[6], 'value', 'reply_to', 'attempt', 'seq', 'over')
+  if partial[1] == lock then
+    local text = false
+    if not partial[5] then text = redis.call('GET', KEYS[7]) or '' end
+    running = {string.match(lock, '^%d+ (.*)$'), partial[2], partial[3], partial[4], text}
+  end
+end
+return {epoch, first, removed, roster, full, newest, kept, running}

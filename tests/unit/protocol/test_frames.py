@@ -13,6 +13,7 @@ from protocol.codec import (
     frame_with_id,
     llm_error_frame,
     llm_response_body,
+    llm_snapshot_frame,
     llm_streaming_frame,
     message_body,
     presence_frame,
@@ -38,10 +39,16 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
     ("session.ready", session_ready_frame(ROOM, "B", "3f9a0c1d", "1700641234567-0", "e1", True,
                                           [("B", "3f9a0c1d"), ("A", "77aa0b1c")]),
      '{"hd":{"event":"session.ready","sid":"room001","role":"B","conn":"3f9a0c1d"},"bd":{"last_id":"1700641234567-0",'
-     '"epoch":"e1","recovered":true,"members":[{"role":"B","conn":"3f9a0c1d"},{"role":"A","conn":"77aa0b1c"}]}}'),
+     '"epoch":"e1","recovered":true,"members":[{"role":"B","conn":"3f9a0c1d"},{"role":"A","conn":"77aa0b1c"}],"generations":[]}}'),
+    ("session.ready with a running generation",
+     session_ready_frame(ROOM, "A", "3f9a0c1d", ENTRY_ID, "e1", True, [("A", "3f9a0c1d")],
+                         [(RID, REPLY_TO, "running", 0)]),
+     '{"hd":{"event":"session.ready","sid":"room001","role":"A","conn":"3f9a0c1d"},"bd":{"last_id":"1700641236012-0",'
+     '"epoch":"e1","recovered":true,"members":[{"role":"A","conn":"3f9a0c1d"}],"generations":[{"rid":'
+     '"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","state":"running","position":0}]}}'),
     ("session.ready of an empty room", session_ready_frame(ROOM, "B", "3f9a0c1d", None, None, False, []),
      '{"hd":{"event":"session.ready","sid":"room001","role":"B","conn":"3f9a0c1d"},"bd":{"last_id":null,"epoch":null,'
-     '"recovered":false,"members":[]}}'),
+     '"recovered":false,"members":[],"generations":[]}}'),
     ("error", error_frame("empty_text", "bd.text must be a non-empty string.", "c-1"),
      '{"hd":{"event":"error"},"bd":{"code":"empty_text","message":"bd.text must be a non-empty string.","cid":"c-1"}}'),
     ("chat.message", message_body(Event.CHAT_MESSAGE, "A", ROOM, NOW_MS, "c-17", {"text": 'héllo \u2028 "q"'}),
@@ -55,6 +62,12 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
     ("llm.streaming, second attempt", llm_streaming_frame(ROOM, RID, REPLY_TO, 3, " is", 2),
      '{"hd":{"event":"llm.streaming","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
      '"reply_to":"1700641234567-0","seq":3,"first_seq":3,"attempt":2},"bd":{"delta":" is"}}'),
+    ("llm.snapshot", llm_snapshot_frame(ROOM, RID, REPLY_TO, 4, "A stream is"),
+     '{"hd":{"event":"llm.snapshot","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
+     '"reply_to":"1700641234567-0","seq":4},"bd":{"text":"A stream is"}}'),
+    ("llm.snapshot, second attempt", llm_snapshot_frame(ROOM, RID, REPLY_TO, 0, "A", 2),
+     '{"hd":{"event":"llm.snapshot","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
+     '"reply_to":"1700641234567-0","seq":0,"attempt":2},"bd":{"text":"A"}}'),
     ("llm.error", llm_error_frame(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
                                   LLM_ERROR_CODES["provider_timeout"]),
      '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'

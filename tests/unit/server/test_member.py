@@ -22,6 +22,7 @@ import server.member as member_module
 from protocol.close import NORMAL, RATE_LIMIT, SLOW_CONSUMER, STORE_UNAVAILABLE
 from protocol.codec import LLM_STREAMING_PREFIX, llm_streaming_frame
 from protocol.deltas import DeltaFrame
+from protocol.snapshots import Snapshot, SnapshotGate
 from server.member import (
     TRANSITIONS,
     WS_1000_NORMAL,
@@ -648,7 +649,7 @@ async def test_a_member_that_falls_behind_through_asgi_gets_deltas_merged_while_
     assert not member.backed_up
 
 
-async def test_deltas_held_during_a_resume_merge_while_the_member_is_slow() -> None:
+async def test_deltas_held_during_a_resume_stay_one_a_frame_for_the_snapshot_gate() -> None:
     member, _, outlet = direct_member()
     member.hold()
     member.start()
@@ -664,7 +665,7 @@ async def test_deltas_held_during_a_resume_merge_while_the_member_is_slow() -> N
     member.release()
     outlet.unstall()
     await writer_ended(member)
-    assert spans(outlet.frames) == ["h0", (0, 4, "<0><1><2><3><4>"), "live", (5, 5, "<5>")]
+    assert spans(outlet.frames) == ["h0", *((seq, seq, f"<{seq}>") for seq in range(5)), "live", (5, 5, "<5>")]
 
 
 async def test_deltas_pushed_after_close_are_ignored() -> None:
@@ -674,3 +675,59 @@ async def test_deltas_pushed_after_close_are_ignored() -> None:
     member.push_delta(delta(0))
     await member.wait_closed()
     assert outlet.writes == [] and send.closes == [(1000, "")]
+
+
+# -- a member that joined mid-answer: the deltas its llm.snapshot holds are dropped -----------------------
+
+def snapshot_gate(seq: int, rid: str = "g-1") -> SnapshotGate:
+    return SnapshotGate([Snapshot(rid, "1-0", 1, seq, "".join(f"<{n}>" for n in range(seq + 1)))])
+
+
+async def test_release_drops_the_held_deltas_the_snapshot_holds_and_keeps_the_rest_in_order() -> None:
+    member, _, outlet = direct_member()
+    member.hold()
+    member.start()
+    for seq in range(5):
+        member.push_delta(delta(seq))
+    member.push("live")
+    member.push_delta(delta(0, rid="g-2"))  # another generation: no snapshot of it
+    member.push_delta(delta(5))
+    await member.push_history(["session.ready", "snapshot"])
+    member.release(snapshot_gate(3))
+    await loop_pass()
+    assert spans(outlet.frames) == ["session.ready", "snapshot", (4, 4, "<4>"), "live", (0, 0, "<0>"), (5, 5, "<5>")]
+
+
+async def test_deltas_the_snapshot_holds_that_come_after_the_release_are_dropped_too() -> None:
+    """A delta sent before the snapshot was read may reach this node after the member's session started
+    (in flight on the node's channel, or from a worker in this process): it is in the snapshot."""
+    member, _, outlet = direct_member()
+    member.hold()
+    member.start()
+    member.push_delta(delta(1))
+    await member.push_history(["session.ready", "snapshot"])
+    member.release(snapshot_gate(3))
+    for seq in (2, 3, 4, 5):
+        member.push_delta(delta(seq))
+    await loop_pass()
+    assert spans(outlet.frames) == ["session.ready", "snapshot", (4, 4, "<4>"), (5, 5, "<5>")]
+    assert member._gate is None  # the first delta after the snapshot ended the gate
+
+
+async def test_a_slow_member_merges_only_the_deltas_after_its_snapshot() -> None:
+    """Deltas are gated one by one before any merge: no merged frame straddles the snapshot's seq."""
+    member, _, outlet = direct_member()
+    member.hold()
+    member.start()
+    outlet.stall()
+    for seq in range(3):
+        member.push_delta(delta(seq))
+    await member.push_history(["session.ready", "snapshot"])
+    await loop_pass()  # the flush finds the transport full
+    assert state(member) is State.SLOW
+    member.release(snapshot_gate(4))
+    for seq in range(3, 9):
+        member.push_delta(delta(seq))
+    outlet.unstall()
+    await writer_ended(member)
+    assert spans(outlet.frames) == ["session.ready", "snapshot", (5, 8, "<5><6><7><8>")]

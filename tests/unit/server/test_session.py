@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 import server.session as session_module
-from protocol.codec import presence_frame
+from protocol.codec import llm_streaming_frame, presence_frame
 from protocol.errors import ProtocolError
 from server.ephemeral import Ephemeral
 from server.feed import id_tuple
@@ -26,7 +26,7 @@ from server.session import (
     roster_field,
     session_ready,
 )
-from server.store.ports import Entry, SessionInfo, StoreUnavailable
+from server.store.ports import PARTIAL_MAX_BYTES, Entry, Fence, Progress, SessionInfo, StoreUnavailable
 from server.supervise import backoff
 from tests.unit.fakes import FakeStore
 from tests.unit.server.helpers import Node, RecordingOutlet, body, member, no_leftover_tasks, passes, until
@@ -287,7 +287,7 @@ async def test_a_resume_in_a_room_whose_stream_is_gone_is_not_recovered() -> Non
     _, outlet = await here.connect(resume=Resume("1700000000000-5", "e1"))
     assert outlet.events() == ["session.ready"]
     assert ready_of(outlet)["bd"] == {"last_id": None, "epoch": None, "recovered": False,
-                                      "members": ready_of(outlet)["bd"]["members"]}
+                                      "members": ready_of(outlet)["bd"]["members"], "generations": []}
 
 
 async def test_a_resume_from_a_cursor_newer_than_the_newest_entry_is_not_recovered() -> None:
@@ -483,4 +483,114 @@ def test_session_ready_lists_members_by_role_and_connection() -> None:
     info = SessionInfo("ep", b"1-0", 0, [("n1/aa", "A"), ("n2/bb", "user")])
     ready = orjson.loads(session_ready(joined, b"5-0", info, False))
     assert ready["bd"] == {"last_id": "5-0", "epoch": "ep", "recovered": False,
-                           "members": [{"role": "A", "conn": "aa"}, {"role": "user", "conn": "bb"}]}
+                           "members": [{"role": "A", "conn": "aa"}, {"role": "user", "conn": "bb"}],
+                           "generations": []}
+
+
+# -- entering mid-answer: session.ready's generations, llm.snapshot, then exactly the later deltas ------
+
+class Generating:
+    """A generation of room ``r`` streamed by a worker on another process (its deltas reach the node on
+    its channel), through the fake store's fenced frames step."""
+
+    def __init__(self, store: FakeStore, question: str, rid: str = "g-1") -> None:
+        self.store, self.question, self.rid = store, question, rid
+        self.seq = 0
+        self.fence: Fence | None = None
+
+    async def send(self, *deltas: str) -> None:
+        if self.fence is None:
+            self.fence = (await self.store.locks.start("r", self.rid, 60_000)).fence
+        assert self.fence is not None
+        frames = [llm_streaming_frame("r", self.rid, self.question, self.seq + n, text)
+                  for n, text in enumerate(deltas)]
+        progress = Progress(self.question, 1, self.seq + len(deltas) - 1, "".join(deltas))
+        assert await self.store.locks.frames(self.fence, [f"{self.question} {frame}".encode() for frame in frames],
+                                             "", progress)
+        self.seq += len(deltas)
+
+
+def generation_frames(outlet: RecordingOutlet) -> list[tuple[str, int, int, str]]:
+    """(event, first seq, seq, text) of each snapshot and delta the member got."""
+    out = []
+    for frame in outlet.bodies():
+        hd, bd = frame["hd"], frame["bd"]
+        if hd["event"] == "llm.snapshot":
+            out.append(("llm.snapshot", 0, hd["seq"], bd["text"]))
+        elif hd["event"] == "llm.streaming":
+            out.append(("llm.streaming", hd["first_seq"], hd["seq"], bd["delta"]))
+    return out
+
+
+async def test_a_member_entering_mid_answer_gets_a_snapshot_after_session_ready_then_the_later_deltas() -> None:
+    store = FakeStore()
+    [question] = stream_of(store, 1)
+    here = await site(store)
+    watcher, watched = await here.connect(role="B")  # keeps the room followed: the deltas reach this node
+    generating = Generating(store, question)
+    await generating.send("one", " two")
+    await until(lambda: len(generation_frames(watched)) == 2)
+    late, outlet = await here.connect(role="A")
+    await generating.send(" three")
+    await until(lambda: len(generation_frames(outlet)) == 2)
+    assert outlet.events() == ["session.ready", "llm.snapshot", "llm.streaming"]
+    assert ready_of(outlet)["bd"]["generations"] == [{"rid": "g-1", "reply_to": question, "state": "running",
+                                                       "position": 0}]
+    assert generation_frames(outlet) == [("llm.snapshot", 0, 1, "one two"), ("llm.streaming", 2, 2, " three")]
+    assert watcher is not late
+
+
+async def test_deltas_sent_before_the_snapshot_was_read_and_delivered_after_are_dropped() -> None:
+    """The race on entering: the member joins (holding), deltas 0-1 are sent, the roster step reads the
+    text so far (seq 1), and only then do they reach this node: they are dropped, delta 2 is delivered."""
+    store = FakeStore()
+    [question] = stream_of(store, 1)
+    here = await site(store)
+    generating = Generating(store, question)
+    joined, outlet = member("r", "A", start=False)
+    joined.hold()
+    newest = await here.hub.join(joined)
+    await generating.send("one")
+    await generating.send(" two")
+    info = await here.sessions.enter(joined, None)  # reads "one two" (seq 1): the deltas are still on the way
+    await generating.send(" three")
+    joined.start()
+    await here.sessions.start(joined, newest, info, None)
+    await until(lambda: len(generation_frames(outlet)) == 2)
+    await passes()
+    assert generation_frames(outlet) == [("llm.snapshot", 0, 1, "one two"), ("llm.streaming", 2, 2, " three")]
+
+
+async def test_a_resume_mid_answer_gets_the_replay_then_session_ready_then_the_snapshot() -> None:
+    store = FakeStore()
+    entries = stream_of(store, 3)
+    here = await site(store)
+    generating = Generating(store, entries[-1])
+    await generating.send("a", "b", "c")
+    _, outlet = await here.connect(resume=Resume(entries[0], store.log.epochs["r"]))
+    await generating.send("d")
+    await until(lambda: len(generation_frames(outlet)) == 2)
+    assert ids(outlet) == [*entries[1:], "session.ready", "llm.snapshot", "llm.streaming"]
+    assert generation_frames(outlet) == [("llm.snapshot", 0, 2, "abc"), ("llm.streaming", 3, 3, "d")]
+
+
+async def test_no_snapshot_and_no_generation_when_none_is_running() -> None:
+    store = FakeStore()
+    [question] = stream_of(store, 1)
+    here = await site(store)
+    generating = Generating(store, question)
+    await generating.send("a")
+    assert generating.fence is not None and await store.locks.release(generating.fence)  # it ended
+    _, outlet = await here.connect()
+    assert outlet.events() == ["session.ready"] and ready_of(outlet)["bd"]["generations"] == []
+
+
+async def test_a_generation_past_the_snapshot_cap_is_listed_without_a_snapshot() -> None:
+    store = FakeStore()
+    [question] = stream_of(store, 1)
+    here = await site(store)
+    generating = Generating(store, question)
+    await generating.send("x" * (PARTIAL_MAX_BYTES + 1))
+    _, outlet = await here.connect()
+    assert outlet.events() == ["session.ready"]
+    assert [g["rid"] for g in ready_of(outlet)["bd"]["generations"]] == ["g-1"]

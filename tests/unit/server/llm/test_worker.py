@@ -726,3 +726,33 @@ async def test_a_worker_loop_that_raises_anything_is_started_again() -> None:
             ticks.tick()
             await settle(lambda asked=asked: len(ticks.asked) > asked or supervisor.is_up("llm-cancel"))  # type: ignore[misc]
         assert ("llm-cancel", True, 1) in supervisor.loops()
+
+
+# -- the text so far, for members entering mid-answer (llm.snapshot) ----------------------------------------
+
+async def test_the_text_so_far_is_kept_with_the_seq_of_the_last_delta_sent_until_the_answer_is_stored() -> None:
+    async with Rig() as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("a", "b", go_on, "c", Outcome("stop", "m", None))
+        request = await rig.ask()
+        _, task = rig.start(request)
+        await settle(lambda: len(rig.frames()) == 2)
+        [running] = rig.store.locks.running("r")
+        assert (running.rid, running.reply_to, running.attempt, running.seq, running.text) == (
+            request.rid, request.reply_to, 1, 1, "ab")
+        go_on.set()
+        await task
+        assert rig.store.locks.running("r") == () and rig.store.locks.partials == {}
+
+
+async def test_a_retaken_generation_keeps_its_attempts_text_only() -> None:
+    async with Rig() as rig:
+        go_on = asyncio.Event()
+        rig.provider.script("x", go_on, Outcome("stop", "m", None))
+        request = await rig.ask()
+        _, task = rig.start(retake(request, 2))
+        await settle(lambda: len(rig.frames()) == 1)
+        [running] = rig.store.locks.running("r")
+        assert (running.attempt, running.seq, running.text) == (2, 0, "x")
+        go_on.set()
+        await task

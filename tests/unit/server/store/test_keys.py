@@ -15,8 +15,8 @@ ROOMS = ["room001", "a", "Z-9_x", "x" * 64]
 def test_every_key_and_shard_channel_of_a_room_is_in_its_stream_s_slot(room: str) -> None:
     names = [keys.epoch_key(room), keys.presence_key(room), keys.followers_key(room), keys.room_instance_key(room),
              keys.dedupe_key(room, "A", "c-1"), keys.llm_lock_key(room), keys.llm_fence_key(room),
-             keys.llm_ended_key(room, "r1"), keys.llm_cancelled_key(room, "r1"),
-             keys.node_shard_channel("n1", room)]
+             keys.llm_ended_key(room, "r1"), keys.llm_cancelled_key(room, "r1"), keys.llm_asker_key(room, "r1"),
+             keys.llm_partial_key(room), keys.llm_partial_text_key(room), keys.node_shard_channel("n1", room)]
     assert keys.stream_key(room) == f"chat:session:{room}"
     assert {key_slot(name.encode()) for name in names} == {key_slot(keys.stream_key(room).encode())}
 
