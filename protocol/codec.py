@@ -8,7 +8,7 @@ text (or, for stored events, the entry's ``body`` bytes); each builds one dict a
 - ``chat.message`` and ``llm.invoke`` are stored: :func:`message_body` is the entry's ``body``.
 - The bot's: ``llm.streaming``: :func:`llm_streaming_frame` (and :func:`merged_streaming_frame`, for
   consecutive deltas merged by :mod:`protocol.deltas`); ``llm.snapshot``: :func:`llm_snapshot_frame`;
-  ``llm.error``: :func:`llm_error_frame`;
+  ``llm.error``: :func:`llm_error_body`;
   ``llm.response`` is stored: :func:`llm_response_body`.
 
 Broadcast frames are built once per message and the same text goes to every member. A stored
@@ -145,16 +145,17 @@ def merged_streaming_frame(hd: dict[str, Any], first_seq: int, seq: int, delta: 
     return orjson.dumps({"hd": {**hd, "seq": seq, "first_seq": first_seq}, "bd": {"delta": delta}}).decode()
 
 
-def llm_error_frame(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,
-                    attempt: int = 1, cancelled_by: str | None = None, regenerates: str = "") -> str:
-    """``llm.error``: generation ``rid`` failed (``code``: one of :data:`protocol.errors.LLM_ERROR_CODES`);
-    ``cancelled_by``: the role whose ``llm.cancel`` ended it (code ``cancelled``); ``regenerates``: as for
-    :func:`llm_streaming_frame`."""
+def llm_error_body(room: str, rid: str, reply_to: str, now_ms: int, code: str, message: str,
+                   attempt: int = 1, cancelled_by: str | None = None, regenerates: str = "") -> bytes:
+    """The stored ``body`` of ``llm.error``: generation ``rid`` ended without any text (``code``: one of
+    :data:`protocol.errors.LLM_ERROR_CODES`); ``cancelled_by``: the role whose ``llm.cancel`` ended it
+    (code ``cancelled``); ``regenerates``: as for :func:`llm_streaming_frame`. Stored like an answer, so
+    that every member, a late one and one that resumes included, hears how the question ended."""
     hd = _generation_header(Event.LLM_ERROR, room, rid, reply_to, now_ms, attempt, regenerates)
     bd: dict[str, Any] = {"code": code, "message": message}
     if cancelled_by:
         bd["cancelled_by"] = cancelled_by
-    return orjson.dumps({"hd": hd, "bd": bd}).decode()
+    return orjson.dumps({"hd": hd, "bd": bd})
 
 
 def llm_response_body(room: str, rid: str, reply_to: str, now_ms: int, text: str, finish_reason: str, model: str,

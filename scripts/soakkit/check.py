@@ -12,9 +12,9 @@ The promises checked (README "Failure modes", "Resume", "Exactly-once sending", 
   **phantoms**: an entry it received that the stream does not hold.
 - **not_recovered**: a ``session.ready`` with ``recovered: false`` (nothing is lost in a soak: Redis runs
   with ``appendfsync always``, so every one is spurious).
-- **terminal**: every question (a stored ``llm.invoke``) ends with exactly one terminal event: one stored
-  ``llm.response`` replying to it, or an ``llm.error`` for it (broadcast, not stored: seen by a client, or
-  remembered by Redis as ended), never both, never none, never two responses.
+- **terminal**: every question (a stored ``llm.invoke``) ends with exactly one terminal event, stored in
+  the room's stream: one ``llm.response`` or one ``llm.error`` replying to it; never both, never none,
+  never two. (Every client's view equals the stream, so every member heard it.)
 - **overlapping**: two generations of one room streaming at once (their deltas interleave), as any client
   saw it. A generation whose worker died stops streaming; another question may take the room once its
   lease has run out with no worker alive to take it over (README "One answer per room, fenced"): that
@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+TERMINAL_EVENTS = ("llm.response", "llm.error")
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
@@ -59,7 +61,6 @@ class ClientRecord:
     acked: dict[str, str] = field(default_factory=dict)  # cid -> the id its broadcast carried
     refused_busy: set[str] = field(default_factory=set)  # llm.invoke cids refused busy: never stored
     not_recovered: int = 0
-    llm_errors: list[tuple[str, str, str]] = field(default_factory=list)  # (rid, reply_to, code)
     #: (kind, rid, reply_to) in arrival order; kind: ``delta``, ``end`` (a terminal event), ``reset`` (a new
     #: connection: what streamed before it may have ended unseen)
     llm_events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -101,10 +102,8 @@ class Report:
         return {name: len(getattr(self, name)) for name in self.VIOLATIONS}
 
 
-def check(records: Iterable[ClientRecord], streams: Mapping[str, list[Stored]],
-          ended: Mapping[str, set[str]]) -> Report:
-    """Check ``records`` against each room's stream (``streams``: room -> entries, oldest first) and the
-    rids Redis remembers as ended without an answer (``ended``: room -> rids)."""
+def check(records: Iterable[ClientRecord], streams: Mapping[str, list[Stored]]) -> Report:
+    """Check ``records`` against each room's stream (``streams``: room -> entries, oldest first)."""
     report = Report(rooms=len(streams))
     by_room: dict[str, list[ClientRecord]] = defaultdict(list)
     for record in records:
@@ -114,7 +113,7 @@ def check(records: Iterable[ClientRecord], streams: Mapping[str, list[Stored]],
         _check_stored_once(room, entries, report)
         for record in by_room.get(room, []):
             _check_client(record, entries, report)
-        _check_terminals(room, entries, by_room.get(room, []), ended.get(room, set()), report)
+        _check_terminals(room, entries, by_room.get(room, []), report)
     return report
 
 
@@ -174,25 +173,18 @@ def _check_client(record: ClientRecord, entries: list[Stored], report: Report) -
                         for entry_id in sorted(seen - held, key=id_key)]
 
 
-def _check_terminals(room: str, entries: list[Stored], records: list[ClientRecord], ended: set[str],
-                     report: Report) -> None:
-    responses = Counter(e.reply_to for e in entries if e.event == "llm.response")
-    errors: dict[str, set[str]] = defaultdict(set)  # reply_to -> rids of the llm.error frames seen
-    rids: dict[str, set[str]] = defaultdict(set)  # reply_to -> every rid seen for it
-    for record in records:
-        for rid, reply_to, _code in record.llm_errors:
-            errors[reply_to].add(rid)
-        for _kind, rid, reply_to in record.llm_events:
-            rids[reply_to].add(rid)
+def _check_terminals(room: str, entries: list[Stored], records: list[ClientRecord], report: Report) -> None:
+    ends: dict[str, Counter[str]] = defaultdict(Counter)  # question -> its stored terminal events, by event
+    for entry in entries:
+        if entry.event in TERMINAL_EVENTS and entry.reply_to is not None:
+            ends[entry.reply_to][entry.event] += 1
     for question in (e for e in entries if e.event == "llm.invoke"):
         report.questions += 1
-        answered = responses.get(question.id, 0)
-        failed = len(errors.get(question.id, set())) or any(rid in ended for rid in rids.get(question.id, set()))
+        answered, failed = ends[question.id]["llm.response"], ends[question.id]["llm.error"]
         report.answered += answered > 0
-        report.errored += bool(failed) and not answered
-        if answered + bool(failed) != 1 or answered > 1:
-            report.terminal.append(f"{room}: question {question.id}: {answered} llm.response, "
-                                   f"{'an' if failed else 'no'} llm.error")
+        report.errored += failed > 0 and not answered
+        if answered + failed != 1:
+            report.terminal.append(f"{room}: question {question.id}: {answered} llm.response, {failed} llm.error")
     for record in records:
         _check_overlap(record, report)
 

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from soakkit.check import ClientRecord, Stored, id_key
 
-STORED_EVENTS = {"chat.message", "llm.invoke", "llm.response"}
+STORED_EVENTS = {"chat.message", "llm.invoke", "llm.response", "llm.error"}
 BACKOFF_S = (0.1, 2.0)
 RESEND_AFTER_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
@@ -140,9 +140,6 @@ class CarefulClient:
             elif event == "llm.streaming":
                 self._streaming.set()
                 self.record.llm_events.append(("delta", hd["rid"], hd["reply_to"]))
-            elif event == "llm.error":
-                self.record.llm_errors.append((hd["rid"], hd["reply_to"], bd.get("code", "")))
-                self.record.llm_events.append(("end", hd["rid"], hd["reply_to"]))
 
     async def _on_ready(self, bd: dict[str, Any]) -> None:
         self.record.connects += 1
@@ -167,7 +164,7 @@ class CarefulClient:
         echo = own and got.cid is not None and self.record.sent[got.cid] > 1  # a resend's: maybe out of order
         if not echo and (self._cursor is None or id_key(got.id) > id_key(self._cursor)):
             self._cursor = got.id
-        if got.event == "llm.response" and got.rid is not None and got.reply_to is not None:
+        if got.event in ("llm.response", "llm.error") and got.rid is not None and got.reply_to is not None:
             self.record.llm_events.append(("end", got.rid, got.reply_to))
 
     def _on_error(self, bd: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 from benchkit.procs import free_port
 
-from server.store.keys import llm_ended_key, llm_lock_key, stream_key
+from server.store.keys import llm_lock_key, stream_key
 from soakkit import nemesis
 from soakkit.check import Report, Stored, check
 from soakkit.client import CarefulClient
@@ -125,8 +125,8 @@ async def _run(plan: Plan, rng: random.Random, redis: Redis, nodes: list[Child],
             with contextlib.suppress(Exception):
                 await client.close()
         await asyncio.gather(*running, *talking, return_exceptions=True)
-    streams, ended = await asyncio.to_thread(_read_back, redis, rooms)
-    report = check([c.record for c in clients], streams, ended)
+    streams = await asyncio.to_thread(_read_back, redis, rooms)
+    report = check([c.record for c in clients], streams)
     relative = [(a - began, b - began, name) for a, b, name in timeline]
     return Outcome(report, faults, relative, drained, drain_s, workdir)
 
@@ -165,9 +165,8 @@ def _tails(redis: Redis, rooms: list[str]) -> tuple[dict[str, str | None], bool]
     return tails, busy
 
 
-def _read_back(redis: Redis, rooms: list[str]) -> tuple[dict[str, list[Stored]], dict[str, set[str]]]:
+def _read_back(redis: Redis, rooms: list[str]) -> dict[str, list[Stored]]:
     streams: dict[str, list[Stored]] = {}
-    ended: dict[str, set[str]] = {}
     with redis.client() as rdb:
         for room in rooms:
             entries = []
@@ -176,6 +175,4 @@ def _read_back(redis: Redis, rooms: list[str]) -> tuple[dict[str, list[Stored]],
                 entries.append(Stored(id=entry_id, role=fields["participant"], event=hd["event"], cid=hd.get("cid"),
                                       reply_to=hd.get("reply_to"), rid=hd.get("rid")))
             streams[room] = entries
-            prefix = llm_ended_key(room, "")
-            ended[room] = {key[len(prefix):] for key in rdb.scan_iter(match=llm_ended_key(room, "*"))}
-    return streams, ended
+    return streams

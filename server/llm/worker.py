@@ -81,7 +81,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from protocol.codec import llm_error_frame, llm_response_body, llm_streaming_frame
+from protocol.codec import llm_error_body, llm_response_body, llm_streaming_frame
 from protocol.errors import LLM_ERROR_CODES
 from protocol.names import LLM_ROLE
 from server import logs
@@ -509,20 +509,20 @@ class Worker:
         return isinstance(stored, bytes | Duplicate)
 
     async def _end(self, generation: Generation, code: str, text: str, cancelled_by: str | None = None) -> bool:
-        """End the generation with ``llm.error`` (nothing stored), in the step that checks its token and
-        releases the lock (retried: a retry after a lost reply sends nothing twice). False when the
-        token is stale (or another worker ended it)."""
+        """End the generation with ``llm.error``, stored like an answer (cid = rid: never twice; fenced when
+        the generation holds the room's lock, which the same step releases), so that every member hears
+        it, a member that was away or whose node was re-subscribing included. False when the token is
+        stale (or another worker ended it)."""
         request = generation.request
-        frame = llm_error_frame(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt,
-                                cancelled_by, request.regenerates)
-        after = request.reply_to.encode()
-        ended = await self._final_write(request, "llm.error", lambda: self._locks.end(
-            request.room, request.rid, generation.fence, after + b" " + frame.encode(), self._ephemeral.node))
-        if ended:
-            self._ephemeral.local(request.room, after, frame)
-        else:
+        body = llm_error_body(request.room, request.rid, request.reply_to, _now_ms(), code, text, request.attempt,
+                              cancelled_by, request.regenerates)
+        entry = NewEntry(request.room, LLM_ROLE, body, request.rid, ANSWER_DEDUPE_S, generation.fence)
+        try:
+            await self._final_write(request, "llm.error", lambda: self._appender.append(entry))
+        except Fenced:
             log.warning("room %s: the llm.error of %s was refused: its token is stale", request.room, request.rid)
-        return ended
+            return False
+        return True
 
     async def _final_write(self, request: Request, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """``write()``, tried up to :data:`FINAL_WRITE_ATTEMPTS` times while it fails (not when it is

@@ -11,7 +11,7 @@ import pytest
 from protocol.codec import (
     error_frame,
     frame_with_id,
-    llm_error_frame,
+    llm_error_body,
     llm_response_body,
     llm_snapshot_frame,
     llm_streaming_frame,
@@ -22,6 +22,11 @@ from protocol.codec import (
 from protocol.errors import ERROR_CODES, LLM_ERROR_CODES
 from protocol.names import Event
 from tests.support.schemas import frame_errors
+
+
+def _error(*args: Any, **kwargs: Any) -> str:
+    """``llm.error``'s stored body, as text (what a member receives, its ``hd.id`` aside)."""
+    return llm_error_body(*args, **kwargs).decode()
 
 NOW_MS = 1763825400123  # 2025-11-22T15:30:00.123Z
 ROOM, RID, REPLY_TO, ENTRY_ID = "room001", "g-5f1c2a9e0b7d3c41", "1700641234567-0", "1700641236012-0"
@@ -68,12 +73,12 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
     ("llm.snapshot, second attempt", llm_snapshot_frame(ROOM, RID, REPLY_TO, 0, "A", 2),
      '{"hd":{"event":"llm.snapshot","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
      '"reply_to":"1700641234567-0","seq":0,"attempt":2},"bd":{"text":"A"}}'),
-    ("llm.error", llm_error_frame(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
+    ("llm.error", _error(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
                                   LLM_ERROR_CODES["provider_timeout"]),
      '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
      '"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0"},'
      '"bd":{"code":"provider_timeout","message":"The LLM provider did not finish answering in time."}}'),
-    ("llm.error, second attempt", llm_error_frame(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x", attempt=2),
+    ("llm.error, second attempt", _error(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x", attempt=2),
      '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
      '"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","attempt":2},"bd":{"code":"provider_error","message":"x"}}'),
     ("llm.response", llm_response_body(ROOM, RID, REPLY_TO, NOW_MS, "A stream is ...", "stop", "gpt-4o-mini", USAGE),
@@ -133,6 +138,6 @@ def test_error_frames_carry_a_cid_only_when_given() -> None:
 
 def test_the_first_attempt_of_a_generation_has_no_attempt_field() -> None:
     assert "attempt" not in orjson.loads(llm_streaming_frame(ROOM, RID, REPLY_TO, 0, "x", 1))["hd"]
-    assert "attempt" not in orjson.loads(llm_error_frame(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x"))["hd"]
+    assert "attempt" not in orjson.loads(_error(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x"))["hd"]
     body = llm_response_body(ROOM, RID, REPLY_TO, NOW_MS, "", "error", "m", attempt=3)
     assert orjson.loads(body)["hd"]["attempt"] == 3

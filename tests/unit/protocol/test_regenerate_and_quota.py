@@ -3,14 +3,21 @@ bot's frames."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
-from protocol.codec import error_frame, llm_error_frame, llm_response_body, llm_streaming_frame
+from protocol.codec import error_frame, llm_error_body, llm_response_body, llm_streaming_frame
 from protocol.envelope import parse_frame
 from protocol.errors import ERRORS, ProtocolError
 from protocol.limits import Limits
 from protocol.names import CLIENT_EVENTS, Event
+
+
+def _error(*args: Any, **kwargs: Any) -> str:
+    """``llm.error``'s stored body, as text (what a member receives, its ``hd.id`` aside)."""
+    return llm_error_body(*args, **kwargs).decode()
 
 
 def test_llm_regenerate_is_a_client_event_naming_the_answer_by_its_rid() -> None:
@@ -38,7 +45,7 @@ def test_quota_exceeded_is_a_frame_refusal_carrying_retry_after_s() -> None:
 
 def test_every_frame_of_a_regenerated_answer_carries_regenerates_and_others_do_not() -> None:
     built: list[str | bytes] = [llm_streaming_frame("r", "g-2", "1-0", 0, "a", 1, "g-1"),
-             llm_error_frame("r", "g-2", "1-0", 0, "provider_error", "x", regenerates="g-1"),
+             _error("r", "g-2", "1-0", 0, "provider_error", "x", regenerates="g-1"),
              llm_response_body("r", "g-2", "1-0", 0, "a", "stop", "m", regenerates="g-1")]
     assert [orjson.loads(frame)["hd"]["regenerates"] for frame in built] == ["g-1"] * 3
     plain: list[str | bytes] = [llm_streaming_frame("r", "g-2", "1-0", 0, "a"),

@@ -23,8 +23,8 @@ def client(*received: Stored, role: str = "A", start: str | None = None, sent: d
                         sent=Counter(sent or {}), acked=dict(acked or {}))
 
 
-def run(stream: list[Stored], *records: ClientRecord, ended: set[str] | None = None) -> Report:
-    return check(records, {ROOM: stream}, {ROOM: ended or set()})
+def run(stream: list[Stored], *records: ClientRecord) -> Report:
+    return check(records, {ROOM: stream})
 
 
 STREAM = [msg("1-0"), msg("2-0", "A", "A-1"), msg("3-0")]
@@ -102,9 +102,13 @@ def test_a_question_with_one_stored_answer_has_one_terminal_event() -> None:
     assert report.ok and (report.questions, report.answered) == (1, 1)
 
 
+def error(entry_id: str, reply_to: str, rid: str = "g-1") -> Stored:
+    return Stored(id=entry_id, role="llm", event="llm.error", cid=rid, reply_to=reply_to, rid=rid)
+
+
 def test_a_question_without_a_terminal_event_is_reported() -> None:
     report = run([QUESTION])
-    assert report.terminal == ["r: question 1-0: 0 llm.response, no llm.error"]
+    assert report.terminal == ["r: question 1-0: 0 llm.response, 0 llm.error"]
 
 
 def test_a_question_answered_twice_is_reported() -> None:
@@ -113,23 +117,13 @@ def test_a_question_answered_twice_is_reported() -> None:
 
 
 def test_a_question_with_an_answer_and_an_llm_error_is_reported() -> None:
-    record = client(role="B")
-    record.llm_errors.append(("g-1", "1-0", "store_failed"))
-    report = run([QUESTION, answer("2-0", "1-0")], record)
-    assert report.terminal == ["r: question 1-0: 1 llm.response, an llm.error"]
+    report = run([QUESTION, answer("2-0", "1-0"), error("3-0", "1-0")])
+    assert report.terminal == ["r: question 1-0: 1 llm.response, 1 llm.error"]
 
 
-def test_an_llm_error_seen_by_a_client_ends_a_question() -> None:
-    record = client(QUESTION, role="B")
-    record.llm_errors.append(("g-1", "1-0", "expired"))
-    report = run([QUESTION], record)
+def test_a_stored_llm_error_ends_a_question() -> None:
+    report = run([QUESTION, error("2-0", "1-0")])
     assert report.ok and report.errored == 1
-
-
-def test_an_llm_error_nobody_saw_ends_a_question_when_redis_marked_its_rid_ended() -> None:
-    record = client(QUESTION, role="B")
-    record.llm_events.append(("delta", "g-1", "1-0"))
-    assert run([QUESTION], record, ended={"g-1"}).ok
 
 
 def test_two_generations_whose_deltas_interleave_overlap() -> None:

@@ -233,10 +233,16 @@ class Rig:
         return heard
 
     def frames(self, room: str = "r") -> list[dict[str, Any]]:
-        return [heard.frame for heard in self.heard(room) if heard.kind == "frame"]
+        """What the members hear of the bot but its answers: its unstored frames (deltas), then its stored
+        ``llm.error`` entries (a generation's last word)."""
+        return ([heard.frame for heard in self.heard(room) if heard.kind == "frame"]
+                + [body for _, body in self._bots(room) if body["hd"]["event"] == "llm.error"])
 
     def answers(self, room: str = "r") -> list[tuple[str, dict[str, Any]]]:
-        """The bot's stored entries in ``room``: ``(id, body)``."""
+        """The bot's stored answers (``llm.response``) in ``room``: ``(id, body)``."""
+        return [(entry_id, body) for entry_id, body in self._bots(room) if body["hd"]["event"] == "llm.response"]
+
+    def _bots(self, room: str) -> list[tuple[str, dict[str, Any]]]:
         return [(entry_id.decode(), orjson.loads(fields[b"body"]))
                 for entry_id, fields in self.store.log.streams.get(room, [])
                 if fields[b"participant"] == LLM_ROLE.encode()]

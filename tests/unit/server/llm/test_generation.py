@@ -169,10 +169,10 @@ async def test_starting_fence_to_fenced_when_another_worker_took_it_over() -> No
 
 async def test_starting_error_to_abandoned_when_giving_up_fails() -> None:
     async with Rig(sleep=instant) as rig:
-        locks = gated_locks(rig)
+        gated_locks(rig)
         asked = await rig.ask()
         request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
-        locks.end_failing = StoreUnavailable("down")
+        rig.store.log.failing_rooms["r"] = StoreUnavailable("down")  # the llm.error cannot be stored
         generation = await rig.serve(request)
         assert generation.state is State.ABANDONED
         assert rig.queue.acked == [] and request.entry_id in rig.queue.pending  # left queued
