@@ -338,13 +338,6 @@ class GenerationLocks(Protocol):
         :data:`PARTIAL_MAX_BYTES`; what a connection entering the room reads (:meth:`Roster.enter`)."""
         ...
 
-    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
-        """End ``rid`` without a stored answer, in one step: unless it ended already, and if ``fence``
-        holds the lock (None: a generation that never held it), release the lock, remember that ``rid``
-        ended, and send ``message`` (its ``llm.error``) to the room's followers other than ``node``.
-        True when this fence ended it (now, or in an earlier call whose reply was lost)."""
-        ...
-
     async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
         """If ``rid`` holds the lock, mark it cancelled by the role ``by`` and tell every worker, in one
         step; with ``asker_only``, only when ``by`` is the role that asked it (or who asked is unknown)."""

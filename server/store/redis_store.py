@@ -524,14 +524,6 @@ class RedisLocks:
                                         *kept, PARTIAL_MAX_BYTES, *messages]))
 
     @translated
-    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
-        value = "" if fence is None else fence_value(fence)
-        ended = await self._script([llm_lock_key(room), llm_ended_key(room, rid), llm_partial_key(room),
-                                    llm_partial_text_key(room), followers_key(room)],
-                                   ["end", value, ENDED_TTL_S, *self._connections.fanout(node, room), message])
-        return bool(ended)
-
-    @translated
     async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
         done = await self._script([llm_lock_key(room), llm_cancelled_key(room, rid), llm_asker_key(room, rid)],
                                   ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S, by, int(asker_only)])

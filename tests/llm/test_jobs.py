@@ -123,29 +123,6 @@ async def test_frames_are_sent_only_while_the_fence_holds(store: Store) -> None:
     await store.locks.release(taken)
 
 
-async def test_end_releases_marks_and_sends_once_only_for_its_fence(store: Store) -> None:
-    room, node = new_room(), f"t{RUN}-n-{new_room()}"
-    await store.bus.follow([room], node, 60)
-    subscription = store.bus.subscription(node)
-    await subscription.subscribe()
-    while (message := await subscription.next(timeout_s=5)) is None or message[0] != "subscribe":
-        pass
-    front = await store.locks.lock(room, "g-1", LEASE_MS)
-    fence = (await store.locks.start(room, "g-1", LEASE_MS)).fence
-    assert front is not None and fence is not None
-    assert await store.locks.end(room, "g-1", front, b"1-0 stale", "") is False  # a stale token
-    assert await store.locks.end(room, "g-1", fence, b"1-0 error", "") is True
-    assert await store.locks.end(room, "g-1", fence, b"1-0 error", "") is True  # a retry: nothing sent again
-    assert await store.locks.lock(room, "g-2", LEASE_MS) is not None  # the room is free
-    assert await store.locks.start(room, "g-1", LEASE_MS) == Started(True, False, None)  # ended: never again
-    assert await store.locks.end(room, "g-3", None, b"1-0 expired", "") is True  # a question without a lock
-    heard = []
-    while (message := await subscription.next(timeout_s=0.5)) is not None:
-        heard.append(message[1])
-    assert heard == [f"{room} 1-0 error".encode(), f"{room} 1-0 expired".encode()]
-    await subscription.close()
-
-
 async def test_a_fenced_answer_is_stored_only_while_its_fence_holds_and_releases_the_lock(store: Store) -> None:
     room = new_room()
     front = await store.locks.lock(room, "g-1", LEASE_MS)
@@ -274,7 +251,7 @@ async def test_a_text_past_its_cap_is_not_kept_but_the_generation_is_listed(back
     assert await running(backend.store, room) == (Running("g-1", "1-0", 1, 2, None),)
 
 
-async def test_the_text_so_far_goes_with_the_stored_answer_or_the_end(backend: Backend) -> None:
+async def test_the_text_so_far_goes_with_the_stored_answer_or_llm_error(backend: Backend) -> None:
     store, room = backend.store, new_room()
     fence = (await store.locks.start(room, "g-1", LEASE_MS)).fence
     assert fence is not None and await store.locks.frames(fence, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
@@ -283,6 +260,7 @@ async def test_the_text_so_far_goes_with_the_stored_answer_or_the_end(backend: B
     assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
     other = (await store.locks.start(room, "g-2", LEASE_MS)).fence
     assert other is not None and await store.locks.frames(other, [b"1-0 a"], "", Progress("1-0", 1, 0, "a"))
-    assert await store.locks.end(room, "g-2", other, b"1-0 error", "") is True
+    error = NewEntry(room, LLM_ROLE, b'{"hd":{},"bd":{}}', "g-2", 60, other)  # its llm.error, stored the same way
+    assert isinstance((await store.log.append_batch([error], Retention(), "")).ids[0], bytes)
     assert await backend.raw.exists(llm_partial_key(room), llm_partial_text_key(room)) == 0
     assert await running(store, room) == ()

@@ -491,20 +491,6 @@ class FakeLocks(_Failing):
         written, kept = self.partials.get(room, (None, None))
         return (kept,) if kept is not None and written is not None and self.holds(written) else ()
 
-    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
-        self._check()
-        value = "" if fence is None else f"{fence.token} {fence.rid}"
-        if (room, rid) in self.ended:
-            return self.ended[room, rid] == value
-        if fence is not None:
-            if not self.holds(fence):
-                return False
-            self.drop(room)
-            self.partials.pop(room, None)
-        self.ended[room, rid] = value
-        self._publish(room, [message], node)
-        return True
-
     def _publish(self, room: str, messages: Sequence[bytes], node: str) -> None:
         bus = self.log.bus
         for other in list(bus.followers.get(room, {})):

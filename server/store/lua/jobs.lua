@@ -8,7 +8,8 @@
 --         counter's ttl_s, the role that asked ('' : not recorded), the asker's ttl_s. Takes the free
 --         lock (or rid's own) for rid with a new token, recording who asked: the token, else 0.
 -- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key),
---         rid's ended marker, the fencing counter. ARGV: 'start', rid, lease_ms, the counter's ttl_s.
+--         rid's ended marker (written by versions that did not store llm.error), the fencing counter.
+--         ARGV: 'start', rid, lease_ms, the counter's ttl_s.
 --         A worker starting (or taking over) rid: returns {answered, cancelled, token, cancelled by}.
 --         Unless rid is answered or ended, takes the lock with a new token when it is free or rid's
 --         (token 0: another generation holds the room).
@@ -22,19 +23,13 @@
 --         the lock holds value, appends the batch to the partial text (started afresh when written under
 --         another value, expiring with the lock; past the cap, marked over and deleted), and
 --         publishes "<room> <message>" to every other follower: 1; else 0, nothing written or sent.
--- end     KEYS: lock, rid's ended marker, the room's partial text (hash, text), the followers. ARGV: 'end', value ('' for a generation
---         that never held the lock), the marker's ttl_s, this node's id, the channels' prefix and
---         suffix, the room, one message. Unless rid ended already: if the lock holds value (or value is ''),
---         deletes the lock (and the partial text written under it), marks rid ended (with value) and
---         publishes the message: 1. A rid that
---         ended with the same value (a retry after a lost reply): 2, nothing sent. Else 0.
 -- cancel  KEYS: lock, rid's cancelled marker, rid's asker. ARGV: 'cancel', rid, the workers' cancel
 --         channel, the marker's ttl_s, the role cancelling, '1' when only the asker may cancel. When rid
 --         holds the lock: 2 (nothing done) if only the asker may and another role asked it; else marks
 --         it cancelled by that role, tells the workers ("<rid> <role>"), returns 1. Else 0 (no such
 --         generation is running).
 local step = ARGV[1]
-local followers = KEYS[#KEYS] -- (frames and end: the room's followers come last)
+local followers = KEYS[#KEYS] -- (frames: the room's followers come last)
 
 local function holder_rid(value)
   if not value then return false end
@@ -114,21 +109,6 @@ elseif step == 'frames' then
     end
   end
   publish(ARGV[3], ARGV[4], ARGV[5], ARGV[6], 12)
-  return 1
-elseif step == 'end' then
-  local value = ARGV[2]
-  local ended = redis.call('GET', KEYS[2])
-  if ended then
-    if ended == value then return 2 end
-    return 0
-  end
-  if value ~= '' then
-    if redis.call('GET', KEYS[1]) ~= value then return 0 end
-    redis.call('DEL', KEYS[1])
-    if redis.call('HGET', KEYS[3], 'value') == value then redis.call('DEL', KEYS[3], KEYS[4]) end
-  end
-  redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
-  publish(ARGV[4], ARGV[5], ARGV[6], ARGV[7], 8)
   return 1
 elseif step == 'cancel' then
   local rid = ARGV[2]

@@ -141,7 +141,7 @@ def test_the_readme_error_table_is_the_table() -> None:
 
 
 def test_the_readme_llm_error_table_is_the_llm_codes() -> None:
-    assert [row[0] for row in readme_table("  the question. Its codes:")] == [
+    assert [row[0] for row in readme_table("  codes:")] == [
         f"`{code}`" for code in LLM_ERROR_CODES]
 
 

@@ -73,14 +73,15 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
     ("llm.snapshot, second attempt", llm_snapshot_frame(ROOM, RID, REPLY_TO, 0, "A", 2),
      '{"hd":{"event":"llm.snapshot","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
      '"reply_to":"1700641234567-0","seq":0,"attempt":2},"bd":{"text":"A"}}'),
-    ("llm.error", _error(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
-                                  LLM_ERROR_CODES["provider_timeout"]),
-     '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
-     '"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0"},'
-     '"bd":{"code":"provider_timeout","message":"The LLM provider did not finish answering in time."}}'),
-    ("llm.error, second attempt", _error(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x", attempt=2),
-     '{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
-     '"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","attempt":2},"bd":{"code":"provider_error","message":"x"}}'),
+    ("llm.error", llm_error_body(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
+                                 LLM_ERROR_CODES["provider_timeout"]),
+     b'{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
+     b'"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0"},'
+     b'"bd":{"code":"provider_timeout","message":"The LLM provider did not finish answering in time."}}'),
+    ("llm.error, second attempt", llm_error_body(ROOM, RID, REPLY_TO, NOW_MS, "provider_error", "x", attempt=2),
+     b'{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
+     b'"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","attempt":2},"bd":{"code":"provider_error",'
+     b'"message":"x"}}'),
     ("llm.response", llm_response_body(ROOM, RID, REPLY_TO, NOW_MS, "A stream is ...", "stop", "gpt-4o-mini", USAGE),
      b'{"hd":{"event":"llm.response","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'
      b'"rid":"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0"},"bd":{"text":"A stream is ...","finish_reason":"stop",'
@@ -114,7 +115,7 @@ def test_each_frame_has_the_shape_the_asyncapi_document_gives_its_event(built: s
 
 def test_stored_events_are_the_bodies_and_the_others_are_text_frames() -> None:
     stored = {orjson.loads(b)["hd"]["event"] for _, b, _ in FRAMES_BEFORE if isinstance(b, bytes)}
-    assert stored == {Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_RESPONSE}
+    assert stored == {Event.CHAT_MESSAGE, Event.LLM_INVOKE, Event.LLM_RESPONSE, Event.LLM_ERROR}
     sent = {orjson.loads(b)["hd"]["event"] for _, b, _ in FRAMES_BEFORE}
     assert sent == {str(event) for event in Event} - {Event.LLM_CANCEL, Event.LLM_REGENERATE}  # each has a builder
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.codec import llm_response_body
+from protocol.codec import llm_error_body, llm_response_body
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from protocol.names import LLM_ROLE
@@ -105,8 +105,9 @@ async def test_regenerate_of_an_answer_the_room_does_not_hold_is_unknown_generat
         question = desk.store.log.add("r", chat_body("r", "@llm hi"))
         if case == "running":  # (its answer is not stored yet: unknown, not busy)
             assert await desk.store.locks.lock("r", "g-old", LEASE_MS)
-        elif case == "ended":
-            assert await desk.store.locks.end("r", "g-old", None, b"0-0 {}", "w")
+        elif case == "ended":  # with llm.error: no answer to regenerate
+            body = llm_error_body("r", "g-old", question.decode(), 0, "provider_error", "x")
+            await desk.store.log.append_batch([NewEntry("r", LLM_ROLE, body, "g-old")], Retention(dedupe_s=3600), "w")
         elif case == "trimmed":
             await store_answer(desk, "g-old", question.decode())
             desk.store.log.trim("r", 0)

@@ -25,7 +25,7 @@ from server.llm.worker import (
     State,
     Trigger,
 )
-from server.store.ports import Fence, Request, Started, StoreUnavailable
+from server.store.ports import Request, Started, StoreUnavailable
 from tests.unit.fakes import FakeLocks
 from tests.unit.server.llm.rig import Rig, instant, settle
 
@@ -39,24 +39,14 @@ def a_generation() -> Generation:
 
 
 class GatedLocks(FakeLocks):
-    """Locks whose ``start`` waits at ``gate`` and whose ``end`` waits at ``end_gate`` while they are
-    set to unset events; ``end_failing``: what ``end`` raises."""
+    """Locks whose ``start`` waits at ``gate`` while it is set to an unset event."""
 
     gate: asyncio.Event | None = None
-    end_gate: asyncio.Event | None = None
-    end_failing: Exception | None = None
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
         if self.gate is not None:
             await self.gate.wait()
         return await super().start(room, rid, lease_ms)
-
-    async def end(self, room: str, rid: str, fence: Fence | None, message: bytes, node: str) -> bool:
-        if self.end_gate is not None:
-            await self.end_gate.wait()
-        if self.end_failing is not None:
-            raise self.end_failing
-        return await super().end(room, rid, fence, message, node)
 
 
 def gated_locks(rig: Rig) -> GatedLocks:
@@ -157,11 +147,11 @@ async def test_starting_fence_to_fenced_when_another_worker_took_it_over() -> No
         locks = gated_locks(rig)
         asked = await rig.ask()
         request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
-        locks.end_gate = asyncio.Event()
+        rig.store.log.gate = asyncio.Event()  # its llm.error's append waits
         generation, task = rig.start(request)
         await settle(lambda: locks.held.get("r") == request.rid and locks.tokens["r"] == 2)
         await locks.start("r", request.rid, 60_000)  # another worker takes it over: token 3
-        locks.end_gate.set()
+        rig.store.log.gate.set()
         await task
         assert state_of(generation) is State.FENCED
         assert rig.frames() == [] and rig.queue.acked == []  # the other worker owns it
@@ -169,7 +159,6 @@ async def test_starting_fence_to_fenced_when_another_worker_took_it_over() -> No
 
 async def test_starting_error_to_abandoned_when_giving_up_fails() -> None:
     async with Rig(sleep=instant) as rig:
-        gated_locks(rig)
         asked = await rig.ask()
         request = Request(asked.room, asked.rid, asked.reply_to, asked.asker, asked.entry_id, MAX_ATTEMPTS + 1)
         rig.store.log.failing_rooms["r"] = StoreUnavailable("down")  # the llm.error cannot be stored
@@ -309,14 +298,12 @@ async def test_storing_fence_to_fenced_when_the_answer_is_refused() -> None:
 
 async def test_storing_error_to_abandoned_when_nothing_can_be_written() -> None:
     async with Rig(sleep=instant) as rig:
-        locks = gated_locks(rig)
         go_on = asyncio.Event()
         rig.provider.script("Hi", go_on, Outcome("stop", "m", None))
         request = await rig.ask()
         generation, task = rig.start(request)
         await settle(lambda: len(rig.frames()) == 1)
         rig.store.log.failing = StoreUnavailable("down")
-        locks.end_failing = StoreUnavailable("down")
         go_on.set()
         await task
         assert generation.state is State.ABANDONED

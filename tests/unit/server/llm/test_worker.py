@@ -378,18 +378,6 @@ async def test_an_llm_error_that_cannot_be_sent_leaves_the_request_queued() -> N
         assert rig.frames() == []
 
 
-async def test_an_llm_error_retried_after_a_lost_reply_is_sent_once() -> None:
-    async with Rig() as rig:
-        request = await rig.ask()
-        fence = (await rig.store.locks.start("r", request.rid, 60_000)).fence
-        assert fence is not None
-        message = request.reply_to.encode() + b" {}"
-        assert await rig.store.locks.end("r", request.rid, fence, message, "")
-        assert await rig.store.locks.end("r", request.rid, fence, message, "")  # a retry: ended already
-        assert len(rig.heard()) == 1
-        assert not await rig.store.locks.end("r", request.rid, None, message, "")  # another value: refused
-
-
 # -- fencing ------------------------------------------------------------------------------------------
 
 async def test_the_worker_takes_the_lock_over_with_a_new_token_and_the_running_lease() -> None:
