@@ -45,6 +45,7 @@ from redis.exceptions import (
     InvalidPipelineStack,
     MasterDownError,
     MovedError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -257,6 +258,7 @@ class Script:
         self._script = connections.client.register_script(source)
         self._sharded = connections.sharded
         self._source = source
+        self._refreshing = asyncio.Lock()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._lean is not None:
@@ -303,10 +305,10 @@ class Script:
                 commands = [PipelineCommand(0, *evalsha), PipelineCommand(1, *wait)]
                 await node.execute_pipeline(commands)
                 reply, waited = commands[0].result, commands[1].result
-                if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                if isinstance(reply, NoScriptError):
                     await node.execute_command("SCRIPT", "LOAD", self._source)
                 elif isinstance(reply, MovedError | ReadOnlyError):  # not run: the slot has another master now
-                    await self._client.nodes_manager.initialize()
+                    await self._refresh()
                 else:
                     break
             return reply, waited
@@ -314,8 +316,16 @@ class Script:
             raise
         except Exception as exc:  # (a lost connection: the script may have run)
             with contextlib.suppress(Exception):
-                await self._client.nodes_manager.initialize()
+                await self._refresh()
             return _failure(exc), exc
+
+    async def _refresh(self) -> None:
+        """Ask the cluster for its map of the slots again (once at a time: a shard's every room fails at once)."""
+        if self._refreshing.locked():
+            async with self._refreshing:  # the refresh under way will do
+                return
+        async with self._refreshing:
+            await self._client.nodes_manager.initialize()
 
 
 class RedisRoomLog:

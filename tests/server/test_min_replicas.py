@@ -13,10 +13,14 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis.cluster import RedisCluster as ClusterClient
 
 from client import connect
 from server.store.keys import stream_key
+from tests.conftest import new_room
+from tests.server.test_cluster import CarefulSender
 from tests.support.client import Client
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 from tests.support.streams import xrange
@@ -162,3 +166,69 @@ async def test_a_failover_under_careful_clients_loses_nothing_acknowledged(
     finally:
         for server in spare:
             server.stop()
+
+
+def replica_port(cluster: RedisCluster, master: int) -> int:
+    with cluster.client(master) as client:
+        return int(client.info("replication")["slave0"]["port"])
+
+
+async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_acknowledged(
+        start_server: Callable[..., ServerProcess], redis_cluster: RedisCluster) -> None:
+    """Two relays with REDIS_MIN_REPLICAS=1 on the cluster, careful senders in a room on every master. The
+    replica of the first room's master stalls and loses its link, so that master holds writes its replica
+    lacks; the master dies (SIGKILL), its replica takes over, and the dead node comes back as the new
+    master's replica (until then that shard has no replica: its rooms are told ``unavailable``). Every
+    message acknowledged in every room, before the failover or after, is stored under the id its sender was
+    given, and no cid twice."""
+    loop = asyncio.get_running_loop()
+    relays = [start_server(REDIS_URL=redis_cluster.url, REDIS_MIN_REPLICAS="1", REDIS_MIN_REPLICAS_TIMEOUT_MS=WAIT_MS),
+              start_server(REDIS_URL=redis_cluster.nodes[-1].url.removesuffix("/0"), REDIS_MIN_REPLICAS="1",
+                           REDIS_MIN_REPLICAS_TIMEOUT_MS=WAIT_MS)]
+    rooms = redis_cluster.rooms_on_every_master(new_room)
+    victim = redis_cluster.master_of(rooms[0])
+    stalled = next(node for node in redis_cluster.nodes if node.port == replica_port(redis_cluster, victim))
+    senders = [CarefulSender(relays[n % 2], room) for n, room in enumerate(rooms)]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(sender.run(stop)) for sender in senders]
+    dead: RedisServer | None = None
+    try:
+        deadline = loop.time() + 30
+        while min(len(sender.acked) for sender in senders) < 5:  # traffic in every room
+            assert loop.time() < deadline, "no traffic"
+            await asyncio.sleep(0.05)
+        stalled.freeze()
+        with redis_cluster.client(victim) as client:
+            count = client.xlen(stream_key(rooms[0]))
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            while client.xlen(stream_key(rooms[0])) == count:  # a write on the master alone
+                assert loop.time() < deadline, "no write on the master"
+                await asyncio.sleep(0.01)
+        dead = redis_cluster.kill(victim)
+        stalled.thaw()
+        deadline = loop.time() + 30
+        while redis_cluster.master_of(rooms[0]) == victim:  # until its replica is promoted
+            assert loop.time() < deadline, "no replica took over"
+            await asyncio.sleep(0.1)
+        dead.start()  # back, as the new master's replica: its shard acknowledges messages again
+        dead = None
+        redis_cluster.wait_formed()
+        resumed_at = loop.time()
+        while min(len([at for at in sender.acked_at if at > resumed_at]) for sender in senders) < 5:
+            assert loop.time() < deadline + 30, "a room did not resume"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        if stalled.process is not None:
+            stalled.thaw()
+        if dead is not None:  # (the cluster is whole again for the other tests)
+            dead.start()
+            redis_cluster.wait_formed()
+    with ClusterClient.from_url(redis_cluster.url, decode_responses=True) as crdb:
+        for sender in senders:
+            entries: list[tuple[str, dict[str, str]]] = crdb.xrange(stream_key(sender.room))  # type: ignore[assignment]
+            cids = [orjson.loads(fields["body"])["hd"]["cid"] for _, fields in entries]
+            assert len(cids) == len(set(cids)), "a resent cid was stored twice"
+            texts = {orjson.loads(fields["body"])["bd"]["text"]: entry_id for entry_id, fields in entries}
+            assert {text: texts.get(text) for text, _ in sender.acked} == dict(sender.acked), sender.room
