@@ -130,20 +130,25 @@ async def test_a_failover_under_careful_clients_loses_nothing_acknowledged(
     spare: list[RedisServer] = []
     try:
         async with connect(f"ws://127.0.0.1:{node.port}", room, role="A") as sender:
+            reached = asyncio.Event()
+
             async def send_all() -> None:
                 for n in range(total):
                     sent = await sender.send(f"m{n}")
                     acknowledged[f"m{n}"] = sent["hd"]["id"]
+                    if len(acknowledged) == stall_at:
+                        reached.set()
 
             async with asyncio.timeout(90):
                 sending = asyncio.create_task(send_all())
-                while len(acknowledged) < stall_at:
-                    await asyncio.sleep(0.01)
+                await reached.wait()
                 replica.freeze()  # (what it was sent already stays in its socket: it gets that when thawed)
                 with redis.Redis.from_url(primary.url) as client:
                     client.execute_command("CLIENT", "KILL", "TYPE", "replica")  # from now on the primary alone
                 count = len(stored(primary.url, room))
+                deadline = time.monotonic() + 10
                 while len(stored(primary.url, room)) == count:  # a message written on the primary alone
+                    assert time.monotonic() < deadline, "no write on the primary"
                     await asyncio.sleep(0.01)
                 at_failover = dict(acknowledged)
                 primary.process.kill()  # type: ignore[union-attr]  # SIGKILL: its unreplicated writes are gone
