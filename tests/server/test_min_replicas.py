@@ -232,7 +232,7 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
             redis_cluster.wait_formed()
     with ClusterClient.from_url(redis_cluster.url, decode_responses=True) as crdb:
         for sender in senders:
-            entries: list[tuple[str, dict[str, str]]] = crdb.xrange(stream_key(sender.room))  # type: ignore[assignment]
+            entries: list[tuple[str, dict[str, str]]] = crdb.xrange(stream_key(sender.room))
             cids = [orjson.loads(fields["body"])["hd"]["cid"] for _, fields in entries]
             assert len(cids) == len(set(cids)), "a resent cid was stored twice"
             texts = {orjson.loads(fields["body"])["bd"]["text"]: entry_id for entry_id, fields in entries}
