@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import websockets
 from redis.cluster import RedisCluster as ClusterClient
 
 from client import connect
@@ -130,24 +131,19 @@ async def test_a_failover_under_careful_clients_loses_nothing_acknowledged(
     spare: list[RedisServer] = []
     try:
         async with connect(f"ws://127.0.0.1:{node.port}", room, role="A") as sender:
-            reached = asyncio.Event()
-
-            async def send_all() -> None:
-                for n in range(total):
+            async def send(numbers: range) -> None:
+                for n in numbers:
                     sent = await sender.send(f"m{n}")
                     acknowledged[f"m{n}"] = sent["hd"]["id"]
-                    if len(acknowledged) == stall_at:
-                        reached.set()
 
             async with asyncio.timeout(90):
-                sending = asyncio.create_task(send_all())
-                await reached.wait()
+                await send(range(stall_at))
                 replica.freeze()  # (what it was sent already stays in its socket: it gets that when thawed)
                 with redis.Redis.from_url(primary.url) as client:
                     client.execute_command("CLIENT", "KILL", "TYPE", "replica")  # from now on the primary alone
-                count = len(stored(primary.url, room))
+                sending = asyncio.create_task(send(range(stall_at, total)))
                 deadline = time.monotonic() + 10
-                while len(stored(primary.url, room)) == count:  # a message written on the primary alone
+                while len(stored(primary.url, room)) == stall_at:  # a message written on the primary alone
                     assert time.monotonic() < deadline, "no write on the primary"
                     await asyncio.sleep(0.01)
                 at_failover = dict(acknowledged)
@@ -173,6 +169,47 @@ async def test_a_failover_under_careful_clients_loses_nothing_acknowledged(
             server.stop()
 
 
+class GatedSender(CarefulSender):
+    """A :class:`CarefulSender` that starts each new message only while :attr:`go` is set, and says when it
+    waits there (:attr:`idle`): a message in flight is finished (resent until acknowledged) first."""
+
+    def __init__(self, node: ServerProcess, room: str) -> None:
+        super().__init__(node, room)
+        self.go, self.idle = asyncio.Event(), asyncio.Event()
+        self.go.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client: Client | None = None
+        n = 0
+        while not stop.is_set():
+            if not self.go.is_set():
+                self.idle.set()
+                await self.go.wait()
+                self.idle.clear()
+            try:
+                if client is None:
+                    last = {"last_id": self.acked[-1][1]} if self.acked else {}
+                    client = await Client.open(self.node.ws(self.room, role="A", **last))
+                await client.chat(f"m{n}", cid=f"c{n}")
+                while True:
+                    frame = await client.recv(timeout_s=15)
+                    if frame["hd"].get("cid") == f"c{n}":
+                        break
+                if frame["hd"]["event"] == "error":
+                    assert frame["bd"]["code"] == "unavailable", frame
+                    await asyncio.sleep(0.05)
+                    continue
+                self.acked.append((f"m{n}", frame["hd"]["id"]))
+                self.acked_at.append(asyncio.get_running_loop().time())
+                n += 1
+                await asyncio.sleep(0.01)
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidStatus):
+                client = None
+                await asyncio.sleep(0.1)
+        if client is not None:
+            await client.close()
+
+
 def replica_port(cluster: RedisCluster, master: int) -> int:
     with cluster.client(master) as client:
         return int(client.info("replication")["slave0"]["port"])
@@ -193,7 +230,7 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
     rooms = redis_cluster.rooms_on_every_master(new_room)
     victim = redis_cluster.master_of(rooms[0])
     stalled = next(node for node in redis_cluster.nodes if node.port == replica_port(redis_cluster, victim))
-    senders = [CarefulSender(relays[n % 2], room) for n, room in enumerate(rooms)]
+    senders = [GatedSender(relays[n % 2], room) for n, room in enumerate(rooms)]
     stop = asyncio.Event()
     running = [asyncio.create_task(sender.run(stop)) for sender in senders]
     dead: RedisServer | None = None
@@ -202,10 +239,13 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
         while min(len(sender.acked) for sender in senders) < 5:  # traffic in every room
             assert loop.time() < deadline, "no traffic"
             await asyncio.sleep(0.05)
+        senders[0].go.clear()
+        await asyncio.wait_for(senders[0].idle.wait(), 30)  # (its message in flight acknowledged: the next one goes after the cut)
         stalled.freeze()
         with redis_cluster.client(victim) as client:
             count = client.xlen(stream_key(rooms[0]))
             client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            senders[0].go.set()
             while client.xlen(stream_key(rooms[0])) == count:  # a write on the master alone
                 assert loop.time() < deadline, "no write on the master"
                 await asyncio.sleep(0.01)
