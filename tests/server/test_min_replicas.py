@@ -240,7 +240,7 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
             assert loop.time() < deadline, "no traffic"
             await asyncio.sleep(0.05)
         senders[0].go.clear()
-        await asyncio.wait_for(senders[0].idle.wait(), 30)  # (its message in flight acknowledged: the next one goes after the cut)
+        await asyncio.wait_for(senders[0].idle.wait(), 30)  # (its message in flight acknowledged first)
         stalled.freeze()
         with redis_cluster.client(victim) as client:
             count = client.xlen(stream_key(rooms[0]))
