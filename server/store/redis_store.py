@@ -311,6 +311,8 @@ class Script:
                     await self._refresh()
                 else:
                     break
+            if isinstance(reply, MovedError):  # the map kept moving: nothing was run
+                reply = StoreRefused(f"MOVED {reply}")
             return reply, waited
         except asyncio.CancelledError:
             raise

@@ -18,6 +18,8 @@ from redis.cluster import RedisCluster as ClusterClient
 
 from client import connect
 from server.store.keys import stream_key
+from server.store.ports import Duplicate, NewEntry, NotReplicated, Retention
+from server.store.redis_store import RedisStore, Replicas
 from tests.conftest import new_room
 from tests.server.test_cluster import CarefulSender
 from tests.support.client import Client
@@ -60,6 +62,11 @@ def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
         if server.process is not None:
             server.thaw()  # (a frozen process would not take its SIGTERM)
         server.stop()
+
+
+def ids_on(url: str, room: str) -> list[str]:
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        return [entry_id for entry_id, _ in xrange(client, stream_key(room))]
 
 
 def stored(url: str, room: str) -> list[tuple[str, dict[str, Any]]]:
@@ -277,3 +284,29 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
             assert len(cids) == len(set(cids)), "a resent cid was stored twice"
             texts = {orjson.loads(fields["body"])["bd"]["text"]: entry_id for entry_id, fields in entries}
             assert {text: texts.get(text) for text, _ in sender.acked} == dict(sender.acked), sender.room
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "redis-py"])
+async def test_the_room_log_waits_for_the_replica_on_either_client(pair: tuple[RedisServer, RedisServer], room: str,
+                                                                   lean: bool) -> None:
+    """The port itself, on the lean pipelined client and on redis-py's (the path of ``rediss://`` and
+    ``unix://`` URLs): appended and replicated; short of the replica, stored but :class:`NotReplicated` (for a
+    resend too), and the room not reported; the resend once replicated finds the original."""
+    primary, replica = pair
+    store = RedisStore.connect(primary.url, lean=lean, timeout_s=5, replicas=Replicas(1, int(WAIT_MS)))
+    retention = Retention(dedupe_s=60)
+    try:
+        first = await store.log.append_batch([NewEntry(room, "A", b"one", cid="c1")], retention, "n1")
+        [one] = first.ids
+        assert isinstance(one, bytes) and ids_on(replica.url, room) == [one.decode()]
+        replica.freeze()
+        resend = NewEntry(room, "A", b"one", cid="c1")
+        short = await store.log.append_batch([NewEntry(room, "A", b"two", cid="c2"), resend], retention, "n1")
+        assert [type(outcome) for outcome in short.ids] == [NotReplicated, NotReplicated] and short.before == {}
+        [two] = ids_on(primary.url, room)[1:]  # on the primary all the same
+        replica.thaw()
+        linked(primary, replica)
+        again = await store.log.append_batch([NewEntry(room, "A", b"two", cid="c2")], retention, "n1")
+        assert again.ids == [Duplicate(two.encode(), b"two")] and again.before == {room: two.encode()}
+    finally:
+        await store.close()
