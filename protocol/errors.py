@@ -82,7 +82,8 @@ ERRORS: dict[str, ErrorCode] = {
         _FRAME, None, "Too many frames: this one was not processed. Slow down, then send it again."),
     "unavailable": ErrorCode(
         _HANDSHAKE | _FRAME | _HTTP, 503,
-        "The message store is unreachable; the message was not stored. Try again."),
+        "The message store is unavailable: the message was not acknowledged. Send it again with the same cid"
+        " (one that was stored is answered with its stored copy, never stored twice)."),
     "busy": ErrorCode(
         _FRAME, None, "The bot is already answering in this room; ask again when its answer has arrived."),
     "unknown_generation": ErrorCode(

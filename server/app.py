@@ -23,7 +23,7 @@ from server.outlet import write_path
 from server.rooms_api import rooms_routes
 from server.settings import Settings, label_logs, settings_from_environment
 from server.store.ports import Store, StoreError, StoreUnavailable
-from server.wiring import Relay, open_store
+from server.wiring import Relay, store_of
 from server.ws import PATH, ChatEndpoint
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RelayApp(Starlette):
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    relay = Relay(settings, store or open_store(settings.redis_url, timeout_s=settings.redis_timeout_s))
+    relay = Relay(settings, store or store_of(settings))
     endpoint = ChatEndpoint(relay.hub, relay.sessions, relay.dispatcher, settings.limits, settings.send_queue_max,
                             relay.access, settings.rate_limit)
     admission = Admission(endpoint, settings.allowed_origins, settings.max_connections_per_ip)

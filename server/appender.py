@@ -22,7 +22,15 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from server.metrics import ACCEPT_TO_DELIVERY_SECONDS, XADD_SECONDS
-from server.store.ports import Duplicate, NewEntry, Retention, RoomLog, StoreRefused, StoreUnavailable
+from server.store.ports import (
+    Duplicate,
+    NewEntry,
+    NotReplicated,
+    Retention,
+    RoomLog,
+    StoreRefused,
+    StoreUnavailable,
+)
 from server.supervise import Throttled
 
 log = logging.getLogger(__name__)
@@ -31,7 +39,8 @@ _failures = Throttled(log)  # a failing Redis fails every batch: logged once a m
 #: Called once per append with its outcome: the new entry's id, a :class:`Duplicate` (the same
 #: cid was stored within the dedupe window: nothing was appended), or the error.
 Done = Callable[[bytes | Duplicate | Exception], None]
-#: Told after each batch, per room: the newest id before the batch and the ``(id, body)`` appended.
+#: Told after each batch, per room: the newest id before the batch and the ``(id, body)`` appended (none:
+#: the batch found only resends there; the entries up to that id, their originals included, are stored).
 Appended = Callable[[str, bytes, list[tuple[bytes, bytes]]], None]
 
 MAX_BATCH = 1024
@@ -110,6 +119,10 @@ class Appender:
         except Exception as exc:
             log.exception("append of %d entries failed", len(batch))
             before, ids = {}, [exc] * len(batch)
+        short = next((outcome for outcome in ids if isinstance(outcome, NotReplicated)), None)
+        if short is not None:
+            _failures.warning("appends not acknowledged by enough replicas (stored on the primary, not delivered"
+                              " yet; the senders are told unavailable)", short)
         self._report(batch, before, ids)
         ACCEPT_TO_DELIVERY_SECONDS.observe(time.perf_counter() - accepted_at)
 
@@ -119,9 +132,12 @@ class Appender:
         for (entry, _), entry_id in zip(batch, ids, strict=True):
             if isinstance(entry_id, bytes):
                 stored[entry.room].append((entry_id, entry.body))
+            elif isinstance(entry_id, Duplicate) and entry.room in before:
+                stored.setdefault(entry.room, [])  # (its original, and all before it, are stored)
         for room, items in stored.items():
+            newest = before[room]
             try:
-                self._appended(room, before[room], items)
+                self._appended(room, newest, items)
             except Exception:  # a bug in the feed: the senders still hear their outcome
                 log.exception("room %s: the feed failed to take %d appended entries", room, len(items))
         for (_, done), entry_id in zip(batch, ids, strict=True):

@@ -240,9 +240,15 @@ class RoomFeed:
                     await self._bus.unfollow([room], self._node)
 
     def appended(self, room: str, before: bytes, items: list[Item]) -> None:
-        """A local batch appended ``items`` to ``room``, whose newest id was ``before``."""
+        """A local batch appended ``items`` to ``room``, whose newest id was ``before`` (no items: it
+        appended nothing, but the entries up to ``before`` are stored: with ``REDIS_MIN_REPLICAS``, a resend
+        whose original's batch fell short of replicas says here that the original is replicated now)."""
         cursor = self._cursors.get(room)
         if cursor is None:
+            return
+        if not items:
+            if id_tuple(before) > id_tuple(cursor.id):
+                self._lag(room, cursor, id_tuple(before))
             return
         if cursor.state is LIVE and before == cursor.id:
             self._advance(room, cursor, items)

@@ -16,12 +16,12 @@ import signal
 import sys
 
 from server.settings import Settings, settings_or_exit
-from server.wiring import WorkerNode, open_store
+from server.wiring import WorkerNode, store_of
 
 log = logging.getLogger("server.llm_worker")
 
 async def serve(settings: Settings) -> None:
-    node = WorkerNode(settings, open_store(settings.redis_url, timeout_s=settings.redis_timeout_s))
+    node = WorkerNode(settings, store_of(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

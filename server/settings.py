@@ -58,6 +58,8 @@ class Settings:
     ping_interval_s: float = 20.0  # WebSocket ping to each client this often (0 = never)
     ping_timeout_s: float = 20.0  # close a connection whose pong is this late (1011; 0 = wait forever)
     workers: int = 1  # processes serving the port, each a node of its own (0: one per core)
+    redis_min_replicas: int = 0  # replicas each append waits for (WAIT) before it is delivered (0: none)
+    redis_min_replicas_timeout_ms: int = 1000  # how long that WAIT may take; short of replicas: not acknowledged
 
     @property
     def limits(self) -> Limits:
@@ -89,6 +91,13 @@ class Settings:
         if settings.workers != 1 and settings.redis_url is None:
             raise SettingsError(f"WORKERS={settings.workers} needs REDIS_URL: the embedded store lives inside one "
                                 "process (set REDIS_URL, or WORKERS=1)")
+        if settings.redis_min_replicas and settings.redis_url is None:
+            raise SettingsError(f"REDIS_MIN_REPLICAS={settings.redis_min_replicas} needs REDIS_URL: the embedded store"
+                                " has no replicas")
+        if settings.redis_min_replicas and settings.redis_min_replicas_timeout_ms >= settings.redis_timeout_s * 1000:
+            raise SettingsError(f"REDIS_MIN_REPLICAS_TIMEOUT_MS={settings.redis_min_replicas_timeout_ms} must be"
+                                f" shorter than REDIS_TIMEOUT_S={settings.redis_timeout_s:g} s (the WAIT's reply would"
+                                " time out first)")
         return settings
 
     def worker_processes(self, cores: int) -> int:
@@ -202,6 +211,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ping_interval_s": _float(0, 24 * 3600),
     "ping_timeout_s": _float(0, 24 * 3600),
     "workers": _int(0, 1024),
+    "redis_min_replicas": _int(0, 64),
+    "redis_min_replicas_timeout_ms": _int(1, 600_000),
 }
 
 

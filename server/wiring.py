@@ -43,7 +43,7 @@ from server.session import RosterRestorer, Sessions
 from server.settings import Settings
 from server.store.embedded import EmbeddedStore
 from server.store.ports import Retention, Store
-from server.store.redis_store import RedisStore
+from server.store.redis_store import RedisStore, Replicas
 from server.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,21 @@ SHUTDOWN_RELEASES_S = 1.0  # what the bot's front desk may still release (a room
 APPENDER = "appender"  # the flusher's name as a supervised loop
 
 
-def open_store(url: str | None, *, lean: bool = True, timeout_s: float = 10.0) -> Store:
+def open_store(url: str | None, *, lean: bool = True, timeout_s: float = 10.0, min_replicas: int = 0,
+               min_replicas_timeout_ms: int = 1000) -> Store:
     """The store on the Redis at ``url``, or on a new in-process fakeredis server when None
-    (``lean=False``: redis-py for everything, as for the URLs the lean client does not take)."""
-    return EmbeddedStore.create() if url is None else RedisStore.connect(url, lean=lean, timeout_s=timeout_s)
+    (``lean=False``: redis-py for everything, as for the URLs the lean client does not take); each append
+    batch waits for ``min_replicas`` replicas, up to ``min_replicas_timeout_ms`` (``REDIS_MIN_REPLICAS``)."""
+    if url is None:
+        return EmbeddedStore.create()
+    return RedisStore.connect(url, lean=lean, timeout_s=timeout_s,
+                              replicas=Replicas(min_replicas, min_replicas_timeout_ms))
+
+
+def store_of(settings: Settings) -> Store:
+    """The store a server or worker process runs on, from its settings."""
+    return open_store(settings.redis_url, timeout_s=settings.redis_timeout_s, min_replicas=settings.redis_min_replicas,
+                      min_replicas_timeout_ms=settings.redis_min_replicas_timeout_ms)
 
 
 class Parts:

@@ -58,6 +58,12 @@ class StoreUnavailable(Exception):
     """The store cannot be reached right now (lost connection, timeout): try again later."""
 
 
+class NotReplicated(StoreUnavailable):
+    """Written on the primary, but fewer replicas than asked for (``REDIS_MIN_REPLICAS``) acknowledged it in
+    time: not acknowledged, as after a timeout. A failover may lose it; sending it again with the same cid
+    answers the stored copy once it is replicated (or stores it anew where it was lost)."""
+
+
 class StoreError(Exception):
     """The store refused a command."""
 

@@ -30,11 +30,12 @@ import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.asyncio.cluster import ClusterPubSub, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -43,6 +44,8 @@ from redis.exceptions import (
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MasterDownError,
+    MovedError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -91,6 +94,7 @@ from server.store.ports import (
     Fence,
     Fenced,
     NewEntry,
+    NotReplicated,
     Progress,
     Request,
     Retention,
@@ -102,8 +106,10 @@ from server.store.ports import (
     StoreUnavailable,
 )
 from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
+from server.supervise import Throttled
 
 log = logging.getLogger(__name__)
+_announcements = Throttled(log)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -161,32 +167,48 @@ def translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corou
     return call
 
 
+@dataclass(frozen=True, slots=True)
+class Replicas:
+    """``REDIS_MIN_REPLICAS``: how many replicas each append batch waits for (``WAIT``), and how long."""
+
+    count: int = 0  # 0: none (appends are acknowledged once the primary has them)
+    timeout_ms: int = 1000
+
+
 class Connections:
     """The clients of one Redis: a pool (``client``), a client for subscriptions, and, when the URL
     allows it, the lean pipelined connection for the hot path (``lean``) and a second one for bulk
     reads (``bulk``). On a Redis Cluster (``sharded``) the client and the listener are
-    ``RedisCluster`` clients, and there is no lean connection."""
+    ``RedisCluster`` clients, and there is no lean connection. With ``replicas`` the appends have a
+    lean connection of their own (``appends``): their ``WAIT`` blocks its connection, and nothing else
+    must wait behind it (a replica down makes each ``WAIT`` last its whole timeout)."""
 
     def __init__(self, client: Any, listener: Any, lean: LeanRedis | None = None,
-                 bulk: LeanRedis | None = None, *, cluster_url: str | None = None) -> None:
+                 bulk: LeanRedis | None = None, *, cluster_url: str | None = None,
+                 replicas: Replicas = Replicas(), appends: LeanRedis | None = None) -> None:
         self.client = client
         self.listener = listener
         self.lean = lean
         self.bulk = bulk  # bulk reads' own lean connection (never the one appends are pipelined on)
         self.cluster_url = cluster_url  # set on a Redis Cluster
         self.sharded = cluster_url is not None
+        self.replicas = replicas
+        self.appends = appends if appends is not None else lean  # the appends' (and their WAIT's) connection
 
     @classmethod
-    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
+    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0,
+                replicas: Replicas = Replicas()) -> Connections:
         """The clients of the Redis at ``url``: a Redis Cluster's when it is a node of one."""
         if cluster.is_cluster(url, wait_s=timeout_s):
             log.info("Redis Cluster: commands go to each room's shard, nodes hear each other on shard channels")
             return cls(cluster.connect(url, timeout_s=timeout_s), cluster.connect(url, timeout_s=timeout_s,
-                                                                                   listener=True), cluster_url=url)
-        return cls.connect_single(url, lean=lean, timeout_s=timeout_s)
+                                                                                   listener=True), cluster_url=url,
+                       replicas=replicas)
+        return cls.connect_single(url, lean=lean, timeout_s=timeout_s, replicas=replicas)
 
     @classmethod
-    def connect_single(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> Connections:
+    def connect_single(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0,
+                       replicas: Replicas = Replicas()) -> Connections:
         # redis-py's default pool raises MaxConnectionsError when exhausted: wait instead. A pooled
         # connection that Redis dropped (a restart) fails its next command: that command is sent
         # again on a new connection, twice at most. Timeouts are not retried (the command may
@@ -202,10 +224,13 @@ class Connections:
                                            socket_keepalive=True, health_check_interval=30)
         fast = LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0) if lean else None
         bulk = LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0) if fast is not None else None
-        return cls(aioredis.Redis(connection_pool=pool), listener, fast, bulk)
+        appends = (LeanRedis.from_url(url, timeout_s=timeout_s, connect_timeout_s=5.0)
+                   if fast is not None and replicas.count else None)
+        return cls(aioredis.Redis(connection_pool=pool), listener, fast, bulk, replicas=replicas, appends=appends)
 
-    def script(self, name: str) -> Script:
-        return Script(self, _LUA.joinpath(name).read_text())
+    def script(self, name: str, *, lean: LeanRedis | None = None) -> Script:
+        """A script of ``lua/``, run on ``lean`` (default: the hot path's lean connection, when there is one)."""
+        return Script(self, _LUA.joinpath(name).read_text(), lean=lean)
 
     def fanout(self, node: str, room: str) -> list[Any]:
         """The scripts' arguments naming the channels of ``room``'s followers, for a message from
@@ -225,7 +250,7 @@ class Connections:
         return TranslatedSubscription(PubSubSubscription(self.listener.pubsub(), channel))
 
     async def close(self) -> None:
-        for lean in (self.lean, self.bulk):
+        for lean in {self.lean, self.bulk, self.appends} - {None}:
             if lean is not None:
                 await lean.aclose()
         await self.listener.aclose()
@@ -236,11 +261,14 @@ class Script:
     """A Lua script, called as ``await script(keys, args)``, or for several calls in one round trip
     with :meth:`many`: on the lean connection when there is one."""
 
-    def __init__(self, connections: Connections, source: str) -> None:
-        self._lean = None if connections.lean is None else LeanScript(connections.lean, source)
+    def __init__(self, connections: Connections, source: str, *, lean: LeanRedis | None = None) -> None:
+        lean = lean or connections.lean
+        self._lean = None if lean is None else LeanScript(lean, source)
         self._client = connections.client
         self._script = connections.client.register_script(source)
         self._sharded = connections.sharded
+        self._source = source
+        self._refreshing = asyncio.Lock()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._lean is not None:
@@ -258,15 +286,77 @@ class Script:
                 await self._script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute(raise_on_error=False))
 
+    async def many_then_wait(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+                             replicas: Replicas) -> list[tuple[Any, Any]]:
+        """Each call's reply with the reply of a ``WAIT`` sent right after it on the same connection (the
+        replicas that acknowledged every write of that connection so far, or the error): one ``WAIT`` after
+        all the calls on a single Redis, one per call (on its shard's connection) on a cluster."""
+        wait = ("WAIT", replicas.count, replicas.timeout_ms)
+        if self._sharded:
+            return list(await asyncio.gather(*(self._on_shard(keys, args, wait) for keys, args in calls)))
+        if self._lean is not None:
+            replies = await self._lean.many(calls, then=wait)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._script(keys=keys, args=args, client=pipe)
+                pipe.execute_command(*wait)
+                replies = list(await pipe.execute(raise_on_error=False))
+        return [(reply, replies[-1]) for reply in replies[:-1]]
+
+    async def _on_shard(self, keys: Sequence[Any], args: Sequence[Any], wait: Sequence[Any]) -> tuple[Any, Any]:
+        """The script, then ``wait``, on one connection of the master that owns the slot of ``keys``: the
+        cluster client would send them on two (and a ``WAIT`` to every node). A call that cannot be sent
+        there (the master died, its slot moved) refreshes the map of the slots and fails in place."""
+        evalsha = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        try:
+            for _ in range(3):
+                node = self._client.get_node_from_key(keys[0])
+                commands = [PipelineCommand(0, *evalsha), PipelineCommand(1, *wait)]
+                await node.execute_pipeline(commands)
+                reply, waited = commands[0].result, commands[1].result
+                if isinstance(reply, NoScriptError):
+                    await node.execute_command("SCRIPT", "LOAD", self._source)
+                elif isinstance(reply, MovedError | ReadOnlyError):  # not run: the slot has another master now
+                    await self._refresh()
+                else:
+                    break
+            if isinstance(reply, MovedError):  # the map kept moving: nothing was run
+                reply = StoreRefused(f"MOVED {reply}")
+            return reply, waited
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # (a lost connection: the script may have run)
+            with contextlib.suppress(Exception):
+                await self._refresh()
+            return _failure(exc), exc
+
+    async def _refresh(self) -> None:
+        """Ask the cluster for its map of the slots again (once at a time: a shard's every room fails at once)."""
+        if self._refreshing.locked():
+            async with self._refreshing:  # the refresh under way will do
+                return
+        async with self._refreshing:
+            await self._client.nodes_manager.initialize()
+
 
 class RedisRoomLog:
-    """A room log; with ``bulk``, its reads go on the bulk connection (:attr:`Connections.bulk`)."""
+    """A room log; with ``bulk``, its reads go on the bulk connection (:attr:`Connections.bulk`).
+
+    With :attr:`Connections.replicas` (``REDIS_MIN_REPLICAS``), a batch's script calls are followed by a
+    ``WAIT`` on their connection; a room's outcomes stand only when enough replicas acknowledged it in
+    time (else every entry appended or found again is :class:`NotReplicated`, and its ``before`` is not
+    reported), and only then is the room's newest id announced to its other followers (``announce.lua``:
+    the append script announces nothing itself then), so that no node delivers an entry before it is
+    replicated."""
 
     def __init__(self, connections: Connections, *, bulk: bool = False) -> None:
         self._connections = connections
         self._client = connections.client
         self._lean = connections.bulk if bulk else connections.lean
-        self._append = connections.script("append.lua")
+        self._replicas = connections.replicas
+        self._append = connections.script("append.lua", lean=connections.appends)
+        self._announce = connections.script("announce.lua", lean=connections.appends)
 
     @translated
     async def append_batch(self, entries: Sequence[NewEntry], retention: Retention, node: str) -> BatchResult:
@@ -274,9 +364,13 @@ class RedisRoomLog:
         for index, entry in enumerate(entries):
             rooms.setdefault(entry.room, []).append(index)
         epoch = secrets.token_hex(8)
-        calls = [self._call(room, [entries[i] for i in indexes], retention, node, epoch)
+        waits = self._replicas.count > 0
+        calls = [self._call(room, [entries[i] for i in indexes], retention, node, epoch, waits)
                  for room, indexes in rooms.items()]
-        replies = await self._append.many(calls)
+        if waits:
+            replies = await self._replicated(rooms, await self._append.many_then_wait(calls, self._replicas), node)
+        else:
+            replies = await self._append.many(calls)
         before: dict[str, bytes] = {}
         ids: list[bytes | Duplicate | Exception] = [b""] * len(entries)
         for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
@@ -284,17 +378,49 @@ class RedisRoomLog:
                 for i in indexes:
                     ids[i] = _failure(reply)
                 continue
-            before[room] = reply[0]
+            if reply[0] != b"":  # (not replicated: its ``before`` is not known to be)
+                before[room] = reply[0]
             for i, outcome in zip(indexes, reply[1:], strict=True):
                 ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
                           else _failure(outcome) if isinstance(outcome, Exception) else outcome)
         return BatchResult(before=before, ids=ids)
 
+    async def _replicated(self, rooms: Mapping[str, list[int]], replies: list[tuple[Any, Any]],
+                          node: str) -> list[Any]:
+        """Each room's reply, kept when enough replicas acknowledged it, else with :class:`NotReplicated` in
+        place of each entry appended or found again (and no ``before``); then the rooms that were replicated
+        are announced to their other followers."""
+        out: list[Any] = []
+        announce: list[tuple[list[Any], list[Any]]] = []
+        for room, (reply, acked) in zip(rooms, replies, strict=True):
+            if isinstance(reply, Exception):
+                out.append(reply)
+                continue
+            if not isinstance(acked, int) or acked < self._replicas.count:
+                short = NotReplicated(f"{acked if isinstance(acked, int) else 0} of {self._replicas.count} replicas"
+                                      f" acknowledged the write within {self._replicas.timeout_ms} ms"
+                                      + (f" ({acked})" if isinstance(acked, Exception) else ""))
+                out.append([b"", *(outcome if isinstance(outcome, Exception) else short for outcome in reply[1:])])
+                continue
+            out.append(reply)
+            appended = [outcome for outcome in reply[1:] if isinstance(outcome, bytes)]
+            sender, prefix, suffix, _ = self._connections.fanout(node, room)
+            announce.append(([followers_key(room)], [sender, prefix, suffix, room, appended[-1] if appended
+                                                     else reply[0]]))
+        if announce:
+            try:
+                for failed in await self._announce.many(announce):
+                    if isinstance(failed, Exception):
+                        raise failed
+            except Exception as exc:  # stored and replicated: the other nodes hear of it at the room's next append
+                _announcements.warning("announcing replicated appends failed", exc)
+        return out
+
     def _call(self, room: str, entries: list[NewEntry], retention: Retention, node: str,
-              epoch: str) -> tuple[list[Any], list[Any]]:
+              epoch: str, waits: bool) -> tuple[list[Any], list[Any]]:
         keys: list[Any] = [stream_key(room), epoch_key(room), followers_key(room)]
         sender, prefix, suffix, _ = self._connections.fanout(node, room)
-        args: list[Any] = [retention.maxlen, retention.ttl_s, sender, epoch, prefix, suffix, room]
+        args: list[Any] = [retention.maxlen, retention.ttl_s, sender, epoch, prefix, suffix, room, int(waits)]
         for entry in entries:
             window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
             dedupe = 0
@@ -665,10 +791,12 @@ class RedisStore:
         self._queues: dict[str, RedisRequestQueue] = {}
 
     @classmethod
-    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0) -> RedisStore:
+    def connect(cls, url: str, *, lean: bool = True, timeout_s: float = 10.0,
+                replicas: Replicas = Replicas()) -> RedisStore:
         """The store on the Redis at ``url`` (``lean=False``: redis-py for everything, as for the URLs
-        the lean client does not take); a reply later than ``timeout_s`` fails its command."""
-        return cls(Connections.connect(url, lean=lean, timeout_s=timeout_s))
+        the lean client does not take); a reply later than ``timeout_s`` fails its command; each append
+        batch waits for ``replicas``."""
+        return cls(Connections.connect(url, lean=lean, timeout_s=timeout_s, replicas=replicas))
 
     def requests(self, queue: str) -> RedisRequestQueue:
         if queue not in self._queues:

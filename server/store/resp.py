@@ -261,18 +261,24 @@ class LeanScript:
             await self._client.execute("SCRIPT", "LOAD", self._source)
         return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    async def many(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
-        """Run the script once per ``(keys, args)``, all in one write; error replies in place."""
+    async def many(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]],
+                   then: Sequence[Arg] | None = None) -> list[Any]:
+        """Run the script once per ``(keys, args)``, all in one write; error replies in place. ``then``: a
+        command sent right after the calls, on the same connection (``WAIT``, which counts the writes of its
+        own connection), whose reply comes last (after a reload of the script, after the calls sent again)."""
         commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
-        replies = await self._client.execute_many(commands)
-        missing = [i for i, reply in enumerate(replies)
+        tail = [then] if then is not None else []
+        replies = await self._client.execute_many([*commands, *tail])
+        missing = [i for i, reply in enumerate(replies[:len(commands)])
                    if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")]
         if missing:
             with contextlib.suppress(ResponseError):
                 await self._client.execute("SCRIPT", "LOAD", self._source)
-            again = await self._client.execute_many([commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
+            again = await self._client.execute_many([*(commands[i] for i in missing), *tail])
+            for i, reply in zip(missing, again, strict=False):
                 replies[i] = reply
+            if tail:
+                replies[-1] = again[-1]
         return replies
 
 

@@ -32,6 +32,7 @@ from server.store.ports import (
     Fence,
     Fenced,
     NewEntry,
+    NotReplicated,
     Progress,
     Request,
     Retention,
@@ -197,6 +198,9 @@ class FakeLog(_Failing):
         self.cids: dict[tuple[str, str, str], tuple[str, bytes]] = {}  # (room, participant, cid) -> (epoch, id)
         self.gate: asyncio.Event | None = None
         self.failing_rooms: dict[str, Exception] = {}
+        #: Rooms whose appends are stored but not acknowledged by enough replicas (REDIS_MIN_REPLICAS): each
+        #: entry appended or found again is NotReplicated, and the room is neither reported nor announced.
+        self.unreplicated_rooms: set[str] = set()
         self.batches: list[list[NewEntry]] = []  # every batch appended, as received
         self.locks: FakeLocks | None = None  # checks (and releases) the fence of a generation's answer
         self._last: tuple[int, int] = (0, 0)
@@ -271,6 +275,12 @@ class FakeLog(_Failing):
                 self.cids[key] = (self.epochs[entry.room], entry_id)
             newest[entry.room] = entry_id
             ids.append(entry_id)
+        for n, entry in enumerate(entries):
+            if entry.room in self.unreplicated_rooms and not isinstance(ids[n], Exception):
+                ids[n] = NotReplicated("0 of 1 replicas acknowledged the write within 1000 ms")
+        for room in self.unreplicated_rooms:
+            before.pop(room, None)
+            newest.pop(room, None)
         for room, entry_id in newest.items():
             for other in list(self.bus.followers.get(room, {})):
                 if other != node:

@@ -5,7 +5,8 @@
 -- ARGV: maxlen (0 = no trimming), ttl_s (0 = no expiry), this node's id, a fresh random epoch (for a
 --       stream this batch creates), the prefix of the nodes' channels, their suffix ("" on a single
 --       Redis; on a Redis Cluster the room's hash tag: shard channels, in the room's slot, reached
---       with SPUBLISH), the room, then for each entry
+--       with SPUBLISH), the room, "1" when the caller waits for replicas (WAIT) before announcing the
+--       batch itself (announce.lua) or "0", then for each entry
 --       six values: its participant, its body, the index in KEYS of its dedupe key (0: no cid), how
 --       long the dedupe key is kept, in seconds, the index in KEYS of its fence (a generation's lock,
 --       0: none; the room's partial text of the generation, its hash and its text, follow it in KEYS)
@@ -23,17 +24,19 @@
 -- without an epoch (written before epochs were kept there) counts while the stream still holds its id.
 -- Tells every other follower what was appended, by publishing "<room> <newest id>" on its channel
 -- (a follower whose time is up, a process that died, hears nothing: its followers' heartbeats
--- remove it, see follow.lua).
+-- remove it, see follow.lua); unless the caller waits for replicas: then it announces the batch once
+-- replicated, and a resend (a duplicate) rewrites its dedupe key as it is, so that the caller's WAIT,
+-- which counts the writes of its own connection, covers the original as well.
 local stream, epoch_key, followers = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, ttl, self, fresh = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local prefix, suffix, room = ARGV[5], ARGV[6], ARGV[7]
+local prefix, suffix, room, waits = ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'
 local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local before = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
 local epoch = before ~= '0-0' and redis.call('GET', epoch_key)
 local created = not epoch
 if created then epoch = fresh end
 local out, newest = {before}, false
-for j = 8, #ARGV, 6 do
+for j = 9, #ARGV, 6 do
   local d, f = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 4])
   local dedupe = d > 0 and KEYS[d]
   local fence = f > 0 and KEYS[f]
@@ -52,6 +55,7 @@ for j = 8, #ARGV, 6 do
           end
         end
         id = {prior_id, body}
+        if waits then redis.call('SET', dedupe, prior, 'KEEPTTL') end
       end
     end
   end
@@ -81,6 +85,8 @@ if newest then
     redis.call('EXPIRE', stream, ttl)
     redis.call('EXPIRE', epoch_key, ttl)
   end
+end
+if newest and not waits then
   for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
     if node == self then
     elseif suffix == '' then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest)

@@ -9,18 +9,20 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+import server.appender as appender_module
 from server.appender import MAX_BATCH, Appender
 from server.store.ports import (
     BatchResult,
     Duplicate,
     NewEntry,
+    NotReplicated,
     Retention,
     RoomLog,
     StoreError,
     StoreRefused,
     StoreUnavailable,
 )
-from server.supervise import Supervisor, backoff
+from server.supervise import Supervisor, Throttled, backoff
 from tests.unit.fakes import FakeStore
 from tests.unit.server.helpers import FakeSleep, no_leftover_tasks, passes, until
 
@@ -161,7 +163,18 @@ async def test_the_feed_hears_only_of_entries_that_were_stored() -> None:
     rig.submit(1, cid="c")  # duplicate
     rig.submit(2, room="broken")
     await rig.settled(3)
-    assert [room for room, _, _ in rig.told] == ["r"]  # only the first batch's entry
+    assert [(room, len(items)) for room, _, items in rig.told] == [("r", 1), ("r", 0)]  # only the first one's entry
+    assert rig.told[1][1] == rig.outcomes[0]  # the resend's batch: stored up to the original
+
+
+async def test_a_batch_of_resends_only_tells_the_feed_where_the_room_stands() -> None:
+    rig = Rig(Retention(dedupe_s=60))
+    rig.submit(0, cid="c")
+    await rig.settled(1)
+    rig.submit(1, cid="c")
+    await rig.settled(2)
+    assert rig.told[1] == ("r", rig.outcomes[0], [])
+    assert rig.outcomes[1] == Duplicate(rig.told[0][2][0][0], b"m0")
 
 
 async def test_a_submitter_whose_callback_raises_does_not_stop_the_others() -> None:
@@ -297,3 +310,35 @@ async def test_a_flusher_that_raises_fails_its_batch_and_is_restarted_by_its_sup
     assert supervisor.down() == [] and supervisor.loops() == [("appender", True, 1)]
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_appends_short_of_replicas_fail_their_senders_and_are_not_handed_to_the_feed() -> None:
+    # REDIS_MIN_REPLICAS: stored on the primary, not acknowledged: the sender is told (unavailable), the
+    # feed is not (nothing delivered here), and the resend, once replicated, finds the stored original.
+    rig = Rig(Retention(dedupe_s=60))
+    rig.log.unreplicated_rooms.add("r")
+    rig.submit(0, cid="c")
+    rig.submit(1, room="s")
+    await rig.settled(2)
+    assert isinstance(rig.outcomes[0], NotReplicated)
+    [(original, _)] = rig.log.streams["r"]
+    assert [room for room, _, _ in rig.told] == ["s"]  # the other room's batch stands
+    rig.log.unreplicated_rooms.clear()
+    rig.submit(2, cid="c")
+    await rig.settled(3)
+    assert rig.outcomes[2] == Duplicate(original, b"m0")
+    assert rig.told[-1] == ("r", original, [])  # the feed delivers the original, to everyone here
+
+
+async def test_appends_short_of_replicas_are_logged_once_a_minute(caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(appender_module, "_failures", Throttled(logging.getLogger("server.appender")))
+    rig = Rig()
+    rig.log.unreplicated_rooms.add("r")
+    with caplog.at_level(logging.WARNING, logger="server.appender"):
+        for n in range(3):
+            rig.submit(n)
+            await rig.settled(n + 1)
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "appends not acknowledged by enough replicas (stored on the primary, not delivered yet; the senders are"
+        " told unavailable)"]

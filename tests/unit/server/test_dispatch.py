@@ -113,6 +113,23 @@ async def test_a_failed_append_is_answered_with_an_error_frame_carrying_the_cid(
     assert sender.inflight == 0
 
 
+async def test_a_message_short_of_replicas_is_stored_but_answered_unavailable_and_its_resend_finds_it() -> None:
+    rig = Rig()
+    rig.store.log.unreplicated_rooms.add("r")
+    sender, outlet = member()
+    await rig.dispatcher.dispatch(sender, chat("first", "c1"))
+    await until(lambda: bool(outlet.frames))
+    [answer] = outlet.bodies()
+    assert answer["bd"]["code"] == "unavailable" and answer["bd"]["cid"] == "c1"
+    assert [stored["bd"] for stored in rig.stored()] == [{"text": "first"}]  # it is on the primary
+    rig.store.log.unreplicated_rooms.clear()  # the replica is back
+    await rig.dispatcher.dispatch(sender, chat("first", "c1"))
+    await until(lambda: len(outlet.frames) == 2)
+    resent = outlet.bodies()[1]
+    assert resent["hd"]["id"] == rig.store.log.last("r").decode() and resent["bd"] == {"text": "first"}
+    assert len(rig.stored()) == 1
+
+
 async def test_llm_events_without_a_bot_are_unknown_events() -> None:
     rig = Rig(bot=None)
     sender, _ = member()

@@ -10,7 +10,7 @@ import pytest
 from protocol.errors import ERROR_CODES, ProtocolError
 from server.errors import error_code, error_for
 from server.metrics import COUNTS
-from server.store.ports import StoreError, StoreRefused, StoreUnavailable
+from server.store.ports import NotReplicated, StoreError, StoreRefused, StoreUnavailable
 
 
 def test_a_protocol_error_keeps_its_code_message_and_cid() -> None:
@@ -30,6 +30,14 @@ def test_no_cid_at_all_leaves_it_out() -> None:
 def test_an_unreachable_store_is_unavailable_and_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, "server.errors"):
         assert error_code(StoreUnavailable("connection refused")) == ("unavailable", ERROR_CODES["unavailable"])
+    assert caplog.records == []
+
+
+def test_an_append_short_of_replicas_is_unavailable_send_it_again(caplog: pytest.LogCaptureFixture) -> None:
+    # Stored on the primary but not acknowledged: the resend with the same cid answers the stored copy.
+    with caplog.at_level(logging.ERROR, "server.errors"):
+        frame = orjson.loads(error_for(NotReplicated("0 of 1 replicas acknowledged the write within 1000 ms"), "c9"))
+    assert frame["bd"] == {"code": "unavailable", "message": ERROR_CODES["unavailable"], "cid": "c9"}
     assert caplog.records == []
 
 

@@ -302,6 +302,27 @@ async def test_consecutive_local_batches_all_take_the_fast_path() -> None:
     assert node.sink.calls == [s(*first), s(*second)]
 
 
+async def test_a_local_batch_of_resends_only_catches_up_to_the_newest_id_it_found() -> None:
+    # REDIS_MIN_REPLICAS: an entry whose batch fell short of replicas was stored, not delivered; its resend's
+    # batch (replicated) says the room stands at it: the feed reads up to there, and no further.
+    node = await started_node()
+    [held_back] = [node.store.log.add("r", b"x")]  # stored, never announced nor handed to the feed
+    later = node.store.log.add("r", b"y")  # another node's, not replicated yet: not announced
+    node.feed.appended("r", held_back, [])
+    await until(lambda: node.feed.state("r") is LIVE and node.sink.seen() != [])
+    await passes()
+    assert node.sink.seen() == s(held_back)
+    assert later.decode() not in node.sink.seen()
+
+
+async def test_a_local_batch_of_resends_reads_nothing_when_the_room_was_delivered_that_far() -> None:
+    node = await started_node()
+    [entry] = await local_append(node, "r", b"x")
+    gate(node)  # a read would wait here
+    node.feed.appended("r", entry, [])
+    assert node.feed.state("r") is LIVE and node.sink.seen() == s(entry)
+
+
 async def test_a_local_batch_after_another_nodes_append_is_caught_up_from_the_stream_in_order() -> None:
     node = await started_node()
     theirs = await other_node_appends(node.store, "r", b"x")
