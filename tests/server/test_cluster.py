@@ -12,7 +12,6 @@ import httpx
 import orjson
 import pytest
 import redis
-import websockets
 from redis.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 
@@ -20,6 +19,7 @@ from server.store.cluster import is_cluster
 from server.store.keys import epoch_key, followers_key, presence_key, stream_key
 from tests.conftest import RUN, new_room
 from tests.server.test_llm import check_generation, until_end
+from tests.support.careful import CarefulSender
 from tests.support.client import Client
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import free_port
@@ -161,44 +161,6 @@ def test_every_key_of_a_room_is_in_the_stream_s_slot(crdb: ClusterClient, rooms:
     assert {key_slot(key.encode()) for key in (epoch_key(room), presence_key(room), followers_key(room))} == {slot}
     with pytest.raises(redis.ResponseError):  # and the cluster refuses a script that strays from it
         crdb.eval("return redis.call('GET', ARGV[1])", 1, stream_key(room), epoch_key(elsewhere))
-
-
-class CarefulSender:
-    """A member that sends numbered messages, each with a cid, one at a time: it resends the same cid
-    when told ``unavailable`` or when its connection drops (reconnecting with ``last_id``), until the
-    message comes back; every acknowledged ``(text, id)`` is kept."""
-
-    def __init__(self, node: ServerProcess, room: str) -> None:
-        self.node, self.room = node, room
-        self.acked: list[tuple[str, str]] = []
-        self.acked_at: list[float] = []
-
-    async def run(self, stop: asyncio.Event) -> None:
-        client: Client | None = None
-        n = 0
-        while not stop.is_set():
-            try:
-                if client is None:
-                    last = {"last_id": self.acked[-1][1]} if self.acked else {}
-                    client = await Client.open(self.node.ws(self.room, role="A", **last))
-                await client.chat(f"m{n}", cid=f"c{n}")
-                while True:
-                    frame = await client.recv(timeout_s=15)
-                    if frame["hd"].get("cid") == f"c{n}":
-                        break
-                if frame["hd"]["event"] == "error":
-                    assert frame["bd"]["code"] == "unavailable", frame
-                    await asyncio.sleep(0.05)
-                    continue
-                self.acked.append((f"m{n}", frame["hd"]["id"]))
-                self.acked_at.append(asyncio.get_running_loop().time())
-                n += 1
-                await asyncio.sleep(0.01)  # (under STREAM_MAXLEN for the whole test)
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidStatus):
-                client = None  # the relay closed it (1011), or refused the handshake: again, resuming
-                await asyncio.sleep(0.1)
-        if client is not None:
-            await client.close()
 
 
 async def test_a_master_killed_under_traffic_fails_over_and_both_relays_follow(

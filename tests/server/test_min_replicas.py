@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-import websockets
 from redis.cluster import RedisCluster as ClusterClient
 
 from client import connect
@@ -21,7 +20,7 @@ from server.store.keys import stream_key
 from server.store.ports import Duplicate, NewEntry, NotReplicated, Retention
 from server.store.redis_store import RedisStore, Replicas
 from tests.conftest import new_room
-from tests.server.test_cluster import CarefulSender
+from tests.support.careful import CarefulSender
 from tests.support.client import Client
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
@@ -176,47 +175,6 @@ async def test_a_failover_under_careful_clients_loses_nothing_acknowledged(
             server.stop()
 
 
-class GatedSender(CarefulSender):
-    """A :class:`CarefulSender` that starts each new message only while :attr:`go` is set, and says when it
-    waits there (:attr:`idle`): a message in flight is finished (resent until acknowledged) first."""
-
-    def __init__(self, node: ServerProcess, room: str) -> None:
-        super().__init__(node, room)
-        self.go, self.idle = asyncio.Event(), asyncio.Event()
-        self.go.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        client: Client | None = None
-        n = 0
-        while not stop.is_set():
-            if not self.go.is_set():
-                self.idle.set()
-                await self.go.wait()
-                self.idle.clear()
-            try:
-                if client is None:
-                    last = {"last_id": self.acked[-1][1]} if self.acked else {}
-                    client = await Client.open(self.node.ws(self.room, role="A", **last))
-                await client.chat(f"m{n}", cid=f"c{n}")
-                while True:
-                    frame = await client.recv(timeout_s=15)
-                    if frame["hd"].get("cid") == f"c{n}":
-                        break
-                if frame["hd"]["event"] == "error":
-                    assert frame["bd"]["code"] == "unavailable", frame
-                    await asyncio.sleep(0.05)
-                    continue
-                self.acked.append((f"m{n}", frame["hd"]["id"]))
-                self.acked_at.append(asyncio.get_running_loop().time())
-                n += 1
-                await asyncio.sleep(0.01)
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidStatus):
-                client = None
-                await asyncio.sleep(0.1)
-        if client is not None:
-            await client.close()
-
-
 def replica_port(cluster: RedisCluster, master: int) -> int:
     with cluster.client(master) as client:
         return int(client.info("replication")["slave0"]["port"])
@@ -237,7 +195,7 @@ async def test_a_cluster_master_killed_under_careful_clients_loses_nothing_ackno
     rooms = redis_cluster.rooms_on_every_master(new_room)
     victim = redis_cluster.master_of(rooms[0])
     stalled = next(node for node in redis_cluster.nodes if node.port == replica_port(redis_cluster, victim))
-    senders = [GatedSender(relays[n % 2], room) for n, room in enumerate(rooms)]
+    senders = [CarefulSender(relays[n % 2], room) for n, room in enumerate(rooms)]
     stop = asyncio.Event()
     running = [asyncio.create_task(sender.run(stop)) for sender in senders]
     dead: RedisServer | None = None
