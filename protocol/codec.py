@@ -139,6 +139,16 @@ def llm_snapshot_frame(room: str, rid: str, reply_to: str, seq: int, text: str, 
     return orjson.dumps({"hd": hd, "bd": {"text": text}}).decode()
 
 
+def llm_queued_frame(room: str, rid: str, reply_to: str, position: int, regenerates: str = "") -> str:
+    """``llm.queued``: the question ``reply_to`` waits for its turn (``LLM_TURNS=queue``); generation ``rid``
+    will answer it once the ``position`` questions ahead of it (the running one counted) are answered."""
+    hd: dict[str, Any] = {"event": Event.LLM_QUEUED, "role": LLM_ROLE, "sid": room, "rid": rid,
+                          "reply_to": reply_to, "position": position}
+    if regenerates:
+        hd["regenerates"] = regenerates
+    return orjson.dumps({"hd": hd, "bd": {}}).decode()
+
+
 def merged_streaming_frame(hd: dict[str, Any], first_seq: int, seq: int, delta: str) -> str:
     """``llm.streaming`` for deltas ``first_seq`` to ``seq`` of one generation, merged: ``hd`` is the first
     one's header (its other fields, in their order), ``delta`` their texts joined."""

@@ -15,6 +15,7 @@ class Event(StrEnum):
     LLM_REGENERATE = "llm.regenerate"
     LLM_STREAMING = "llm.streaming"
     LLM_SNAPSHOT = "llm.snapshot"
+    LLM_QUEUED = "llm.queued"
     LLM_RESPONSE = "llm.response"
     LLM_ERROR = "llm.error"
     SESSION_READY = "session.ready"

@@ -226,7 +226,8 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
 
 def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:
     members = ((role, field.partition("/")[2]) for field, role in info.roster)
-    generations = ((running.rid, running.reply_to, "running", 0) for running in info.generations)
+    generations = [*((running.rid, running.reply_to, "running", 0) for running in info.generations),
+                   *((queued.rid, queued.reply_to, "queued", n) for n, queued in enumerate(info.queued, 1))]
     return session_ready_frame(member.room, role_of(member), member.conn, None if newest == _NONE else newest.decode(),
                                info.epoch, recovered, members, generations)
 

@@ -231,10 +231,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 ProviderName = Literal["openai", "scripted"]
 Trigger = Literal["mention", "explicit", "always"]
 CancelScope = Literal["any", "asker"]
+Turns = Literal["queue", "refuse", "interrupt"]
 
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "scripted")
 TRIGGERS: tuple[Trigger, ...] = ("mention", "explicit", "always")
 CANCEL_SCOPES: tuple[CancelScope, ...] = ("any", "asker")
+TURNS: tuple[Turns, ...] = ("queue", "refuse", "interrupt")
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant taking part in a group chat. Each user message starts with the "
     "sender's role (A, B or user) and a colon. Answer the latest message briefly and in its language."
@@ -262,6 +264,8 @@ class LLMSettings:
     max_retries: int = 2  # the SDK's retries before the first token (it never retries after)
     trigger: Trigger = "mention"
     cancel: CancelScope = "any"  # who may stop an answer: any human in the room, or only the role that asked
+    turns: Turns = "queue"  # a question while the bot answers: waits its turn, is refused (busy), or interrupts
+    queue_per_room: int = 5  # questions that may wait for their turn in one room (LLM_TURNS=queue)
     workers: int = 1  # worker consumers in this process (0: it runs no generation)
     concurrency: int = 100  # generations one worker runs at once
     reclaim_after_s: float = 30.0
@@ -360,6 +364,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_retries": ("LLM_MAX_RETRIES", _int(0, 10)),
     "trigger": ("LLM_TRIGGER", _choice(TRIGGERS)),
     "cancel": ("LLM_CANCEL", _choice(CANCEL_SCOPES)),
+    "turns": ("LLM_TURNS", _choice(TURNS)),
+    "queue_per_room": ("LLM_QUEUE_PER_ROOM", _int(1, 1000)),
     "workers": ("LLM_WORKERS", _int(0, 1024)),
     "concurrency": ("LLM_CONCURRENCY", _int(1, 100_000)),
     "reclaim_after_s": ("LLM_RECLAIM_AFTER_S", _float(0.0, 86400.0, low_open=True)),

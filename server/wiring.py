@@ -140,7 +140,8 @@ class Relay:
                                  settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
         self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
                               settings.llm.queue_lease_ms, settings.llm.cancel, guard=self.parts.guard,
-                              room_log=store.log)
+                              room_log=store.log, turns=settings.llm.turns,
+                              queue_per_room=settings.llm.queue_per_room, ephemeral=self.parts.ephemeral)
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     @contextlib.asynccontextmanager

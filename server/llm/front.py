@@ -1,30 +1,40 @@
 """The bot's front desk in the relay: which frames ask it something, and the requests they make.
 
 - A ``chat.message`` is stored as usual; when it triggers the bot (``LLM_TRIGGER``: a mention of
-  ``@llm``, or every human message), a request answering it is queued once it is stored. A room
-  already answering tells the sender ``busy`` (the message itself stays stored).
+  ``@llm``, or every human message), a request answering it is queued once it is stored.
+- **Turns** (``LLM_TURNS``): a question while the bot answers another one (or while others wait)
+  ``queue``-s (the default): it joins the room's waiting list in the store (at most
+  ``LLM_QUEUE_PER_ROOM`` wait; one more is ``busy``), every member hears ``llm.queued`` with its
+  position, its request is queued at once, and the worker that reads it waits until the room's turn is
+  its own (:meth:`~server.store.ports.GenerationLocks.start`): questions are answered one at a time, in
+  the order they joined. ``refuse``: the sender is told ``busy`` (the message stays stored; an
+  ``llm.invoke`` is refused before it is stored). ``interrupt``: the running answer is cancelled (by the
+  new question's asker), the questions waiting are dropped (each member hears ``llm.error``
+  ``cancelled`` for them, not stored) and the new one answers next.
 - The room's lock is taken with the long "queued" lease (``LLM_QUEUE_LEASE_S``): the question keeps
   its room while it waits for a worker, however long every worker slot stays busy; the worker that
   starts it takes the lock over with a new fencing token and its own short, renewed lease.
-- An ``llm.invoke`` first takes the room's lock (``busy`` when it cannot: nothing is stored), is
-  then stored like a chat message, and queued.
+- An ``llm.invoke`` is stored like a chat message, then takes its turn like one. With
+  ``LLM_TURNS=refuse`` it takes the room's lock first (``busy`` when it cannot: nothing is stored).
 - An ``llm.regenerate`` names a stored answer (by its ``rid``): its question is asked again, as a new
   generation (a new ``rid``, the same ``reply_to``, ``regenerates`` the old rid). The answer is found by
   its marker (the ``llm.response``'s dedupe key) and read from the room's stream; a rid with no stored
   answer (unknown, still running, ended with ``llm.error``, trimmed away) is ``unknown_generation``.
-  Nothing is stored for the ``llm.regenerate`` itself; the room busy: ``busy``.
+  Nothing is stored for the ``llm.regenerate`` itself; it takes its turn like any question.
 - Every question is checked against the bot's budgets (:mod:`server.llm.quota`) once it holds the room's
-  lock: over budget, the lock is released and the asker gets ``quota_exceeded`` (with ``retry_after_s``).
-  The question stays stored (a chat message, and an ``llm.invoke`` too: it is stored before the check,
-  as a question a busy room refuses is not), and it is never answered.
-- An ``llm.cancel`` stops the generation whichever process runs it; ``unknown_generation`` when
-  no such generation is running in the room. Who may (``LLM_CANCEL``): ``any`` human in the room,
-  or only the role that ``asker``-ed (the room's lock records the asker when it is taken); another
-  role is refused ``forbidden``. The role that cancelled is recorded with the cancel, and stored
-  with the answer (``bd.cancelled_by``).
+  lock or its place in the waiting list: over budget, it gives them up and the asker gets
+  ``quota_exceeded`` (with ``retry_after_s``). The question stays stored (a chat message, and an
+  ``llm.invoke`` too: it is stored before the check), and it is never answered.
+- An ``llm.cancel`` stops the generation whichever process runs it, or takes a waiting question off
+  the room's waiting list (every member hears ``llm.error`` ``cancelled`` for it, not stored: it is
+  never answered); ``unknown_generation`` when no such generation is running or waiting in the room.
+  Who may (``LLM_CANCEL``): ``any`` human in the room, or only the role that ``asker``-ed (recorded
+  when the question takes its turn); another role is refused ``forbidden``. The role that cancelled
+  is recorded with the cancel, and stored with the answer (``bd.cancelled_by``).
 
 **A room's turn never leaks.** Whenever a request does not end up queued, the lock it took (or may
-have taken: a lock whose reply was lost) is released, and a release that fails (Redis away) is tried
+have taken: a lock whose reply was lost) is released and its place on the waiting list given up
+(:meth:`~server.store.ports.GenerationLocks.withdraw`), and a release that fails (Redis away) is tried
 again in the background until it succeeds or the lease would have ended anyway: a few seconds of
 Redis trouble never leave a room ``busy`` for ``LLM_QUEUE_LEASE_S``. A question that is stored but
 could not be queued keeps its room, and is queued in the background the same way: it is answered
@@ -38,32 +48,51 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
 
-from protocol.codec import frame_with_id
+from protocol.codec import frame_with_id, llm_error_body, llm_queued_frame
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from protocol.names import Event
 from server.appender import Appender
+from server.ephemeral import Ephemeral
 from server.errors import error_for
 from server.llm.quota import CostGuard
 from server.member import Member
-from server.settings import CancelScope, Trigger
-from server.store.ports import Cancel, Duplicate, Fence, GenerationLocks, NewEntry, Request, RequestQueue, RoomLog
+from server.settings import CancelScope, Trigger, Turns
+from server.store.ports import (
+    Cancel,
+    Duplicate,
+    Fence,
+    GenerationLocks,
+    NewEntry,
+    Queued,
+    Request,
+    RequestQueue,
+    RoomLog,
+    Turn,
+)
 from server.supervise import backoff
 
 log = logging.getLogger(__name__)
 _MENTION = re.compile(r"@llm\b", re.IGNORECASE)
 CANCEL_FORBIDDEN = "Only the member who asked this question may stop its answer (LLM_CANCEL=asker)."
+DEQUEUED = "The question was taken off the queue before it was answered."
+INTERRUPTED = "A newer question interrupted the bot (LLM_TURNS=interrupt) before this one was answered."
 
 
 class LLMFront:
     def __init__(self, locks: GenerationLocks, requests: RequestQueue, appender: Appender, trigger: Trigger,
                  queue_lease_ms: int, cancel_scope: CancelScope = "any",
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep, *, guard: CostGuard | None = None,
-                 room_log: RoomLog | None = None) -> None:
+                 room_log: RoomLog | None = None, turns: Turns = "refuse", queue_per_room: int = 5,
+                 ephemeral: Ephemeral | None = None) -> None:
+        self._turns = turns  # LLM_TURNS
+        self._most_waiting = queue_per_room  # LLM_QUEUE_PER_ROOM
+        self._ephemeral = ephemeral  # how members hear llm.queued and a dropped question's llm.error
         self._guard = guard  # the bot's budgets (None: no limit)
         self._log = room_log  # where llm.regenerate finds the answer it gives again
         self._locks = locks
@@ -82,38 +111,43 @@ class LLMFront:
         return self._trigger == "mention" and _MENTION.search(envelope.bd.get("text", "")) is not None
 
     async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
-        """Queue an answer to the stored message ``entry_id``, unless the room is busy."""
+        """Ask the bot to answer the stored message ``entry_id``: it takes its turn (see the module)."""
         request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
         try:
-            fence = await self._locks.lock(request.room, request.rid, self._lease_ms, asker)
+            turn = await self._turn(request)
         except Exception as exc:  # the message is stored: its answer is asked for again once Redis is back
-            log.warning("room %s: the bot could not take the room for %s (%s); trying again", request.room,
+            log.warning("room %s: the bot could not take a turn for %s (%s); trying again", request.room,
                         request.rid, exc)
             self._later(self._retry_answer(member, request, cid))
             return
-        if fence is None:
-            member.push(error_for(ProtocolError("busy", cid=cid)))
-            return
-        if await self._admitted(member, request, fence, cid):
-            await self._queue(request, fence)
+        try:
+            await self._taken(member, request, turn, cid)
+        except ProtocolError as refused:  # (the message itself is stored: its sender is told here)
+            member.push(error_for(refused))
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
         rid = new_rid()
-        fence = await self._lock(member.room, rid, envelope.role)
-        if fence is None:
-            raise ProtocolError("busy", cid=envelope.cid)
+        fence = None
+        if self._turns == "refuse":  # the lock first: a question a busy room refuses is not stored
+            fence = await self._lock(member.room, rid, envelope.role)
+            if fence is None:
+                raise ProtocolError("busy", cid=envelope.cid)
         try:
             stored = await self._appender.append(NewEntry(member.room, envelope.role, body, envelope.cid))
         except BaseException:
-            self._release(member.room, rid, fence)
+            if fence is not None:
+                self._release(member.room, rid, fence)
             raise
         if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and answered)
-            self._release(member.room, rid, fence)
+            if fence is not None:
+                self._release(member.room, rid, fence)
             member.push(frame_with_id(stored.body, stored.id.decode()))
             return
         request = Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role)
-        if await self._admitted(member, request, fence, envelope.cid):
-            await self._queue(request, fence)
+        if fence is not None:
+            await self._taken(member, request, Turn(fence), envelope.cid)
+            return
+        await self._taken(member, request, await self._turn(request), envelope.cid)
 
     async def regenerate(self, member: Member, envelope: ClientEnvelope) -> None:
         """Ask the question the stored answer ``bd.rid`` answered again, as a new generation."""
@@ -123,11 +157,59 @@ class LLMFront:
             raise ProtocolError("unknown_generation", f"No finished answer {old!r} is stored in this room.",
                                 envelope.cid)
         request = Request(room=member.room, rid=new_rid(), reply_to=reply_to, asker=envelope.role, regenerates=old)
-        fence = await self._lock(request.room, request.rid, request.asker)
-        if fence is None:
-            raise ProtocolError("busy", cid=envelope.cid)
-        if await self._admitted(member, request, fence, envelope.cid):
-            await self._queue(request, fence)
+        await self._taken(member, request, await self._turn(request), envelope.cid)
+
+    async def _turn(self, request: Request) -> Turn:
+        """``request`` asks for the room under the turns policy. When the store fails, the lock or the
+        place in the waiting list may have been taken all the same (a lost reply): given up in the
+        background."""
+        try:
+            if self._turns == "refuse":
+                return Turn(await self._locks.lock(request.room, request.rid, self._lease_ms, request.asker))
+            return await self._locks.take_turn(request, self._lease_ms, self._turns, self._most_waiting,
+                                               self._lease_ms)
+        except BaseException:
+            self._release(request.room, request.rid, None)
+            raise
+
+    async def _taken(self, member: Member, request: Request, turn: Turn, cid: str | None) -> None:
+        """What follows a turn: ``busy`` (raised); or the budgets checked, then the request queued (and, when
+        it waits, every member told ``llm.queued`` first; an interrupt cancels the running answer)."""
+        for dropped in turn.dropped:
+            self._later(self._tell_dropped(request.room, dropped, request.asker, INTERRUPTED))
+        if turn.fence is None and not turn.position:
+            raise ProtocolError("busy", cid=cid)
+        if not await self._admitted(member, request, turn.fence, cid):
+            return
+        if turn.position:  # before its request is queued: heard before its answer starts
+            await self._tell_queued(request, turn.position)
+        await self._queue(request, turn.fence)
+        if turn.interrupted:
+            try:
+                await self._locks.cancel(request.room, turn.interrupted, request.asker)
+            except Exception as exc:  # the question waits: the running answer ends as it would have
+                log.warning("room %s: %s could not interrupt %s (%s)", request.room, request.rid, turn.interrupted,
+                            exc)
+
+    async def _tell_queued(self, request: Request, position: int) -> None:
+        if self._ephemeral is None:
+            return
+        frame = llm_queued_frame(request.room, request.rid, request.reply_to, position, request.regenerates)
+        try:
+            await self._ephemeral.send(request.room, request.reply_to.encode(), frame)
+        except Exception as exc:  # it waits all the same: its members hear it start
+            log.warning("room %s: llm.queued of %s not sent (%s)", request.room, request.rid, exc)
+
+    async def _tell_dropped(self, room: str, dropped: Queued, by: str, why: str) -> None:
+        """Every member hears that the waiting question ``dropped`` will not be answered (not stored)."""
+        if self._ephemeral is None:
+            return
+        frame = llm_error_body(room, dropped.rid, dropped.reply_to, time.time_ns() // 1_000_000, "cancelled", why,
+                               cancelled_by=by).decode()
+        try:
+            await self._ephemeral.send(room, dropped.reply_to.encode(), frame)
+        except Exception as exc:
+            log.warning("room %s: llm.error of the dropped %s not sent (%s)", room, dropped.rid, exc)
 
     async def _question_of(self, room: str, rid: str) -> str | None:
         """The ``reply_to`` of ``rid``'s stored answer; None when the room's stream holds no answer ``rid``."""
@@ -148,9 +230,10 @@ class LLMFront:
         reply_to = hd.get("reply_to")
         return reply_to if isinstance(reply_to, str) and reply_to else None
 
-    async def _admitted(self, member: Member, request: Request, fence: Fence, cid: str | None) -> bool:
+    async def _admitted(self, member: Member, request: Request, fence: Fence | None, cid: str | None) -> bool:
         """Whether the bot's budgets let ``request`` be answered (it is counted then); when they do not, the
-        room's lock is released and the asker told ``quota_exceeded``."""
+        room's lock is released (``fence``; None: its place on the waiting list is given up) and the asker
+        told ``quota_exceeded``."""
         if self._guard is None:
             return True
         try:
@@ -186,9 +269,9 @@ class LLMFront:
             self._release(room, rid, None)
             raise
 
-    async def _queue(self, request: Request, fence: Fence) -> None:
-        """Queue a request whose question is stored and whose lock is taken; when the store fails, again
-        in the background (the question keeps its room meanwhile)."""
+    async def _queue(self, request: Request, fence: Fence | None) -> None:
+        """Queue a request whose question is stored and whose lock is taken (``fence``; None: it waits for
+        its turn); when the store fails, again in the background (the question keeps its turn meanwhile)."""
         try:
             await self._requests.add(request)
         except asyncio.CancelledError:
@@ -200,7 +283,8 @@ class LLMFront:
             self._later(self._retry_queue(request, fence))
 
     def _release(self, room: str, rid: str, fence: Fence | None) -> None:
-        """Release the lock ``rid`` holds (``fence`` None: it may hold it, with a token nobody heard)."""
+        """Release the lock ``rid`` holds (``fence`` None: it may hold it, with a token nobody heard, or wait
+        for its turn: given up)."""
         self._later(self._retry_release(room, rid, fence))
 
     def _later(self, work: Awaitable[None]) -> None:
@@ -210,32 +294,35 @@ class LLMFront:
 
     async def _retry_release(self, room: str, rid: str, fence: Fence | None) -> None:
         async def release() -> None:
-            held = fence or await self._locks.lock(room, rid, self._lease_ms)  # rid's own lock is taken again
-            if held is not None:
-                await self._locks.release(held)
+            if fence is not None:
+                await self._locks.release(fence)
+            else:
+                await self._locks.withdraw(room, rid)
 
         if not await self._retried(release):
             log.warning("room %s: the lock of %s could not be released; it lapses with its lease", room, rid)
 
     async def _retry_answer(self, member: Member, request: Request, cid: str | None) -> None:
-        taken: list[Fence | None] = []
+        taken: list[Turn] = []
 
-        async def lock() -> None:  # rid's own lock, taken already if only the reply was lost, is taken again
-            taken.append(await self._locks.lock(request.room, request.rid, self._lease_ms, request.asker))
+        async def turn() -> None:  # rid's own turn, taken already if only the reply was lost, is taken again
+            taken.append(await self._turn(request))
 
-        if not await self._retried(lock):
-            log.error("room %s: the bot could not take the room for %s: it stays unanswered", request.room,
+        if not await self._retried(turn):
+            log.error("room %s: the bot could not take a turn for %s: it stays unanswered", request.room,
                       request.rid)
-        elif taken[-1] is None:
-            member.push(error_for(ProtocolError("busy", cid=cid)))
-        elif await self._admitted(member, request, taken[-1], cid):
-            await self._queue(request, taken[-1])
+        else:
+            try:
+                await self._taken(member, request, taken[-1], cid)
+            except ProtocolError as refused:
+                member.push(error_for(refused))
 
-    async def _retry_queue(self, request: Request, fence: Fence) -> None:
+    async def _retry_queue(self, request: Request, fence: Fence | None) -> None:
         if not await self._retried(lambda: self._requests.add(request)):
             log.error("room %s: the request of %s could not be queued: it stays unanswered", request.room,
                       request.rid)
-            await self._retried(lambda: self._locks.release(fence))
+            await self._retried(lambda: self._locks.release(fence) if fence else self._locks.withdraw(request.room,
+                                                                                                      request.rid))
 
     async def _retried(self, step: Callable[[], Awaitable[object]]) -> bool:
         """Run ``step`` until it succeeds (True), backing off, for at most the queued lease (False)."""
@@ -254,11 +341,14 @@ class LLMFront:
 
     async def cancel(self, member: Member, envelope: ClientEnvelope) -> None:
         rid = envelope.bd["rid"]
-        done = await self._locks.cancel(member.room, rid, envelope.role, self._asker_only)
+        done, reply_to = await self._locks.cancel(member.room, rid, envelope.role, self._asker_only)
         if done is Cancel.NOT_RUNNING:
-            raise ProtocolError("unknown_generation", f"No generation {rid!r} is running in this room.", envelope.cid)
+            raise ProtocolError("unknown_generation", f"No generation {rid!r} is running or waiting in this room.",
+                                envelope.cid)
         if done is Cancel.NOT_ASKER:
             raise ProtocolError("forbidden", CANCEL_FORBIDDEN, envelope.cid)
+        if done is Cancel.DEQUEUED:
+            await self._tell_dropped(member.room, Queued(rid, reply_to), envelope.role, DEQUEUED)
 
 
 def new_rid() -> str:

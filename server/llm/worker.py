@@ -51,6 +51,9 @@ state       trigger   next state  what happened
 CLAIMED     START     STARTING    the worker asks whether it is answered or cancelled, retaking the lock
 STARTING    ANSWERED  SKIPPED     its answer is stored or it ended (its worker died before acknowledging it)
 STARTING    LAPSED    EXPIRED     another question holds the room: ``llm.error`` ``expired`` sent
+STARTING    WAIT      WAITING     it waits for its turn (another question runs, or is ahead of it)
+WAITING     START     STARTING    the room's turn passed (or the poll came): the worker asks again
+WAITING     ERROR     ABANDONED   (every state but the final ones may fail: left queued)
 STARTING    GIVE_UP   GAVE_UP     delivered more than MAX_ATTEMPTS times: ``llm.error`` sent, lock released
 STARTING    STREAM    STREAMING   the model is asked (unless cancelled already); its deltas go to the room
 STARTING    FENCE     FENCED      its end was written by another worker: nothing more written, no ack
@@ -114,6 +117,7 @@ MAX_ATTEMPTS = 3  # deliveries of one request that may generate; the next one en
 ANSWER_DEDUPE_S = 24 * 3600  # how long a stored answer's rid is remembered (no second llm.response)
 READ_BLOCK_MS = 1000
 FINAL_WRITE_ATTEMPTS = 10  # tries of a generation's last write (store, then llm.error): about 10 s of backoff
+TURN_POLL_S = 1.0  # how often a waiting question asks again without being told its room's turn passed
 
 T = TypeVar("T")
 
@@ -122,6 +126,7 @@ class State(enum.Enum):
     """Where a generation is (see the module docstring's table)."""
 
     CLAIMED = "claimed"  # read or reclaimed by this worker
+    WAITING = "waiting"  # parked until the room's turn is its own
     STARTING = "starting"
     STREAMING = "streaming"
     STORING = "storing"
@@ -141,6 +146,7 @@ class Trigger(enum.Enum):
     START = "start"  # locks.start is asked
     ANSWERED = "answered"  # locks.start said its answer is stored, or it ended
     LAPSED = "lapsed"  # locks.start said another question holds the room: llm.error expired sent
+    WAIT = "wait"  # locks.start said it waits for its turn
     GIVE_UP = "give_up"  # too many attempts: llm.error sent, the lock released
     STREAM = "stream"  # not answered: the model is asked
     END = "end"  # the stream ended (or was cancelled): the terminal event is written next
@@ -151,7 +157,7 @@ class Trigger(enum.Enum):
     ERROR = "error"  # an exception: the request is left queued
 
 
-(CLAIMED, STARTING, STREAMING, STORING, DONE, CANCELLED, FAILED, SKIPPED, EXPIRED, GAVE_UP, FENCED,
+(CLAIMED, WAITING, STARTING, STREAMING, STORING, DONE, CANCELLED, FAILED, SKIPPED, EXPIRED, GAVE_UP, FENCED,
  ABANDONED) = State
 
 #: A generation's whole lifecycle: ``(state, trigger) -> next state``. A pair not listed is a bug.
@@ -159,6 +165,9 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (CLAIMED, Trigger.START): STARTING,
     (STARTING, Trigger.ANSWERED): SKIPPED,
     (STARTING, Trigger.LAPSED): EXPIRED,
+    (STARTING, Trigger.WAIT): WAITING,
+    (WAITING, Trigger.START): STARTING,
+    (WAITING, Trigger.ERROR): ABANDONED,
     (STARTING, Trigger.GIVE_UP): GAVE_UP,
     (STARTING, Trigger.STREAM): STREAMING,
     (STARTING, Trigger.FENCE): FENCED,
@@ -265,16 +274,17 @@ class Worker:
         self._concurrency = concurrency
         self._sleep = sleep  # the loops' pauses (tests pass their own)
         self._running: dict[str, Generation] = {}  # rid -> generation
+        self._waiting: dict[str, Generation] = {}  # rid -> a generation parked until its room's turn (in read order)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._slot_freed = asyncio.Event()
 
     def loop_names(self) -> list[str]:
-        return [f"{self.label}-{kind}" for kind in ("read", "reclaim", "keepalive", "cancel")]
+        return [f"{self.label}-{kind}" for kind in ("read", "reclaim", "keepalive", "cancel", "turns")]
 
     async def run(self) -> None:
         """Serve requests until cancelled (call :meth:`stop` first to end generations cleanly)."""
-        loops = [self._read_loop, self._reclaim_loop, self._keepalive_loop, self._cancel_loop]
+        loops = [self._read_loop, self._reclaim_loop, self._keepalive_loop, self._cancel_loop, self._turns_loop]
         await asyncio.gather(*(self._supervisor.run(name, loop)
                                for name, loop in zip(self.loop_names(), loops, strict=True)))
 
@@ -298,12 +308,22 @@ class Worker:
 
     def _start(self, requests: list[Request]) -> None:
         for request in requests:
-            if request.rid in self._running or self._stopping:  # (read while stopping: left for a retake)
-                continue
-            self._running[request.rid] = generation = Generation(request)
-            task = asyncio.get_running_loop().create_task(self._serve(generation))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if request.rid in self._running or request.rid in self._waiting or self._stopping:
+                continue  # (read while stopping: left for a retake)
+            self._launch(Generation(request))
+
+    def _launch(self, generation: Generation) -> None:
+        self._running[generation.request.rid] = generation
+        task = asyncio.get_running_loop().create_task(self._serve(generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _wake(self, room: str | None) -> None:
+        """The parked generations of ``room`` (None: of every room) ask for their turn again."""
+        for rid, generation in list(self._waiting.items()):
+            if (room is None or generation.request.room == room) and not self._stopping:
+                del self._waiting[rid]
+                self._launch(generation)
 
     async def _read_loop(self) -> None:
         await self._requests.ensure_group()
@@ -345,7 +365,8 @@ class Worker:
                 log.warning("room %s: generation %s lost its room's lock: stopped", generation.request.room,
                             generation.request.rid)
                 generation.fence_out()
-        await self._requests.touch(self.name, [generation.request.entry_id for generation in self._running.values()
+        await self._requests.touch(self.name, [generation.request.entry_id
+                                               for generation in [*self._running.values(), *self._waiting.values()]
                                                if not generation.fenced])
 
     async def _cancel_loop(self) -> None:
@@ -363,6 +384,24 @@ class Worker:
         finally:
             await cancellations.close()
 
+    async def _turns_loop(self) -> None:
+        """Wake the parked generations of a room whose turn passed (on any node), and every parked one each
+        :data:`TURN_POLL_S` (a notice can be lost: Redis's pub/sub delivers at most once)."""
+        turns = self._locks.turns()
+        try:
+            await turns.subscribe()
+            self._up("turns")
+            polled = time.monotonic()
+            while True:
+                event = await turns.next(timeout_s=TURN_POLL_S)
+                if event is not None and event[0] == "message":
+                    self._wake(event[1].decode())
+                if time.monotonic() - polled >= TURN_POLL_S:
+                    polled = time.monotonic()
+                    self._wake(None)
+        finally:
+            await turns.close()
+
     async def _serve(self, generation: Generation) -> None:
         request = generation.request
         logs.bind(sid=request.room, rid=request.rid)  # this task's log lines name the generation
@@ -373,6 +412,10 @@ class Worker:
                 generation.cancel_by(started.cancelled_by)
             if started.answered:
                 generation.fire(Trigger.ANSWERED)
+            elif started.fence is None and started.waits:
+                generation.fire(Trigger.WAIT)  # parked: not acknowledged, its claim touched
+                self._waiting[request.rid] = generation
+                return
             elif started.fence is None:
                 ended = await self._end(generation, "expired", LLM_ERROR_CODES["expired"])
                 generation.fire(Trigger.LAPSED if ended else Trigger.FENCE)
@@ -387,6 +430,8 @@ class Worker:
                 await self._generate(generation)
             if generation.state not in UNACKNOWLEDGED:
                 await self._requests.ack([request.entry_id])
+            if generation.fence is not None and generation.state is not FENCED:
+                await self._pass_turn(request.room)
         except Exception:
             # Left pending: another worker (or this one) takes it over after LLM_RECLAIM_AFTER_S.
             log.exception("room %s: generation %s failed; the request stays queued", request.room, request.rid)
@@ -395,6 +440,13 @@ class Worker:
         finally:
             self._running.pop(request.rid, None)
             self._slot_freed.set()
+
+    async def _pass_turn(self, room: str) -> None:
+        """The room's lock was released by this generation's last write: a waiting question may start."""
+        try:
+            await self._locks.pass_turn(room)
+        except Exception as exc:  # the waiting questions' workers ask again within TURN_POLL_S
+            log.warning("room %s: the next question was not told its turn (%s)", room, exc)
 
     async def _generate(self, generation: Generation) -> None:
         request = generation.request

@@ -23,6 +23,10 @@ name, which hashes to the same slot. A room's keys:
 - ``chat:llm:ended:<tag>:<rid>``: a generation that ended without a stored answer (its llm.error sent).
 - ``chat:llm:cancelled:<tag>:<rid>``: a cancelled generation: the role whose ``llm.cancel`` stopped it.
 - ``chat:llm:asker:<tag>:<rid>``: the role that asked the generation's question (``LLM_CANCEL=asker``).
+- ``chat:llm:waiting:<tag>``: the questions waiting for their turn (``LLM_TURNS``), a list, oldest first,
+  of ``"<rid> <reply_to> <asker> <regenerates or -> <deadline ms>"``.
+- ``chat:llm:dropped:<tag>``: the rids taken off the waiting list unanswered (a set, kept a day): a
+  worker that reads one of their requests only acknowledges it.
 - ``chat:llm:generations:<tag>``: the room's generations of the last hour (the cost guard), a sorted set
   rid -> when its question was accepted (ms, Redis's clock).
 - ``chat:llm:tokens:<tag>:<day>``: the tokens the room's answers used on UTC day ``<day>`` (days since
@@ -37,7 +41,8 @@ name, which hashes to the same slot. A room's keys:
 
 Not a room's: ``chat:llm:requests:<queue>`` (a queue of requests for any room), ``chat:llm:tokens:<day>``
 (the tokens every room's answers used on UTC day ``<day>``: the deployment's budget, one key), and the channels
-``chat:llm:cancel`` and a node's: on a single Redis ``chat:node:<node>`` (announcements and unstored
+``chat:llm:cancel``, ``chat:llm:turns`` (a room whose turn passed) and a node's: on a single Redis
+``chat:node:<node>`` (announcements and unstored
 frames for one node, of every room), on a Redis Cluster one shard channel per node and room,
 ``chat:node:<node>:<tag>``, in the room's slot (``SPUBLISH`` reaches the room's shard only).
 """
@@ -48,6 +53,7 @@ PREFIX = "chat:"
 STREAM_PREFIX = "chat:session:"
 NODE_CHANNEL_PREFIX = "chat:node:"
 LLM_CANCEL_CHANNEL = "chat:llm:cancel"
+LLM_TURNS_CHANNEL = "chat:llm:turns"
 LLM_GROUP = "llm-workers"  # the consumer group of every request queue
 
 
@@ -98,6 +104,14 @@ def llm_cancelled_key(room: str, rid: str) -> str:
 
 def llm_asker_key(room: str, rid: str) -> str:
     return f"chat:llm:asker:{room_tag(room)}:{rid}"
+
+
+def llm_waiting_key(room: str) -> str:
+    return "chat:llm:waiting:" + room_tag(room)
+
+
+def llm_dropped_key(room: str) -> str:
+    return "chat:llm:dropped:" + room_tag(room)
 
 
 def llm_generations_key(room: str) -> str:

@@ -97,14 +97,38 @@ class Started:
     cancelled: bool  # llm.cancel named it
     fence: Fence | None  # the lock, taken again with a new token; None: answered, or the room is another's
     cancelled_by: str | None = None  # the role whose llm.cancel named it (None: not cancelled, or unknown)
+    waits: bool = False  # it waits for its turn (fence None): another question runs or is ahead of it
 
 
 class Cancel(enum.Enum):
     """What :meth:`GenerationLocks.cancel` did."""
 
     CANCELLED = "cancelled"  # it was running: marked cancelled, every worker told
-    NOT_RUNNING = "not_running"  # no such generation holds the room's lock
+    DEQUEUED = "dequeued"  # it was waiting for its turn: taken off the room's waiting list, never answered
+    NOT_RUNNING = "not_running"  # no such generation holds the room's lock or waits
     NOT_ASKER = "not_asker"  # only its asker may cancel it, and another role asked: nothing done
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A question waiting for its turn (``LLM_TURNS=queue``): generation ``rid`` will answer ``reply_to``."""
+
+    rid: str
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What :meth:`GenerationLocks.take_turn` did with a question: ``fence`` set, the room's lock is
+    taken for it (queue it now); ``position`` > 0, it waits, with that many questions ahead of it (the
+    running one counted); neither: the room is busy (its waiting list is full, or the policy refuses).
+    An interrupt names the generation it stops (``interrupted``) and the questions it took off the
+    waiting list (``dropped``: never answered)."""
+
+    fence: Fence | None = None
+    position: int = 0
+    interrupted: str = ""
+    dropped: tuple[Queued, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +201,8 @@ class SessionInfo:
     cursor_kept: bool | None = None
     #: the room's running generations that have sent deltas, read in the same step (one at most today)
     generations: tuple[Running, ...] = ()
+    #: the room's questions waiting for their turn, oldest first (position 1, 2...)
+    queued: tuple[Queued, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +344,40 @@ class GenerationLocks(Protocol):
         for :meth:`cancel`; "" records nothing); None when another generation holds it."""
         ...
 
+    async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
+                        wait_ms: int) -> Turn:
+        """A question asks for the room, in one step (``policy``: ``queue`` or ``interrupt``, see
+        ``LLM_TURNS``): the lock is taken for it (as :meth:`lock`) when the room is free and no question
+        waits; else it joins the room's waiting list, at its end while fewer than ``most_waiting`` wait
+        (``queue``), or in place of every waiting question (``interrupt``, which also names the running
+        generation, for the caller to cancel). It waits at most ``wait_ms``. A rid that waits already
+        gets its position again."""
+        ...
+
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
-        """A worker starts (or takes over) ``rid``, in one step: unless it is answered or ended, the lock
-        is taken for it with a new token when it is free or ``rid``'s (fencing out any earlier worker);
-        ``fence`` is None when another generation holds the room. ``answered`` holds for an answer stored
-        in any epoch of the room within its window: a rid names one question, never generated (and paid
-        for) twice, even when the room was deleted since."""
+        """A worker starts (or takes over) ``rid``, in one step: unless it is answered, ended or dropped
+        from the waiting list, the lock is taken for it with a new token when it is ``rid``'s, or free and
+        ``rid`` is not behind another waiting question (fencing out any earlier worker; ``rid`` leaves the
+        waiting list); ``fence`` is None when another generation holds the room, and ``waits`` then tells
+        that ``rid`` waits for its turn. ``answered`` holds for an answer stored in any epoch of the room
+        within its window: a rid names one question, never generated (and paid for) twice, even when the
+        room was deleted since."""
+        ...
+
+    async def withdraw(self, room: str, rid: str) -> bool:
+        """``rid`` will not be answered: the lock is deleted if ``rid`` holds it (whatever its token), and
+        ``rid`` leaves the waiting list; the workers are told when the room's turn passes. False when
+        ``rid`` neither held nor waited."""
+        ...
+
+    async def pass_turn(self, room: str) -> int:
+        """After a generation's last write released the room's lock: tell the workers (:meth:`turns`) when
+        the room is free and questions wait. How many wait."""
+        ...
+
+    def turns(self) -> Subscription:
+        """The rooms whose turn passed on any node (a question waiting there may start): messages
+        ``b"<room>"``."""
         ...
 
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
@@ -332,7 +386,8 @@ class GenerationLocks(Protocol):
         ...
 
     async def release(self, fence: Fence) -> bool:
-        """Delete the lock if ``fence`` holds it (compare-and-delete)."""
+        """Delete the lock if ``fence`` holds it (compare-and-delete); the workers are told when questions
+        wait (:meth:`turns`)."""
         ...
 
     async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
@@ -344,9 +399,11 @@ class GenerationLocks(Protocol):
         :data:`PARTIAL_MAX_BYTES`; what a connection entering the room reads (:meth:`Roster.enter`)."""
         ...
 
-    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> tuple[Cancel, str]:
         """If ``rid`` holds the lock, mark it cancelled by the role ``by`` and tell every worker, in one
-        step; with ``asker_only``, only when ``by`` is the role that asked it (or who asked is unknown)."""
+        step; if it waits for its turn, take it off the waiting list (:attr:`Cancel.DEQUEUED`, with its
+        ``reply_to``, the second value: "" otherwise); with ``asker_only``, only when ``by`` is the role
+        that asked it (or who asked is unknown)."""
         ...
 
     def cancellations(self) -> Subscription:

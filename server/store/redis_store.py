@@ -61,12 +61,14 @@ from server.store.cluster import ShardChannels
 from server.store.keys import (
     LLM_CANCEL_CHANNEL,
     LLM_GROUP,
+    LLM_TURNS_CHANNEL,
     NODE_CHANNEL_PREFIX,
     dedupe_key,
     epoch_key,
     followers_key,
     llm_asker_key,
     llm_cancelled_key,
+    llm_dropped_key,
     llm_ended_key,
     llm_fence_key,
     llm_generations_key,
@@ -76,6 +78,7 @@ from server.store.keys import (
     llm_requests_key,
     llm_room_tokens_key,
     llm_tokens_key,
+    llm_waiting_key,
     node_channel,
     node_shard_suffix,
     presence_key,
@@ -96,6 +99,7 @@ from server.store.ports import (
     NewEntry,
     NotReplicated,
     Progress,
+    Queued,
     Request,
     Retention,
     Running,
@@ -104,6 +108,7 @@ from server.store.ports import (
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    Turn,
 )
 from server.store.resp import LeanRedis, LeanScript, LeanSubscriber
 from server.supervise import Throttled
@@ -120,6 +125,7 @@ UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutEr
 #: redis-py's cluster errors that are bugs of ours (keys of several slots in one transaction).
 _CLUSTER_BUGS = (CrossSlotTransactionError, InvalidPipelineStack)
 CANCELLED_TTL_S = 600
+DROPPED_TTL_S = ENDED_TTL_S  # a question dropped from the waiting list is remembered as long as it may wait
 ASKER_TTL_S = ENDED_TTL_S  # who asked a generation is kept as long as any question may wait and run
 REQUESTS_MAXLEN = 100_000
 TOKENS_TTL_S = 2 * 24 * 3600  # a day's token counters are kept through the next day
@@ -486,14 +492,16 @@ class RedisRoster:
     @translated
     async def enter(self, room: str, field: str, role: str, ttl_s: int, most: int = 0,
                     cursor: bytes | None = None) -> SessionInfo:
-        epoch, first, removed, roster, full, newest, kept, running = await self._session(
+        epoch, first, removed, roster, full, newest, kept, running, waiting = await self._session(
             [stream_key(room), epoch_key(room), presence_key(room), followers_key(room), llm_lock_key(room),
-             llm_partial_key(room), llm_partial_text_key(room)],
+             llm_partial_key(room), llm_partial_text_key(room), llm_waiting_key(room)],
             [field, role, ttl_s, most, cursor or b""])
         pairs = [(roster[i].decode(), roster[i + 1].decode()) for i in range(0, len(roster), 2)]
         return SessionInfo(epoch.decode() if epoch else None, first or None, removed, pairs, bool(full),
                            newest_id=newest or None, cursor_kept=None if kept is None else bool(kept),
-                           generations=_running(running))
+                           generations=_running(running),
+                           queued=tuple(Queued(waiting[i].decode(), waiting[i + 1].decode())
+                                        for i in range(0, len(waiting), 2)))
 
     @translated
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
@@ -615,13 +623,38 @@ class RedisLocks:
         return Fence(room, rid, int(token)) if token else None
 
     @translated
+    async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
+                        wait_ms: int) -> Turn:
+        room, rid = request.room, request.rid
+        token, position, interrupted, dropped = await self._script(
+            [llm_lock_key(room), llm_fence_key(room), llm_asker_key(room, rid), llm_waiting_key(room),
+             llm_dropped_key(room)],
+            ["turn", rid, lease_ms, FENCE_TTL_S, request.asker, ASKER_TTL_S, policy, most_waiting, request.reply_to,
+             request.regenerates or "-", wait_ms, DROPPED_TTL_S])
+        return Turn(Fence(room, rid, int(token)) if token else None, int(position),
+                    interrupted.decode() if interrupted else "",
+                    tuple(Queued(dropped[i].decode(), dropped[i + 1].decode()) for i in range(0, len(dropped), 2)))
+
+    @translated
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
-        answered, cancelled, token, by = await self._script(
+        answered, cancelled, token, by, waits = await self._script(
             [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid),
-             llm_ended_key(room, rid), llm_fence_key(room)],
+             llm_ended_key(room, rid), llm_fence_key(room), llm_waiting_key(room), llm_dropped_key(room)],
             ["start", rid, lease_ms, FENCE_TTL_S])
         return Started(bool(answered), bool(cancelled), Fence(room, rid, int(token)) if token else None,
-                       by.decode() if by else None)
+                       by.decode() if by else None, bool(waits))
+
+    @translated
+    async def withdraw(self, room: str, rid: str) -> bool:
+        return bool(await self._script([llm_lock_key(room), llm_waiting_key(room), llm_dropped_key(room)],
+                                       ["withdraw", rid, DROPPED_TTL_S, LLM_TURNS_CHANNEL, room]))
+
+    @translated
+    async def pass_turn(self, room: str) -> int:
+        return int(await self._script([llm_lock_key(room), llm_waiting_key(room)], ["pass", LLM_TURNS_CHANNEL, room]))
+
+    def turns(self) -> TranslatedSubscription:
+        return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_TURNS_CHANNEL))
 
     @translated
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
@@ -637,7 +670,8 @@ class RedisLocks:
 
     @translated
     async def release(self, fence: Fence) -> bool:
-        return bool(await self._script([llm_lock_key(fence.room)], ["release", fence_value(fence)]))
+        return bool(await self._script([llm_lock_key(fence.room), llm_waiting_key(fence.room)],
+                                       ["release", fence_value(fence), LLM_TURNS_CHANNEL, fence.room]))
 
     @translated
     async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
@@ -650,10 +684,13 @@ class RedisLocks:
                                         *kept, PARTIAL_MAX_BYTES, *messages]))
 
     @translated
-    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
-        done = await self._script([llm_lock_key(room), llm_cancelled_key(room, rid), llm_asker_key(room, rid)],
-                                  ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S, by, int(asker_only)])
-        return {0: Cancel.NOT_RUNNING, 1: Cancel.CANCELLED, 2: Cancel.NOT_ASKER}[int(done)]
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> tuple[Cancel, str]:
+        done, reply_to = await self._script(
+            [llm_lock_key(room), llm_cancelled_key(room, rid), llm_asker_key(room, rid), llm_waiting_key(room),
+             llm_dropped_key(room)],
+            ["cancel", rid, LLM_CANCEL_CHANNEL, CANCELLED_TTL_S, by, int(asker_only), DROPPED_TTL_S])
+        return ({0: Cancel.NOT_RUNNING, 1: Cancel.CANCELLED, 2: Cancel.NOT_ASKER, 3: Cancel.DEQUEUED}[int(done)],
+                reply_to.decode())
 
     def cancellations(self) -> TranslatedSubscription:
         return TranslatedSubscription(PubSubSubscription(self._connections.listener.pubsub(), LLM_CANCEL_CHANNEL))

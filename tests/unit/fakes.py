@@ -34,12 +34,14 @@ from server.store.ports import (
     NewEntry,
     NotReplicated,
     Progress,
+    Queued,
     Request,
     Retention,
     Running,
     SessionInfo,
     Started,
     StoreUnavailable,
+    Turn,
 )
 
 
@@ -352,8 +354,10 @@ class FakeRoster(_Failing):
         removed = None if stream is None else self.log.added.get(room, 0) - len(stream)
         kept = None if stream is None or not cursor else any(entry_id == cursor for entry_id, _ in stream)
         running = () if self.log.locks is None else self.log.locks.running(room)
+        queued = () if self.log.locks is None else self.log.locks.queued(room)
         return SessionInfo(self.log.epochs.get(room), first, removed, list(roster.items()), full,
-                           newest_id=stream[-1][0] if stream else None, cursor_kept=kept, generations=running)
+                           newest_id=stream[-1][0] if stream else None, cursor_kept=kept, generations=running,
+                           queued=queued)
 
     async def restore(self, entries: Sequence[tuple[str, str, str]], ttl_s: int) -> None:
         self._check()
@@ -418,8 +422,12 @@ class FakeLocks(_Failing):
         self.ended: dict[tuple[str, str], str] = {}  # (room, rid) -> the fence value that ended it
         self.cancelled: dict[tuple[str, str], str] = {}  # (room, rid) -> the role that cancelled it
         self.askers: dict[tuple[str, str], str] = {}  # (room, rid) -> the role that asked it
+        #: room -> its waiting questions, oldest first: (rid, reply_to, asker, deadline in ms)
+        self.waiting: dict[str, list[tuple[str, str, str, int]]] = {}
+        self.dropped: set[tuple[str, str]] = set()  # (room, rid) taken off the waiting list unanswered
         self.renewed: list[tuple[str, str]] = []
         self.listeners: list[FakeSubscription] = []
+        self.turn_listeners: list[FakeSubscription] = []
         self.frames_gate: asyncio.Event | None = None  # when set to an unset event, frames() waits for it
         #: room -> (the fence it was written under, the running generation's text so far)
         self.partials: dict[str, tuple[Fence, Running]] = {}
@@ -451,14 +459,83 @@ class FakeLocks(_Failing):
             self.askers[room, rid] = asker
         return self._take(room, rid, lease_ms)
 
+    def _waiting(self, room: str) -> list[tuple[str, str, str, int]]:
+        """The room's waiting list, its heads past their deadline dropped."""
+        waiting = self.waiting.setdefault(room, [])
+        while waiting and waiting[0][3] < self.log.clock.now_ms:
+            waiting.pop(0)
+        return waiting
+
+    def _position(self, room: str, rid: str) -> int:
+        return next((n for n, entry in enumerate(self._waiting(room), 1) if entry[0] == rid), 0)
+
+    def queued(self, room: str) -> tuple[Queued, ...]:
+        return tuple(Queued(rid, reply_to) for rid, reply_to, _, deadline in self.waiting.get(room, [])
+                     if deadline >= self.log.clock.now_ms)
+
+    async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
+                        wait_ms: int) -> Turn:
+        self._check()
+        room, rid = request.room, request.rid
+        position = self._position(room, rid)
+        if position:
+            return Turn(None, position)
+        holder, waiting = self._holder(room), self._waiting(room)
+        if holder == rid or (holder is None and not waiting):
+            self.askers[room, rid] = request.asker
+            return Turn(self._take(room, rid, lease_ms))
+        dropped: tuple[Queued, ...] = ()
+        if policy == "interrupt":
+            dropped = tuple(Queued(old, reply_to) for old, reply_to, _, _ in waiting)
+            self.dropped |= {(room, old.rid) for old in dropped}
+            waiting.clear()
+        elif policy != "queue" or len(waiting) >= most_waiting:
+            return Turn()
+        self.askers[room, rid] = request.asker
+        waiting.append((rid, request.reply_to, request.asker, self.log.clock.now_ms + wait_ms))
+        return Turn(None, len(waiting), (holder or "") if policy == "interrupt" else "", dropped)
+
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
         self._check()
         cancelled, by = (room, rid) in self.cancelled, self.cancelled.get((room, rid)) or None
-        if (room, "llm", rid) in self.log.cids or (room, rid) in self.ended:
+        if (room, "llm", rid) in self.log.cids or (room, rid) in self.ended or (room, rid) in self.dropped:
             return Started(True, cancelled, None, by)
+        position = self._position(room, rid)
         if self._holder(room) not in (None, rid):
-            return Started(False, cancelled, None, by)
+            return Started(False, cancelled, None, by, waits=position > 0)
+        if position > 1:
+            return Started(False, cancelled, None, by, waits=True)
+        if position == 1:
+            self.waiting[room].pop(0)
         return Started(False, cancelled, self._take(room, rid, lease_ms), by)
+
+    def _tell_turn(self, room: str) -> int:
+        waiting = self._waiting(room)
+        if waiting and self._holder(room) is None:
+            for listener in self.turn_listeners:
+                listener.put(room.encode())
+        return len(waiting)
+
+    async def withdraw(self, room: str, rid: str) -> bool:
+        self._check()
+        done = self._holder(room) == rid
+        if done:
+            self.drop(room)
+        position = self._position(room, rid)
+        if position:
+            del self.waiting[room][position - 1]
+            self.dropped.add((room, rid))
+        self._tell_turn(room)
+        return done or position > 0
+
+    async def pass_turn(self, room: str) -> int:
+        self._check()
+        return self._tell_turn(room)
+
+    def turns(self) -> FakeSubscription:
+        subscription = FakeSubscription()
+        self.turn_listeners.append(subscription)
+        return subscription
 
     async def renew(self, fences: Sequence[Fence], lease_ms: int) -> list[bool]:
         self._check()
@@ -476,6 +553,7 @@ class FakeLocks(_Failing):
         if not self.holds(fence):
             return False
         self.drop(fence.room)
+        self._tell_turn(fence.room)
         return True
 
     async def frames(self, fence: Fence, messages: Sequence[bytes], node: str,
@@ -508,17 +586,24 @@ class FakeLocks(_Failing):
                 for message in messages:
                     bus.send(other, room.encode() + b" " + message)
 
-    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> Cancel:
+    async def cancel(self, room: str, rid: str, by: str = "", asker_only: bool = False) -> tuple[Cancel, str]:
         self._check()
-        if self._holder(room) != rid:
-            return Cancel.NOT_RUNNING
         asker = self.askers.get((room, rid))
+        if self._holder(room) != rid:
+            position = self._position(room, rid)
+            if not position:
+                return Cancel.NOT_RUNNING, ""
+            if asker_only and asker is not None and asker != by:
+                return Cancel.NOT_ASKER, ""
+            _, reply_to, _, _ = self.waiting[room].pop(position - 1)
+            self.dropped.add((room, rid))
+            return Cancel.DEQUEUED, reply_to
         if asker_only and asker is not None and asker != by:
-            return Cancel.NOT_ASKER
+            return Cancel.NOT_ASKER, ""
         self.cancelled[room, rid] = by
         for listener in self.listeners:
             listener.put(f"{rid} {by}".encode())
-        return Cancel.CANCELLED
+        return Cancel.CANCELLED, ""
 
     def cancellations(self) -> FakeSubscription:
         subscription = FakeSubscription()

@@ -2,7 +2,8 @@
 -- session.ready needs, atomically.
 --
 -- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
---       sorted set node -> alive-until, in ms), the bot's lock and partial text (hash, text: see jobs.lua).
+--       sorted set node -> alive-until, in ms), the bot's lock and partial text (hash, text: see jobs.lua)
+--       and its waiting questions (see jobs.lua).
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none),
 --       the most connections the room may hold (0 = no limit), and a resume cursor ("<ms>-<seq>", or ""
 --       for none).
@@ -15,7 +16,8 @@
 -- holds), and roster being a flat array field, role, ... of the connections on live nodes; entries of
 -- nodes that are no longer alive (their time in the followers set is up: the process died) are removed
 -- on the way. Then the running generation, when the lock holds the value the partial text was written
--- under: {rid, reply_to, attempt, seq, text or false (past its cap)}, else false.
+-- under: {rid, reply_to, attempt, seq, text or false (past its cap)}, else false. Then the waiting
+-- questions, oldest first, whose deadline has not passed: a flat array rid, reply_to, ...
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or ''
 local epoch = redis.call('GET', epoch_key)
@@ -71,4 +73,12 @@ if lock then
     running = {string.match(lock, '^%d+ (.*)$'), partial[2], partial[3], partial[4], text}
   end
 end
-return {epoch, first, removed, roster, full, newest, kept, running}
+local waiting = {}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[8], 0, -1)) do
+  local rid, reply_to, deadline = string.match(entry, '^(%S+) (%S+) .* (%d+)$')
+  if rid and tonumber(deadline) >= now_ms then
+    waiting[#waiting + 1] = rid
+    waiting[#waiting + 1] = reply_to
+  end
+end
+return {epoch, first, removed, roster, full, newest, kept, running, waiting}

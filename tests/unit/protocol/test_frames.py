@@ -13,6 +13,7 @@ from protocol.codec import (
     frame_with_id,
     llm_error_body,
     llm_response_body,
+    llm_queued_frame,
     llm_snapshot_frame,
     llm_streaming_frame,
     message_body,
@@ -73,6 +74,12 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
     ("llm.snapshot, second attempt", llm_snapshot_frame(ROOM, RID, REPLY_TO, 0, "A", 2),
      '{"hd":{"event":"llm.snapshot","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
      '"reply_to":"1700641234567-0","seq":0,"attempt":2},"bd":{"text":"A"}}'),
+    ("llm.queued", llm_queued_frame(ROOM, RID, REPLY_TO, 2),
+     '{"hd":{"event":"llm.queued","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
+     '"reply_to":"1700641234567-0","position":2},"bd":{}}'),
+    ("llm.queued, regenerating", llm_queued_frame(ROOM, RID, REPLY_TO, 1, "g-0123456789abcdef"),
+     '{"hd":{"event":"llm.queued","role":"llm","sid":"room001","rid":"g-5f1c2a9e0b7d3c41",'
+     '"reply_to":"1700641234567-0","position":1,"regenerates":"g-0123456789abcdef"},"bd":{}}'),
     ("llm.error", llm_error_body(ROOM, RID, REPLY_TO, NOW_MS, "provider_timeout",
                                  LLM_ERROR_CODES["provider_timeout"]),
      b'{"hd":{"event":"llm.error","role":"llm","sid":"room001","ts":"2025-11-22T15:30:00.123Z",'

@@ -284,7 +284,7 @@ async def test_the_last_allowed_attempt_still_generates_and_says_its_attempt() -
 async def test_a_generation_cancelled_while_queued_stores_nothing_and_ends_with_llm_error_cancelled() -> None:
     async with Rig() as rig:
         request = await rig.ask()
-        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED  # while it waited
+        assert (await rig.store.locks.cancel("r", request.rid, "B"))[0] is Cancel.CANCELLED  # while it waited
         generation = await rig.serve(request)
         assert generation.state is State.CANCELLED
         assert rig.provider.asked == [] and deltas(rig) == [] and rig.answers() == []
@@ -610,9 +610,9 @@ async def test_a_cancel_heard_on_the_channel_stops_the_running_generation() -> N
         loop = rig.spawn(rig.worker._cancel_loop())
         await settle(lambda: bool(rig.store.locks.listeners) and rig.store.locks.listeners[0].subscribed
                      and len(rig.frames()) == 1)
-        assert await rig.store.locks.cancel("r", "g-elsewhere", "B") is Cancel.NOT_RUNNING
+        assert (await rig.store.locks.cancel("r", "g-elsewhere", "B"))[0] is Cancel.NOT_RUNNING
         rig.store.locks.listeners[0].put(b"g-not-here B")  # a generation of another worker: ignored
-        assert await rig.store.locks.cancel("r", request.rid, "B") is Cancel.CANCELLED
+        assert (await rig.store.locks.cancel("r", request.rid, "B"))[0] is Cancel.CANCELLED
         await task
         assert generation.state is State.CANCELLED
         [(_, answer)] = rig.answers()

@@ -19,6 +19,7 @@ _CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'\s*(?:,\s*([^,)]+))?(?:,\s*(
 _LOCAL = re.compile(r"local\s+([\w\s,]+?)\s*=\s*([^\n]+)")
 _FOR_KEYS = re.compile(r"for\s+\w+\s*,\s*(\w+)\s+in\s+ipairs\(KEYS\)")
 _KEY = re.compile(r"^KEYS\[[^\]]+\]$")
+_FUNCTION = re.compile(r"local\s+function\s+(\w+)\(([^)]*)\)")
 
 
 def _code(source: str) -> str:
@@ -33,6 +34,22 @@ def _names_bound_to_keys(code: str) -> set[str]:
             value = value.strip()
             if "KEYS[" in value and ".." not in value and "'" not in value:
                 names.add(name.strip())
+    return names | _parameters_bound_to_keys(code, names)
+
+
+def _parameters_bound_to_keys(code: str, bound: set[str]) -> set[str]:
+    """A local function's parameters that every call of the function passes a key (``KEYS[i]`` or a
+    name bound to one) in."""
+    names: set[str] = set()
+    for function, parameters in _FUNCTION.findall(code):
+        params = [param.strip() for param in parameters.split(",") if param.strip()]
+        calls = [[arg.strip() for arg in args.split(",")]
+                 for args in re.findall(rf"(?<![\w.]){function}\(([^()]*(?:\([^()]*\)[^()]*)*)\)", code)]
+        calls = [args for args in calls if args != params]  # (not the definition)
+        for n, param in enumerate(params):
+            passed = [args[n] if n < len(args) else "" for args in calls]
+            if passed and all(_KEY.match(arg) or arg in bound for arg in passed):
+                names.add(param)
     return names
 
 
@@ -48,6 +65,12 @@ def violations(source: str) -> list[str]:
         if not (_KEY.match(argument) or argument in bound):
             found.append(f"{command} on {argument!r}, not a key from KEYS")
     return found
+
+
+def test_a_local_functions_parameter_counts_as_a_key_only_when_every_call_passes_one() -> None:
+    helper = "local function drop(set, rid)\n  redis.call('SADD', set, rid)\nend\n"
+    assert violations(helper + "drop(KEYS[2], ARGV[1])\n") == []
+    assert violations(helper + "drop(KEYS[2], ARGV[1])\ndrop(ARGV[3], ARGV[1])\n") != []
 
 
 def test_the_scripts_are_found() -> None:
