@@ -98,8 +98,17 @@ async def test_llm_invoke_with_and_without_prompt(server: ServerProcess, room: s
         assert "B: the sky is green" in response["bd"]["text"]
 
 
-async def test_busy_across_two_processes_and_free_again_at_once(server: ServerProcess, server2: ServerProcess,
+@pytest.fixture(scope="module")
+def refusing(start_server: Callable[..., ServerProcess], redis_url: str) -> tuple[ServerProcess, ServerProcess]:
+    """Two relays with ``LLM_TURNS=refuse`` (a question while the bot answers is refused ``busy``)."""
+    queue = f"t{RUN}-refuse"
+    return (start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_TURNS="refuse"),
+            start_server(REDIS_URL=redis_url, LLM_QUEUE=queue, LLM_TURNS="refuse"))
+
+
+async def test_busy_across_two_processes_and_free_again_at_once(refusing: tuple[ServerProcess, ServerProcess],
                                                                 room: str, rdb: redis.Redis) -> None:
+    server, server2 = refusing
     async with await Client.open(server.ws(room, role="A")) as a, await Client.open(server2.ws(room, role="B")) as b:
         await a.chat("@llm #long story please")
         await b.recv()  # the question
@@ -345,7 +354,7 @@ def one_generation_at_a_time(frames: list[dict[str, Any]]) -> None:
 async def test_a_question_waiting_in_the_queue_longer_than_the_running_lease_keeps_its_room(
         start_server: Callable[..., ServerProcess], redis_url: str, rdb: redis.Redis) -> None:
     # One worker slot; the running lease is 2 s (twice LLM_RECLAIM_AFTER_S); the long answer takes ~8 s.
-    node = start_server(REDIS_URL=redis_url, LLM_CONCURRENCY="1", LLM_RECLAIM_AFTER_S="1",
+    node = start_server(REDIS_URL=redis_url, LLM_CONCURRENCY="1", LLM_RECLAIM_AFTER_S="1", LLM_TURNS="refuse",
                         LLM_SCRIPTED_DELAY_MS="80", LLM_QUEUE=f"t{RUN}-lease-{secrets.token_hex(3)}")
     busy_room, waiting_room = (f"t{RUN}-lease-{secrets.token_hex(3)}-{n}" for n in range(2))
     async with await Client.open(node.ws(busy_room, role="A")) as x, \
@@ -373,7 +382,8 @@ async def test_a_killed_worker_never_lets_two_answers_stream_at_once(
         start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis,
         logs_dir: Path) -> None:
     queue = f"t{RUN}-kill2-{secrets.token_hex(3)}"
-    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_RECLAIM_AFTER_S": "1", "LLM_SCRIPTED_DELAY_MS": "30"}
+    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_RECLAIM_AFTER_S": "1", "LLM_SCRIPTED_DELAY_MS": "30",
+           "LLM_TURNS": "refuse"}
     node = start_server(**env, LLM_WORKERS="0")
     first = WorkerProcess(env, logs_dir / f"worker-{room}-k1.log").start()
     second = WorkerProcess(env, logs_dir / f"worker-{room}-k2.log")
