@@ -16,7 +16,18 @@ from server.store.keys import (
     room_instance_key,
     stream_key,
 )
-from server.store.ports import Admission, Duplicate, NewEntry, Retention, Store, Subscription
+from server.store.ports import (
+    Admission,
+    Cancel,
+    Duplicate,
+    NewEntry,
+    Queued,
+    Request,
+    Retention,
+    Store,
+    Subscription,
+    Turn,
+)
 from server.store.redis_store import RedisStore
 from tests.conftest import Backend, new_room
 
@@ -366,3 +377,44 @@ async def test_the_locks_find_a_stored_answer_by_its_marker_in_the_streams_epoch
     await store.log.delete(room)  # a new epoch: the old marker does not count
     await store.log.append_batch(entries(room, "again"), KEEP_ALL, "n")
     assert await store.locks.answer(room, "g-1") is None
+
+
+async def test_turns_wait_in_order_and_the_head_starts_once_the_room_is_free(store: Store) -> None:
+    room = new_room()
+    turns = store.locks.turns()
+    await turns.subscribe()
+    try:
+        first, second, third, fourth = (Request(room, f"g-{n}", f"{n}-0", "A" if n % 2 else "B") for n in range(1, 5))
+        taken = await store.locks.take_turn(first, 60_000, "queue", 2, 60_000)
+        assert taken.fence is not None and taken.position == 0
+        positions = [(await store.locks.take_turn(r, 60_000, "queue", 2, 60_000)).position for r in (second, third)]
+        assert positions == [1, 2]
+        assert await store.locks.take_turn(fourth, 60_000, "queue", 2, 60_000) == Turn()  # busy: two wait
+        assert (await store.locks.take_turn(second, 60_000, "queue", 2, 60_000)).position == 1  # asked again
+        info = await store.roster.enter(room, "", "A", 0)
+        assert info.queued == (Queued("g-2", "2-0"), Queued("g-3", "3-0"))
+        assert (await store.locks.start(room, "g-3", 60_000)).waits
+        assert await store.locks.cancel(room, "g-3", "B", asker_only=True) == (Cancel.NOT_ASKER, "")
+        assert await store.locks.cancel(room, "g-3", "A") == (Cancel.DEQUEUED, "3-0")
+        assert (await store.locks.start(room, "g-3", 60_000)).answered  # dropped: only acknowledged
+        assert await store.locks.release(taken.fence)
+        while (event := await turns.next(5.0)) is not None and event[0] != "message":
+            pass
+        assert event == ("message", room.encode())  # the room's turn passed: the workers are told
+        started = await store.locks.start(room, "g-2", 60_000)
+        assert started.fence is not None and not started.waits
+        assert (await store.roster.enter(room, "", "A", 0)).queued == ()
+    finally:
+        await turns.close()
+
+
+async def test_an_interrupt_drops_the_waiting_questions_and_names_the_running_one(store: Store) -> None:
+    room = new_room()
+    running, waiting, newer = (Request(room, f"g-{n}", f"{n}-0", "A") for n in range(1, 4))
+    assert (await store.locks.take_turn(running, 60_000, "queue", 5, 60_000)).fence is not None
+    assert (await store.locks.take_turn(waiting, 60_000, "queue", 5, 60_000)).position == 1
+    turn = await store.locks.take_turn(newer, 60_000, "interrupt", 5, 60_000)
+    assert (turn.fence, turn.position, turn.interrupted, turn.dropped) == (None, 1, "g-1", (Queued("g-2", "2-0"),))
+    assert await store.locks.withdraw(room, "g-3")
+    assert (await store.roster.enter(room, "", "A", 0)).queued == ()
+    assert not await store.locks.withdraw(room, "g-3")
