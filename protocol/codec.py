@@ -19,7 +19,7 @@ id, known only after the append); :func:`frame_with_id` splices the id in withou
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -76,15 +76,19 @@ def error_frame(code: str, message: str, cid: str | None = None, retry_after_s: 
 
 def session_ready_frame(room: str, role: str, conn: str, last_id: str | None, epoch: str | None, recovered: bool,
                         members: Iterable[tuple[str, str]],
-                        generations: Iterable[tuple[str, str, str, int]] = ()) -> str:
+                        generations: Iterable[tuple[str, str, str, int]] = (),
+                        bot: Mapping[str, str] | None = None) -> str:
     """``session.ready`` for connection ``conn`` (bound to ``role``): the room's newest id (None: no
     entry yet), its stream's epoch, whether the resume is complete, the ``(role, conn)`` of every
     member present, and the room's questions the bot is answering (or will), ``(rid, reply_to,
-    state, position)``: ``running`` at position 0."""
+    state, position)``: ``running`` at position 0, then the ``queued`` ones; ``bot``: the bot's policies
+    (``{"turns", "cancel"}``: ``LLM_TURNS``, ``LLM_CANCEL``), for a client to show what a member may do."""
     bd: dict[str, Any] = {"last_id": last_id, "epoch": epoch, "recovered": recovered,
                           "members": [{"role": r, "conn": c} for r, c in members],
                           "generations": [{"rid": rid, "reply_to": reply_to, "state": state, "position": position}
                                           for rid, reply_to, state, position in generations]}
+    if bot is not None:
+        bd["llm"] = dict(bot)
     hd = {"event": Event.SESSION_READY, "sid": room, "role": role, "conn": conn}
     return orjson.dumps({"hd": hd, "bd": bd}).decode()
 

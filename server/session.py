@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.codec import frame_with_id, llm_snapshot_frame, presence_frame, session_ready_frame
@@ -89,7 +89,9 @@ class RosterRestorer:
 
 class Sessions:
     def __init__(self, room_log: RoomLog, roster: Roster, ephemeral: Ephemeral, feed: RoomFeed, node_id: str,
-                 roster_ttl_s: int, max_per_room: int = 0, supervisor: Supervisor | None = None) -> None:
+                 roster_ttl_s: int, max_per_room: int = 0, supervisor: Supervisor | None = None,
+                 bot: Mapping[str, str] | None = None) -> None:
+        self._bot = bot  # the bot's policies, told in session.ready (``LLM_TURNS``, ``LLM_CANCEL``)
         self._max_per_room = max_per_room
         self._supervisor = supervisor or Supervisor()
         self._supervisor.register(SWEEP)
@@ -122,7 +124,7 @@ class Sessions:
             if id_tuple(newest) > (0, 0) and (start == "-" or id_tuple(start[1:].encode()) < id_tuple(newest)):
                 await self._replay(member, start, newest)
         snapshots = snapshots_of(info)
-        await member.push_history([session_ready(member, newest, info, recovered),
+        await member.push_history([session_ready(member, newest, info, recovered, self._bot),
                                    *(snapshot_frame(member.room, snapshot) for snapshot in snapshots)])
         member.release(SnapshotGate(snapshots))
 
@@ -224,12 +226,13 @@ def replay_start(resume: Resume, info: SessionInfo) -> tuple[str, bool]:
     return "(" + resume.last_id, cursor >= first
 
 
-def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool) -> str:
+def session_ready(member: Member, newest: bytes, info: SessionInfo, recovered: bool,
+                  bot: Mapping[str, str] | None = None) -> str:
     members = ((role, field.partition("/")[2]) for field, role in info.roster)
     generations = [*((running.rid, running.reply_to, "running", 0) for running in info.generations),
                    *((queued.rid, queued.reply_to, "queued", n) for n, queued in enumerate(info.queued, 1))]
     return session_ready_frame(member.room, role_of(member), member.conn, None if newest == _NONE else newest.decode(),
-                               info.epoch, recovered, members, generations)
+                               info.epoch, recovered, members, generations, bot)
 
 
 def snapshots_of(info: SessionInfo) -> list[Snapshot]:

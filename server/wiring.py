@@ -137,7 +137,8 @@ class Relay:
                            self.supervisor)
         self.appender = self.parts.appender
         self.sessions = Sessions(store.bulk_log, store.roster, self.parts.ephemeral, self.feed, self.node_id,
-                                 settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor)
+                                 settings.room_ttl_seconds, settings.max_connections_per_room, self.supervisor,
+                                 bot={"turns": settings.llm.turns, "cancel": settings.llm.cancel})
         self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
                               settings.llm.queue_lease_ms, settings.llm.cancel, guard=self.parts.guard,
                               room_log=store.log, turns=settings.llm.turns,

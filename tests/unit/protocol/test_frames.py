@@ -52,6 +52,14 @@ FRAMES_BEFORE: list[tuple[str, str | bytes, str | bytes]] = [
      '{"hd":{"event":"session.ready","sid":"room001","role":"A","conn":"3f9a0c1d"},"bd":{"last_id":"1700641236012-0",'
      '"epoch":"e1","recovered":true,"members":[{"role":"A","conn":"3f9a0c1d"}],"generations":[{"rid":'
      '"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","state":"running","position":0}]}}'),
+    ("session.ready with a question waiting and the bot's policies",
+     session_ready_frame(ROOM, "A", "3f9a0c1d", ENTRY_ID, "e1", True, [("A", "3f9a0c1d")],
+                         [(RID, REPLY_TO, "running", 0), ("g-0123456789abcdef", ENTRY_ID, "queued", 1)],
+                         {"turns": "queue", "cancel": "asker"}),
+     '{"hd":{"event":"session.ready","sid":"room001","role":"A","conn":"3f9a0c1d"},"bd":{"last_id":"1700641236012-0",'
+     '"epoch":"e1","recovered":true,"members":[{"role":"A","conn":"3f9a0c1d"}],"generations":[{"rid":'
+     '"g-5f1c2a9e0b7d3c41","reply_to":"1700641234567-0","state":"running","position":0},{"rid":"g-0123456789abcdef",'
+     '"reply_to":"1700641236012-0","state":"queued","position":1}],"llm":{"turns":"queue","cancel":"asker"}}}'),
     ("session.ready of an empty room", session_ready_frame(ROOM, "B", "3f9a0c1d", None, None, False, []),
      '{"hd":{"event":"session.ready","sid":"room001","role":"B","conn":"3f9a0c1d"},"bd":{"last_id":null,"epoch":null,'
      '"recovered":false,"members":[],"generations":[]}}'),
