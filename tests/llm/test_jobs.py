@@ -46,8 +46,8 @@ async def test_one_generation_per_room_fenced_by_a_growing_token(backend: Backen
     await backend.raw.pexpire(llm_lock_key(room), 500)
     assert await locks.renew([first, Fence(room, "g-2", 2)], LEASE_MS) == [True, False]
     assert 500 < await backend.raw.pttl(llm_lock_key(room)) <= LEASE_MS  # renewed for its holder
-    assert await locks.cancel(room, "g-2", "A") is Cancel.NOT_RUNNING
-    assert await locks.cancel(room, "g-1", "B") is Cancel.CANCELLED
+    assert (await locks.cancel(room, "g-2", "A"))[0] is Cancel.NOT_RUNNING
+    assert (await locks.cancel(room, "g-1", "B"))[0] is Cancel.CANCELLED
     started = await locks.start(room, "g-1", LEASE_MS)  # the worker takes it over: a new token
     assert started == Started(False, True, Fence(room, "g-1", 2), "B")
     assert await locks.renew([first], LEASE_MS) == [False]  # the front's token is stale now
@@ -62,23 +62,23 @@ async def test_the_lock_records_who_asked_and_with_asker_only_only_they_may_canc
     fence = await locks.lock(room, "g-1", LEASE_MS, "A")
     assert await backend.raw.get(llm_asker_key(room, "g-1")) == b"A"
     assert 0 < await backend.raw.ttl(llm_asker_key(room, "g-1")) <= ENDED_TTL_S
-    assert await locks.cancel(room, "g-1", "B", asker_only=True) is Cancel.NOT_ASKER
+    assert (await locks.cancel(room, "g-1", "B", asker_only=True))[0] is Cancel.NOT_ASKER
     assert await locks.start(room, "g-1", LEASE_MS) == Started(False, False, Fence(room, "g-1", 2))  # not cancelled
-    assert await locks.cancel(room, "g-1", "A", asker_only=True) is Cancel.CANCELLED
+    assert (await locks.cancel(room, "g-1", "A", asker_only=True))[0] is Cancel.CANCELLED
     assert (await locks.start(room, "g-1", LEASE_MS)).cancelled_by == "A"
-    assert await locks.cancel(room, "g-2", "A", asker_only=True) is Cancel.NOT_RUNNING
+    assert (await locks.cancel(room, "g-2", "A", asker_only=True))[0] is Cancel.NOT_RUNNING
     assert fence is not None and await locks.release(Fence(room, "g-1", 3))
 
 
 async def test_any_role_may_cancel_without_asker_only_or_when_who_asked_is_unknown(backend: Backend) -> None:
     locks, room = backend.store.locks, new_room()
     await locks.lock(room, "g-1", LEASE_MS, "A")
-    assert await locks.cancel(room, "g-1", "B") is Cancel.CANCELLED
+    assert (await locks.cancel(room, "g-1", "B"))[0] is Cancel.CANCELLED
     assert (await locks.start(room, "g-1", LEASE_MS)).cancelled_by == "B"
     assert await locks.release(Fence(room, "g-1", 2))
     await locks.lock(room, "g-2", LEASE_MS)  # no asker recorded
     assert await backend.raw.exists(llm_asker_key(room, "g-2")) == 0
-    assert await locks.cancel(room, "g-2", "B", asker_only=True) is Cancel.CANCELLED
+    assert (await locks.cancel(room, "g-2", "B", asker_only=True))[0] is Cancel.CANCELLED
     assert await locks.release(Fence(room, "g-2", 3))
 
 
@@ -157,7 +157,7 @@ async def test_a_cancel_reaches_every_subscribed_worker(store: Store) -> None:
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "subscribe":
         pass
     fence = await store.locks.lock(room, "g-5", LEASE_MS)
-    assert await store.locks.cancel(room, "g-5", "B") is Cancel.CANCELLED
+    assert (await store.locks.cancel(room, "g-5", "B"))[0] is Cancel.CANCELLED
     while (message := await heard.next(timeout_s=5)) is None or message[0] != "message":
         pass
     assert message[1] == b"g-5 B"  # the rid, and the role that cancelled it

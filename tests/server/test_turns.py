@@ -60,7 +60,7 @@ def streamed(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def queued(frames: list[dict[str, Any]]) -> bool:
-    return frames[-1]["hd"]["event"] == "llm.queued"
+    return bool(frames[-1]["hd"]["event"] == "llm.queued")
 
 
 def bot_answers(rdb: redis.Redis, room: str) -> list[dict[str, Any]]:
