@@ -14,7 +14,9 @@ The promises checked (README "Failure modes", "Resume", "Exactly-once sending", 
   with ``appendfsync always``, so every one is spurious).
 - **terminal**: every question (a stored ``llm.invoke``) ends with exactly one terminal event, stored in
   the room's stream: one ``llm.response`` or one ``llm.error`` replying to it; never both, never none,
-  never two. (Every client's view equals the stream, so every member heard it.)
+  never two. (Every client's view equals the stream, so every member heard it.) A question its sender
+  was told ``busy`` for (with ``LLM_TURNS=queue``, the room's queue was full: it is stored, unanswered)
+  must have none.
 - **overlapping**: two generations of one room streaming at once (their deltas interleave), as any client
   saw it. A generation whose worker died stops streaming; another question may take the room once its
   lease has run out with no worker alive to take it over (README "One answer per room, fenced"): that
@@ -59,7 +61,7 @@ class ClientRecord:
     sent: Counter[str] = field(default_factory=Counter)  # cid -> how many times it was sent
     first_sent_s: dict[str, float] = field(default_factory=dict)  # cid -> when it was first sent (the run's clock)
     acked: dict[str, str] = field(default_factory=dict)  # cid -> the id its broadcast carried
-    refused_busy: set[str] = field(default_factory=set)  # llm.invoke cids refused busy: never stored
+    refused_busy: set[str] = field(default_factory=set)  # llm.invoke cids refused busy (stored or not)
     not_recovered: int = 0
     #: (kind, rid, reply_to) in arrival order; kind: ``delta``, ``end`` (a terminal event), ``reset`` (a new
     #: connection: what streamed before it may have ended unseen)
@@ -178,12 +180,13 @@ def _check_terminals(room: str, entries: list[Stored], records: list[ClientRecor
     for entry in entries:
         if entry.event in TERMINAL_EVENTS and entry.reply_to is not None:
             ends[entry.reply_to][entry.event] += 1
+    busy = {(record.role, cid) for record in records for cid in record.refused_busy}
     for question in (e for e in entries if e.event == "llm.invoke"):
         report.questions += 1
         answered, failed = ends[question.id]["llm.response"], ends[question.id]["llm.error"]
         report.answered += answered > 0
         report.errored += failed > 0 and not answered
-        if answered + failed != 1:
+        if answered + failed != (0 if (question.role, question.cid) in busy else 1):
             report.terminal.append(f"{room}: question {question.id}: {answered} llm.response, {failed} llm.error")
     for record in records:
         _check_overlap(record, report)

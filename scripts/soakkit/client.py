@@ -8,7 +8,8 @@ receives for the checker.
   order) and ``epoch``, backing off while no node answers.
 - A re-sent ``cid`` may come back twice, the second time to this sender alone and out of the stream's
   order: such frames never move the cursor (the in-order delivery does).
-- An ``llm.invoke`` refused ``busy`` is not stored: it is forgotten (the checker allows for it).
+- An ``llm.invoke`` refused ``busy`` is forgotten (the checker allows for it): with ``LLM_TURNS=queue`` it
+  is stored, unanswered (the room's queue was full); with ``refuse`` it is not stored.
 """
 
 from __future__ import annotations

@@ -112,17 +112,21 @@ class LLMFront:
 
     async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
         """Ask the bot to answer the stored message ``entry_id``: it takes its turn (see the module)."""
-        request = Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker)
+        await self._ask(member, Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker), cid)
+
+    async def _ask(self, member: Member, request: Request, cid: str | None) -> None:
+        """``request``'s question is stored: it takes its turn (again in the background while the store
+        fails); a refusal goes to the asker."""
         try:
-            turn = await self._turn(request)
-        except Exception as exc:  # the message is stored: its answer is asked for again once Redis is back
+            turn = await self._turn(request, give_up=False)
+        except Exception as exc:  # the question is stored: its answer is asked for again once Redis is back
             log.warning("room %s: the bot could not take a turn for %s (%s); trying again", request.room,
                         request.rid, exc)
             self._later(self._retry_answer(member, request, cid))
             return
         try:
             await self._taken(member, request, turn, cid)
-        except ProtocolError as refused:  # (the message itself is stored: its sender is told here)
+        except ProtocolError as refused:  # (the question itself is stored: its sender is told here)
             member.push(error_for(refused))
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
@@ -146,8 +150,8 @@ class LLMFront:
         request = Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role)
         if fence is not None:
             await self._taken(member, request, Turn(fence), envelope.cid)
-            return
-        await self._taken(member, request, await self._turn(request), envelope.cid)
+        else:
+            await self._ask(member, request, envelope.cid)
 
     async def regenerate(self, member: Member, envelope: ClientEnvelope) -> None:
         """Ask the question the stored answer ``bd.rid`` answered again, as a new generation."""
@@ -159,17 +163,18 @@ class LLMFront:
         request = Request(room=member.room, rid=new_rid(), reply_to=reply_to, asker=envelope.role, regenerates=old)
         await self._taken(member, request, await self._turn(request), envelope.cid)
 
-    async def _turn(self, request: Request) -> Turn:
+    async def _turn(self, request: Request, give_up: bool = True) -> Turn:
         """``request`` asks for the room under the turns policy. When the store fails, the lock or the
         place in the waiting list may have been taken all the same (a lost reply): given up in the
-        background."""
+        background (``give_up``), or kept for the caller, who asks again (the same rid's turn is its own)."""
         try:
             if self._turns == "refuse":
                 return Turn(await self._locks.lock(request.room, request.rid, self._lease_ms, request.asker))
             return await self._locks.take_turn(request, self._lease_ms, self._turns, self._most_waiting,
                                                self._lease_ms)
         except BaseException:
-            self._release(request.room, request.rid, None)
+            if give_up:
+                self._release(request.room, request.rid, None)
             raise
 
     async def _taken(self, member: Member, request: Request, turn: Turn, cid: str | None) -> None:
@@ -306,7 +311,7 @@ class LLMFront:
         taken: list[Turn] = []
 
         async def turn() -> None:  # rid's own turn, taken already if only the reply was lost, is taken again
-            taken.append(await self._turn(request))
+            taken.append(await self._turn(request, give_up=False))
 
         if not await self._retried(turn):
             log.error("room %s: the bot could not take a turn for %s: it stays unanswered", request.room,

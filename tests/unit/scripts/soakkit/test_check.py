@@ -145,3 +145,12 @@ def test_a_reconnect_forgets_which_stream_was_interrupted() -> None:
     record.llm_events += [("delta", "g-1", "1-0"), ("delta", "g-2", "2-0"), ("reset", "", ""),
                           ("delta", "g-1", "1-0")]
     assert run([], record).ok
+
+
+def test_a_stored_question_refused_busy_has_no_terminal_event_and_none_is_expected() -> None:
+    question = msg("1-0", "A", "A-1", event="llm.invoke")  # stored, then refused busy: the room's queue was full
+    record = client(question, sent={"A-1": 1}, acked={"A-1": "1-0"})
+    record.refused_busy.add("A-1")
+    assert run([question], record).ok
+    answered = run([question, answer("2-0", "1-0")], record)
+    assert answered.terminal == ["r: question 1-0: 1 llm.response, 0 llm.error"]

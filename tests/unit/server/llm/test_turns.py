@@ -248,3 +248,20 @@ async def test_a_waiting_question_past_its_deadline_leaves_the_list_when_it_reac
         assert rig.store.locks.queued("r") == ()
         generation = await rig.serve(waiting)  # its request, read at last: another question holds the room
         assert generation.state is State.EXPIRED
+
+
+async def test_a_stored_invoke_whose_turn_failed_takes_it_in_the_background_once_the_store_is_back() -> None:
+    async with Rig() as rig:
+        desk = Turnstile(rig)
+
+        async def heal(_seconds: float) -> None:
+            rig.store.locks.failing = None
+            await asyncio.sleep(0)
+
+        desk.front._sleep = heal
+        rig.store.locks.failing = StoreUnavailable("redis away")
+        await desk.front.invoke(desk.member, ClientEnvelope("llm.invoke", "B", "i", {}),
+                                chat_body("r", "x", "B", event="llm.invoke"))
+        await desk.front.idle()
+        [request] = await desk.read()  # stored, so its sender was not told it failed: it is answered
+        assert desk.member.pushed == [] and rig.store.locks.held == {"r": request.rid}
