@@ -108,6 +108,20 @@ class Room:
         return [dict(member) for member in self._state.members]
 
     @property
+    def generations(self) -> list[dict[str, Any]]:
+        """The bot's answers under way in the room, ``[{"rid", "reply_to", "state", "position"}]``:
+        ``session.ready``'s ``generations``, kept up to date by the bot's frames (``state`` ``running``
+        at ``position`` 0, or ``queued``)."""
+        return [dict(generation) for generation in self._state.generations]
+
+    @property
+    def answers(self) -> dict[str, Answer]:
+        """The text so far of each running answer, by ``rid``: on joining (or resuming) mid-answer it
+        starts from the answer's ``llm.snapshot``, then grows with its deltas; an answer leaves it when
+        it ends (its ``llm.response`` has the whole text). Read it when a frame of the bot's arrives."""
+        return dict(self._state.answers)
+
+    @property
     def conn(self) -> str | None:
         """This connection's id in the room (``session.ready``'s ``hd.conn``; it changes on reconnect)."""
         return self._state.conn
@@ -154,6 +168,25 @@ class Room:
             return event_of(frame) in TERMINAL_EVENTS and frame["hd"].get("rid") == rid
 
         return await self._submit(Event.LLM_CANCEL, {"rid": rid}, settles=ends)
+
+    async def regenerate(self, rid: str) -> Frame:
+        """Ask again the question that the stored answer ``rid`` answered (``llm.regenerate``); return the
+        new answer's stored ``llm.response`` (a new ``rid``, ``hd.regenerates`` = ``rid``).
+        :class:`RelayError` ``unknown_generation`` (``rid`` is unknown or still running), ``busy``,
+        ``quota_exceeded``, or the new answer's ``llm.error`` code."""
+        def began(frame: Frame) -> bool:
+            return frame["hd"].get("regenerates") == rid and str(event_of(frame)).startswith("llm.")
+
+        async with self._listening() as frames:
+            first = await self._submit(Event.LLM_REGENERATE, {"rid": rid}, settles=began)
+            new_rid = first["hd"].get("rid")
+            while event_of(first) not in TERMINAL_EVENTS or first["hd"].get("rid") != new_rid:
+                frame = await frames.get()
+                if frame is None:
+                    assert self._ended is not None
+                    raise self._ended
+                first = frame
+            return _outcome(first)
 
     def __aiter__(self) -> Room:
         return self
