@@ -19,6 +19,7 @@ from tests.support.server_process import ServerProcess
 EXAMPLES = parse_examples()
 TAB_ROLES = {"A": "A", "B": "B", "U": None}
 GROUPS = [(dict(settings), list(examples)) for settings, examples in itertools.groupby(EXAMPLES, lambda e: e.settings)]
+GROUP_IDS = [" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults" for settings, _ in GROUPS]
 
 
 async def next_answer(client: Client, streaming: bool = False) -> dict[str, Any]:
@@ -49,8 +50,7 @@ async def run_examples(server: ServerProcess, room: str, examples: list[Example]
             await client.close()
 
 
-@pytest.mark.parametrize(("settings", "examples"), GROUPS,
-                         ids=[" ".join(f"{k}={v}" for k, v in settings.items()) or "defaults" for settings, _ in GROUPS])
+@pytest.mark.parametrize(("settings", "examples"), GROUPS, ids=GROUP_IDS)
 async def test_every_example_gets_its_documented_answer(settings: dict[str, str], examples: list[Example],
                                                         server: ServerProcess, redis_url: str,
                                                         start_server: Callable[..., ServerProcess]) -> None:

@@ -121,5 +121,6 @@ def differences(documented: Any, real: Any, bindings: Bindings, path: str = "") 
         return [] if type(real) is type(documented) else [f"{path}: {real!r} is not a {type(documented).__name__}"]
     if isinstance(documented, str) and documented.endswith(_SO_FAR):
         so_far = documented.removesuffix(_SO_FAR)
-        return [] if isinstance(real, str) and real.startswith(so_far) else [f"{path}: {real!r} does not start {so_far!r}"]
+        begins = isinstance(real, str) and real.startswith(so_far)
+        return [] if begins else [f"{path}: {real!r} does not start {so_far!r}"]
     return [] if documented == real else [f"{path}: {documented!r} != {real!r}"]
