@@ -69,6 +69,7 @@ class _Pending:
     ignored_codes: frozenset[str]  # refusals that are not its outcome (a stored mention's ``busy``)
     future: asyncio.Future[Frame]
     sent_on: int = -1  # the connection it was last sent on
+    sends: int = 0  # how many times it was sent
     refusals: int = 0  # how many times it was refused for a reason worth another try
 
 
@@ -235,6 +236,7 @@ class Room:
         if self._ws is None or pending.sent_on == self._connection or pending.future.done():
             return
         pending.sent_on = self._connection
+        pending.sends += 1
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(pending.text)
 
@@ -351,7 +353,7 @@ class Room:
             pending = self._pending.get(cid) if isinstance(cid, str) else None
             code = str(frame["bd"].get("code"))
             if pending is not None and code not in pending.ignored_codes and not pending.future.done():
-                if code in RETRIED_CODES:
+                if worth_sending_again(code, pending.sends):
                     self._retry_later(pending)
                 else:
                     pending.future.set_exception(RelayError(code, str(frame["bd"].get("message")), frame))
@@ -440,6 +442,14 @@ def _parse(raw: str | bytes) -> Frame:
         return {"hd": {}, "bd": frame}
     frame.setdefault("bd", {})
     return frame
+
+
+def worth_sending_again(code: str, sends: int) -> bool:
+    """Whether a refusal with ``code`` of a frame sent ``sends`` times is answered by sending it again
+    later: "send it again" (``rate_limited``, ``unavailable``), and ``busy`` for a frame sent again after
+    a reconnect (an ``llm.regenerate`` whose first sending is the answer that keeps the bot busy: its
+    frames settle it meanwhile)."""
+    return code in RETRIED_CODES or (code == "busy" and sends > 1)
 
 
 def worth_retrying(exc: BaseException) -> bool:
