@@ -15,7 +15,8 @@ and answers which of them the caller sees.
 - **Members** follow ``session.ready`` and the presence frames.
 - **Generations** (the bot's answers under way) start from ``session.ready``'s ``generations`` and
   follow the bot's frames: a generation is running from its first ``llm.streaming`` or
-  ``llm.snapshot``, queued from its ``llm.queued``, and gone at its ``llm.response`` or ``llm.error``.
+  ``llm.snapshot``, queued from its ``llm.queued``, and gone at its ``llm.response`` or ``llm.error``;
+  when a queued one starts or leaves the queue, the ones behind it move up by one.
   :attr:`RoomState.answers` holds each running one's text so far (:class:`~client.answer.Answer`),
   taken from its ``llm.snapshot`` on joining and its deltas after.
 """
@@ -127,6 +128,8 @@ class RoomState:
         hd = frame["hd"]
         rid = hd["rid"]
         listed = next((g for g in self.generations if g.get("rid") == rid), None)
+        if listed is not None and listed.get("state") == "queued" and event in RUNNING_EVENTS | ENDING_EVENTS:
+            self._move_up_behind(listed)
         if event in ENDING_EVENTS:
             self.generations = [g for g in self.generations if g.get("rid") != rid]
             self.answers.pop(rid, None)
@@ -141,3 +144,12 @@ class RoomState:
                 listed = {"rid": rid, "reply_to": hd.get("reply_to")}
                 self.generations.append(listed)
             listed.update(state="queued", position=hd.get("position"))
+
+    def _move_up_behind(self, leaving: Frame) -> None:
+        """A queued question starts, or leaves the queue: the ones behind it move up by one."""
+        position = leaving.get("position")
+        for generation in self.generations:
+            behind = generation.get("position")
+            if (generation.get("state") == "queued" and isinstance(position, int) and isinstance(behind, int)
+                    and behind > position):
+                generation["position"] = behind - 1

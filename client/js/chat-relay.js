@@ -32,7 +32,8 @@
 //   first_seq..seq: several when the server merged them for a slow reader), llm.snapshot
 //   frames taken in, a higher hd.attempt starting the text over. `generations` lists the answers
 //   under way: session.ready's, then running from a generation's first llm.streaming or llm.snapshot,
-//   queued from its llm.queued, gone at its llm.response or llm.error.
+//   queued from its llm.queued, gone at its llm.response or llm.error; when a queued one starts or
+//   leaves the queue, the ones behind it move up by one.
 
 const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const STREAM_ID = /^(0|[1-9][0-9]*)(-(0|[1-9][0-9]*))?$/;
@@ -482,6 +483,11 @@ export class Room {
   _list(frame) {
     const { hd } = frame;
     const listed = this.generations.find((g) => g.rid === hd.rid);
+    if (listed?.state === "queued" && (RUNNING.has(hd.event) || ENDING.has(hd.event))) {
+      // it starts, or leaves the queue: the questions behind it move up by one
+      this.generations = this.generations.map((g) => (g.state === "queued" && g.position > listed.position
+        ? { ...g, position: g.position - 1 } : g));
+    }
     if (ENDING.has(hd.event)) {
       if (listed) this.generations = this.generations.filter((g) => g !== listed);
     } else if (RUNNING.has(hd.event) && listed?.state !== "running") {

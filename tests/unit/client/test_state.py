@@ -146,3 +146,19 @@ def test_an_answer_no_longer_listed_by_a_new_session_ready_is_forgotten() -> Non
     state.admit(bot("llm.streaming", seq=0, first_seq=0))
     state.ready(ready("6-0"))  # a reconnect: the answer ended meanwhile (its llm.response is replayed)
     assert state.generations == [] and state.answers == {}
+
+
+def test_the_questions_behind_one_that_starts_or_leaves_the_queue_move_up() -> None:
+    state = RoomState()
+    joined = ready("5-0")
+    joined["bd"]["generations"] = [{"rid": "g-1", "reply_to": "4-0", "state": "running", "position": 0},
+                                   {"rid": "g-2", "reply_to": "4-1", "state": "queued", "position": 1},
+                                   {"rid": "g-3", "reply_to": "4-2", "state": "queued", "position": 2},
+                                   {"rid": "g-4", "reply_to": "4-3", "state": "queued", "position": 3}]
+    state.ready(joined)
+    state.admit(bot("llm.error", rid="g-3"))  # taken off the queue (cancelled): g-4 moves up
+    assert [(g["rid"], g["position"]) for g in state.generations] == [("g-1", 0), ("g-2", 1), ("g-4", 2)]
+    state.admit(bot("llm.response", id="6-0"))  # g-1 ends: nobody moves until the next one starts
+    state.admit(bot("llm.streaming", rid="g-2", seq=0, first_seq=0))
+    assert [(g["rid"], g["state"], g["position"]) for g in state.generations] == [
+        ("g-2", "running", 0), ("g-4", "queued", 1)]
