@@ -69,6 +69,7 @@ class _Pending:
     ignored_codes: frozenset[str]  # refusals that are not its outcome (a stored mention's ``busy``)
     future: asyncio.Future[Frame]
     sent_on: int = -1  # the connection it was last sent on
+    sends: int = 0  # how many times it was sent
     refusals: int = 0  # how many times it was refused for a reason worth another try
 
 
@@ -106,6 +107,20 @@ class Room:
     def members(self) -> list[dict[str, Any]]:
         """The connections present in the room (``{"role", "conn"}``), this one included."""
         return [dict(member) for member in self._state.members]
+
+    @property
+    def generations(self) -> list[dict[str, Any]]:
+        """The bot's answers under way in the room, ``[{"rid", "reply_to", "state", "position"}]``:
+        ``session.ready``'s ``generations``, kept up to date by the bot's frames (``state`` ``running``
+        at ``position`` 0, or ``queued``)."""
+        return [dict(generation) for generation in self._state.generations]
+
+    @property
+    def answers(self) -> dict[str, Answer]:
+        """The text so far of each running answer, by ``rid``: on joining (or resuming) mid-answer it
+        starts from the answer's ``llm.snapshot``, then grows with its deltas; an answer leaves it when
+        it ends (its ``llm.response`` has the whole text). Read it when a frame of the bot's arrives."""
+        return dict(self._state.answers)
 
     @property
     def conn(self) -> str | None:
@@ -155,6 +170,25 @@ class Room:
 
         return await self._submit(Event.LLM_CANCEL, {"rid": rid}, settles=ends)
 
+    async def regenerate(self, rid: str) -> Frame:
+        """Ask again the question that the stored answer ``rid`` answered (``llm.regenerate``); return the
+        new answer's stored ``llm.response`` (a new ``rid``, ``hd.regenerates`` = ``rid``).
+        :class:`RelayError` ``unknown_generation`` (``rid`` is unknown or still running), ``busy``,
+        ``quota_exceeded``, or the new answer's ``llm.error`` code."""
+        def began(frame: Frame) -> bool:
+            return frame["hd"].get("regenerates") == rid and str(event_of(frame)).startswith("llm.")
+
+        async with self._listening() as frames:
+            first = await self._submit(Event.LLM_REGENERATE, {"rid": rid}, settles=began)
+            new_rid = first["hd"].get("rid")
+            while event_of(first) not in TERMINAL_EVENTS or first["hd"].get("rid") != new_rid:
+                frame = await frames.get()
+                if frame is None:
+                    assert self._ended is not None
+                    raise self._ended
+                first = frame
+            return _outcome(first)
+
     def __aiter__(self) -> Room:
         return self
 
@@ -202,6 +236,7 @@ class Room:
         if self._ws is None or pending.sent_on == self._connection or pending.future.done():
             return
         pending.sent_on = self._connection
+        pending.sends += 1
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(pending.text)
 
@@ -318,7 +353,7 @@ class Room:
             pending = self._pending.get(cid) if isinstance(cid, str) else None
             code = str(frame["bd"].get("code"))
             if pending is not None and code not in pending.ignored_codes and not pending.future.done():
-                if code in RETRIED_CODES:
+                if worth_sending_again(code, pending.sends):
                     self._retry_later(pending)
                 else:
                     pending.future.set_exception(RelayError(code, str(frame["bd"].get("message")), frame))
@@ -407,6 +442,14 @@ def _parse(raw: str | bytes) -> Frame:
         return {"hd": {}, "bd": frame}
     frame.setdefault("bd", {})
     return frame
+
+
+def worth_sending_again(code: str, sends: int) -> bool:
+    """Whether a refusal with ``code`` of a frame sent ``sends`` times is answered by sending it again
+    later: "send it again" (``rate_limited``, ``unavailable``), and ``busy`` for a frame sent again after
+    a reconnect (an ``llm.regenerate`` whose first sending is the answer that keeps the bot busy: its
+    frames settle it meanwhile)."""
+    return code in RETRIED_CODES or (code == "busy" and sends > 1)
 
 
 def worth_retrying(exc: BaseException) -> bool:

@@ -13,6 +13,12 @@ and answers which of them the caller sees.
   ``recovered: false`` the cursor could not be honoured, and the replay that follows is everything
   retained (the caller replaces what it shows), so it is delivered whole and the cursor starts over.
 - **Members** follow ``session.ready`` and the presence frames.
+- **Generations** (the bot's answers under way) start from ``session.ready``'s ``generations`` and
+  follow the bot's frames: a generation is running from its first ``llm.streaming`` or
+  ``llm.snapshot``, queued from its ``llm.queued``, and gone at its ``llm.response`` or ``llm.error``;
+  when a queued one starts or leaves the queue, the ones behind it move up by one.
+  :attr:`RoomState.answers` holds each running one's text so far (:class:`~client.answer.Answer`),
+  taken from its ``llm.snapshot`` on joining and its deltas after.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from client.answer import Answer
 from protocol.names import DEFAULT_ROLE, Event
 
 Frame = dict[str, Any]
 NOTHING = "0"  # the cursor of a client that has seen no entry: a resume from it replays everything
+QUEUED = "llm.queued"  # a question waiting for the bot's turn (hd.position N >= 1)
+RUNNING_EVENTS = frozenset({Event.LLM_STREAMING, Event.LLM_SNAPSHOT})
+ENDING_EVENTS = frozenset({Event.LLM_RESPONSE, Event.LLM_ERROR})
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
@@ -51,6 +61,8 @@ class RoomState:
     role: str = DEFAULT_ROLE  # the role the server bound the connection to (session.ready's hd.role)
     conn: str | None = None
     members: list[Frame] = field(default_factory=list)
+    generations: list[Frame] = field(default_factory=list)  # [{"rid", "reply_to", "state", "position"}]
+    answers: dict[str, Answer] = field(default_factory=dict)  # rid -> the text so far, for running ones
     _replay: list[Frame] = field(default_factory=list)
 
     def resume_params(self) -> dict[str, str]:
@@ -76,6 +88,9 @@ class RoomState:
         hd, bd = frame["hd"], frame["bd"]
         self.role, self.conn = str(hd.get("role", DEFAULT_ROLE)), hd.get("conn")
         self.members = [dict(member) for member in bd.get("members", [])]
+        self.generations = [dict(generation) for generation in bd.get("generations", [])]
+        listed = {generation.get("rid") for generation in self.generations}
+        self.answers = {rid: answer for rid, answer in self.answers.items() if rid in listed}
         self.epoch = bd.get("epoch")
         newest = bd.get("last_id")
         replay, self._replay = self._replay, []
@@ -96,11 +111,45 @@ class RoomState:
             if self.last_id is not None and id_key(entry_id) <= id_key(self.last_id):
                 return False
             self.last_id = entry_id
-            return True
         event = event_of(frame)
+        if isinstance(frame["hd"].get("rid"), str) and event is not None:
+            self._follow(event, frame)
+        if entry_id is not None:
+            return True
         if event == Event.PRESENCE_JOIN:
             self.members.append({"role": frame["hd"].get("role"), "conn": frame["hd"].get("conn")})
         elif event == Event.PRESENCE_LEAVE:
             conn = frame["hd"].get("conn")
             self.members = [member for member in self.members if member.get("conn") != conn]
         return True
+
+    def _follow(self, event: str, frame: Frame) -> None:
+        """Keep :attr:`generations` and :attr:`answers` up to date with one frame of the bot's."""
+        hd = frame["hd"]
+        rid = hd["rid"]
+        listed = next((g for g in self.generations if g.get("rid") == rid), None)
+        if listed is not None and listed.get("state") == "queued" and event in RUNNING_EVENTS | ENDING_EVENTS:
+            self._move_up_behind(listed)
+        if event in ENDING_EVENTS:
+            self.generations = [g for g in self.generations if g.get("rid") != rid]
+            self.answers.pop(rid, None)
+        elif event in RUNNING_EVENTS:
+            if listed is None:
+                listed = {"rid": rid, "reply_to": hd.get("reply_to")}
+                self.generations.insert(0, listed)
+            listed.update(state="running", position=0)
+            self.answers.setdefault(rid, Answer()).apply(frame)
+        elif event == QUEUED:
+            if listed is None:
+                listed = {"rid": rid, "reply_to": hd.get("reply_to")}
+                self.generations.append(listed)
+            listed.update(state="queued", position=hd.get("position"))
+
+    def _move_up_behind(self, leaving: Frame) -> None:
+        """A queued question starts, or leaves the queue: the ones behind it move up by one."""
+        position = leaving.get("position")
+        for generation in self.generations:
+            behind = generation.get("position")
+            if (generation.get("state") == "queued" and isinstance(position, int) and isinstance(behind, int)
+                    and behind > position):
+                generation["position"] = behind - 1

@@ -22,7 +22,10 @@ Modes:
   idle     --connections idle members: the server's RSS per connection, idle CPU, and a liveness check.
   llm      one '@llm' message per room at a time, for --duration: every llm.streaming delta at every
            member (contiguous hd.seq, llm.response text = the deltas joined), the gap between deltas
-           beyond the scripted pace (what the relay adds), time to the first delta.
+           beyond the scripted pace (what the relay adds), time to the first delta. --slow-readers N:
+           the first N rooms get one more member that stops reading during the answers (its link
+           first filled with stored messages): the llm.streaming frames it receives against the
+           deltas they carry (merged), and that it is not closed.
   history  a stream of --entries entries (XADD in pipelines), then timed GET history pages of --page
            entries: the newest page, a page before= the middle, a page after= the middle.
   scale    relay at saturation on 1 node, then on --nodes nodes on their own ports, or (--workers N)
@@ -110,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--stagger", type=float, default=1.0,
                       help="llm: seconds over which the rooms' first questions are spread (0 = all at once)")
     load.add_argument("--first-delta-timeout", type=float, default=10.0, help="llm: seconds to wait for a delta")
+    load.add_argument("--slow-readers", type=int, default=0,
+                      help="llm: rooms (the first ones) with one more member that stops reading during the answers")
     load.add_argument("--entries", type=int, help="history, bulk: entries in the stream (1,000,000; bulk: 600)")
     load.add_argument("--entry-bytes", type=int, default=60_000, help="bulk: bytes of each entry's bd extra")
     load.add_argument("--readers", type=int, default=10, help="bulk: clients paging through the room")
@@ -149,6 +154,9 @@ def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ap.error(f"--{name} must be at least 1")
     if args.members is not None and args.members < 2 and args.mode in ("relay", "scale"):
         ap.error("--members must be at least 2: a delivery is a receipt at another member")
+    if args.slow_readers and (args.mode != "llm" or args.slow_readers < 0 or args.slow_readers > args.rooms
+                              or args.client != "lean"):
+        ap.error("--slow-readers is for --mode llm with the lean client, from 0 to --rooms")
     if args.echo_rate <= 0:
         ap.error("--echo-rate must be positive")
     if any("=" not in item for item in args.server_env):
@@ -174,7 +182,7 @@ async def llm_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
     return [await run_llm(ctx, LlmParams(rooms=args.rooms, members=args.members, duration_s=args.duration,
                                          tokens_per_s=args.tokens_per_s, stagger_s=args.stagger,
                                          first_delta_timeout_s=args.first_delta_timeout,
-                                         drain_s=args.drain_timeout))]
+                                         drain_s=args.drain_timeout, slow_readers=args.slow_readers))]
 
 
 async def history_mode(args: argparse.Namespace, ctx: Context) -> list[Report]:
@@ -226,6 +234,9 @@ def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", worke
         if args.mode == "llm":
             env = {"LLM_PROVIDER": "scripted", "LLM_SCRIPTED_DELAY_MS": str(round(1000 / args.tokens_per_s)),
                    "LLM_ROOM_GENERATIONS_PER_HOUR": "0", **env}  # (each room asks again at once: no cost guard)
+            if args.slow_readers:  # the messages that fill the slow readers' links
+                fill = LlmParams().slow_fill_chars
+                env = {"MAX_TEXT_CHARS": str(fill), "MAX_MESSAGE_BYTES": str(fill + 1000), **env}
         servers = ServerSet(nodes, args.redis_url or None, env, workers)
     reader: StreamReader | None = None
     ctx: Context | None = None

@@ -23,6 +23,8 @@ export interface Header {
   /** llm.streaming: the first delta the frame carries (less than `seq` when merged for a slow reader). */
   first_seq?: number;
   attempt?: number;
+  /** Every frame of an answer asked by llm.regenerate: the rid of the answer it regenerates. */
+  regenerates?: string;
   [key: string]: unknown;
 }
 
@@ -164,6 +166,8 @@ export class Room {
   readonly lastId: string | null;
   readonly epoch: string | null;
   readonly members: Member[];
+  /** The bot's answers under way: session.ready's `generations`, kept up to date by the bot's frames. */
+  readonly generations: Generation[];
   readonly status: Status;
   readonly ready: Promise<Room>;
 
@@ -172,6 +176,11 @@ export class Room {
   /** llm.invoke; resolves with the final llm.response. */
   ask(prompt?: string | null, extra?: Record<string, unknown>): Promise<LlmResponse>;
   askStream(prompt?: string | null, extra?: Record<string, unknown>): AnswerStream;
+  /** llm.regenerate: asks again the question the finished answer `rid` answered; resolves with the
+   * new answer's llm.response (`hd.regenerates` = `rid`). */
+  regenerate(rid: string): Promise<LlmResponse>;
+  /** The text so far of generation `rid` (from its llm.snapshot on joining mid-answer), or null. */
+  answer(rid: string): AnswerText | null;
   /** Cancels generation `rid`; resolves with its terminal llm.response or llm.error. */
   cancel(rid: string): Promise<LlmResponse | LlmError>;
   /** Every frame the room delivers, in order, across reconnects; one reader at a time. */

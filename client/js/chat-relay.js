@@ -30,7 +30,10 @@
 //   the reader had).
 // - The bot's answers are followed per generation (AnswerText): deltas joined by seq (a frame carries
 //   first_seq..seq: several when the server merged them for a slow reader), llm.snapshot
-//   frames taken in, a higher hd.attempt starting the text over.
+//   frames taken in, a higher hd.attempt starting the text over. `generations` lists the answers
+//   under way: session.ready's, then running from a generation's first llm.streaming or llm.snapshot,
+//   queued from its llm.queued, gone at its llm.response or llm.error; when a queued one starts or
+//   leaves the queue, the ones behind it move up by one.
 
 const ROOM_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const STREAM_ID = /^(0|[1-9][0-9]*)(-(0|[1-9][0-9]*))?$/;
@@ -39,6 +42,8 @@ const FINAL_CLOSES = new Set([1000, 1007, 1008, 1009]);
 const TOKEN_EXPIRED = 4001;
 const RETRIED_REFUSALS = new Set(["rate_limited", "unavailable"]);
 const GENERATIONS_KEPT = 64;  // ended generations remembered, for an ask whose answer came first
+const RUNNING = new Set(["llm.streaming", "llm.snapshot"]);
+const ENDING = new Set(["llm.response", "llm.error"]);
 
 /** A refusal from the server (`code` from the README's error table, or an `llm.error` code), or the
  * client's own: `closed` (the room ended: close() or a final close, see `closeCode`), `timeout`
@@ -159,6 +164,7 @@ export class Room {
     this.lastId = lastId;         // the resume cursor: the newest stored id received
     this.epoch = epoch;           // the room stream's epoch, sent back with lastId
     this.members = [];            // [{role, conn}], who is in the room, this connection included
+    this.generations = [];        // [{rid, reply_to, state, position}], the bot's answers under way
     this.status = "connecting";   // connecting, open, disconnected, closed
     this._askedRole = role || "";
     this._token = token;
@@ -202,6 +208,20 @@ export class Room {
    * final `llm.response`), `invoke` (a promise of the stored llm.invoke) and `rid` (once known). */
   askStream(prompt, extra = {}) {
     return new AnswerStream(this, prompt, extra);
+  }
+
+  /** Asks again the question that the finished answer `rid` answered (`llm.regenerate`); resolves with
+   * the new answer's `llm.response` (a new rid, `hd.regenerates` = `rid`), rejects with a RelayError:
+   * `unknown_generation` (unknown or running), `busy`, `quota_exceeded`, or the new answer's llm.error. */
+  regenerate(rid) {
+    return this._operation({ event: "llm.regenerate", cid: newCid() }, { rid });
+  }
+
+  /** The text so far of generation `rid` (an AnswerText: `text`, `final`), or null when the room has
+   * not seen it (or forgot it: the last 64 ended ones are kept). On joining mid-answer it starts from
+   * the answer's llm.snapshot. */
+  answer(rid) {
+    return this._generations.get(rid)?.answer ?? null;
   }
 
   /** Cancels generation `rid`; resolves with its terminal frame (`llm.response` with finish_reason
@@ -362,6 +382,7 @@ export class Room {
     this.conn = hd.conn;
     this.role = hd.role;
     this.members = bd.members.map(({ role, conn }) => ({ role, conn }));
+    this.generations = (bd.generations ?? []).map((g) => ({ ...g }));
     this.epoch = bd.epoch;
     if (!bd.recovered) this.lastId = null;  // what the replay holds replaces what the reader had: all of it
     this._push(frame);
@@ -370,7 +391,7 @@ export class Room {
     this._joined = true;
     this._setStatus("open", { recovered: bd.recovered });
     this._readyHooks.resolve(this);
-    for (const op of this._ops.values()) this._transmit(op);  // unanswered ones, with their cid
+    for (const op of this._ops.values()) if (!op.began) this._transmit(op);  // unanswered ones, with their cid
   }
 
   /** Bookkeeping for one frame (after session.ready): whether frames() yields it. */
@@ -440,12 +461,41 @@ export class Room {
       this._forgetOldGenerations();
     }
     const change = generation.answer.apply(frame);
+    this._list(frame);
     for (const listener of generation.listeners) listener.changed(hd.rid, change, generation.answer);
-    if (generation.answer.final) {
+    const regenerating = hd.regenerates === undefined ? [] : [...this._ops.values()]
+      .filter((op) => op.hd.event === "llm.regenerate" && op.bd.rid === hd.regenerates);
+    for (const op of regenerating) op.began = true;  // answered: not sent again after a reconnect
+    const { final } = generation.answer;
+    if (final) {
       generation.listeners.clear();
       for (const op of [...this._ops.values()]) {
-        if (op.hd.event === "llm.cancel" && op.bd.rid === hd.rid) this._settle(op, null, generation.answer.final);
+        if (op.hd.event === "llm.cancel" && op.bd.rid === hd.rid) this._settle(op, null, final);
       }
+      for (const op of regenerating) {
+        if (final.hd.event === "llm.response") this._settle(op, null, final);
+        else this._settle(op, new RelayError(final.bd.code, final.bd.message, { frame: final }));
+      }
+    }
+  }
+
+  /** Keeps `generations` up to date with one of the bot's frames. */
+  _list(frame) {
+    const { hd } = frame;
+    const listed = this.generations.find((g) => g.rid === hd.rid);
+    if (listed?.state === "queued" && (RUNNING.has(hd.event) || ENDING.has(hd.event))) {
+      // it starts, or leaves the queue: the questions behind it move up by one
+      this.generations = this.generations.map((g) => (g.state === "queued" && g.position > listed.position
+        ? { ...g, position: g.position - 1 } : g));
+    }
+    if (ENDING.has(hd.event)) {
+      if (listed) this.generations = this.generations.filter((g) => g !== listed);
+    } else if (RUNNING.has(hd.event) && listed?.state !== "running") {
+      const running = { rid: hd.rid, reply_to: hd.reply_to, state: "running", position: 0 };
+      this.generations = [running, ...this.generations.filter((g) => g !== listed)];
+    } else if (hd.event === "llm.queued") {
+      const queued = { rid: hd.rid, reply_to: hd.reply_to, state: "queued", position: hd.position };
+      this.generations = [...this.generations.filter((g) => g !== listed), queued];
     }
   }
 

@@ -16,6 +16,16 @@ final text equal to the deltas joined, and the stored entries against the room's
 Measured: the gap between consecutive deltas beyond the scripted pace (what the relay adds to a
 delta: a delta held up by the relay shows as a longer gap), and the time from the question to the
 first delta (append, provider start and delivery).
+
+Slow readers (``slow_readers`` N): each of the first N rooms gets one more member, on a socket with a
+4 KiB receive buffer, that stops reading during the answers: it pauses before its room's first
+question, while the asker fills its link with stored messages (``slow_fill_messages`` of
+``slow_fill_chars`` characters: the server's socket buffer grows to 4 MB, so it takes that much to
+back the member up), stays paused while its room asks and is answered for the whole window (its room
+does not wait for it), then reads everything. It must not be closed (deltas never count toward
+``SEND_QUEUE_MAX``), and every answer must reach it whole: the deltas queued meanwhile come merged
+(``first_seq`` < ``seq``), so it receives fewer ``llm.streaming`` frames than deltas. Its figures are
+its own: the gap and first-delta figures are the prompt members'.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -31,9 +41,11 @@ from benchkit.context import Context, gather_limited, per_s, wait_until
 from benchkit.procs import CpuSample
 from benchkit.stats import Report, Target, cpu_figures, errors_row, fmt, fmt_cpu, latency_ms
 from benchkit.streams import Check
-from benchkit.wsclient import Connection, close_all
+from benchkit.wsclient import Connection, LeanConnection, close_all, connect_pausable
 
 STREAMING, RESPONSE, CHAT, ERROR = "llm.streaming", "llm.response", "chat.message", "error"
+FILL = "fill"  # the cid prefix of the messages that fill a slow reader's link
+SLOW_RCVBUF = 4096
 ROLES = ("A", "B")
 TARGET_GENERATIONS = 100
 TARGET_TOKENS_PER_S = 50.0
@@ -49,6 +61,9 @@ class LlmParams:
     stagger_s: float = 1.0  # the rooms' first questions are spread evenly over this time (0: all at once)
     first_delta_timeout_s: float = 10.0
     drain_s: float = 30.0
+    slow_readers: int = 0  # rooms (the first ones) with one more member that stops reading during the answers
+    slow_fill_messages: int = 12  # stored messages that fill a slow reader's link before its room asks
+    slow_fill_chars: int = 500_000
 
 
 @dataclass
@@ -92,7 +107,7 @@ class Room:
         assert asker.conn is not None
         self.asked += 1
         self.asked_ns = time.monotonic_ns()
-        self.waiting = {m.k for m in self.members}
+        self.waiting = {m.k for m in self.members if not m.slow}
         asker.conn.send(orjson.dumps({"hd": {"event": CHAT, "role": "A", "cid": f"q{self.asked}"},
                                       "bd": {"text": f"@llm question {self.asked} of room {self.index}"}}))
 
@@ -103,12 +118,19 @@ class Room:
 
 
 class Member:
-    def __init__(self, room: Room, k: int) -> None:
+    def __init__(self, room: Room, k: int, slow: bool = False) -> None:
         self.room = room
         self.k = k
+        self.slow = slow  # stops reading during the answers (see the module's docstring)
         self.conn: Connection | None = None
         self.ids: list[str] = []
         self.generations: dict[str, Generation] = {}
+        self.frames = 0  # llm.streaming frames received
+        self.merged = 0  # ... of them carrying more than one delta
+        self.deltas = 0  # deltas they carried
+        self.responses = 0
+        self.fills = 0  # fill messages received back (the asker)
+        self.closed: str | None = None
 
     def on_text(self, data: bytes | str) -> None:
         frame = orjson.loads(data)
@@ -126,11 +148,19 @@ class Member:
             generation.seqs.extend(range(first, seq + 1))
             generation.deltas.setdefault(first, str(bd.get("delta", "")))
             generation.times_ns.append(now)
-            self.room.tally.deltas += 1
-            self.room.tally.first_delta.set()
+            self.frames += 1
+            self.merged += first < seq
+            self.deltas += seq - first + 1
+            if not self.slow:
+                self.room.tally.deltas += 1
+                self.room.tally.first_delta.set()
         elif event == RESPONSE:
             self._generation(hd).final = str(bd.get("text", ""))
-            self.room.answered(self)
+            self.responses += 1
+            if not self.slow:
+                self.room.answered(self)
+        elif event == CHAT and str(hd.get("cid", "")).startswith(FILL):
+            self.fills += 1
         elif event == ERROR:
             self.room.tally.errors += 1
             self.room.tally.note(f"error frame: {bd}")
@@ -146,6 +176,7 @@ class Member:
         return generation
 
     def on_close(self, reason: str) -> None:
+        self.closed = reason
         if self.room.tally.asking or self.room.waiting:
             self.room.tally.closed += 1
             self.room.tally.note(f"{self.room.name}/{self.k} closed: {reason}")
@@ -156,17 +187,23 @@ async def run_llm(ctx: Context, params: LlmParams) -> Report:
     tally = Tally()
     rooms = [Room(n, ctx.room(n), tally) for n in range(params.rooms)]
     members = [Member(room, k) for room in rooms for k in range(params.members)]
+    slow = [Member(room, params.members, slow=True) for room in rooms[:params.slow_readers]]
 
     async def connect(member: Member) -> None:
-        role = ROLES[member.k] if member.k < len(ROLES) else None
+        role = ROLES[member.k] if member.k < len(ROLES) and not member.slow else None
         url = ctx.node_for(member.room.index, member.k, params.members).chat_url(member.room.name, role)
-        member.conn = await ctx.connect(url, member.on_text, member.on_close, ctx.connect_timeout_s)
+        if member.slow:
+            member.conn = await connect_pausable(url, member.on_text, member.on_close, ctx.connect_timeout_s,
+                                                 rcvbuf=SLOW_RCVBUF)
+        else:
+            member.conn = await ctx.connect(url, member.on_text, member.on_close, ctx.connect_timeout_s)
         member.room.members.append(member)
 
     try:
-        await gather_limited(map(connect, members), ctx.connect_concurrency)
+        await gather_limited(map(connect, [*members, *slow]), ctx.connect_concurrency)
         for room in rooms:
             room.members.sort(key=lambda m: m.k)
+        await _fill_links(slow, params, ctx.connect_timeout_s)
         before = ctx.probe.cpu()
         loop = asyncio.get_running_loop()
         for room in rooms:  # independent conversations: not all in the same millisecond
@@ -176,17 +213,54 @@ async def run_llm(ctx: Context, params: LlmParams) -> Report:
         tally.asking = False
         await wait_until(lambda: not any(room.waiting for room in rooms), params.drain_s, 0.05)
         used = ctx.probe.cpu() - before
+        for member in slow:  # the window is over: the slow readers read what waited for them
+            cast(LeanConnection, member.conn).resume_reading()
+        await wait_until(lambda: all(m.responses >= m.room.asked - m.room.refused or m.closed for m in slow),
+                         params.drain_s, 0.05)
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         return report
     finally:
-        close_all(member.conn for member in members)
+        close_all(member.conn for member in [*members, *slow])
     check = Check()
     for room in rooms:
         check.add_room(room.name, ctx.reader.entries(room.name), [m.ids for m in room.members],
-                       room.asked - room.refused)
+                       room.asked - room.refused + (params.slow_fill_messages if room.index < len(slow) else 0))
     _fill(report, params, ctx, rooms, tally, used, check)
+    if slow:
+        _slow_figures(report, params, slow)
     return report
+
+
+async def _fill_links(slow: list[Member], params: LlmParams, timeout_s: float) -> None:
+    """Stop the slow readers reading, and fill their links with stored messages (read by the others)."""
+    for member in slow:
+        cast(LeanConnection, member.conn).pause_reading()
+        asker = member.room.members[0]
+        assert asker.conn is not None
+        for n in range(params.slow_fill_messages):
+            asker.conn.send(orjson.dumps({"hd": {"event": CHAT, "role": "A", "cid": f"{FILL}{n}"},
+                                          "bd": {"text": "x" * params.slow_fill_chars}}))
+    askers = [member.room.members[0] for member in slow]
+    if not await wait_until(lambda: all(a.fills >= params.slow_fill_messages for a in askers), timeout_s, 0.05):
+        raise RuntimeError("the messages filling the slow readers' links did not all come back: is MAX_TEXT_CHARS "
+                           f"at least {params.slow_fill_chars}?")
+
+
+def _slow_figures(report: Report, params: LlmParams, slow: list[Member]) -> None:
+    frames, merged, deltas = sum(m.frames for m in slow), sum(m.merged for m in slow), sum(m.deltas for m in slow)
+    closed = [m for m in slow if m.closed is not None and m.responses < m.room.asked - m.room.refused]
+    report.figures.update({"slow_readers": len(slow), "slow_frames": frames, "slow_merged_frames": merged,
+                           "slow_deltas": deltas, "slow_closed": len(closed),
+                           "slow_answers": sum(m.responses for m in slow)})
+    report.check["ok"] = report.check["ok"] and not closed
+    report.rows.insert(4, ("slow readers", f"{len(slow)} stopped reading during the answers (links filled with "
+                                           f"{params.slow_fill_messages} x {params.slow_fill_chars:,} chars): "
+                                           f"{fmt(frames)} llm.streaming frames carried {fmt(deltas)} deltas "
+                                           f"({fmt(merged)} frames merged), {sum(m.responses for m in slow)} "
+                                           f"answers whole, {len(closed)} closed"))
+    report.targets.append(Target("llm_slow_readers_closed", len(closed), "<=", 0,
+                                 "slow readers that stop reading during the answers", True))
 
 
 async def _expect_deltas(tally: Tally, timeout_s: float) -> None:
@@ -219,13 +293,15 @@ def inspect(rooms: list[Room], pace_ns: int) -> tuple[Faults, list[int], list[in
             got = [m.generations.get(key) for m in room.members]
             expected = max((max(g.seqs, default=-1) + 1 for g in got if g is not None), default=0)
             ok = True
-            for generation in got:
+            for member, generation in zip(room.members, got, strict=True):
                 if generation is None:
                     faults.lost += expected
                     faults.unfinished += 1
                     ok = False
                     continue
                 ok &= _member_faults(generation, expected, faults)
+                if member.slow:
+                    continue  # its gaps are its own pauses
                 added += [b - a - pace_ns for a, b in zip(generation.times_ns, generation.times_ns[1:], strict=False)]
                 if generation.times_ns:
                     firsts.append(generation.times_ns[0] - generation.asked_ns)

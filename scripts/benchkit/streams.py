@@ -25,14 +25,23 @@ from server.store.keys import (
     dedupe_key,
     epoch_key,
     followers_key,
+    llm_asker_key,
+    llm_cancelled_key,
+    llm_ended_key,
     llm_fence_key,
+    llm_generations_key,
     llm_lock_key,
+    llm_partial_key,
+    llm_partial_text_key,
+    llm_room_tokens_key,
     presence_key,
     stream_key,
 )
 
-# What a room leaves in Redis: its stream, epoch, roster and followers, its bot's lock, and its senders' cids.
-ROOM_KEYS = (stream_key, epoch_key, presence_key, followers_key, llm_lock_key, llm_fence_key)
+# What a room leaves in Redis: its stream, epoch, roster and followers, its bot's lock, fence, budgets and
+# partial answer, its senders' cids and its bot's per-answer keys.
+ROOM_KEYS = (stream_key, epoch_key, presence_key, followers_key, llm_lock_key, llm_fence_key, llm_generations_key,
+             llm_partial_key, llm_partial_text_key)
 READ_COUNT = 10_000
 
 StoredEntry = tuple[str, str]  # (stream id, hd.event)
@@ -62,12 +71,19 @@ class RedisReader:
         """Delete the keys these rooms left (see ROOM_KEYS), and nothing else."""
         rooms = list(rooms)
         keys = [name(room) for room in rooms for name in ROOM_KEYS]
-        keys += [key for room in rooms
-                 for key in self._client.scan_iter(match=dedupe_key(room, "*", "*"), count=1000)]
+        keys += [key for room in rooms for pattern in _room_patterns(room)
+                 for key in self._client.scan_iter(match=pattern, count=1000)]
         return sum(int(self._client.unlink(*keys[i:i + 1000])) for i in range(0, len(keys), 1000))
 
     def close(self) -> None:
         self._client.close()
+
+
+def _room_patterns(room: str) -> list[str]:
+    """The room's keys that are many: client ids, and the bot's per-answer and per-day keys."""
+    tokens = llm_room_tokens_key(room, 0).rpartition(":")[0]
+    return [dedupe_key(room, "*", "*"), llm_asker_key(room, "*"), llm_ended_key(room, "*"),
+            llm_cancelled_key(room, "*"), f"{tokens}:*"]
 
 
 def _event(body: bytes) -> str:

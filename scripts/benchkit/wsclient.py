@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -120,6 +121,15 @@ class LeanConnection(asyncio.Protocol):
     def close(self) -> None:
         self._send_close(b"\x03\xe8", "closed by the client")  # 1000
 
+    def pause_reading(self) -> None:
+        """Stop reading the socket (a reader that falls behind: the server's side of the link fills up)."""
+        if self._transport is not None and not self.closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.resume_reading()
+
     def _send_close(self, payload: bytes, reason: str) -> None:
         if self._transport is not None and not self.closed:
             self._close_reason = reason
@@ -205,14 +215,34 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
 
 
 async def connect_lean(url: str, on_text: OnText, on_close: OnClose, timeout_s: float) -> Connection:
+    return await connect_pausable(url, on_text, on_close, timeout_s)
+
+
+async def connect_pausable(url: str, on_text: OnText, on_close: OnClose, timeout_s: float,
+                           rcvbuf: int | None = None) -> LeanConnection:
+    """A lean connection that can stop reading (``pause_reading``); ``rcvbuf`` sets its socket's receive
+    buffer before it connects (a small one: the link fills with less)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
 
     async def handshake() -> LeanConnection:
-        _, protocol = await loop.create_connection(
-            lambda: LeanConnection(f"{host}:{port}", target, on_text, on_close), host, port)
+        def protocol_factory() -> LeanConnection:
+            return LeanConnection(f"{host}:{port}", target, on_text, on_close)
+
+        if rcvbuf is None:
+            _, protocol = await loop.create_connection(protocol_factory, host, port)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, (host, port))
+            except BaseException:
+                sock.close()
+                raise
+            _, protocol = await loop.create_connection(protocol_factory, sock=sock)
         await protocol.opened
         return protocol
 

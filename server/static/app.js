@@ -8,6 +8,10 @@
 // - Receiving: each frame of room.frames() is handled by the function named for its hd.event (see
 //   `handlers`). Each message in the list carries data-role (A, B, user or llm); the bot's answer
 //   carries data-final="true" once its llm.response has arrived (data-final="false" while it streams).
+// - The bot's answers: shown as they stream (a page opened mid-answer shows the text so far at once,
+//   from the llm.snapshot that follows session.ready); Stop while one streams; Regenerate under each
+//   stored answer (llm.regenerate with its rid): the new answer is a new message, labelled with the
+//   answer it regenerates (data-regenerates).
 // - Resuming and sending exactly once are the client's: after a drop it reconnects with the last
 //   stored id and the epoch, and sends again (with the same cid) what was not confirmed.
 import { AnswerText, Room } from "/client/chat-relay.js";
@@ -146,27 +150,35 @@ function answerOf(rid) {
 }
 
 function onDelta(frame) {
-  const item = botItem(frame.hd.rid);
+  const item = botItem(frame.hd.rid, frame.hd.regenerates);
   const answer = answerOf(frame.hd.rid);
   if (answer.apply(frame)) textOf(item).textContent = answer.text;  // restarts, snapshots, deltas by seq
 }
 
 function onAnswer(frame) {
-  const item = botItem(frame.hd.rid);
+  const item = botItem(frame.hd.rid, frame.hd.regenerates);
   answerOf(frame.hd.rid).apply(frame);
   item.dataset.id = frame.hd.id;
   item.dataset.final = "true";  // the stored answer: its text will not change any more
   item.dataset.state = frame.bd.finish_reason === "stop" ? "done" : frame.bd.finish_reason;
   textOf(item).textContent = frame.bd.text;
-  item.querySelector("button")?.remove();
+  item.querySelector("button.stop")?.remove();
   if (frame.bd.error) failure(item, frame.bd.error);  // an answer cut short: it says why
+  if (!item.querySelector("button.regenerate")) {
+    const again = document.createElement("button");
+    again.className = "regenerate";
+    again.textContent = "Regenerate";
+    again.title = "Ask the bot to answer this question again (a new answer; this one stays)";
+    again.addEventListener("click", () => state.room.regenerate(frame.hd.rid).catch(refused));
+    item.append(again);
+  }
 }
 
 function onBotError(frame) {
-  const item = botItem(frame.hd.rid);
+  const item = botItem(frame.hd.rid, frame.hd.regenerates);
   answerOf(frame.hd.rid).apply(frame);
   item.dataset.state = "error";
-  item.querySelector("button")?.remove();
+  item.querySelector("button.stop")?.remove();
   failure(item, frame.bd);
 }
 
@@ -221,14 +233,23 @@ function addNotice(text) {
   ui.messages.append(item);
 }
 
-function botItem(rid) {
+function botItem(rid, regenerates) {
   let item = findItem("rid", rid);
   if (!item) {
     item = addMessage("llm", "");
     item.dataset.rid = rid;
+    if (regenerates) {  // llm.regenerate's answer: another answer to the question an earlier one answered
+      item.dataset.regenerates = regenerates;
+      const label = document.createElement("p");
+      label.className = "regenerates";
+      const old = findItem("rid", regenerates);
+      label.textContent = old ? "Regenerated: another answer to the question above" : "Regenerated answer";
+      item.querySelector(".who").after(label);
+    }
     item.dataset.final = "false";  // until its llm.response arrives
     item.dataset.state = "streaming";
     const stop = document.createElement("button");
+    stop.className = "stop";
     stop.textContent = "Stop";
     stop.addEventListener("click", () => state.room.cancel(rid).catch(refused));
     item.append(stop);

@@ -128,6 +128,23 @@ def test_scale_run_compares_one_process_with_one_port_served_by_two_workers(
     assert rdb.keys(f"chat:*:{room}-*") == []
 
 
+def test_llm_run_with_a_slow_reader_shows_its_merged_frames_and_that_it_was_not_closed(
+        redis_url: str, room: str, rdb: redis.Redis) -> None:
+    result, [record] = run_bench("--mode", "llm", "--redis-url", redis_url, "--rooms", "2", "--slow-readers", "1",
+                                 "--duration", "2", "--drain-timeout", "20", "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    check = record["check"]
+    assert record["ok"] is True and check["ok"] is True and check["faults"] == 0
+    assert (check["lost"], check["duplicated"], check["reordered"], check["unknown"], check["unstored"]) == (0,) * 5
+    figures = record["figures"]
+    assert figures["slow_readers"] == 1 and figures["slow_closed"] == 0 and figures["closed"] == 0
+    assert figures["slow_answers"] > 0 and figures["slow_merged_frames"] > 0
+    assert figures["slow_frames"] < figures["slow_deltas"]  # the deltas queued while it did not read came merged
+    assert "slow readers" in result.stderr
+    assert rdb.keys(f"chat:*:{room}-*") == []
+
+
 @pytest.mark.parametrize("args", [
     ("--mode", "relay", "--workers", "2"),  # WORKERS for the relay mode goes in --server-env
     ("--mode", "history"),  # fills the stream in Redis
@@ -135,6 +152,8 @@ def test_scale_run_compares_one_process_with_one_port_served_by_two_workers(
     ("--mode", "relay", "--nodes", "2"),  # nodes share rooms only through Redis
     ("--mode", "relay", "--members", "1"),  # nobody to deliver to
     ("--mode", "relay", "--room-prefix", "bad prefix"),
+    ("--mode", "relay", "--slow-readers", "1"),  # slow readers of the bot's answers
+    ("--mode", "llm", "--rooms", "2", "--slow-readers", "3"),  # one per room at most
 ])
 def test_options_that_cannot_work_are_refused_before_anything_starts(args: tuple[str, ...]) -> None:
     result, records = run_bench(*args)

@@ -1,6 +1,6 @@
 """The chat page at ``/`` in a real browser: headless Chromium (the system's, see
 ``tests/support/tools.py``) driven by Playwright. Chatting, other members' messages, the bot's
-answer streaming in, presence, Stop, resuming after the server went away, tokens; and the issue's
+answer streaming in, presence, Stop, Regenerate, resuming after the server went away, tokens; and the issue's
 scenario, two pages as A and B in one room.
 
 The page's hooks: ``data-testid`` on the input, the send button and the message list; each
@@ -199,8 +199,28 @@ async def test_stop_cancels_the_bot_s_answer(start_server: Callable[..., ServerP
     await bot.get_by_role("button", name="Stop").click()
     await expect(bot).to_have_attribute("data-state", "cancelled")
     await expect(bot).to_have_attribute("data-final", "true")
-    await expect(bot.locator("button")).to_have_count(0)
+    await expect(bot.get_by_role("button", name="Stop")).to_have_count(0)
     await expect(shown(page, "user", "@llm #long story please")).to_have_count(1)
+
+
+async def test_regenerate_under_an_answer_asks_again_and_shows_a_new_answer_labelled_as_such(
+        server: ServerProcess, room: str, new_page: NewPage) -> None:
+    page = await new_page(f"{server.http}/?sid={room}&role=A")
+    await connected(page)
+    await say(page, "@llm what is a stream?")
+    first = page.locator(BOT).first
+    await expect(first).to_have_attribute("data-final", "true")
+    rid = await first.get_attribute("data-rid")
+    await first.get_by_role("button", name="Regenerate").click()
+    await expect(page.locator(BOT)).to_have_count(2)
+    again = page.locator(BOT).nth(1)
+    await expect(again).to_have_attribute("data-regenerates", str(rid))
+    await expect(again.locator(".regenerates")).to_have_text(re.compile("^Regenerated"))
+    await expect(again).to_have_attribute("data-final", "true")
+    assert await again.get_attribute("data-rid") != rid
+    await expect(again.locator(".text")).to_have_text(re.compile(r"^You said: A: @llm what is a stream\?"))
+    await expect(first.get_by_role("button", name="Regenerate")).to_have_count(1)  # both answers stay
+    await expect(shown(page, "A", "@llm what is a stream?")).to_have_count(1)  # nothing else was stored
 
 
 async def test_with_auth_on_the_page_connects_with_the_token_in_its_address(

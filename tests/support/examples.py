@@ -3,7 +3,10 @@ answer with a real one.
 
 Each ``## N. Title`` section names its tab (``Tab **A**``), then has ```` ```json ```` blocks: the
 first is the client frame, each later one an answer. The paragraph before an answer says who
-receives it: ``every member`` or ``only the sender``.
+receives it: ``every member`` or ``only the sender``. A section may say ``Server settings: `KEY=VALUE`,
+...``: it runs, with the sections after it that say the same, on a server started with them, in a room
+of its own. An id of an earlier answer in a client frame (``bd.rid``) is sent as the real id it stands
+for.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ DOCUMENTED_ROOM = "room001"
 _SECTION = re.compile(r"^## (\d+\. .+)$", re.MULTILINE)
 _BLOCK = re.compile(r"^```json\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
 _TAB = re.compile(r"Tab \*\*(A|B|U)\*\*")
-_IDS = ("id", "reply_to", "rid")  # unique values: one documented value stands for one real one
+_SETTINGS = re.compile(r"^Server settings: (.+)$", re.MULTILINE)
+_SETTING = re.compile(r"`([A-Z][A-Z0-9_]*)=([^`]*)`")
+_SO_FAR = "…"  # a documented text ending with it stands for any text that starts with what comes before it
+_IDS = ("id", "reply_to", "rid", "regenerates")  # unique values: one documented value stands for one real one
 _TIMES = ("ts",)
 
 
@@ -39,6 +45,7 @@ class Example:
     tab: str
     frame_text: str
     answers: list[Answer]
+    settings: tuple[tuple[str, str], ...] = ()  # the server's (none: the shared server's defaults)
 
     @property
     def frame(self) -> Any:
@@ -63,7 +70,17 @@ def _example(title: str, section: str) -> Example:
         everyone, sender = "every member" in lead, "only the sender" in lead
         assert everyone != sender, f"{title}: say 'every member' or 'only the sender' before each answer"
         answers.append(Answer(orjson.loads(block.group(1)), everyone))
-    return Example(title, tab.group(1), blocks[0].group(1), answers)
+    settings = _SETTINGS.search(section)
+    pairs = tuple(_SETTING.findall(settings.group(1))) if settings else ()
+    assert settings is None or pairs, f"{title}: 'Server settings:' names no `KEY=VALUE`"
+    return Example(title, tab.group(1), blocks[0].group(1), answers, pairs)
+
+
+def intro_frames() -> list[dict[str, Any]]:
+    """The frames shown in ``json`` blocks before the first example (what the server sends by itself)."""
+    text = EXAMPLES_PATH.read_text(encoding="utf-8")
+    first = _SECTION.search(text)
+    return [orjson.loads(block.group(1)) for block in _BLOCK.finditer(text[:first.start() if first else len(text)])]
 
 
 class Bindings:
@@ -74,6 +91,13 @@ class Bindings:
         self._real: dict[str, str] = {DOCUMENTED_ROOM: room}
         self._documented: dict[str, str] = {room: DOCUMENTED_ROOM}
 
+    def sent(self, frame_text: str) -> str:
+        """A client frame as it is sent: each documented id bound already replaced by its real one."""
+        for documented, real in self._real.items():
+            if documented != DOCUMENTED_ROOM:
+                frame_text = frame_text.replace(f'"{documented}"', f'"{real}"')
+        return frame_text
+
     def same(self, documented: str, real: str, one_to_one: bool) -> bool:
         bound = self._real.setdefault(documented, real)
         owner = self._documented.setdefault(real, documented) if one_to_one else documented
@@ -82,7 +106,8 @@ class Bindings:
 
 def differences(documented: Any, real: Any, bindings: Bindings, path: str = "") -> list[str]:
     """Where ``real`` differs from ``documented``: same keys everywhere, equal values, except ids,
-    times and the room (bound, see :class:`Bindings`) and token counts (any integer)."""
+    times and the room (bound, see :class:`Bindings`), token counts and ``retry_after_s`` (any integer),
+    and a text ending with ``…`` (any text that starts with what comes before it: an answer cut short)."""
     key = path.rpartition("/")[2]
     if isinstance(documented, dict):
         if not isinstance(real, dict) or documented.keys() != real.keys():
@@ -92,6 +117,10 @@ def differences(documented: Any, real: Any, bindings: Bindings, path: str = "") 
         if isinstance(real, str) and bindings.same(documented, real, one_to_one=key != "ts"):
             return []
         return [f"{path}: {documented!r} does not stand for {real!r}"]
-    if path.startswith("/bd/usage/"):
+    if path.startswith("/bd/usage/") or path == "/bd/retry_after_s":
         return [] if type(real) is type(documented) else [f"{path}: {real!r} is not a {type(documented).__name__}"]
+    if isinstance(documented, str) and documented.endswith(_SO_FAR):
+        so_far = documented.removesuffix(_SO_FAR)
+        begins = isinstance(real, str) and real.startswith(so_far)
+        return [] if begins else [f"{path}: {real!r} does not start {so_far!r}"]
     return [] if documented == real else [f"{path}: {documented!r} != {real!r}"]

@@ -61,3 +61,33 @@ test("stream ids compare as numbers, part by part", () => {
   assert.equal(compareIds("10", "10-0"), 0);
   assert.equal(compareIds("18446744073709551615-1", "18446744073709551615-0"), 1);
 });
+
+test("room.generations follows session.ready, the bot's frames, and moves the waiting questions up", async () => {
+  const { Room } = await import("../chat-relay.js");
+  let socket;
+  class InMemorySocket {  // a server's side fed by hand: the frames arrive as they would
+    constructor() { socket = this; }
+    send() {}
+    close() {}
+  }
+  const room = new Room("ws://127.0.0.1:1", "r", { WebSocket: InMemorySocket });
+  const receive = (hd, bd = {}) => socket.onmessage({ data: JSON.stringify({ hd: { sid: "r", role: "llm", ...hd }, bd }) });
+  const listed = () => room.generations.map((g) => [g.rid, g.state, g.position]);
+  receive({ event: "session.ready", role: "A", conn: "c1" }, {
+    last_id: "5-0", epoch: "e", recovered: true, members: [],
+    generations: [{ rid: "g-1", reply_to: "4-0", state: "running", position: 0 },
+      { rid: "g-2", reply_to: "4-1", state: "queued", position: 1 },
+      { rid: "g-3", reply_to: "4-2", state: "queued", position: 2 }],
+  });
+  await room.ready;
+  receive({ event: "llm.snapshot", rid: "g-1", reply_to: "4-0", seq: 1 }, { text: "so far" });
+  assert.equal(room.answer("g-1").text, "so far");
+  receive({ event: "llm.queued", rid: "g-4", reply_to: "4-3", position: 3 });
+  assert.deepEqual(listed(), [["g-1", "running", 0], ["g-2", "queued", 1], ["g-3", "queued", 2], ["g-4", "queued", 3]]);
+  receive({ event: "llm.error", rid: "g-3", reply_to: "4-2" }, { code: "cancelled", message: "taken off" });
+  receive({ id: "6-0", event: "llm.response", rid: "g-1", reply_to: "4-0" }, { text: "so far x" });
+  assert.deepEqual(listed(), [["g-2", "queued", 1], ["g-4", "queued", 2]]);
+  receive({ event: "llm.streaming", rid: "g-2", reply_to: "4-1", seq: 0, first_seq: 0 }, { delta: "B" });
+  assert.deepEqual(listed(), [["g-2", "running", 0], ["g-4", "queued", 1]]);
+  room.close();
+});

@@ -183,6 +183,51 @@ test("cancel ends a running answer, and a second question meanwhile is refused b
   }
 });
 
+test("a member joining mid-answer lists it in generations and shows its text from the snapshot on", TIMEOUT, async () => {
+  const slow = await ServerProcess.start({ LLM_SCRIPTED_DELAY_MS: "50" });  // a #long answer takes ~5 s
+  const sid = newRoom();
+  const a = await connect(slow.url, sid, { role: "A" });
+  let b;
+  try {
+    const stream = a.askStream("#long story please");
+    const iterator = stream[Symbol.asyncIterator]();
+    assert.equal((await iterator.next()).done, false);  // it has begun: its rid is known
+    b = await connect(slow.url, sid, { role: "B" });
+    assert.deepEqual(b.generations.map((g) => [g.rid, g.state, g.position]), [[stream.rid, "running", 0]]);
+    const frames = [];
+    const texts = [];
+    for await (const frame of b.frames()) {
+      frames.push(frame);
+      if (frame.hd.rid === stream.rid) texts.push(b.answer(stream.rid).text);
+      if (frame.hd.event === "llm.response") break;
+    }
+    assert.deepEqual(events(frames).slice(0, 2), ["session.ready", "llm.snapshot"]);
+    assert.ok(texts[0].length > 0, "the snapshot carries the text so far");
+    assert.ok(texts.every((text, i) => i === 0 || text.startsWith(texts[i - 1])));
+    assert.equal(texts.at(-1), (await stream.response).bd.text);
+    assert.deepEqual(b.generations, []);
+  } finally {
+    a.close();
+    b?.close();
+    await slow.stop();
+  }
+});
+
+test("regenerate resolves with a new answer to the same question; an unknown rid is refused", TIMEOUT, async () => {
+  const room = await connect(server.url, newRoom(), { role: "A" });
+  try {
+    const first = await room.ask("what is a stream");
+    const again = await room.regenerate(first.hd.rid);
+    assert.equal(again.hd.event, "llm.response");
+    assert.equal(again.hd.regenerates, first.hd.rid);
+    assert.equal(again.hd.reply_to, first.hd.reply_to);
+    assert.notEqual(again.hd.rid, first.hd.rid);
+    assert.equal((await refusal(room.regenerate("g-0000000000000000"))).code, "unknown_generation");
+  } finally {
+    room.close();
+  }
+});
+
 test("across a server killed and started again on the same port, every message is stored once, in order",
   TIMEOUT, async () => {
     assert.ok(REDIS_URL, "this test needs REDIS_URL: the stream must outlive the server");

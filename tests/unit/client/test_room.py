@@ -7,7 +7,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from client.room import FIRST_DELAY_S, MAX_DELAY_S, refusal_of, retry_delay_s, worth_retrying
+from client.room import FIRST_DELAY_S, MAX_DELAY_S, refusal_of, retry_delay_s, worth_retrying, worth_sending_again
 
 
 def refused(status: int, body: bytes) -> InvalidStatus:
@@ -45,3 +45,10 @@ def test_the_pause_doubles_from_the_first_to_the_longest_with_jitter() -> None:
         ceiling = min(MAX_DELAY_S, FIRST_DELAY_S * 2**failures)
         assert all(ceiling / 2 <= retry_delay_s(failures) <= ceiling for _ in range(20))
     assert retry_delay_s(100) <= MAX_DELAY_S
+
+
+def test_a_refusal_that_says_send_it_again_is_sent_again_and_busy_only_after_a_reconnect() -> None:
+    assert worth_sending_again("rate_limited", 1) and worth_sending_again("unavailable", 1)
+    assert not worth_sending_again("busy", 1)  # the bot answers someone else: the caller hears it
+    assert worth_sending_again("busy", 2)  # perhaps its own first sending that the bot answers
+    assert not worth_sending_again("unknown_generation", 2) and not worth_sending_again("quota_exceeded", 2)

@@ -102,3 +102,63 @@ def test_members_follow_session_ready_and_presence() -> None:
     assert state.members == [{"role": "B", "conn": "c2"}]
     state.ready(ready("1-0", members=[{"role": "A", "conn": "c9"}]))
     assert state.members == [{"role": "A", "conn": "c9"}]
+
+
+def bot(event: str, rid: str = "g-1", **hd: Any) -> dict[str, Any]:
+    bd: dict[str, Any] = {"llm.streaming": {"delta": "x"}, "llm.snapshot": {"text": "so far"},
+                          "llm.response": {"text": "so far x"}}.get(event, {})
+    return {"hd": {"event": event, "role": "llm", "sid": "r", "rid": rid, "reply_to": "4-0", **hd}, "bd": bd}
+
+
+def test_the_generations_start_from_session_ready_and_the_snapshot_starts_the_answer_text() -> None:
+    state = RoomState()
+    joined = ready("5-0")
+    joined["bd"]["generations"] = [{"rid": "g-1", "reply_to": "4-0", "state": "running", "position": 0}]
+    state.ready(joined)
+    assert state.generations == joined["bd"]["generations"] and state.answers == {}
+    assert state.admit(bot("llm.snapshot", seq=3))
+    assert state.admit(bot("llm.streaming", seq=4, first_seq=4))
+    assert state.answers["g-1"].text == "so farx"
+
+
+def test_a_generation_is_listed_from_its_first_delta_and_gone_at_its_end() -> None:
+    state = RoomState()
+    state.ready(ready("5-0"))
+    state.admit(bot("llm.streaming", seq=0, first_seq=0))
+    assert state.generations == [{"rid": "g-1", "reply_to": "4-0", "state": "running", "position": 0}]
+    assert state.answers["g-1"].text == "x"
+    assert state.admit(bot("llm.response", id="6-0"))
+    assert state.generations == [] and state.answers == {}
+
+
+def test_a_queued_question_is_listed_with_its_position_until_it_runs() -> None:
+    state = RoomState()
+    state.ready(ready("5-0"))
+    state.admit(bot("llm.queued", rid="g-2", position=1))
+    assert state.generations == [{"rid": "g-2", "reply_to": "4-0", "state": "queued", "position": 1}]
+    state.admit(bot("llm.streaming", rid="g-2", seq=0, first_seq=0))
+    assert state.generations == [{"rid": "g-2", "reply_to": "4-0", "state": "running", "position": 0}]
+
+
+def test_an_answer_no_longer_listed_by_a_new_session_ready_is_forgotten() -> None:
+    state = RoomState()
+    state.ready(ready("5-0"))
+    state.admit(bot("llm.streaming", seq=0, first_seq=0))
+    state.ready(ready("6-0"))  # a reconnect: the answer ended meanwhile (its llm.response is replayed)
+    assert state.generations == [] and state.answers == {}
+
+
+def test_the_questions_behind_one_that_starts_or_leaves_the_queue_move_up() -> None:
+    state = RoomState()
+    joined = ready("5-0")
+    joined["bd"]["generations"] = [{"rid": "g-1", "reply_to": "4-0", "state": "running", "position": 0},
+                                   {"rid": "g-2", "reply_to": "4-1", "state": "queued", "position": 1},
+                                   {"rid": "g-3", "reply_to": "4-2", "state": "queued", "position": 2},
+                                   {"rid": "g-4", "reply_to": "4-3", "state": "queued", "position": 3}]
+    state.ready(joined)
+    state.admit(bot("llm.error", rid="g-3"))  # taken off the queue (cancelled): g-4 moves up
+    assert [(g["rid"], g["position"]) for g in state.generations] == [("g-1", 0), ("g-2", 1), ("g-4", 2)]
+    state.admit(bot("llm.response", id="6-0"))  # g-1 ends: nobody moves until the next one starts
+    state.admit(bot("llm.streaming", rid="g-2", seq=0, first_seq=0))
+    assert [(g["rid"], g["state"], g["position"]) for g in state.generations] == [
+        ("g-2", "running", 0), ("g-4", "queued", 1)]

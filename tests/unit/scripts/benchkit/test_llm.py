@@ -39,3 +39,26 @@ def test_a_delta_missing_from_a_merge_is_lost() -> None:
     cut = [streaming(0, "A"), streaming(2, " reader", first_seq=2), response("A slow reader")]
     faults = faults_of(prompt, cut)
     assert faults.lost == 1 and faults.mismatched == 1
+
+
+def test_a_slow_reader_counts_its_frames_merged_frames_and_deltas_and_its_gaps_are_not_the_relay_s() -> None:
+    room = Room(0, "room", Tally(asking=False))
+    prompt, slow = Member(room, 0), Member(room, 1, slow=True)
+    room.members += [prompt, slow]
+    for frame in (streaming(0, "A"), streaming(1, " slow"), streaming(2, " reader"), response("A slow reader")):
+        prompt.on_text(frame)
+    for frame in (streaming(0, "A"), streaming(2, " slow reader", first_seq=1), response("A slow reader")):
+        slow.on_text(frame)
+    assert (slow.frames, slow.merged, slow.deltas, slow.responses) == (2, 1, 3, 1)
+    assert room.tally.deltas == 3  # the prompt member's only
+    faults, added, firsts, complete = inspect([room], pace_ns=0)
+    assert faults.total == 0 and complete == 1
+    assert len(added) == 2 and len(firsts) == 1  # the prompt member's gaps and first delta only
+
+
+def test_a_room_does_not_wait_for_its_slow_reader() -> None:
+    room = Room(0, "room", Tally(asking=False))
+    room.members += [Member(room, 0), Member(room, 1), Member(room, 2, slow=True)]
+    room.members[0].conn = type("Conn", (), {"send": lambda self, text: None})()
+    room.ask()
+    assert room.waiting == {0, 1}
