@@ -70,7 +70,16 @@ from benchkit.idle import IdleParams, run_idle
 from benchkit.llm import LlmParams, run_llm
 from benchkit.procs import Probe, ServerSet, SetupError, raise_fd_limit, redis_pid, running_nodes
 from benchkit.relay import RelayParams, run_relay
-from benchkit.shards import RedisUnderTest, config_row, load_shares, redis_under_test, room_shard, shard_figures
+from benchkit.shards import (
+    RedisUnderTest,
+    calls_per_entry,
+    config_row,
+    load_shares,
+    merged,
+    redis_under_test,
+    room_shard,
+    shard_figures,
+)
 from benchkit.stats import Report, Target, fmt
 from benchkit.streams import HistoryReader, RedisReader, StreamReader
 from benchkit.wsclient import CLIENTS
@@ -252,9 +261,12 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
     for n, masters in enumerate([0, *args.cluster]):
         with redis_under_test(args.redis_url or None, masters, args.cluster_replicas) as under, \
                 context(args, args.nodes, f"c{masters}-", args.workers, under) as ctx:
+            calls_before = under.commands()
             report = uvloop.run(relay_mode(args, ctx))[0]
+            calls_after = under.commands()
             assert isinstance(ctx.reader, RedisReader)
-            shares = load_shares(ctx.reader.lengths(ctx.rooms_used), under.shards)
+            lengths = ctx.reader.lengths(ctx.rooms_used)
+            shares = load_shares(lengths, under.shards)
             rooms = [sum(1 for room in ctx.rooms_used if room_shard(room, under.shards) == k)
                      for k in range(len(under.shards))]
         reports.append(report)
@@ -265,7 +277,11 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
                   "redis_cpu_us_per_delivery": figures.get("redis_cpu_us_per_delivery"),
                   "shards": shard_figures(figures.get("redis_shards_cpu_s") or [0.0] * len(under.shards),
                                           figures.get("window_s") or 0.0, figures.get("deliveries") or 0,
-                                          shares, rooms)}
+                                          shares, rooms),
+                  "redis_calls_per_entry": calls_per_entry(merged(calls_before), merged(calls_after),
+                                                           sum(lengths.values()))}
+        for shard, before, after, share in zip(config["shards"], calls_before, calls_after, shares, strict=True):
+            shard["redis_calls_per_entry"] = calls_per_entry(before, after, round(share * sum(lengths.values())))
         single = configs[0]["redis_cpu_us_per_delivery"] if n else None
         total = config["redis_cpu_us_per_delivery"]
         config["vs_single"] = round(total / single, 3) if single and total else None

@@ -62,6 +62,31 @@ def info_cpu_s(info: Mapping[str, Any]) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def command_calls(info: Mapping[str, Any]) -> dict[str, int]:
+    """Calls of each command so far, from ``INFO commandstats`` (``evalsha``: {calls: 12, ...})."""
+    return {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in info.items()}
+
+
+def merged(counts: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    """Several masters' calls of each command, added up."""
+    total: dict[str, int] = {}
+    for shard in counts:
+        for name, count in shard.items():
+            total[name] = total.get(name, 0) + count
+    return total
+
+
+def calls_per_entry(before: Mapping[str, int], after: Mapping[str, int], entries: int) -> dict[str, float]:
+    """Each command's calls between two readings per entry stored meanwhile, most called first, and
+    their sum (``all``); empty when nothing was stored."""
+    if not entries:
+        return {}
+    calls = {name: count - before.get(name, 0) for name, count in after.items()}
+    ranked = sorted(((name, count) for name, count in calls.items() if count > 0), key=lambda item: -item[1])
+    return {"all": round(sum(calls.values()) / entries, 3)} | {name: round(count / entries, 3)
+                                                                 for name, count in ranked}
+
+
 def load_shares(lengths: Mapping[str, int], shards: Sequence[Shard]) -> list[float]:
     """Each shard's share of the entries stored in the rooms ``lengths`` counts (0 when none are)."""
     stored = [0] * len(shards)
@@ -94,7 +119,8 @@ def config_row(label: str, figures: Mapping[str, Any]) -> tuple[str, str]:
     text = (f"{fmt(figures.get('deliveries_per_s'))} deliveries/s, Redis {fmt(total, 1)} us/delivery"
             + (f" (x{fmt(ratio)} single)" if ratio is not None else "")
             + f", server {fmt(figures.get('server_cpu_us_per_delivery'), 1)} us/delivery"
-            + f", p99 {fmt(figures.get('latency_ms_p99'))} ms")
+            + f", p99 {fmt(figures.get('latency_ms_p99'))} ms"
+            + f", {fmt((figures.get('redis_calls_per_entry') or {}).get('all'))} Redis commands per entry")
     shards = figures.get("shards") or []
     if len(shards) > 1:
         text += ("; shards " + " + ".join(fmt(s["cpu_us_per_delivery"], 1) for s in shards)
@@ -126,6 +152,10 @@ class RedisUnderTest:
         masters = len(self.shards)
         return (f"cluster, {masters} master{'s' if masters > 1 else ''}"
                 + (f" + {self.replicas} replica{'s' if self.replicas > 1 else ''} each" if self.replicas else ""))
+
+    def commands(self) -> list[dict[str, int]]:
+        """Each master's calls of each command so far."""
+        return [command_calls(client.info("commandstats")) for client in self._clients]
 
     def cpu_s(self) -> tuple[float, ...]:
         """Each master's CPU seconds so far."""

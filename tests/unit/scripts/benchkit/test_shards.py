@@ -6,9 +6,12 @@ import pytest
 from benchkit.procs import CpuSample
 from benchkit.shards import (
     Shard,
+    calls_per_entry,
+    command_calls,
     config_row,
     info_cpu_s,
     load_shares,
+    merged,
     room_shard,
     shard_figures,
     shard_index,
@@ -41,6 +44,26 @@ def test_a_room_is_on_the_shard_of_its_streams_slot_and_a_single_redis_holds_eve
 
 def test_cpu_seconds_are_system_plus_user_time_of_info_cpu() -> None:
     assert info_cpu_s({"used_cpu_sys": 1.25, "used_cpu_user": "2.5", "used_cpu_sys_children": 9.0}) == 3.75
+
+
+def test_command_calls_are_read_from_info_commandstats() -> None:
+    info = {"cmdstat_evalsha": {"calls": 12, "usec": 40}, "cmdstat_xread": {"calls": 3, "usec": 9}}
+
+    assert command_calls(info) == {"evalsha": 12, "xread": 3}
+
+
+def test_the_masters_calls_add_up_command_by_command() -> None:
+    assert merged([{"evalsha": 2, "info": 1}, {"evalsha": 3, "spublish": 4}]) == {"evalsha": 5, "info": 1,
+                                                                                  "spublish": 4}
+
+
+def test_calls_per_entry_count_the_commands_run_between_two_readings_most_called_first() -> None:
+    before = {"evalsha": 10, "info": 5}
+    after = {"evalsha": 210, "info": 6, "xread": 60}
+
+    assert calls_per_entry(before, after, entries=200) == {"all": 1.305, "evalsha": 1.0, "xread": 0.3,
+                                                          "info": 0.005}
+    assert calls_per_entry(before, after, entries=0) == {}
 
 
 def test_each_shard_gets_the_share_of_the_entries_stored_in_its_rooms() -> None:
@@ -83,9 +106,11 @@ def test_a_configuration_is_one_line_with_its_shards_when_it_has_several() -> No
                           {"rooms": 30, "load_share": 0.6, "cpu_us_per_delivery": 4.0, "cpu_us_per_own_delivery": 6.7}]}
 
     assert config_row("single Redis", single) == (
-        "single Redis", "30,000 deliveries/s, Redis 6.0 us/delivery, server 14.0 us/delivery, p99 12.50 ms")
-    assert config_row("cluster, 2 masters", cluster)[1] == (
-        "30,000 deliveries/s, Redis 6.6 us/delivery (x1.10 single), server 14.0 us/delivery, p99 12.50 ms; "
+        "single Redis", "30,000 deliveries/s, Redis 6.0 us/delivery, server 14.0 us/delivery, p99 12.50 ms, "
+                        "- Redis commands per entry")
+    assert config_row("cluster, 2 masters", {**cluster, "redis_calls_per_entry": {"all": 1.5}})[1] == (
+        "30,000 deliveries/s, Redis 6.6 us/delivery (x1.10 single), server 14.0 us/delivery, p99 12.50 ms, "
+        "1.50 Redis commands per entry; "
         "shards 2.6 + 4.0 us/delivery, 6.5 / 6.7 per delivery of their own rooms (rooms 20/30, load 40/60 %)")
 
 
