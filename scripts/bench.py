@@ -261,9 +261,9 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
     for n, masters in enumerate([0, *args.cluster]):
         with redis_under_test(args.redis_url or None, masters, args.cluster_replicas) as under, \
                 context(args, args.nodes, f"c{masters}-", args.workers, under) as ctx:
-            calls_before = under.commands()
+            calls_before, io_before = under.commands(), under.io()
             report = uvloop.run(relay_mode(args, ctx))[0]
-            calls_after = under.commands()
+            calls_after, io_after = under.commands(), under.io()
             assert isinstance(ctx.reader, RedisReader)
             lengths = ctx.reader.lengths(ctx.rooms_used)
             shares = load_shares(lengths, under.shards)
@@ -279,9 +279,13 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
                                           figures.get("window_s") or 0.0, figures.get("deliveries") or 0,
                                           shares, rooms),
                   "redis_calls_per_entry": calls_per_entry(merged(calls_before), merged(calls_after),
-                                                           sum(lengths.values()))}
-        for shard, before, after, share in zip(config["shards"], calls_before, calls_after, shares, strict=True):
-            shard["redis_calls_per_entry"] = calls_per_entry(before, after, round(share * sum(lengths.values())))
+                                                           sum(lengths.values())),
+                  "redis_io_per_entry": calls_per_entry(merged(io_before), merged(io_after), sum(lengths.values()))}
+        for shard, calls, io, share in zip(config["shards"], zip(calls_before, calls_after, strict=True),
+                                           zip(io_before, io_after, strict=True), shares, strict=True):
+            entries = round(share * sum(lengths.values()))
+            shard["redis_calls_per_entry"] = calls_per_entry(*calls, entries)
+            shard["redis_io_per_entry"] = calls_per_entry(*io, entries)
         single = configs[0]["redis_cpu_us_per_delivery"] if n else None
         total = config["redis_cpu_us_per_delivery"]
         config["vs_single"] = round(total / single, 3) if single and total else None

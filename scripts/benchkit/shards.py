@@ -67,6 +67,12 @@ def command_calls(info: Mapping[str, Any]) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in info.items()}
 
 
+def io_counts(info: Mapping[str, Any]) -> dict[str, int]:
+    """Reads and writes of client sockets so far (each read: one wake-up that found a request), from
+    ``INFO stats``."""
+    return {"reads": int(info["total_reads_processed"]), "writes": int(info["total_writes_processed"])}
+
+
 def merged(counts: Sequence[Mapping[str, int]]) -> dict[str, int]:
     """Several masters' calls of each command, added up."""
     total: dict[str, int] = {}
@@ -120,7 +126,8 @@ def config_row(label: str, figures: Mapping[str, Any]) -> tuple[str, str]:
             + (f" (x{fmt(ratio)} single)" if ratio is not None else "")
             + f", server {fmt(figures.get('server_cpu_us_per_delivery'), 1)} us/delivery"
             + f", p99 {fmt(figures.get('latency_ms_p99'))} ms"
-            + f", {fmt((figures.get('redis_calls_per_entry') or {}).get('all'))} Redis commands per entry")
+            + f", per entry {fmt((figures.get('redis_calls_per_entry') or {}).get('all'))} Redis commands"
+            + f" and {fmt((figures.get('redis_io_per_entry') or {}).get('reads'))} reads")
     shards = figures.get("shards") or []
     if len(shards) > 1:
         text += ("; shards " + " + ".join(fmt(s["cpu_us_per_delivery"], 1) for s in shards)
@@ -156,6 +163,10 @@ class RedisUnderTest:
     def commands(self) -> list[dict[str, int]]:
         """Each master's calls of each command so far."""
         return [command_calls(client.info("commandstats")) for client in self._clients]
+
+    def io(self) -> list[dict[str, int]]:
+        """Each master's socket reads and writes so far."""
+        return [io_counts(client.info("stats")) for client in self._clients]
 
     def cpu_s(self) -> tuple[float, ...]:
         """Each master's CPU seconds so far."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from benchkit.procs import CpuSample
 from benchkit.shards import (
@@ -10,6 +12,7 @@ from benchkit.shards import (
     command_calls,
     config_row,
     info_cpu_s,
+    io_counts,
     load_shares,
     merged,
     room_shard,
@@ -50,6 +53,11 @@ def test_command_calls_are_read_from_info_commandstats() -> None:
     info = {"cmdstat_evalsha": {"calls": 12, "usec": 40}, "cmdstat_xread": {"calls": 3, "usec": 9}}
 
     assert command_calls(info) == {"evalsha": 12, "xread": 3}
+
+
+def test_socket_reads_and_writes_are_read_from_info_stats() -> None:
+    assert io_counts({"total_reads_processed": 7, "total_writes_processed": 5, "total_connections_received": 2}) == {
+        "reads": 7, "writes": 5}
 
 
 def test_the_masters_calls_add_up_command_by_command() -> None:
@@ -98,7 +106,7 @@ def test_the_cpu_of_each_shard_in_a_window_is_the_difference_of_two_samples() ->
 
 
 def test_a_configuration_is_one_line_with_its_shards_when_it_has_several() -> None:
-    single = {"deliveries_per_s": 30000.0, "redis_cpu_us_per_delivery": 6.0, "vs_single": None,
+    single: dict[str, Any] = {"deliveries_per_s": 30000.0, "redis_cpu_us_per_delivery": 6.0, "vs_single": None,
               "server_cpu_us_per_delivery": 14.0, "latency_ms_p99": 12.5,
               "shards": [{"rooms": 50, "load_share": 1.0, "cpu_us_per_delivery": 6.0, "cpu_us_per_own_delivery": 6.0}]}
     cluster = {**single, "redis_cpu_us_per_delivery": 6.6, "vs_single": 1.1,
@@ -107,10 +115,11 @@ def test_a_configuration_is_one_line_with_its_shards_when_it_has_several() -> No
 
     assert config_row("single Redis", single) == (
         "single Redis", "30,000 deliveries/s, Redis 6.0 us/delivery, server 14.0 us/delivery, p99 12.50 ms, "
-                        "- Redis commands per entry")
-    assert config_row("cluster, 2 masters", {**cluster, "redis_calls_per_entry": {"all": 1.5}})[1] == (
+                        "per entry - Redis commands and - reads")
+    cluster |= {"redis_calls_per_entry": {"all": 1.5}, "redis_io_per_entry": {"all": 0.75, "reads": 0.5}}
+    assert config_row("cluster, 2 masters", cluster)[1] == (
         "30,000 deliveries/s, Redis 6.6 us/delivery (x1.10 single), server 14.0 us/delivery, p99 12.50 ms, "
-        "1.50 Redis commands per entry; "
+        "per entry 1.50 Redis commands and 0.50 reads; "
         "shards 2.6 + 4.0 us/delivery, 6.5 / 6.7 per delivery of their own rooms (rooms 20/30, load 40/60 %)")
 
 
