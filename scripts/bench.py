@@ -29,10 +29,12 @@ Modes:
   scale    relay at saturation on 1 node, then on --nodes nodes on their own ports, or (--workers N)
            on one port served by N worker processes (WORKERS=N) (real Redis only).
            With --cluster N[,N...]: the same relay load (--rate, 0 = saturation; --nodes/--workers for
-           every configuration) on a single Redis (--redis-url, or a private one), then on a private
-           Redis Cluster of N masters (--cluster-replicas each; loopback, free ports, a temp dir,
-           stopped at the end) for each N: deliveries/s and Redis CPU per delivery, in all and per
-           shard (each master's INFO cpu over the window), one line per configuration.
+           every configuration) on a single Redis (--redis-url: one nobody else uses, since its INFO
+           cpu counts every client's work; else a private one), then on a private Redis Cluster of
+           N masters (--cluster-replicas each; loopback, free ports, a temp dir, stopped at the end)
+           for each N: deliveries/s and Redis CPU per delivery, in all and per shard (each master's
+           INFO cpu over the window), Redis commands and socket reads per stored entry, one line
+           per configuration.
   bulk     --readers clients paging (--page) in a loop through a room of --entries entries of
            --entry-bytes bytes each (default 10 readers, 600 entries of 60 KB), while a member of
            another room times the echo of one message every 1/--echo-rate s: echo p50/p99/max
@@ -258,37 +260,12 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
     Redis CPU per delivery stay flat (in all, and each shard for its own rooms) as shards are added?"""
     reports: list[Report] = []
     configs: list[dict[str, Any]] = []
-    for n, masters in enumerate([0, *args.cluster]):
-        with redis_under_test(args.redis_url or None, masters, args.cluster_replicas) as under, \
-                context(args, args.nodes, f"c{masters}-", args.workers, under) as ctx:
-            calls_before, io_before = under.commands(), under.io()
-            report = uvloop.run(relay_mode(args, ctx))[0]
-            calls_after, io_after = under.commands(), under.io()
-            assert isinstance(ctx.reader, RedisReader)
-            lengths = ctx.reader.lengths(ctx.rooms_used)
-            shares = load_shares(lengths, under.shards)
-            rooms = [sum(1 for room in ctx.rooms_used if room_shard(room, under.shards) == k)
-                     for k in range(len(under.shards))]
-        reports.append(report)
-        figures = report.figures
-        config = {"name": under.label, "masters": masters, "replicas": args.cluster_replicas if masters else 0,
-                  **{key: figures.get(key) for key in ("deliveries_per_s", "server_cpu_us_per_delivery",
-                                                       "latency_ms_p99")},
-                  "redis_cpu_us_per_delivery": figures.get("redis_cpu_us_per_delivery"),
-                  "shards": shard_figures(figures.get("redis_shards_cpu_s") or [0.0] * len(under.shards),
-                                          figures.get("window_s") or 0.0, figures.get("deliveries") or 0,
-                                          shares, rooms),
-                  "redis_calls_per_entry": calls_per_entry(merged(calls_before), merged(calls_after),
-                                                           sum(lengths.values())),
-                  "redis_io_per_entry": calls_per_entry(merged(io_before), merged(io_after), sum(lengths.values()))}
-        for shard, calls, io, share in zip(config["shards"], zip(calls_before, calls_after, strict=True),
-                                           zip(io_before, io_after, strict=True), shares, strict=True):
-            entries = round(share * sum(lengths.values()))
-            shard["redis_calls_per_entry"] = calls_per_entry(*calls, entries)
-            shard["redis_io_per_entry"] = calls_per_entry(*io, entries)
-        single = configs[0]["redis_cpu_us_per_delivery"] if n else None
+    for masters in [0, *args.cluster]:
+        report, config = configuration(args, masters)
+        single = configs[0]["redis_cpu_us_per_delivery"] if configs else None
         total = config["redis_cpu_us_per_delivery"]
         config["vs_single"] = round(total / single, 3) if single and total else None
+        reports.append(report)
         configs.append(config)
     summary = Report("scale", {"redis": "single vs cluster of " + ", ".join(map(str, args.cluster)) + " masters",
                                "replicas": args.cluster_replicas, "nodes": args.nodes, "workers": args.workers,
@@ -299,6 +276,34 @@ def scale_cluster(args: argparse.Namespace) -> list[Report]:
     summary.targets = [Target(f"redis_cpu_per_delivery_cluster_of_{c['masters']}_vs_single", c["vs_single"], "<=",
                               FLAT_LIMIT, f"{TARGET_SETUP}, --rate 0", base) for c in configs[1:]]
     return [*reports, summary]
+
+
+def configuration(args: argparse.Namespace, masters: int) -> tuple[Report, dict[str, Any]]:
+    """The relay run on one Redis under test (``masters`` 0: the single Redis) and its figures for the
+    scale table: deliveries/s, Redis CPU per delivery in all and per shard, commands and reads per entry."""
+    with redis_under_test(args.redis_url or None, masters, args.cluster_replicas) as under, \
+            context(args, args.nodes, f"c{masters}-", args.workers, under) as ctx:
+        calls_before, io_before = under.commands(), under.io()
+        report = uvloop.run(relay_mode(args, ctx))[0]
+        calls_after, io_after = under.commands(), under.io()
+        assert isinstance(ctx.reader, RedisReader)
+        lengths = ctx.reader.lengths(ctx.rooms_used)
+    shares, entries = load_shares(lengths, under.shards), sum(lengths.values())
+    rooms = [sum(1 for room in lengths if room_shard(room, under.shards) == k) for k in range(len(under.shards))]
+    figures = report.figures
+    shards = shard_figures(figures.get("redis_shards_cpu_s") or [0.0] * len(rooms), figures.get("window_s") or 0.0,
+                           figures.get("deliveries") or 0, shares, rooms)
+    for shard, share, calls, io in zip(shards, shares, zip(calls_before, calls_after, strict=True),
+                                       zip(io_before, io_after, strict=True), strict=True):
+        shard["redis_calls_per_entry"] = calls_per_entry(*calls, round(share * entries))
+        shard["redis_io_per_entry"] = calls_per_entry(*io, round(share * entries))
+    config = {"name": under.label, "masters": masters, "replicas": args.cluster_replicas if masters else 0,
+              **{key: figures.get(key) for key in ("deliveries_per_s", "redis_cpu_us_per_delivery",
+                                                   "server_cpu_us_per_delivery", "latency_ms_p99")},
+              "shards": shards,
+              "redis_calls_per_entry": calls_per_entry(merged(calls_before), merged(calls_after), entries),
+              "redis_io_per_entry": calls_per_entry(merged(io_before), merged(io_after), entries)}
+    return report, config
 
 
 # ------------------------------------------------------------------------------------- setup
