@@ -11,6 +11,7 @@ unless --redis-url names a real Redis, and stops it at the end):
     python scripts/bench.py --mode history --redis-url redis://127.0.0.1:6379/0 --entries 1000000
     python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --nodes 2       # 1 node, then 2
     python scripts/bench.py --mode scale --redis-url redis://127.0.0.1:6379/0 --workers 2     # then WORKERS=2
+    python scripts/bench.py --mode scale --cluster 1,3     # a single Redis, then clusters of 1 and 3 masters
     python scripts/bench.py --mode bulk  --redis-url redis://127.0.0.1:6379/0                 # 10 readers, 600 x 60 KB
 
 Modes:
@@ -30,6 +31,13 @@ Modes:
            entries: the newest page, a page before= the middle, a page after= the middle.
   scale    relay at saturation on 1 node, then on --nodes nodes on their own ports, or (--workers N)
            on one port served by N worker processes (WORKERS=N) (real Redis only).
+           With --cluster N[,N...]: the same relay load (--rate, 0 = saturation; --nodes/--workers for
+           every configuration) on a single Redis (--redis-url: one nobody else uses, since its INFO
+           cpu counts every client's work; else a private one), then on a private Redis Cluster of
+           N masters (--cluster-replicas each; loopback, free ports, a temp dir, stopped at the end)
+           for each N: deliveries/s and Redis CPU per delivery, in all and per shard (each master's
+           INFO cpu over the window), Redis commands and socket reads per stored entry, one line
+           per configuration.
   bulk     --readers clients paging (--page) in a loop through a room of --entries entries of
            --entry-bytes bytes each (default 10 readers, 600 entries of 60 KB), while a member of
            another room times the echo of one message every 1/--echo-rate s: echo p50/p99/max
@@ -67,6 +75,16 @@ from benchkit.idle import IdleParams, run_idle
 from benchkit.llm import LlmParams, run_llm
 from benchkit.procs import Probe, ServerSet, SetupError, raise_fd_limit, redis_pid, running_nodes
 from benchkit.relay import RelayParams, run_relay
+from benchkit.shards import (
+    RedisUnderTest,
+    calls_per_entry,
+    config_row,
+    load_shares,
+    merged,
+    redis_under_test,
+    room_shard,
+    shard_figures,
+)
 from benchkit.stats import Report, Target, fmt
 from benchkit.streams import HistoryReader, RedisReader, StreamReader
 from benchkit.wsclient import CLIENTS
@@ -80,6 +98,7 @@ DEFAULTS: dict[str, dict[str, float]] = {  # per mode, for the options left unse
     "bulk": {"duration": 10.0, "warmup": 0.0, "entries": 600},
 }
 FD_HEADROOM = 1024
+FLAT_LIMIT = 1.25  # scale --cluster: Redis CPU per delivery of a cluster, summed over its shards, vs a single Redis
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 Mode = Callable[[argparse.Namespace, Context], Coroutine[Any, Any, list[Report]]]
@@ -95,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--nodes", type=int, default=1, help="server processes to start (scale: the larger count)")
     where.add_argument("--workers", type=int, default=1,
                        help="scale: compare 1 process with one port served by this many (WORKERS)")
+    where.add_argument("--cluster", default="", metavar="N[,N...]",
+                       help="scale: compare a single Redis with private Redis Clusters of N masters")
+    where.add_argument("--cluster-replicas", type=int, default=0, help="scale --cluster: replicas per master")
     where.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                        help="a setting for the started servers (repeatable)")
     load = ap.add_argument_group("load")
@@ -141,12 +163,19 @@ def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--nodes and --server-env are for servers the harness starts, not with --url")
     if args.nodes < 1 or (args.nodes > 1 and not args.redis_url and not args.url):
         ap.error("--nodes > 1 needs --redis-url: nodes share rooms only through a real Redis")
-    if args.mode in ("history", "scale", "bulk") and not args.redis_url:
+    args.cluster = parse_cluster(ap, args.cluster)
+    if (args.cluster or args.cluster_replicas) and args.mode != "scale":
+        ap.error("--cluster and --cluster-replicas are for --mode scale")
+    if args.cluster_replicas < 0:
+        ap.error("--cluster-replicas must be 0 or more")
+    if args.mode in ("history", "scale", "bulk") and not args.redis_url and not args.cluster:
         ap.error(f"--mode {args.mode} needs --redis-url")
-    if args.mode == "scale" and (args.url or (args.nodes < 2) == (args.workers < 2)):
-        ap.error("--mode scale starts its own servers: --nodes 2 or more, or --workers 2 or more (not both), no --url")
-    if args.workers != 1 and args.mode != "scale":
-        ap.error("--workers is for --mode scale (else set --server-env WORKERS=N)")
+    if args.mode == "scale" and args.url:
+        ap.error("--mode scale starts its own servers: no --url")
+    if args.mode == "scale" and not args.cluster and (args.nodes < 2) == (args.workers < 2):
+        ap.error("--mode scale: --nodes 2 or more, or --workers 2 or more (not both), or --cluster N")
+    if args.workers < 1 or (args.workers != 1 and args.mode != "scale"):
+        ap.error("--workers (at least 1) is for --mode scale (else set --server-env WORKERS=N)")
     for name in ("rooms", "members", "window", "size", "connections", "entries", "page", "samples", "entry_bytes",
                  "readers"):
         value = getattr(args, name)
@@ -161,6 +190,17 @@ def _validate(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--echo-rate must be positive")
     if any("=" not in item for item in args.server_env):
         ap.error("--server-env takes KEY=VALUE")
+
+
+def parse_cluster(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--cluster 1,3``: the masters of each cluster to compare with the single Redis."""
+    try:
+        masters = [int(item) for item in text.split(",")] if text else []
+    except ValueError:
+        ap.error("--cluster takes masters per cluster, comma-separated: --cluster 1,3")
+    if any(n < 1 for n in masters):
+        ap.error("--cluster: every cluster has at least 1 master")
+    return masters
 
 
 # ------------------------------------------------------------------------------------- modes
@@ -223,9 +263,64 @@ def scale(args: argparse.Namespace) -> list[Report]:
     return [*reports, summary]
 
 
+def scale_cluster(args: argparse.Namespace) -> list[Report]:
+    """The same relay load on a single Redis, then on a Redis Cluster of each ``--cluster`` size: does
+    Redis CPU per delivery stay flat (in all, and each shard for its own rooms) as shards are added?"""
+    reports: list[Report] = []
+    configs: list[dict[str, Any]] = []
+    for masters in [0, *args.cluster]:
+        report, config = configuration(args, masters)
+        single = configs[0]["redis_cpu_us_per_delivery"] if configs else None
+        total = config["redis_cpu_us_per_delivery"]
+        config["vs_single"] = round(total / single, 3) if single and total else None
+        reports.append(report)
+        configs.append(config)
+    summary = Report("scale", {"redis": "single vs cluster of " + ", ".join(map(str, args.cluster)) + " masters",
+                               "replicas": args.cluster_replicas, "nodes": args.nodes, "workers": args.workers,
+                               "rate": args.rate},
+                     figures={"configurations": configs}, check={"ok": all(r.ok for r in reports)})
+    summary.rows = [config_row(c["name"], c) for c in configs]
+    base = args.rate == 0 and bool(reports[0].targets) and reports[0].targets[0].setup_matches
+    summary.targets = [Target(f"redis_cpu_per_delivery_cluster_of_{c['masters']}_vs_single", c["vs_single"], "<=",
+                              FLAT_LIMIT, f"{TARGET_SETUP}, --rate 0", base) for c in configs[1:]]
+    return [*reports, summary]
+
+
+def configuration(args: argparse.Namespace, masters: int) -> tuple[Report, dict[str, Any]]:
+    """The relay run on one Redis under test (``masters`` 0: the single Redis) and its figures for the
+    scale table: deliveries/s, Redis CPU per delivery in all and per shard, commands and reads per entry."""
+    with redis_under_test(args.redis_url or None, masters, args.cluster_replicas) as under, \
+            context(args, args.nodes, f"c{masters}-", args.workers, under) as ctx:
+        calls_before, io_before = under.commands(), under.io()
+        report = uvloop.run(relay_mode(args, ctx))[0]
+        calls_after, io_after = under.commands(), under.io()
+        assert isinstance(ctx.reader, RedisReader)
+        lengths = ctx.reader.lengths(ctx.rooms_used)
+    shares, entries = load_shares(lengths, under.shards), sum(lengths.values())
+    rooms = [sum(1 for room in lengths if room_shard(room, under.shards) == k) for k in range(len(under.shards))]
+    figures = report.figures
+    shards = shard_figures(figures.get("redis_shards_cpu_s") or [0.0] * len(rooms), figures.get("window_s") or 0.0,
+                           figures.get("deliveries") or 0, shares, rooms)
+    for shard, share, calls, io in zip(shards, shares, zip(calls_before, calls_after, strict=True),
+                                       zip(io_before, io_after, strict=True), strict=True):
+        shard["redis_calls_per_entry"] = calls_per_entry(*calls, round(share * entries))
+        shard["redis_io_per_entry"] = calls_per_entry(*io, round(share * entries))
+    config = {"name": under.label, "masters": masters, "replicas": args.cluster_replicas if masters else 0,
+              **{key: figures.get(key) for key in ("deliveries_per_s", "redis_cpu_us_per_delivery",
+                                                   "server_cpu_us_per_delivery", "latency_ms_p99")},
+              "shards": shards,
+              "redis_calls_per_entry": calls_per_entry(merged(calls_before), merged(calls_after), entries),
+              "redis_io_per_entry": calls_per_entry(merged(io_before), merged(io_after), entries)}
+    return report, config
+
+
 # ------------------------------------------------------------------------------------- setup
 @contextlib.contextmanager
-def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", workers: int = 1) -> Iterator[Context]:
+def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", workers: int = 1,
+            under: RedisUnderTest | None = None) -> Iterator[Context]:
+    """The servers (started, or found at --url) and the probes of one run; ``under``: the Redis under
+    test of ``--mode scale --cluster`` (its URL replaces --redis-url, its masters' CPU is read)."""
+    redis_url = under.url if under is not None else args.redis_url
     servers = None
     if args.url:
         found = running_nodes(args.url.split(","), [int(p) for p in args.server_pid.split(",") if p])
@@ -237,16 +332,18 @@ def context(args: argparse.Namespace, nodes: int, prefix_suffix: str = "", worke
             if args.slow_readers:  # the messages that fill the slow readers' links
                 fill = LlmParams().slow_fill_chars
                 env = {"MAX_TEXT_CHARS": str(fill), "MAX_MESSAGE_BYTES": str(fill + 1000), **env}
-        servers = ServerSet(nodes, args.redis_url or None, env, workers)
+        servers = ServerSet(nodes, redis_url or None, env, workers)
     reader: StreamReader | None = None
     ctx: Context | None = None
     try:
         found = servers.start() if servers is not None else found
-        reader = RedisReader(args.redis_url) if args.redis_url else HistoryReader(found[0].http)
+        cluster = under is not None and under.cluster
+        reader = RedisReader(redis_url, cluster) if redis_url else HistoryReader(found[0].http)
         probe = Probe(tuple(pid for node in found for pid in node.pids),
-                      redis_pid(args.redis_url) if args.redis_url else None)
+                      redis_pid(redis_url) if redis_url and not cluster else None,
+                      under.cpu_s if under is not None else None)
         ctx = Context(found, probe, reader, CLIENTS[args.client], args.room_prefix + prefix_suffix,
-                      args.redis_url or None, connect_concurrency=args.connect_concurrency)
+                      redis_url or None, connect_concurrency=args.connect_concurrency)
         yield ctx
     finally:
         if ctx is not None and isinstance(reader, RedisReader) and not args.keep:
@@ -262,7 +359,7 @@ def run(args: argparse.Namespace) -> list[Report]:
     if not args.room_prefix:
         args.room_prefix = f"bench-{secrets.token_hex(3)}-"
     if args.mode == "scale":
-        return scale(args)
+        return scale_cluster(args) if args.cluster else scale(args)
     with context(args, args.nodes) as ctx:
         return uvloop.run(MODES[args.mode](args, ctx))
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -251,16 +251,19 @@ class ServerSet:
 
 @dataclass(frozen=True, slots=True)
 class CpuSample:
-    """CPU seconds used so far by the servers, Redis and this process, at ``wall_s`` (monotonic)."""
+    """CPU seconds used so far by the servers, Redis and this process, at ``wall_s`` (monotonic); with
+    ``shards_s`` (each master's, from ``INFO cpu``), ``redis_s`` is their sum."""
 
     wall_s: float
     server_s: float | None  # None: no server pid known
     redis_s: float | None  # None: Redis is not a local process (or is embedded in the server)
     client_s: float
+    shards_s: tuple[float, ...] = ()  # each master of the Redis under test, when the probe reads them
 
     def __sub__(self, earlier: CpuSample) -> CpuSample:
         return CpuSample(self.wall_s - earlier.wall_s, _minus(self.server_s, earlier.server_s),
-                         _minus(self.redis_s, earlier.redis_s), self.client_s - earlier.client_s)
+                         _minus(self.redis_s, earlier.redis_s), self.client_s - earlier.client_s,
+                         tuple(now - then for now, then in zip(self.shards_s, earlier.shards_s, strict=True)))
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -273,9 +276,13 @@ class Probe:
 
     server_pids: tuple[int, ...]
     redis_pid: int | None
+    shards_cpu: Callable[[], tuple[float, ...]] | None = None  # each master's CPU seconds (INFO cpu)
 
     def cpu(self) -> CpuSample:
         server = sum(cpu_s(pid) for pid in self.server_pids) if self.server_pids else None
+        if self.shards_cpu is not None:
+            shards = self.shards_cpu()
+            return CpuSample(time.monotonic(), server, sum(shards), time.process_time(), shards)
         redis_cpu = cpu_s(self.redis_pid) if self.redis_pid is not None else None
         return CpuSample(time.monotonic(), server, redis_cpu, time.process_time())
 

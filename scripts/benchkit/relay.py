@@ -225,6 +225,8 @@ def _fill(report: Report, params: RelayParams, ctx: Context, meter: Meter, used:
         **latency_ms(meter.latencies_ns), **cpu_figures(used, meter.deliveries, "delivery"),
         "errors": meter.errors, "closed": meter.closed, "samples": meter.samples,
     }
+    if used.shards_s:  # each master's CPU in the window (--mode scale --cluster)
+        figures["redis_shards_cpu_s"] = [round(seconds, 6) for seconds in used.shards_s]
     report.figures = figures
     report.check = check.as_json()
     report.rows = [

@@ -54,8 +54,12 @@ class StreamReader(Protocol):
 
 
 class RedisReader:
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url)
+    """XRANGE on a single Redis, or on a Redis Cluster (``cluster``: redis-py routes each room's keys to
+    its shard, and splits a deletion of many keys by slot)."""
+
+    def __init__(self, url: str, cluster: bool = False) -> None:
+        self._client: redis.Redis | redis.RedisCluster = (
+            redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url))
 
     def entries(self, room: str) -> list[StoredEntry]:
         key, start, found = stream_key(room), "-", []
@@ -66,6 +70,10 @@ class RedisReader:
             if len(chunk) < READ_COUNT:
                 return found
             start = "(" + found[-1][0]
+
+    def lengths(self, rooms: Iterable[str]) -> dict[str, int]:
+        """Entries in each room's stream (XLEN)."""
+        return {room: int(self._client.xlen(stream_key(room))) for room in rooms}
 
     def delete_rooms(self, rooms: Iterable[str]) -> int:
         """Delete the keys these rooms left (see ROOM_KEYS), and nothing else."""

@@ -145,7 +145,34 @@ def test_llm_run_with_a_slow_reader_shows_its_merged_frames_and_that_it_was_not_
     assert rdb.keys(f"chat:*:{room}-*") == []
 
 
+def test_scale_run_compares_a_single_redis_with_a_cluster_shard_by_shard(
+    redis_url: str, room: str, rdb: redis.Redis
+) -> None:
+    result, [single, cluster, summary] = run_bench("--mode", "scale", "--redis-url", redis_url, "--cluster", "2",
+                                                   "--rooms", "4", "--members", "2", "--window", "2", *BRIEF,
+                                                   "--room-prefix", f"{room}-")
+
+    assert result.returncode == 0, result.stderr
+    for record in (single, cluster):
+        assert record["mode"] == "relay"
+        assert_nothing_lost_duplicated_or_reordered(record["check"])
+    assert single["params"]["store"] == redis_url and cluster["params"]["store"] != redis_url
+    assert len(single["figures"]["redis_shards_cpu_s"]) == 1 and len(cluster["figures"]["redis_shards_cpu_s"]) == 2
+    assert summary["mode"] == "scale" and summary["ok"] is True
+    first, second = summary["figures"]["configurations"]
+    assert (first["name"], second["name"]) == ("single Redis", "cluster, 2 masters")
+    assert second["deliveries_per_s"] == cluster["figures"]["deliveries_per_s"]
+    assert [shard["rooms"] for shard in first["shards"]] == [4] and sum(s["rooms"] for s in second["shards"]) == 4
+    assert sum(shard["load_share"] for shard in second["shards"]) == pytest.approx(1.0)
+    assert second["vs_single"] is not None
+    assert "  single Redis  " in result.stderr and "  cluster, 2 masters  " in result.stderr
+    assert rdb.keys(f"chat:*:{room}-*") == []  # the single Redis's rooms deleted (the cluster was stopped)
+
+
 @pytest.mark.parametrize("args", [
+    ("--mode", "relay", "--cluster", "3"),  # a comparison of scale
+    ("--mode", "scale", "--cluster", "0"),  # a cluster has a master at least
+    ("--mode", "scale", "--cluster", "1,x"),
     ("--mode", "relay", "--workers", "2"),  # WORKERS for the relay mode goes in --server-env
     ("--mode", "history"),  # fills the stream in Redis
     ("--mode", "bulk"),  # fills the stream in Redis

@@ -3,10 +3,16 @@
 ``redis-server --cluster-enabled yes`` six times (each in a temp dir of its own), ``redis-cli --cluster
 create ... --cluster-replicas 1``, then polled until every node sees the cluster ``ok``, knows all six
 nodes, and every replica's link to its master is up (no fixed sleeps).
+
+The benchmark (``scripts/bench.py --mode scale --cluster N``) starts other shapes: any number of masters,
+with 0 or more replicas each. ``redis-cli --cluster create`` wants 3 masters at least, so smaller clusters
+are formed by hand: the slots split evenly (``CLUSTER ADDSLOTSRANGE``), ``CLUSTER MEET``, then each
+replica's ``CLUSTER REPLICATE``.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import socket
@@ -21,6 +27,8 @@ from server.store.keys import stream_key
 from tests.support.redis_server import RedisServer
 
 MASTERS = 3
+REPLICAS = 1  # per master
+SLOTS = 16384
 START_TIMEOUT_S = 60.0
 
 
@@ -40,10 +48,17 @@ def free_cluster_port(taken: set[int]) -> int:
         return port
 
 
-class RedisCluster:
-    """Six ``redis-server`` nodes made into one cluster; :attr:`url` names the first."""
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """The 16384 slots split into ``masters`` contiguous ranges as even as can be (first, last)."""
+    bounds = [SLOTS * n // masters for n in range(masters + 1)]
+    return [(bounds[n], bounds[n + 1] - 1) for n in range(masters)]
 
-    def __init__(self) -> None:
+
+class RedisCluster:
+    """``masters`` x (1 + ``replicas``) ``redis-server`` nodes made into one cluster; :attr:`url` names the
+    first. :meth:`masters` says which nodes ended up masters."""
+
+    def __init__(self, masters: int = MASTERS, replicas: int = REPLICAS) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not installed: apt-get install redis-server (it ships redis-cli)")
@@ -52,17 +67,21 @@ class RedisCluster:
         self.nodes = [RedisServer(free_cluster_port(taken), extra=("--cluster-enabled", "yes", "--cluster-config-file",
                                                       "nodes.conf", "--cluster-node-timeout", "2000",
                                                               "--cluster-require-full-coverage", "no"))
-                      for _ in range(2 * MASTERS)]
+                      for _ in range(masters * (1 + replicas))]
+        self.masters_count, self.replicas = masters, replicas
         self.url = self.nodes[0].url.removesuffix("/0")
 
     def start(self) -> RedisCluster:
         try:
             for node in self.nodes:
                 node.start()
-            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "1",
-                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=START_TIMEOUT_S)
+            if self.masters_count >= MASTERS:
+                addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+                subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas",
+                                str(self.replicas), "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=START_TIMEOUT_S)
+            else:
+                self._form_by_hand()
             self.wait_formed()
         except BaseException:
             self.stop()
@@ -73,6 +92,27 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
             shutil.rmtree(node.dir, ignore_errors=True)
+
+    def _form_by_hand(self) -> None:
+        """What ``redis-cli --cluster create`` does, for fewer than 3 masters (which it refuses)."""
+        masters = self.nodes[:self.masters_count]
+        for node, (first, last) in zip(masters, slot_ranges(self.masters_count), strict=True):
+            with self.client(node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        with self.client(self.nodes[0].port) as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        for n, replica in enumerate(self.nodes[self.masters_count:]):
+            with self.client(masters[n // self.replicas].port) as client:
+                master_id = client.execute_command("CLUSTER", "MYID")
+            self._wait(functools.partial(self._knows, replica.port, master_id))
+            with self.client(replica.port) as client:
+                client.execute_command("CLUSTER", "REPLICATE", master_id)
+
+    def _knows(self, port: int, node_id: str) -> bool:
+        """Whether the node on ``port`` has met ``node_id`` (the handshake done: it knows it by its id)."""
+        with self.client(port) as client:
+            return node_id in client.execute_command("CLUSTER", "NODES")
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
