@@ -171,10 +171,11 @@ class CarefulClient:
     def _on_error(self, bd: dict[str, Any]) -> None:
         code, cid = bd.get("code", ""), bd.get("cid")
         self.record.errors[code] += 1
+        if cid is not None and code == "busy":  # (with LLM_TURNS=queue it comes after the question is stored)
+            self.record.refused_busy.add(cid)
         if cid is None or cid not in self._outbox:
             return
         if code == "busy":
-            self.record.refused_busy.add(cid)
             del self._outbox[cid]
         elif code == "unavailable":
             asyncio.get_running_loop().call_later(RESEND_AFTER_S, self._resend_soon, cid)

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 from benchkit.procs import free_port
 
-from server.store.keys import llm_lock_key, stream_key
+from server.store.keys import llm_lock_key, llm_waiting_key, stream_key
 from soakkit import nemesis
 from soakkit.check import Report, Stored, check
 from soakkit.client import CarefulClient
@@ -143,8 +143,8 @@ async def _talk(client: CarefulClient, quiet: asyncio.Event, rng: random.Random)
 
 
 async def _drain(redis: Redis, rooms: list[str], clients: list[CarefulClient]) -> bool:
-    """Wait until every message is acknowledged, no room has a question open and every client has
-    received its room's newest entry."""
+    """Wait until every message is acknowledged, no room has a question open (answered, or waiting its
+    turn) and every client has received its room's newest entry."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         if not any(c.unacknowledged for c in clients):
@@ -161,7 +161,7 @@ def _tails(redis: Redis, rooms: list[str]) -> tuple[dict[str, str | None], bool]
         for room in rooms:
             newest = rdb.xrevrange(stream_key(room), count=1)
             tails[room] = newest[0][0] if newest else None
-        busy = any(rdb.exists(llm_lock_key(room)) for room in rooms)
+        busy = any(rdb.exists(llm_lock_key(room), llm_waiting_key(room)) for room in rooms)  # answering, or waiting
     return tails, busy
 
 

@@ -164,8 +164,8 @@ test("ask resolves with the final llm.response; askStream yields its text as it 
   }
 });
 
-test("cancel ends a running answer, and a second question meanwhile is refused busy", TIMEOUT, async () => {
-  const slow = await ServerProcess.start({ LLM_SCRIPTED_DELAY_MS: "200" });  // a #long answer takes ~20 s
+test("cancel ends a running answer, and with LLM_TURNS=refuse a second question meanwhile is refused busy", TIMEOUT, async () => {
+  const slow = await ServerProcess.start({ LLM_SCRIPTED_DELAY_MS: "200", LLM_TURNS: "refuse" });  // a #long answer takes ~20 s
   const room = await connect(slow.url, newRoom(), { role: "A" });
   try {
     const stream = room.askStream("#long story please");
@@ -177,6 +177,28 @@ test("cancel ends a running answer, and a second question meanwhile is refused b
     assert.equal(ended.bd.finish_reason, "cancelled");
     assert.deepEqual(await stream.response, ended);
     while (!(await iterator.next()).done);  // the stream ends with the answer
+  } finally {
+    room.close();
+    await slow.stop();
+  }
+});
+
+test("a second question while the bot answers waits its turn and is answered next (LLM_TURNS=queue)", TIMEOUT, async () => {
+  const slow = await ServerProcess.start({ LLM_SCRIPTED_DELAY_MS: "50" });  // a #long answer takes ~5 s
+  const room = await connect(slow.url, newRoom(), { role: "A" });
+  try {
+    const stream = room.askStream("#long story please");
+    const iterator = stream[Symbol.asyncIterator]();
+    assert.equal((await iterator.next()).done, false);  // it has begun: its rid is known
+    const second = room.ask("me too");
+    while (![...room.generations].some((g) => g.state === "queued")) await new Promise((r) => setTimeout(r, 20));
+    const ended = await room.cancel(stream.rid);
+    assert.equal(ended.bd.finish_reason, "cancelled");
+    const answer = await second;
+    assert.equal(answer.hd.event, "llm.response");
+    assert.equal(answer.bd.finish_reason, "stop");
+    assert.notEqual(answer.hd.rid, stream.rid);
+    while (!(await iterator.next()).done);
   } finally {
     room.close();
     await slow.stop();
