@@ -11,7 +11,11 @@
 // - The bot's answers: shown as they stream (a page opened mid-answer shows the text so far at once,
 //   from the llm.snapshot that follows session.ready); Stop while one streams; Regenerate under each
 //   stored answer (llm.regenerate with its rid): the new answer is a new message, labelled with the
-//   answer it regenerates (data-regenerates).
+//   answer it regenerates (data-regenerates). Stop is shown only where the server's LLM_CANCEL lets
+//   this member stop the answer (session.ready's bd.llm: any human, or only the one who asked).
+// - Turns (LLM_TURNS=queue): a question that waits its turn gets "queued (2nd)" under it (from
+//   llm.queued and session.ready's generations), with a Cancel button where allowed; the label moves
+//   up as questions ahead start or leave the queue.
 // - Resuming and sending exactly once are the client's: after a drop it reconnects with the last
 //   stored id and the epoch, and sends again (with the same cid) what was not confirmed.
 import { AnswerText, Room } from "/client/chat-relay.js";
@@ -37,6 +41,8 @@ const state = {
   self: null,          // this connection's conn id
   members: new Map(),  // conn -> role, who is in the room
   answers: new Map(),  // rid -> AnswerText, the bot's answers as they stream in
+  bot: { turns: "queue", cancel: "any" },  // the server's policies (session.ready's bd.llm)
+  queue: [],           // [{rid, replyTo}]: the questions waiting their turn, in order
 };
 
 // ---- joining ----
@@ -107,6 +113,7 @@ const handlers = {
   "llm.invoke": onStored,
   "llm.streaming": onDelta,
   "llm.snapshot": onDelta,
+  "llm.queued": onQueued,
   "llm.response": onAnswer,
   "llm.error": onBotError,
   "error": onRefusal,
@@ -126,6 +133,12 @@ function onReady(frame) {
   showWhere();
   state.members = new Map(frame.bd.members.map((member) => [member.conn, member.role]));
   showPresence();
+  if (frame.bd.llm) state.bot = frame.bd.llm;
+  state.queue = frame.bd.generations
+    .filter((generation) => generation.state === "queued")
+    .sort((a, b) => a.position - b.position)
+    .map((generation) => ({ rid: generation.rid, replyTo: generation.reply_to }));
+  showQueue();
   if (!frame.bd.recovered) {
     addNotice("Some earlier messages could not be recovered: the room's history was trimmed or reset.");
   }
@@ -138,6 +151,7 @@ function onStored(frame) {
     : frame.bd.text;
   const item = addMessage(frame.hd.role, text, frame.hd.ts);
   item.dataset.id = frame.hd.id;
+  if (state.queue.some((question) => question.replyTo === frame.hd.id)) showQueue();  // (replayed after session.ready)
 }
 
 function answerOf(rid) {
@@ -149,14 +163,30 @@ function answerOf(rid) {
   return answer;
 }
 
+function onQueued(frame) {
+  if (!state.queue.some((question) => question.rid === frame.hd.rid)) {
+    state.queue.push({ rid: frame.hd.rid, replyTo: frame.hd.reply_to });
+  }
+  showQueue();
+}
+
+function leaveQueue(rid) {  // it started, or it was taken off the queue: the ones behind move up
+  const before = state.queue.length;
+  state.queue = state.queue.filter((question) => question.rid !== rid);
+  if (state.queue.length !== before) showQueue();
+  return state.queue.length !== before;
+}
+
 function onDelta(frame) {
-  const item = botItem(frame.hd.rid, frame.hd.regenerates);
+  leaveQueue(frame.hd.rid);
+  const item = botItem(frame.hd, frame.hd.regenerates);
   const answer = answerOf(frame.hd.rid);
   if (answer.apply(frame)) textOf(item).textContent = answer.text;  // restarts, snapshots, deltas by seq
 }
 
 function onAnswer(frame) {
-  const item = botItem(frame.hd.rid, frame.hd.regenerates);
+  leaveQueue(frame.hd.rid);
+  const item = botItem(frame.hd, frame.hd.regenerates);
   answerOf(frame.hd.rid).apply(frame);
   item.dataset.id = frame.hd.id;
   item.dataset.final = "true";  // the stored answer: its text will not change any more
@@ -175,7 +205,12 @@ function onAnswer(frame) {
 }
 
 function onBotError(frame) {
-  const item = botItem(frame.hd.rid, frame.hd.regenerates);
+  if (leaveQueue(frame.hd.rid) && !frame.hd.id) {  // taken off the queue before it started (not stored)
+    const by = frame.bd.cancelled_by ? ` by ${frame.bd.cancelled_by}` : "";
+    addNotice(`A question waiting for the bot was taken off the queue${by}.`);
+    return;
+  }
+  const item = botItem(frame.hd, frame.hd.regenerates);
   answerOf(frame.hd.rid).apply(frame);
   item.dataset.state = "error";
   item.querySelector("button.stop")?.remove();
@@ -233,7 +268,46 @@ function addNotice(text) {
   ui.messages.append(item);
 }
 
-function botItem(rid, regenerates) {
+function mayStop(replyTo) {  // LLM_CANCEL: any human in the room, or only the one who asked
+  if (state.bot.cancel !== "asker") return true;
+  const question = findItem("id", replyTo);
+  return !question || question.dataset.role === (state.role || "user");
+}
+
+function ordinal(n) {
+  const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] || "th";
+  return `${n}${suffix}`;
+}
+
+function showQueue() {
+  for (const label of ui.messages.querySelectorAll(".queued")) label.remove();
+  for (const item of ui.messages.querySelectorAll("li.waiting")) item.remove();
+  state.queue.forEach(({ rid, replyTo }, index) => {
+    let question = findItem("id", replyTo);
+    if (!question) {  // asked before this page joined (its history is not shown): a line of its own
+      question = document.createElement("li");
+      question.className = "notice waiting";
+      question.textContent = "A question asked before you came waits for the bot.";
+      ui.messages.append(question);
+    }
+    const label = document.createElement("p");
+    label.className = "queued";
+    label.dataset.testid = "queued";
+    label.dataset.rid = rid;
+    label.textContent = `queued (${ordinal(index + 1)})`;
+    if (mayStop(replyTo)) {
+      const cancel = document.createElement("button");
+      cancel.textContent = "Cancel";
+      cancel.title = "Take this question off the queue: the bot will not answer it";
+      cancel.addEventListener("click", () => state.room.cancel(rid).catch(refused));
+      label.append(" ", cancel);
+    }
+    question.append(label);
+  });
+}
+
+function botItem(hd, regenerates) {
+  const rid = hd.rid;
   let item = findItem("rid", rid);
   if (!item) {
     item = addMessage("llm", "");
@@ -248,11 +322,13 @@ function botItem(rid, regenerates) {
     }
     item.dataset.final = "false";  // until its llm.response arrives
     item.dataset.state = "streaming";
-    const stop = document.createElement("button");
-    stop.className = "stop";
-    stop.textContent = "Stop";
-    stop.addEventListener("click", () => state.room.cancel(rid).catch(refused));
-    item.append(stop);
+    if (mayStop(hd.reply_to)) {
+      const stop = document.createElement("button");
+      stop.className = "stop";
+      stop.textContent = "Stop";
+      stop.addEventListener("click", () => state.room.cancel(rid).catch(refused));
+      item.append(stop);
+    }
   }
   return item;
 }

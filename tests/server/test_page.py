@@ -274,3 +274,59 @@ async def test_a_page_opened_mid_answer_shows_the_answer_so_far_at_once(
         response = await until(a, lambda frame: frame["hd"]["event"] == "llm.response")
         await expect(bot).to_have_attribute("data-final", "true")
         assert await bot.locator(".text").text_content() == response["bd"]["text"]
+
+
+async def test_a_question_waiting_its_turn_shows_queued_under_it_and_its_answer_comes_next(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="100")  # a #long answer takes ~10 s
+    page_a = await new_page(f"{node.http}/?sid={room}&role=A")
+    page_b = await new_page(f"{node.http}/?sid={room}&role=B")
+    await connected(page_a)
+    await connected(page_b)
+    await say(page_a, "@llm #long story please")
+    await expect(page_b.locator(BOT).locator(".text")).to_have_text(re.compile(r"\S"))  # it has begun
+    await say(page_b, "@llm and then mine")
+    for page in (page_a, page_b):
+        question = page.locator(f'{MESSAGES} li[data-role="B"]')
+        await expect(question.get_by_test_id("queued")).to_have_text(re.compile(r"^queued \(1st\)"))
+    opened_late = await new_page(f"{node.http}/?sid={room}")  # from session.ready's generations
+    await connected(opened_late)
+    await expect(opened_late.get_by_test_id("queued")).to_have_text(re.compile(r"^queued \(1st\)"))
+    await page_a.locator(BOT).first.get_by_role("button", name="Stop").click()
+    for page in (page_a, page_b, opened_late):
+        await expect(page.locator(BOT)).to_have_count(2)
+        await expect(page.locator(BOT).nth(1)).to_have_attribute("data-final", "true")
+        await expect(page.locator(BOT).nth(1).locator(".text")).to_have_text(re.compile(r"^You said: .*and then mine"))
+        await expect(page.get_by_test_id("queued")).to_have_count(0)
+
+
+async def test_cancelling_a_waiting_question_from_the_page_takes_it_off_the_queue(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="100")
+    page = await new_page(f"{node.http}/?sid={room}&role=A")
+    await connected(page)
+    await say(page, "@llm #long story please")
+    await expect(page.locator(BOT).locator(".text")).to_have_text(re.compile(r"\S"))
+    await say(page, "@llm never mind")
+    label = page.get_by_test_id("queued")
+    await expect(label).to_have_text(re.compile(r"^queued \(1st\)"))
+    await label.get_by_role("button", name="Cancel").click()
+    await expect(label).to_have_count(0)
+    await expect(page.locator(f"{MESSAGES} li.notice")).to_have_text(re.compile("taken off the queue by A"))
+    await page.locator(BOT).first.get_by_role("button", name="Stop").click()
+    await expect(page.locator(BOT).first).to_have_attribute("data-final", "true")
+    await expect(page.locator(BOT)).to_have_count(1)  # the cancelled question is never answered
+
+
+async def test_with_llm_cancel_asker_only_the_asker_s_page_offers_stop(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, new_page: NewPage) -> None:
+    node = start_server(REDIS_URL=redis_url, LLM_SCRIPTED_DELAY_MS="100", LLM_CANCEL="asker")
+    page_a = await new_page(f"{node.http}/?sid={room}&role=A")
+    page_b = await new_page(f"{node.http}/?sid={room}&role=B")
+    await connected(page_a)
+    await connected(page_b)
+    await say(page_a, "@llm #long story please")
+    await expect(page_b.locator(BOT).locator(".text")).to_have_text(re.compile(r"\S"))
+    await expect(page_b.locator(BOT).get_by_role("button", name="Stop")).to_have_count(0)
+    await page_a.locator(BOT).get_by_role("button", name="Stop").click()
+    await expect(page_b.locator(BOT)).to_have_attribute("data-state", "cancelled")
