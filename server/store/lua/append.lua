@@ -48,18 +48,24 @@ local function step(a)
   local stream, epoch_key, followers = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local kept = redis.call('GET', epoch_key)
   local epoch, before = false, false
+  -- held: nil while the stream is only believed to exist (its epoch key holds its newest id, and a
+  -- stream and its epoch key expire together: the first XADD, NOMKSTREAM, finds out for sure)
+  local held = true
   if kept then
     epoch, before = string.match(kept, '^(%S+) (%S+)$')
-    if before and redis.call('EXISTS', stream) == 0 then before = false end
+    if before then held = nil end
   end
   if not before then
-    local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', '1')
     before = (type(last) == 'table' and last[1] and last[1][1]) or '0-0'
     epoch = before ~= '0-0' and kept and string.match(kept, '^%S+')
   end
   local created = not epoch
   if created then epoch = fresh end
-  local out, newest = {before}, false
+  local function lost()  -- the stream is gone (its epoch key left behind): a new epoch, as for a new stream
+    held, before, epoch, created = true, '0-0', fresh, true
+  end
+  local out, newest = {false}, false
   for j = a + 5, a + 4 + 6 * count, 6 do
     local d, f = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 4])
     local dedupe = d > 0 and KEYS[d]
@@ -69,6 +75,10 @@ local function step(a)
     if prior then
       local prior_epoch, prior_id = string.match(prior, '^(%S+) (%S+)$')
       if not prior_epoch then prior_id = prior end
+      if prior_epoch == epoch and not held then
+        held = redis.call('EXISTS', stream) == 1
+        if not held then lost() end
+      end
       if not prior_epoch or prior_epoch == epoch then
         local original = redis.call('XRANGE', stream, prior_id, prior_id)
         if prior_epoch or original[1] then
@@ -87,10 +97,21 @@ local function step(a)
       id = redis.error_reply('FENCED the generation no longer holds its room')
     end
     if not id then
-      if maxlen > 0 then
-        id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
-      else
-        id = redis.pcall('XADD', stream, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+      if not held then
+        if maxlen > 0 then
+          id = redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', 'participant', ARGV[j],
+                           'body', ARGV[j + 1])
+        else
+          id = redis.pcall('XADD', stream, 'NOMKSTREAM', '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+        end
+        if id then held = true else lost() end
+      end
+      if not id then
+        if maxlen > 0 then
+          id = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+        else
+          id = redis.pcall('XADD', stream, '*', 'participant', ARGV[j], 'body', ARGV[j + 1])
+        end
       end
       if type(id) == 'string' then
         newest = id
@@ -106,21 +127,22 @@ local function step(a)
   if newest then
     -- (renewed at most once in a while by the caller: two EXPIREs per call were 1-3 us of Redis CPU)
     if ttl > 0 and (created or renew) then
-      redis.call('EXPIRE', stream, ttl)
-      redis.call('SET', epoch_key, epoch .. ' ' .. newest, 'EX', ttl)
+      redis.call('EXPIRE', stream, ARGV[2])
+      redis.call('SET', epoch_key, epoch .. ' ' .. newest, 'EX', ARGV[2])
     elseif ttl > 0 then
       redis.call('SET', epoch_key, epoch .. ' ' .. newest, 'KEEPTTL')
     else
       redis.call('SET', epoch_key, epoch .. ' ' .. newest)
     end
     if not waits then
-      for _, node in ipairs(redis.call('ZRANGE', followers, 0, -1)) do
+      for _, node in ipairs(redis.call('ZRANGE', followers, '0', '-1')) do
         if node == self then
         elseif suffix == '' then redis.call('PUBLISH', prefix .. node, room .. ' ' .. newest)
         else redis.call('SPUBLISH', prefix .. node .. suffix, room .. ' ' .. newest) end
       end
     end
   end
+  out[1] = before
   return out
 end
 
