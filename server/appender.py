@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from server.metrics import ACCEPT_TO_DELIVERY_SECONDS, XADD_SECONDS
 from server.store.ports import (
@@ -47,7 +48,17 @@ MAX_BATCH = 1024
 
 
 class Appender:
-    def __init__(self, room_log: RoomLog, retention: Retention, node_id: str, appended: Appended) -> None:
+    """With ``gather_s`` (``APPEND_GATHER_MS``), a batch is sent no sooner than ``gather_s`` after the
+    previous one was: what is submitted meanwhile goes with it (a full batch, :data:`MAX_BATCH`, goes at
+    once). Each batch costs Redis a round trip (a wake-up, a read, a write: measured 20-30 us of Redis
+    CPU here, more than a script call's work) however few entries it carries: at a moderate load the
+    batches carried one or two entries each; gathered, several (docs/benchmarks.md, issue 14). It adds
+    at most ``gather_s`` to an append's latency; under saturation, when a batch takes longer than
+    ``gather_s`` to come back, nothing."""
+
+    def __init__(self, room_log: RoomLog, retention: Retention, node_id: str, appended: Appended,
+                 gather_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._log = room_log
         self._retention = retention
         self._node_id = node_id
@@ -55,6 +66,10 @@ class Appender:
         self._pending: list[tuple[NewEntry, Done | None]] = []
         self._wake = asyncio.Event()
         self._oldest_at = 0.0  # when the oldest pending append was submitted
+        self._gather_s = gather_s
+        self._clock = clock
+        self._sleep = sleep
+        self._sent_at = -math.inf  # when the last batch was sent (``clock``)
 
     def submit(self, entry: NewEntry, done: Done | None = None) -> None:
         """Queue one append; ``done`` is called when its outcome is known."""
@@ -89,6 +104,11 @@ class Appender:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
+                    if self._gather_s > 0 and len(self._pending) < MAX_BATCH:
+                        wait = self._sent_at + self._gather_s - self._clock()
+                        if wait > 0:
+                            await self._sleep(wait)
+                    self._sent_at = self._clock()
                     batch, accepted_at = self._pending[:MAX_BATCH], self._oldest_at
                     del self._pending[:MAX_BATCH]
                     self._oldest_at = time.perf_counter()  # (for what is left, if anything)

@@ -41,7 +41,8 @@ class Settings:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     stream_maxlen: int = 10000  # approximate length each room's stream is trimmed to (0 = unbounded)
     history_page_max_bytes: int = 1 << 20  # a history page stops before passing it (holding one entry at least)
-    room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by every write (0 = never)
+    room_ttl_seconds: int = 7 * 24 * 3600  # expiry renewed by the writes (0 = never; README: its slack)
+    append_gather_ms: int = 0  # a batch of appends goes to Redis no sooner than this after the last one
     send_queue_max: int = 1024  # frames waiting for one slow member before it is disconnected
     dedupe_window_s: int = 300  # how long a (room, role, cid) is remembered for exactly-once sends (0 = off)
     node_ttl_s: int = 30  # a process that stops beating for this long is dead: its members leave rosters
@@ -194,6 +195,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_text_chars": _int(1, 1024 * 1024),
     "stream_maxlen": _int(0, 2**31),
     "history_page_max_bytes": _int(1, 1 << 30),
+    "append_gather_ms": _int(0, 1000),
     "room_ttl_seconds": _int(0, 10 * 365 * 24 * 3600),
     "send_queue_max": _int(1, 1_000_000),
     "dedupe_window_s": _int(0, 7 * 24 * 3600),

@@ -80,7 +80,7 @@ class Parts:
         self.node_id = node_id
         self.supervisor = supervisor
         retention = Retention(settings.stream_maxlen, settings.room_ttl_seconds, settings.dedupe_window_s)
-        self.appender = Appender(store.log, retention, node_id, appended)
+        self.appender = Appender(store.log, retention, node_id, appended, settings.append_gather_ms / 1000)
         self.ephemeral = Ephemeral(store.bus, node_id, feed)
         self.requests = store.requests(settings.llm.queue)
         self.guard = CostGuard(store.usage, settings.llm.budgets)

@@ -1,7 +1,8 @@
 """Every Redis key and channel name the relay uses, and nothing else: the one place they are written.
 
-Lua scripts never build a key: every key a script touches is passed in ``KEYS``, and each script
-call touches the keys of one room only (``tests/unit/server/store/test_lua_keys.py`` checks the
+Lua scripts never build a key: every key a script touches is passed in ``KEYS``, and on a Redis
+Cluster each script call touches the keys of one room only (on a single Redis an append call may
+carry several rooms, see ``lua/append.lua``; ``tests/unit/server/store/test_lua_keys.py`` checks the
 scripts). Every key of a room lies in the room's hash slot, so one room lives on one shard of a Redis
 Cluster and each script call touches one slot: the stream keeps its plain name, and every other key
 of the room carries the hash tag ``{chat:session:<room>}`` (written ``<tag>`` below), the stream's
@@ -9,7 +10,8 @@ name, which hashes to the same slot. A room's keys:
 
 - ``chat:session:<room>``: the room's stream (documented; the replay script and ``redis-cli XRANGE``
   read it).
-- ``chat:epoch:<tag>``: the stream's epoch, set when an append finds the stream empty or absent.
+- ``chat:epoch:<tag>``: ``<epoch> <newest id>``: the stream's epoch, set when an append finds the stream
+  empty or absent, and the newest id appended (a bare ``<epoch>``, written before, is read too).
 - ``chat:presence:<tag>``: the roster, a hash ``<node>/<connection>`` -> role.
 - ``chat:followers:<tag>``: the nodes that follow the room, a sorted set node -> the time (ms, Redis's
   clock) until which the node is alive; a node renews it with each heartbeat.

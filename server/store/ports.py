@@ -33,7 +33,9 @@ Guarantees the core relies on:
   (:meth:`NodeBus.follow`), on the node's :meth:`NodeBus.subscription`. Frames that are not stored
   (:meth:`NodeBus.publish`) travel on the same channel, ordered with the announcements.
 - Ranges cost O(log N + count). Every append trims the stream approximately to ``maxlen`` and renews
-  its expiry; each stream has an epoch, a random id set when an append finds it empty or absent.
+  its expiry: a stream expires no sooner than ``ttl_s`` after its last append, and (from 1,000 s up,
+  where an adapter may renew it only once in a while) no later than ``ttl_s`` + ``ttl_s`` / 1000, at
+  most 60 s more; each stream has an epoch, a random id set when an append finds it empty or absent.
 - A node is alive in a room until the deadline its last :meth:`NodeBus.follow` set (heartbeats renew
   it, and remove the followers whose deadline passed); roster entries of nodes that are not alive are
   dropped by :meth:`Roster.enter` and :meth:`Roster.sweep`.
@@ -147,7 +149,7 @@ class NewEntry:
 @dataclass(frozen=True, slots=True)
 class Retention:
     maxlen: int = 0  # approximate length each stream is trimmed to (0 = no trimming)
-    ttl_s: int = 0  # expiry renewed by every append (0 = never)
+    ttl_s: int = 0  # expiry renewed by the appends (0 = never; see the module's docstring)
     dedupe_s: int = 0  # how long an entry's cid is remembered (0 = not at all)
 
 

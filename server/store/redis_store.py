@@ -1,8 +1,10 @@
 """The store's ports on Redis: :class:`RedisStore` and one adapter class per port.
 
 The ports' contracts are in :mod:`server.store.ports`, the key names in :mod:`server.store.keys`, the
-Lua scripts in ``lua/`` (each touches the keys of one room, all passed in ``KEYS``). A batch that
-spans several rooms is one script call per room, all written in one go (one round trip).
+Lua scripts in ``lua/`` (each touches the keys of one room, all passed in ``KEYS``). An append batch
+that spans several rooms is one script call for all of them on a single Redis (the call's fixed cost
+paid once, measured in docs/benchmarks.md, issue 14), one per room on a Redis Cluster (each call
+touches one slot), all written in one go (one round trip).
 
 On a ``redis://`` URL, what runs per message or per generation (the append and ephemeral scripts,
 the feed's catch-up reads, the bot's prompt reads; the generation scripts and acks) goes through
@@ -29,6 +31,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -130,6 +133,8 @@ ASKER_TTL_S = ENDED_TTL_S  # who asked a generation is kept as long as any quest
 REQUESTS_MAXLEN = 100_000
 TOKENS_TTL_S = 2 * 24 * 3600  # a day's token counters are kept through the next day
 _POOL_CONNECTIONS = 64
+#: The most a room's expiry may be renewed late, beyond ``ROOM_TTL_SECONDS`` (see :class:`Renewals`).
+RENEW_SLACK_MAX_S = 60
 _POOL_WAIT_S = 10.0
 _LUA = resources.files("server.store").joinpath("lua")
 #: Error replies of a Redis that runs no write right now (the command was not run): by their first word,
@@ -346,6 +351,47 @@ class Script:
             await self._client.nodes_manager.initialize()
 
 
+class Renewals:
+    """Which rooms' expiry an append renews. Renewing it on every append cost two EXPIREs per script call
+    (1-3 us of Redis CPU per message at L20, measured: docs/benchmarks.md, issue 14); instead a room is
+    renewed by its first append of each period of ``slack_s(ttl_s)`` seconds, to ``ttl_s + slack`` (a
+    stream this node's append creates always gets its expiry: append.lua). A room renewed at ``t0`` is
+    not renewed again before its period ends, at most ``slack`` later, so any write ``t`` in between has
+    ``t0 + ttl + slack >= t + ttl``: a room expires between ``ttl_s`` and ``ttl_s + slack`` after its
+    last write, never earlier. ``slack`` is ``ttl_s / 1000``, at most :data:`RENEW_SLACK_MAX_S`: 0 below
+    1,000 s (renewed by every append, as before); 60 s for the default week. Several nodes each keep
+    their own periods: each renews no less often."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._renewed: set[str] = set()  # the rooms renewed in the current period
+        self._since = clock()  # when the current period began
+
+    @staticmethod
+    def slack_s(ttl_s: int) -> int:
+        return min(RENEW_SLACK_MAX_S, ttl_s // 1000)
+
+    def ttl_s(self, ttl_s: int) -> int:
+        """The expiry a renewal sets: ``ttl_s`` and the slack (0: none)."""
+        return ttl_s + self.slack_s(ttl_s) if ttl_s > 0 else 0
+
+    def due(self, rooms: Iterable[str], ttl_s: int) -> tuple[set[str], float]:
+        """The rooms of ``rooms`` to renew now, and the period they are renewed in (for :meth:`renewed`)."""
+        slack = self.slack_s(ttl_s)
+        if slack == 0:
+            return set(rooms), self._since
+        now = self._clock()
+        if now - self._since >= slack:
+            self._renewed.clear()
+            self._since = now
+        return {room for room in rooms if room not in self._renewed}, self._since
+
+    def renewed(self, rooms: Iterable[str], since: float) -> None:
+        """``rooms`` were renewed by an append that :meth:`due` named them to in period ``since``."""
+        if since == self._since:
+            self._renewed.update(rooms)
+
+
 class RedisRoomLog:
     """A room log; with ``bulk``, its reads go on the bulk connection (:attr:`Connections.bulk`).
 
@@ -362,6 +408,7 @@ class RedisRoomLog:
         self._lean = connections.bulk if bulk else connections.lean
         self._replicas = connections.replicas
         self._append = connections.script("append.lua", lean=connections.appends)
+        self._renewals = Renewals()
         self._announce = connections.script("announce.lua", lean=connections.appends)
 
     @translated
@@ -371,24 +418,34 @@ class RedisRoomLog:
             rooms.setdefault(entry.room, []).append(index)
         epoch = secrets.token_hex(8)
         waits = self._replicas.count > 0
-        calls = [self._call(room, [entries[i] for i in indexes], retention, node, epoch, waits)
-                 for room, indexes in rooms.items()]
+        renewals, since = self._renewals.due(rooms, retention.ttl_s)
+        groups = [[room] for room in rooms] if self._connections.sharded else [list(rooms)]
+        calls = [self._call([(room, [entries[i] for i in rooms[room]], room in renewals) for room in group],
+                            retention, node, epoch, waits) for group in groups]
         if waits:
-            replies = await self._replicated(rooms, await self._append.many_then_wait(calls, self._replicas), node)
+            replies = await self._replicated(
+                rooms, [(room_reply, acked) for group, (reply, acked)
+                        in zip(groups, await self._append.many_then_wait(calls, self._replicas), strict=True)
+                        for room_reply in _per_room(reply, group)], node)
         else:
-            replies = await self._append.many(calls)
+            replies = [room_reply for group, reply in zip(groups, await self._append.many(calls), strict=True)
+                       for room_reply in _per_room(reply, group)]
         before: dict[str, bytes] = {}
         ids: list[bytes | Duplicate | Exception] = [b""] * len(entries)
         for (room, indexes), reply in zip(rooms.items(), replies, strict=True):
             if isinstance(reply, Exception):
+                renewals.discard(room)
                 for i in indexes:
                     ids[i] = _failure(reply)
                 continue
             if reply[0] != b"":  # (not replicated: its ``before`` is not known to be)
                 before[room] = reply[0]
+            if not any(isinstance(outcome, bytes) for outcome in reply[1:]):
+                renewals.discard(room)  # (nothing appended: the script renewed nothing)
             for i, outcome in zip(indexes, reply[1:], strict=True):
                 ids[i] = (Duplicate(outcome[0], outcome[1]) if isinstance(outcome, list)
                           else _failure(outcome) if isinstance(outcome, Exception) else outcome)
+        self._renewals.renewed(renewals, since)
         return BatchResult(before=before, ids=ids)
 
     async def _replicated(self, rooms: Mapping[str, list[int]], replies: list[tuple[Any, Any]],
@@ -422,22 +479,27 @@ class RedisRoomLog:
                 _announcements.warning("announcing replicated appends failed", exc)
         return out
 
-    def _call(self, room: str, entries: list[NewEntry], retention: Retention, node: str,
+    def _call(self, rooms: list[tuple[str, list[NewEntry], bool]], retention: Retention, node: str,
               epoch: str, waits: bool) -> tuple[list[Any], list[Any]]:
-        keys: list[Any] = [stream_key(room), epoch_key(room), followers_key(room)]
-        sender, prefix, suffix, _ = self._connections.fanout(node, room)
-        args: list[Any] = [retention.maxlen, retention.ttl_s, sender, epoch, prefix, suffix, room, int(waits)]
-        for entry in entries:
-            window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
-            dedupe = 0
-            if entry.cid is not None and window > 0:
-                keys.append(dedupe_key(room, entry.participant, entry.cid))
-                dedupe = len(keys)
-            fence, held = 0, ""
-            if entry.fence is not None:
-                keys += (llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room))
-                fence, held = len(keys) - 2, fence_value(entry.fence)
-            args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
+        """One call of ``append.lua`` for ``rooms``: (room, its entries, whether to renew its expiry)."""
+        keys: list[Any] = []
+        args: list[Any] = [retention.maxlen, self._renewals.ttl_s(retention.ttl_s), node, epoch, NODE_CHANNEL_PREFIX,
+                           int(waits)]
+        for room, entries, renew in rooms:
+            _, _, suffix, _ = self._connections.fanout(node, room)
+            args += (room, suffix, int(renew), len(keys) + 1, len(entries))
+            keys += (stream_key(room), epoch_key(room), followers_key(room))
+            for entry in entries:
+                window = retention.dedupe_s if entry.dedupe_s is None else entry.dedupe_s
+                dedupe = 0
+                if entry.cid is not None and window > 0:
+                    keys.append(dedupe_key(room, entry.participant, entry.cid))
+                    dedupe = len(keys)
+                fence, held = 0, ""
+                if entry.fence is not None:
+                    keys += (llm_lock_key(room), llm_partial_key(room), llm_partial_text_key(room))
+                    fence, held = len(keys) - 2, fence_value(entry.fence)
+                args += (entry.participant, entry.body, dedupe, max(window, 1), fence, held)
         return keys, args
 
     @translated
@@ -701,6 +763,7 @@ class RedisLocks:
         if not marker:
             return None
         marker_epoch, _, entry_id = bytes(marker).rpartition(b" ")
+        epoch = bytes(epoch).split(b" ", 1)[0] if epoch else epoch  # ("<epoch> <newest id>": append.lua)
         if marker_epoch and marker_epoch != epoch:  # remembered from an earlier epoch of the stream
             return None
         return entry_id
@@ -933,6 +996,16 @@ async def _each(calls: Iterable[Awaitable[Any]]) -> list[Any]:
                 raise reply  # cancelled
             replies[n] = _failure(reply)
     return replies
+
+
+def _per_room(reply: Any, rooms: Sequence[str]) -> list[Any]:
+    """The replies of one call of append.lua for ``rooms``, one per room (its error for each, when it failed)."""
+    if isinstance(reply, Exception):
+        return [reply] * len(rooms)
+    if not isinstance(reply, list) or len(reply) != len(rooms):
+        return [StoreError(f"append.lua answered {len(reply) if isinstance(reply, list) else reply!r} replies"
+                           f" for {len(rooms)} rooms")] * len(rooms)
+    return reply
 
 
 def _failure(exc: Exception) -> Exception:

@@ -78,6 +78,44 @@ async def test_appends_trim_approximately_and_renew_the_expiry(backend: Backend)
     assert 0 < await backend.raw.ttl(stream_key(room)) <= 600
 
 
+async def test_a_long_expiry_is_renewed_with_its_slack_once_a_period(backend: Backend) -> None:
+    """ROOM_TTL_SECONDS of 1,000 s and more: renewed to ttl + ttl/1000 (at most 60 s) by the first append
+    of each period, so a room expires between ttl and ttl + slack after its last write."""
+    room, week = new_room(), Retention(ttl_s=604800)
+    await backend.store.log.append_batch(entries(room, "1"), week, "n")
+    assert 604800 < await backend.raw.ttl(stream_key(room)) <= 604860
+    assert 604800 < await backend.raw.ttl(epoch_key(room)) <= 604860
+    await backend.raw.expire(stream_key(room), 604000)
+    await backend.raw.expire(epoch_key(room), 604000)
+    await backend.store.log.append_batch(entries(room, "2"), week, "n")  # (renewed 0 s ago: not again)
+    assert await backend.raw.ttl(stream_key(room)) <= 604000
+    assert await backend.raw.ttl(epoch_key(room)) <= 604000
+
+
+async def test_the_newest_id_before_a_batch_is_kept_with_the_epoch(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+    [first] = (await store.log.append_batch(entries(room, "1"), KEEP_ALL, "n")).ids
+    epoch = (await store.roster.enter(room, "", "", 0)).epoch
+    assert isinstance(first, bytes) and epoch
+    assert await backend.raw.get(epoch_key(room)) == f"{epoch} ".encode() + first
+    await backend.raw.set(epoch_key(room), epoch)  # (as written before the newest id was kept there)
+    result = await store.log.append_batch(entries(room, "2"), KEEP_ALL, "n")
+    assert result.before == {room: first}
+    assert (await store.roster.enter(room, "", "", 0)).epoch == epoch
+    assert await backend.raw.get(epoch_key(room)) == f"{epoch} ".encode() + result.ids[0]  # type: ignore[operator]
+
+
+async def test_a_stream_lost_without_its_epoch_key_starts_a_new_epoch(backend: Backend) -> None:
+    store, room = backend.store, new_room()
+    await store.log.append_batch(entries(room, "1", "2"), KEEP_ALL, "n")
+    epoch = (await store.roster.enter(room, "", "", 0)).epoch
+    await backend.raw.delete(stream_key(room))  # (evicted, or deleted by hand: its epoch key left behind)
+    result = await store.log.append_batch(entries(room, "3", "4"), KEEP_ALL, "n")
+    assert result.before == {room: b"0-0"}
+    assert [entry_id for entry_id, _ in await store.log.range(room)] == result.ids
+    assert (await store.roster.enter(room, "", "", 0)).epoch not in (None, epoch)
+
+
 async def _listening(store: Store, node: str) -> Subscription:
     subscription = store.bus.subscription(node)
     await subscription.subscribe()

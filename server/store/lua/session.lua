@@ -1,9 +1,9 @@
 -- A connection enters a room: record it in the room's presence roster and read what its
 -- session.ready needs, atomically.
 --
--- KEYS: the room's stream, epoch, roster (a hash "<node>/<connection>" -> role) and followers (a
---       sorted set node -> alive-until, in ms), the bot's lock and partial text (hash, text: see jobs.lua)
---       and its waiting questions (see jobs.lua).
+-- KEYS: the room's stream, epoch ("<epoch> <newest id>", or a bare "<epoch>"), roster (a hash
+--       "<node>/<connection>" -> role) and followers (a sorted set node -> alive-until, in ms), the
+--       bot's lock and partial text (hash, text: see jobs.lua) and its waiting questions (see jobs.lua).
 -- ARGV: the connection's roster field ("" to only read), its role, the roster's ttl_s (0 = none),
 --       the most connections the room may hold (0 = no limit), and a resume cursor ("<ms>-<seq>", or ""
 --       for none).
@@ -21,6 +21,7 @@
 local stream, epoch_key, presence, followers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local field, role, ttl, most, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] or ''
 local epoch = redis.call('GET', epoch_key)
+if epoch then epoch = string.match(epoch, '^%S+') end  -- (it holds "<epoch> <newest id>": append.lua)
 local first, removed, newest, kept = false, false, false, false
 if redis.call('EXISTS', stream) == 1 then
   local info, added, length = redis.call('XINFO', 'STREAM', stream), false, false

@@ -36,16 +36,26 @@ async def _clean() -> AsyncIterator[None]:
         yield
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Rig:
     """An appender running on a fake store, recording what the feed is told and each outcome, in order."""
 
-    def __init__(self, retention: Retention = NO_RETENTION) -> None:
+    def __init__(self, retention: Retention = NO_RETENTION, gather_s: float = 0.0,
+                 clock: Clock | None = None, sleep: FakeSleep | None = None) -> None:
         self.store = FakeStore()
         self.log = self.store.log
         self.told: list[tuple[str, bytes, list[tuple[bytes, bytes]]]] = []  # the feed's appended() calls
         self.events: list[str] = []  # "feed <room>" and "done <n>", in the order they happened
         self.outcomes: dict[int, Outcome] = {}
-        self.appender = Appender(self.log, retention, "n1", self.appended)
+        self.appender = (Appender(self.log, retention, "n1", self.appended) if clock is None or sleep is None
+                         else Appender(self.log, retention, "n1", self.appended, gather_s, clock, sleep))
         self.task = asyncio.get_running_loop().create_task(self.appender.run())
 
     def appended(self, room: str, before: bytes, items: list[tuple[bytes, bytes]]) -> None:
@@ -100,6 +110,41 @@ async def test_appends_submitted_while_a_batch_is_in_flight_gather_for_the_next_
     rig.log.gate.set()
     await rig.settled(4)
     assert [bodies(batch) for batch in rig.log.batches] == [[b"m0"], [b"m1", b"m2", b"m3"]]
+
+
+async def test_with_a_gather_time_a_batch_waits_until_that_long_after_the_previous_one() -> None:
+    """APPEND_GATHER_MS: fewer, larger batches (a Redis round trip each) at the cost of that much latency."""
+    clock, sleep = Clock(), FakeSleep()
+    rig = Rig(gather_s=0.002, clock=clock, sleep=sleep)
+    rig.submit(0)
+    await rig.settled(1)  # the first batch goes at once: none was sent before
+    clock.now += 0.0005
+    rig.submit(1)
+    await until(lambda: sleep.sleeping() == [pytest.approx(0.0015)])  # the rest of the 2 ms since the first batch
+    rig.submit(2)
+    await passes()
+    assert len(rig.log.batches) == 1
+    clock.now += 0.0015
+    sleep.wake()
+    await rig.settled(3)
+    assert [bodies(batch) for batch in rig.log.batches] == [[b"m0"], [b"m1", b"m2"]]
+    clock.now += 0.003  # longer than the gather time since the last batch: the next goes at once
+    rig.submit(3)
+    await rig.settled(4)
+    assert sleep.calls == [pytest.approx(0.0015)]
+    await rig.stop()
+
+
+async def test_with_a_gather_time_a_full_batch_goes_at_once() -> None:
+    clock, sleep = Clock(), FakeSleep()
+    rig = Rig(gather_s=0.002, clock=clock, sleep=sleep)
+    rig.submit(0)
+    await rig.settled(1)
+    for n in range(1, MAX_BATCH + 1):
+        rig.submit(n)
+    await rig.settled(MAX_BATCH + 1)
+    assert sleep.calls == []
+    await rig.stop()
 
 
 async def test_a_batch_holds_at_most_max_batch_appends() -> None:

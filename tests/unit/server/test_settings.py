@@ -14,6 +14,11 @@ def test_defaults() -> None:
     assert settings.rate_limit == RateLimit(per_s=50, burst=200)
     assert settings.max_connections_per_ip == 0
     assert (settings.ping_interval_s, settings.ping_timeout_s) == (20, 20)
+    assert settings.append_gather_ms == 0
+
+
+def test_the_append_gather_time_is_whole_milliseconds_up_to_a_second() -> None:
+    assert Settings.from_env({"APPEND_GATHER_MS": "2"}).append_gather_ms == 2
 
 
 def test_allowed_origins_are_a_comma_separated_lower_case_set() -> None:
@@ -46,6 +51,9 @@ def test_a_rate_of_zero_turns_the_limit_off() -> None:
     ("PING_INTERVAL_S", "-0.5"),
     ("PING_TIMEOUT_S", "soon"),
     ("METRICS_TOKEN", "too-short"),
+    ("APPEND_GATHER_MS", "-1"),
+    ("APPEND_GATHER_MS", "1001"),
+    ("APPEND_GATHER_MS", "0.5"),
 ])
 def test_bad_values_are_refused_naming_the_variable(name: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=name):
