@@ -54,6 +54,18 @@ async def first_delta(client: Client) -> dict[str, Any]:
     return frame
 
 
+async def long_answer(asker: Client, cid: str) -> dict[str, Any]:
+    """Ask the long question; the first delta of its answer, once it came."""
+    await ask(asker, LONG, cid)
+    return await first_delta(asker)
+
+
+async def refusal(client: Client) -> tuple[str, str]:
+    """``(code, cid)`` of the client's next error frame."""
+    error = (await frames_until(client, lambda f: f[-1]["hd"]["event"] == "error"))[-1]
+    return error["bd"]["code"], error["bd"]["cid"]
+
+
 def streamed(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The frames but the ``llm.queued`` notices (which come while another answer streams)."""
     return [f for f in frames if f["hd"]["event"] != "llm.queued"]
@@ -107,17 +119,16 @@ async def test_at_most_llm_queue_per_room_questions_wait_and_one_more_is_busy(
         queueing: tuple[ServerProcess, ServerProcess], room: str, rdb: redis.Redis) -> None:
     one, two = queueing
     async with await Client.open(one.ws(room, role="A")) as a, await Client.open(two.ws(room, role="B")) as b:
-        await ask(a, LONG, "q0")
-        running = await first_delta(a)
+        running = await long_answer(a, "q0")
         positions = []
         for n in (1, 2):
             await ask(b, f"@llm question {n}", f"q{n}")
             positions.append((await frames_until(b, queued))[-1]["hd"]["position"])
         assert positions == [1, 2]
         await b.chat("@llm one too many", cid="q3")
-        refusal = await frames_until(b, lambda f: f[-1]["hd"]["event"] == "error")
-        assert (refusal[-1]["bd"]["code"], refusal[-1]["bd"]["cid"]) == ("busy", "q3")
-        assert any(f["hd"].get("cid") == "q3" and f["hd"]["event"] == "chat.message" for f in refusal)  # stored
+        refused = await frames_until(b, lambda f: f[-1]["hd"]["event"] == "error")
+        assert (refused[-1]["bd"]["code"], refused[-1]["bd"]["cid"]) == ("busy", "q3")
+        assert any(f["hd"].get("cid") == "q3" and f["hd"]["event"] == "chat.message" for f in refused)  # stored
         await b.send({"event": "llm.cancel", "cid": "stop"}, {"rid": running["hd"]["rid"]})
         frames = await frames_until(b, lambda f: len([x for x in f if x["hd"]["event"] in END]) == 3)
     one_generation_at_a_time(streamed(frames))
@@ -128,8 +139,7 @@ async def test_cancelling_a_waiting_question_takes_it_off_the_queue_for_every_me
         queueing: tuple[ServerProcess, ServerProcess], room: str, rdb: redis.Redis) -> None:
     one, two = queueing
     async with await Client.open(one.ws(room, role="A")) as a, await Client.open(two.ws(room, role="B")) as b:
-        await ask(a, LONG, "qa")
-        running = await first_delta(a)
+        running = await long_answer(a, "qa")
         dropped = await ask(b, "@llm never mind", "qb")
         notice = (await frames_until(b, queued))[-1]
         async with await Client.open(two.ws(room, role="B")) as late:  # enters while it waits
@@ -144,8 +154,7 @@ async def test_cancelling_a_waiting_question_takes_it_off_the_queue_for_every_me
         rest = await frames_until(a, ended(running["hd"]["rid"]))
         assert rest[-1]["bd"]["finish_reason"] == "stop"
         await b.send({"event": "llm.cancel", "cid": "again"}, {"rid": notice["hd"]["rid"]})
-        refusal = await frames_until(b, lambda f: f[-1]["hd"]["event"] == "error")
-        assert (refusal[-1]["bd"]["code"], refusal[-1]["bd"]["cid"]) == ("unknown_generation", "again")
+        assert await refusal(b) == ("unknown_generation", "again")
         await ask(a, "@llm still there?", "after")  # the room is free: answered at once, not after the dropped one
         after = await frames_until(a, lambda f: f[-1]["hd"]["event"] in END)
         assert after[-1]["hd"]["event"] == "llm.response" and after[-1]["hd"]["rid"] != notice["hd"]["rid"]
@@ -156,16 +165,13 @@ async def test_only_the_asker_may_take_its_waiting_question_off_the_queue_with_l
         start_server: Callable[..., ServerProcess], redis_url: str, room: str) -> None:
     node = start_server(REDIS_URL=redis_url, LLM_CANCEL="asker", LLM_QUEUE=f"t{RUN}-asker-{secrets.token_hex(3)}")
     async with await Client.open(node.ws(room, role="A")) as a, await Client.open(node.ws(room, role="B")) as b:
-        await ask(a, LONG, "qa")
-        running = await first_delta(a)
+        running = await long_answer(a, "qa")
         await ask(b, "@llm mine", "qb")
         notice = (await frames_until(b, queued))[-1]
         await a.send({"event": "llm.cancel", "cid": "not-yours"}, {"rid": notice["hd"]["rid"]})
-        refusal = await frames_until(a, lambda f: f[-1]["hd"]["event"] == "error")
-        assert (refusal[-1]["bd"]["code"], refusal[-1]["bd"]["cid"]) == ("forbidden", "not-yours")
+        assert await refusal(a) == ("forbidden", "not-yours")
         await b.send({"event": "llm.cancel", "cid": "stop-running"}, {"rid": running["hd"]["rid"]})
-        refusal = await frames_until(b, lambda f: f[-1]["hd"]["event"] == "error")
-        assert (refusal[-1]["bd"]["code"], refusal[-1]["bd"]["cid"]) == ("forbidden", "stop-running")
+        assert await refusal(b) == ("forbidden", "stop-running")
         await a.send({"event": "llm.cancel"}, {"rid": running["hd"]["rid"]})  # the asker may
         frames = await frames_until(a, ended(notice["hd"]["rid"]))
     ends = [f for f in frames if f["hd"]["event"] in END]
@@ -177,8 +183,7 @@ async def test_interrupt_cancels_the_running_answer_for_the_new_question(
         start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
     node = start_server(REDIS_URL=redis_url, LLM_TURNS="interrupt", LLM_QUEUE=f"t{RUN}-int-{secrets.token_hex(3)}")
     async with await Client.open(node.ws(room, role="A")) as a, await Client.open(node.ws(room, role="B")) as b:
-        await ask(a, LONG, "qa")
-        running = await first_delta(a)
+        running = await long_answer(a, "qa")
         newer = await ask(b, "@llm stop, answer me", "qb")
         frames = await frames_until(a, lambda f: f[-1]["hd"]["event"] in END
                                     and f[-1]["hd"]["reply_to"] == newer["hd"]["id"])
