@@ -78,6 +78,8 @@ class Dispatcher:
                 member.push(error_for(outcome, cid))
             elif isinstance(outcome, Duplicate):  # a resend of a stored message: its broadcast, to the sender
                 member.push(frame_with_id(outcome.body, outcome.id.decode()))
+                if llm is not None:  # asked, unless its first sending took its turn (its reply may be lost)
+                    self._spawn(member, llm.answer(member, outcome.id, role, cid, resent=True), cid)
             elif llm is not None:
                 self._spawn(member, llm.answer(member, outcome, role, cid), cid)
             drained = self._drained.get(member)

@@ -45,6 +45,7 @@ mentions the bot when the room's lock could not be taken.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import secrets
@@ -110,15 +111,20 @@ class LLMFront:
             return True
         return self._trigger == "mention" and _MENTION.search(envelope.bd.get("text", "")) is not None
 
-    async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None) -> None:
-        """Ask the bot to answer the stored message ``entry_id``: it takes its turn (see the module)."""
-        await self._ask(member, Request(room=member.room, rid=new_rid(), reply_to=entry_id.decode(), asker=asker), cid)
+    async def answer(self, member: Member, entry_id: bytes, asker: str, cid: str | None,
+                     resent: bool = False) -> None:
+        """Ask the bot to answer the stored message ``entry_id``: it takes its turn (see the module).
+        ``resent``: a resend of a stored question (a :class:`Duplicate`), asked only if its first sending
+        never took its turn (its reply was lost before it could: the sender was told it failed)."""
+        request = Request(room=member.room, rid=rid_for(member.room, entry_id), reply_to=entry_id.decode(),
+                          asker=asker)
+        await self._ask(member, request, cid, once=resent)
 
-    async def _ask(self, member: Member, request: Request, cid: str | None) -> None:
+    async def _ask(self, member: Member, request: Request, cid: str | None, once: bool = False) -> None:
         """``request``'s question is stored: it takes its turn (again in the background while the store
         fails); a refusal goes to the asker."""
         try:
-            turn = await self._turn(request, give_up=False)
+            turn = await self._turn(request, give_up=False, once=once)
         except Exception as exc:  # the question is stored: its answer is asked for again once Redis is back
             log.warning("room %s: the bot could not take a turn for %s (%s); trying again", request.room,
                         request.rid, exc)
@@ -130,7 +136,7 @@ class LLMFront:
             member.push(error_for(refused))
 
     async def invoke(self, member: Member, envelope: ClientEnvelope, body: bytes) -> None:
-        rid = new_rid()
+        rid = new_rid()  # (LLM_TURNS=refuse: the lock is taken before the question has an id)
         fence = None
         if self._turns == "refuse":  # the lock first: a question a busy room refuses is not stored
             fence = await self._lock(member.room, rid, envelope.role)
@@ -142,11 +148,15 @@ class LLMFront:
             if fence is not None:
                 self._release(member.room, rid, fence)
             raise
-        if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and answered)
+        if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and asked, or not: see answer)
             if fence is not None:
                 self._release(member.room, rid, fence)
             member.push(frame_with_id(stored.body, stored.id.decode()))
+            if fence is None:
+                await self.answer(member, stored.id, envelope.role, envelope.cid, resent=True)
             return
+        if fence is None:
+            rid = rid_for(member.room, stored)
         request = Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role)
         if fence is not None:
             await self._taken(member, request, Turn(fence), envelope.cid)
@@ -163,15 +173,13 @@ class LLMFront:
         request = Request(room=member.room, rid=new_rid(), reply_to=reply_to, asker=envelope.role, regenerates=old)
         await self._taken(member, request, await self._turn(request), envelope.cid)
 
-    async def _turn(self, request: Request, give_up: bool = True) -> Turn:
+    async def _turn(self, request: Request, give_up: bool = True, once: bool = False) -> Turn:
         """``request`` asks for the room under the turns policy. When the store fails, the lock or the
         place in the waiting list may have been taken all the same (a lost reply): given up in the
         background (``give_up``), or kept for the caller, who asks again (the same rid's turn is its own)."""
         try:
-            if self._turns == "refuse":
-                return Turn(await self._locks.lock(request.room, request.rid, self._lease_ms, request.asker))
             return await self._locks.take_turn(request, self._lease_ms, self._turns, self._most_waiting,
-                                               self._lease_ms)
+                                               self._lease_ms, once)
         except BaseException:
             if give_up:
                 self._release(request.room, request.rid, None)
@@ -180,6 +188,8 @@ class LLMFront:
     async def _taken(self, member: Member, request: Request, turn: Turn, cid: str | None) -> None:
         """What follows a turn: ``busy`` (raised); or the budgets checked, then the request queued (and, when
         it waits, every member told ``llm.queued`` first; an interrupt cancels the running answer)."""
+        if turn.asked:  # (once: its first sending took its turn already)
+            return
         for dropped in turn.dropped:
             self._later(self._tell_dropped(request.room, dropped, request.asker, INTERRUPTED))
         if turn.fence is None and not turn.position:
@@ -358,4 +368,11 @@ class LLMFront:
 
 def new_rid() -> str:
     return "g-" + secrets.token_hex(8)
+
+
+def rid_for(room: str, entry_id: bytes) -> str:
+    """The rid of the generation answering the stored question ``entry_id`` (a mention, an
+    ``llm.invoke``): the same for every sending of it, so that a resend can tell whether its first
+    sending took its turn."""
+    return "g-" + hashlib.sha256(room.encode() + b" " + entry_id).hexdigest()[:16]
 

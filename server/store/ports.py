@@ -131,6 +131,7 @@ class Turn:
     position: int = 0
     interrupted: str = ""
     dropped: tuple[Queued, ...] = ()
+    asked: bool = False  # ``once``: the rid took its turn before (nothing done now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,13 +348,14 @@ class GenerationLocks(Protocol):
         ...
 
     async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
-                        wait_ms: int) -> Turn:
+                        wait_ms: int, once: bool = False) -> Turn:
         """A question asks for the room, in one step (``policy``: ``queue`` or ``interrupt``, see
         ``LLM_TURNS``): the lock is taken for it (as :meth:`lock`) when the room is free and no question
         waits; else it joins the room's waiting list, at its end while fewer than ``most_waiting`` wait
         (``queue``), or in place of every waiting question (``interrupt``, which also names the running
         generation, for the caller to cancel). It waits at most ``wait_ms``. A rid that waits already
-        gets its position again."""
+        gets its position again; with ``once``, a rid that took its turn before (its asker is recorded)
+        gets :attr:`Turn.asked` and nothing is done."""
         ...
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:

@@ -686,16 +686,17 @@ class RedisLocks:
 
     @translated
     async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
-                        wait_ms: int) -> Turn:
+                        wait_ms: int, once: bool = False) -> Turn:
         room, rid = request.room, request.rid
-        token, position, interrupted, dropped = await self._script(
+        token, position, interrupted, dropped, asked = await self._script(
             [llm_lock_key(room), llm_fence_key(room), llm_asker_key(room, rid), llm_waiting_key(room),
              llm_dropped_key(room)],
             ["turn", rid, lease_ms, FENCE_TTL_S, request.asker, ASKER_TTL_S, policy, most_waiting, request.reply_to,
-             request.regenerates or "-", wait_ms, DROPPED_TTL_S])
+             request.regenerates or "-", wait_ms, DROPPED_TTL_S, int(once)])
         return Turn(Fence(room, rid, int(token)) if token else None, int(position),
                     interrupted.decode() if interrupted else "",
-                    tuple(Queued(dropped[i].decode(), dropped[i + 1].decode()) for i in range(0, len(dropped), 2)))
+                    tuple(Queued(dropped[i].decode(), dropped[i + 1].decode()) for i in range(0, len(dropped), 2)),
+                    bool(asked))
 
     @translated
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:

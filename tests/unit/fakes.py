@@ -474,9 +474,11 @@ class FakeLocks(_Failing):
                      if deadline >= self.log.clock.now_ms)
 
     async def take_turn(self, request: Request, lease_ms: int, policy: str, most_waiting: int,
-                        wait_ms: int) -> Turn:
+                        wait_ms: int, once: bool = False) -> Turn:
         self._check()
         room, rid = request.room, request.rid
+        if once and (room, rid) in self.askers:
+            return Turn(asked=True)
         position = self._position(room, rid)
         if position:
             return Turn(None, position)

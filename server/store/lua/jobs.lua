@@ -16,8 +16,9 @@
 -- turn    KEYS: lock, the fencing counter, rid's asker, the waiting list, the dropped set. ARGV: 'turn',
 --         rid, lease_ms, the counter's ttl_s, the asker, the asker's ttl_s, the policy ('queue' or
 --         'interrupt'), the most questions that may wait, reply_to, regenerates ('-': none), how long
---         it may wait (ms), the dropped set's ttl_s. A question asks for its turn: returns {token,
---         position, interrupted, dropped}. token > 0: the lock is taken for it (the room was free and
+--         it may wait (ms), the dropped set's ttl_s, '1' to ask once. A question asks for its turn:
+--         returns {token, position, interrupted, dropped, asked}; asked = 1 (nothing done) when asked
+--         once and rid took its turn before (its asker is recorded). token > 0: the lock is taken for it (the room was free and
 --         nobody waited, or it held the lock already). position > 0: it waits, that many questions
 --         ahead of it counting the running one (queue: at the end of the list, when fewer than the most
 --         wait; interrupt: it replaces every waiting question, which are dropped and returned as
@@ -130,13 +131,14 @@ if step == 'lock' then
   return token
 elseif step == 'turn' then
   local lock, waiting, rid = KEYS[1], KEYS[4], ARGV[2]
+  if ARGV[13] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {0, 0, '', {}, 1} end
   purge(waiting)
   local position = find(waiting, rid)
-  if position > 0 then return {0, position, '', {}} end
+  if position > 0 then return {0, position, '', {}, 0} end
   local holder = holder_rid(redis.call('GET', lock))
   if holder == rid or (not holder and redis.call('LLEN', waiting) == 0) then
     if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
-    return {take(lock, KEYS[2], rid, ARGV[3], ARGV[4]), 0, '', {}}
+    return {take(lock, KEYS[2], rid, ARGV[3], ARGV[4]), 0, '', {}, 0}
   end
   local entry = table.concat({rid, ARGV[9], ARGV[5], ARGV[10], now_ms() + tonumber(ARGV[11])}, ' ')
   local dropped = {}
@@ -149,11 +151,11 @@ elseif step == 'turn' then
     end
     redis.call('DEL', waiting)
   elseif ARGV[7] ~= 'queue' or redis.call('LLEN', waiting) >= tonumber(ARGV[8]) then
-    return {0, 0, '', {}}
+    return {0, 0, '', {}, 0}
   end
   if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
   position = redis.call('RPUSH', waiting, entry)
-  return {0, position, ARGV[7] == 'interrupt' and holder or '', dropped}
+  return {0, position, ARGV[7] == 'interrupt' and holder or '', dropped, 0}
 elseif step == 'start' then
   local rid, waiting = ARGV[2], KEYS[6]
   local answered = redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4]) + redis.call('SISMEMBER', KEYS[7], rid)

@@ -265,3 +265,15 @@ async def test_a_stored_invoke_whose_turn_failed_takes_it_in_the_background_once
         await desk.front.idle()
         [request] = await desk.read()  # stored, so its sender was not told it failed: it is answered
         assert desk.member.pushed == [] and rig.store.locks.held == {"r": request.rid}
+
+
+async def test_a_resent_question_is_asked_only_if_its_first_sending_never_took_its_turn() -> None:
+    async with Rig() as rig:
+        desk = Turnstile(rig)
+        await rig.store.bus.follow(["r"], OTHER_NODE, 3600)
+        lost = rig.store.log.add("r", chat_body("r", "@llm first sending's reply lost"))  # stored, never asked
+        await desk.front.answer(desk.member, lost, "A", "c1", resent=True)
+        [request] = await desk.read()
+        assert request.reply_to == lost.decode()
+        await desk.front.answer(desk.member, lost, "A", "c1", resent=True)  # asked already: nothing more
+        assert await desk.read() == [] and desk.member.pushed == []
