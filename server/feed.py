@@ -17,6 +17,9 @@ is delivered only when it directly follows the cursor.
   follows; when Redis had forgotten it in a room (a stall, a Redis restart), the room is caught up and
   its members here are put back in its roster (the ``restorer``); when the channel reconnects, every
   room is caught up.
+- A catch-up to the end that finds nothing after the cursor and then a newest id beyond it reads
+  again: an entry was appended between its two reads, and a local batch reported meanwhile did not
+  take the fast path, so nothing else would deliver it.
 - Entries lost with Redis (a restart from an older snapshot, a failover to a replica that lagged; the
   channel reconnects then). A catch-up to the end that finds nothing after the cursor reads the
   stream's newest id: when it is older than the cursor, entries delivered here are gone from the
@@ -328,6 +331,8 @@ class RoomFeed:
                                 cursor.id.decode())
                     cursor.id = newest
                     continue
+                if newest is not None and id_tuple(newest) > id_tuple(cursor.id):
+                    continue  # appended between the two reads (reported here while reading): read it
                 target = cursor.target
                 items = [item for item in entries if target is None or id_tuple(item[0]) <= target]
                 if not items:

@@ -774,6 +774,30 @@ async def test_a_catch_up_to_the_end_that_finds_the_streams_newest_entry_older_t
     assert node.feed.cursor("r") == after[0]
 
 
+async def test_a_catch_up_to_the_end_reads_again_when_an_entry_was_appended_between_its_two_reads() -> None:
+    """The reader found nothing after the cursor, then the stream's newest id beyond it: an append
+    landed between the two reads (a local one included, reported while the reader ran, so it did not
+    take the fast path). The reader reads again: that entry is delivered, not skipped."""
+    node = await started_node()
+    before = await local_append(node, "r", b"before")
+    last_id = node.store.log.last_id
+    appended: list[bytes] = []
+
+    async def append_first(room: str) -> bytes:  # the sender's append lands between the reader's reads
+        if not appended:
+            appended.extend(await local_append(node, room, b"after"))
+        return await last_id(room)
+
+    node.store.log.last_id = append_first  # type: ignore[method-assign]
+    node.channel.lose()
+    await until(lambda: backoff(0) in node.sleep.sleeping())
+    node.sleep.wake(backoff(0))
+    await until(lambda: bool(appended) and node.feed.state("r") is LIVE)
+    await passes()
+    assert node.sink.seen() == s(*before, *appended)
+    assert node.feed.cursor("r") == appended[0]
+
+
 async def test_a_catch_up_to_the_end_keeps_a_cursor_whose_entry_the_stream_holds() -> None:
     node = await started_node()
     ids = await local_append(node, "r", b"one", b"two")
