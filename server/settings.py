@@ -272,6 +272,7 @@ class LLMSettings:
     concurrency: int = 100  # generations one worker runs at once
     reclaim_after_s: float = 30.0
     queue_lease_s: float = 600.0  # how long a queued question keeps its room before a worker starts it
+    join_lease_s: float = 30.0  # how long a question keeps its turn before its request is queued (a relay died)
     history_turns: int = 10  # room messages the model sees before the prompt
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     scripted_delay_ms: int = 20  # the scripted provider's pause between chunks
@@ -289,6 +290,12 @@ class LLMSettings:
     def queue_lease_ms(self) -> int:
         """The room lock's lease while its question waits in the queue (set by the front)."""
         return max(1, int(self.queue_lease_s * 1000))
+
+    @property
+    def join_lease_ms(self) -> int:
+        """The turn's lease from the moment a question takes it until its request is queued (then the
+        queued lease): what a relay dying in between costs the room. At most the queued lease."""
+        return max(1, int(min(self.join_lease_s, self.queue_lease_s) * 1000))
 
     @property
     def running_lease_ms(self) -> int:
@@ -372,6 +379,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "concurrency": ("LLM_CONCURRENCY", _int(1, 100_000)),
     "reclaim_after_s": ("LLM_RECLAIM_AFTER_S", _float(0.0, 86400.0, low_open=True)),
     "queue_lease_s": ("LLM_QUEUE_LEASE_S", _float(0.0, 86400.0, low_open=True)),
+    "join_lease_s": ("LLM_JOIN_LEASE_S", _float(0.0, 86400.0, low_open=True)),
     "history_turns": ("LLM_HISTORY_TURNS", _int(0, 1000)),
     "system_prompt": ("LLM_SYSTEM_PROMPT", _text),
     "scripted_delay_ms": ("LLM_SCRIPTED_DELAY_MS", _int(0, 60_000)),

@@ -142,7 +142,8 @@ class Relay:
         self.front = LLMFront(store.locks, self.parts.requests, self.appender, settings.llm.trigger,
                               settings.llm.queue_lease_ms, settings.llm.cancel, guard=self.parts.guard,
                               room_log=store.log, turns=settings.llm.turns,
-                              queue_per_room=settings.llm.queue_per_room, ephemeral=self.parts.ephemeral)
+                              queue_per_room=settings.llm.queue_per_room, ephemeral=self.parts.ephemeral,
+                              join_lease_ms=settings.llm.join_lease_ms)
         self.dispatcher = Dispatcher(self.appender, self.front)
 
     @contextlib.asynccontextmanager

@@ -11,9 +11,12 @@
   ``llm.invoke`` is refused before it is stored). ``interrupt``: the running answer is cancelled (by the
   new question's asker), the questions waiting are dropped (each member hears ``llm.error``
   ``cancelled`` for them, not stored) and the new one answers next.
-- The room's lock is taken with the long "queued" lease (``LLM_QUEUE_LEASE_S``): the question keeps
-  its room while it waits for a worker, however long every worker slot stays busy; the worker that
-  starts it takes the lock over with a new fencing token and its own short, renewed lease.
+- A question's turn (the room's lock, or its place in the waiting list) is taken with the short
+  joining lease (``LLM_JOIN_LEASE_S``), and kept for the long queued lease (``LLM_QUEUE_LEASE_S``) once
+  its request is queued (:meth:`~server.store.ports.GenerationLocks.confirm`): the question keeps its
+  room while it waits for a worker, however long every worker slot stays busy, but a relay that dies
+  before it queued the request holds the room no longer than the joining lease. The worker that starts
+  it takes the lock over with a new fencing token and its own short, renewed lease.
 - An ``llm.invoke`` is stored like a chat message, then takes its turn like one. With
   ``LLM_TURNS=refuse`` it takes the room's lock first (``busy`` when it cannot: nothing is stored).
 - An ``llm.regenerate`` names a stored answer (by its ``rid``): its question is asked again, as a new
@@ -90,7 +93,7 @@ class LLMFront:
                  queue_lease_ms: int, cancel_scope: CancelScope = "any",
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep, *, guard: CostGuard | None = None,
                  room_log: RoomLog | None = None, turns: Turns = "refuse", queue_per_room: int = 5,
-                 ephemeral: Ephemeral | None = None) -> None:
+                 ephemeral: Ephemeral | None = None, join_lease_ms: int | None = None) -> None:
         self._turns = turns  # LLM_TURNS
         self._most_waiting = queue_per_room  # LLM_QUEUE_PER_ROOM
         self._ephemeral = ephemeral  # how members hear llm.queued and a dropped question's llm.error
@@ -101,6 +104,8 @@ class LLMFront:
         self._appender = appender
         self._trigger = trigger
         self._lease_ms = queue_lease_ms
+        # (a turn's lease until its request is queued: LLM_JOIN_LEASE_S)
+        self._join_ms = min(join_lease_ms or queue_lease_ms, queue_lease_ms)
         self._asker_only = cancel_scope == "asker"
         self._sleep = sleep  # the background retries' pauses (tests pass their own)
         self._background: set[asyncio.Task[None]] = set()
@@ -178,8 +183,8 @@ class LLMFront:
         place in the waiting list may have been taken all the same (a lost reply): given up in the
         background (``give_up``), or kept for the caller, who asks again (the same rid's turn is its own)."""
         try:
-            return await self._locks.take_turn(request, self._lease_ms, self._turns, self._most_waiting,
-                                               self._lease_ms, once)
+            return await self._locks.take_turn(request, self._join_ms, self._turns, self._most_waiting,
+                                               self._join_ms, once)
         except BaseException:
             if give_up:
                 self._release(request.room, request.rid, None)
@@ -279,7 +284,7 @@ class LLMFront:
         """The room's lock for ``rid``, or None when another generation holds it. When the store fails,
         the lock may have been taken all the same (a lost reply): it is released in the background."""
         try:
-            return await self._locks.lock(room, rid, self._lease_ms, asker)
+            return await self._locks.lock(room, rid, self._join_ms, asker)
         except BaseException:
             self._release(room, rid, None)
             raise
@@ -296,6 +301,25 @@ class LLMFront:
             log.warning("room %s: the request of %s could not be queued (%s); trying again", request.room,
                         request.rid, exc)
             self._later(self._retry_queue(request, fence))
+            return
+        await self._confirm(request, fence)
+
+    async def _confirm(self, request: Request, fence: Fence | None) -> None:
+        """The request is queued: its turn, taken with the joining lease, is kept for the queued lease
+        (again in the background while the store fails: until then the joining lease runs)."""
+        async def confirm() -> None:
+            await self._locks.confirm(request.room, request.rid, fence, self._lease_ms, self._lease_ms)
+
+        try:
+            await confirm()
+        except Exception as exc:
+            log.warning("room %s: the turn of %s could not be kept for its queued lease (%s); trying again",
+                        request.room, request.rid, exc)
+            self._later(self._retried_quietly(confirm))
+
+    async def _retried_quietly(self, step: Callable[[], Awaitable[object]]) -> None:
+        if not await self._retried(step):
+            log.warning("a turn could not be kept for its queued lease: it lapses with its joining lease")
 
     def _release(self, room: str, rid: str, fence: Fence | None) -> None:
         """Release the lock ``rid`` holds (``fence`` None: it may hold it, with a token nobody heard, or wait
@@ -338,6 +362,8 @@ class LLMFront:
                       request.rid)
             await self._retried(lambda: self._locks.release(fence) if fence else self._locks.withdraw(request.room,
                                                                                                       request.rid))
+            return
+        await self._confirm(request, fence)
 
     async def _retried(self, step: Callable[[], Awaitable[object]]) -> bool:
         """Run ``step`` until it succeeds (True), backing off, for at most the queued lease (False)."""

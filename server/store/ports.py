@@ -336,11 +336,12 @@ class RoomInstances(Protocol):
 
 class GenerationLocks(Protocol):
     """One generation per room, fenced. The room's lock holds ``(rid, token)``: the front takes it
-    with a long lease when it queues a question (the question keeps the room while it waits), the
-    worker that starts the question takes it again with a new token and a shorter lease it renews.
-    Every write of a generation (its frames, its answer, its end) checks the token in the same step,
-    so a worker whose token is stale (its lease lapsed, or another worker took the request over)
-    cannot write anything."""
+    with a short joining lease, kept for a long one once the question's request is queued
+    (:meth:`confirm`: the question keeps the room while it waits for a worker, but a relay that died
+    before queueing it does not hold the room for long), the worker that starts the question takes it
+    again with a new token and a shorter lease it renews. Every write of a generation (its frames, its
+    answer, its end) checks the token in the same step, so a worker whose token is stale (its lease
+    lapsed, or another worker took the request over) cannot write anything."""
 
     async def lock(self, room: str, rid: str, lease_ms: int, asker: str = "") -> Fence | None:
         """Take the room's lock for ``rid`` with a new token, recording ``asker`` (the role that asked,
@@ -356,6 +357,13 @@ class GenerationLocks(Protocol):
         generation, for the caller to cancel). It waits at most ``wait_ms``. A rid that waits already
         gets its position again; with ``once``, a rid that took its turn before (its asker is recorded)
         gets :attr:`Turn.asked` and nothing is done."""
+        ...
+
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+        """``rid``'s request is queued: the turn it took with the short joining lease (:meth:`lock`,
+        :meth:`take_turn`) is kept for the queued lease now: the lock's lease becomes ``lease_ms`` while it
+        holds ``fence`` (None: ``rid`` waits), else ``rid``'s place in the waiting list may wait ``wait_ms``
+        from now. False when neither: a worker started it already, or its turn lapsed."""
         ...
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:

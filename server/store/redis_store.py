@@ -699,6 +699,12 @@ class RedisLocks:
                     bool(asked))
 
     @translated
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+        value = fence_value(fence) if fence is not None else ""
+        return bool(await self._script([llm_lock_key(room), llm_waiting_key(room)],
+                                       ["confirm", rid, value, lease_ms, wait_ms]))
+
+    @translated
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:
         answered, cancelled, token, by, waits = await self._script(
             [llm_lock_key(room), llm_cancelled_key(room, rid), dedupe_key(room, LLM_ROLE, rid),

@@ -4,6 +4,7 @@ Redis (through the lean connection and through redis-py alone) and on the embedd
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.asyncio
 
@@ -20,6 +21,7 @@ from server.store.ports import (
     Admission,
     Cancel,
     Duplicate,
+    Fence,
     NewEntry,
     Queued,
     Request,
@@ -456,3 +458,22 @@ async def test_an_interrupt_drops_the_waiting_questions_and_names_the_running_on
     assert await store.locks.withdraw(room, "g-3")
     assert (await store.roster.enter(room, "", "A", 0)).queued == ()
     assert not await store.locks.withdraw(room, "g-3")
+
+
+async def test_a_confirmed_turn_outlives_its_joining_lease_and_an_unconfirmed_one_lapses(store: Store) -> None:
+    room, other = new_room(), new_room()
+    held, waits = Request(room, "g-1", "1-0", "A"), Request(room, "g-2", "2-0", "B")
+    fence = (await store.locks.take_turn(held, 1000, "queue", 5, 1000)).fence
+    assert fence is not None and (await store.locks.take_turn(waits, 1000, "queue", 5, 1000)).position == 1
+    assert (await store.locks.take_turn(Request(other, "g-3", "3-0", "A"), 1000, "queue", 5, 1000)).fence is not None
+    assert await store.locks.confirm(room, "g-1", fence, 60_000, 60_000)
+    assert await store.locks.confirm(room, "g-2", None, 60_000, 60_000)
+    assert not await store.locks.confirm(room, "g-1", Fence(room, "g-1", fence.token + 1), 60_000, 60_000)
+    assert not await store.locks.confirm(room, "g-9", None, 60_000, 60_000)  # neither holds nor waits
+    deadline = time.monotonic() + 10
+    while (await store.locks.take_turn(Request(other, "g-4", "4-0", "B"), 60_000, "queue", 5, 60_000)).fence is None:
+        assert time.monotonic() < deadline, "an unconfirmed turn held its room past its joining lease"
+        await store.locks.withdraw(other, "g-4")
+        await asyncio.sleep(0.05)
+    assert (await store.locks.start(room, "g-2", 60_000)).waits  # g-1 still holds the room, g-2 still waits
+    assert (await store.roster.enter(room, "", "A", 0)).queued == (Queued("g-2", "2-0"),)

@@ -10,7 +10,9 @@ running answer is cancelled by the new question's asker and the new question is 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ import orjson
 import pytest
 import redis
 
-from server.store.keys import stream_key
+from server.store.keys import llm_lock_key, llm_requests_key, stream_key
 from tests.conftest import RUN
 from tests.server.test_llm import END, one_generation_at_a_time
 from tests.support.client import Client
@@ -193,3 +195,29 @@ async def test_interrupt_cancels_the_running_answer_for_the_new_question(
     assert ends[0]["bd"]["finish_reason"] == "cancelled" and ends[0]["bd"]["cancelled_by"] == "B"
     assert ends[-1]["hd"]["event"] == "llm.response" and ends[-1]["bd"]["finish_reason"] == "stop"
     assert [x["bd"].get("finish_reason") for x in bot_answers(rdb, room)] == ["cancelled", "stop"]
+
+
+async def test_a_relay_dying_before_it_queued_a_question_holds_the_room_only_for_the_joining_lease(
+        start_server: Callable[..., ServerProcess], redis_url: str, room: str, rdb: redis.Redis) -> None:
+    """The question took its turn (the room's lock), its request could not be queued (the queue's key
+    refuses it), and its relay was killed while it retried: the next question is answered once the
+    joining lease (``LLM_JOIN_LEASE_S``) runs out, not the queued lease (``LLM_QUEUE_LEASE_S``, 600 s)."""
+    queue = f"t{RUN}-join-{secrets.token_hex(3)}"
+    env = {"REDIS_URL": redis_url, "LLM_QUEUE": queue, "LLM_JOIN_LEASE_S": "2", "LLM_SCRIPTED_DELAY_MS": "20"}
+    rdb.set(llm_requests_key(queue), "not a stream")  # XADD refused: WRONGTYPE
+    try:
+        dying = start_server(**env, LLM_WORKERS="0")
+        async with await Client.open(dying.ws(room, role="A")) as a:
+            await ask(a, "@llm are you there?", "q1")
+            deadline = time.monotonic() + 10
+            while not rdb.exists(llm_lock_key(room)):  # its turn is taken (then its queueing fails)
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            dying.kill()
+    finally:
+        rdb.delete(llm_requests_key(queue))
+    live = start_server(**env)
+    async with await Client.open(live.ws(room, role="B")) as b:
+        second = await ask(b, "@llm anyone?", "q2")
+        frames = await frames_until(b, lambda f: f[-1]["hd"]["event"] in END)
+    assert (frames[-1]["hd"]["event"], frames[-1]["hd"]["reply_to"]) == ("llm.response", second["hd"]["id"])

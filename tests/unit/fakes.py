@@ -511,6 +511,20 @@ class FakeLocks(_Failing):
             self.waiting[room].pop(0)
         return Started(False, cancelled, self._take(room, rid, lease_ms), by)
 
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+        self._check()
+        if fence is not None:
+            if not self.holds(fence):
+                return False
+            self.until[room] = self.log.clock.now_ms + lease_ms
+            return True
+        position = self._position(room, rid)
+        if not position:
+            return False
+        kept = self.waiting[room][position - 1]
+        self.waiting[room][position - 1] = (*kept[:3], self.log.clock.now_ms + wait_ms)
+        return True
+
     def _tell_turn(self, room: str) -> int:
         waiting = self._waiting(room)
         if waiting and self._holder(room) is None:

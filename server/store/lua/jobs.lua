@@ -24,6 +24,12 @@
 --         wait; interrupt: it replaces every waiting question, which are dropped and returned as
 --         {rid, reply_to, ...}, and interrupted names the rid holding the lock, '' when none). Both 0:
 --         busy (the list is full). A rid already waiting gets its position again.
+-- confirm KEYS: lock, the waiting list. ARGV: 'confirm', rid, the lock's value ('': rid waits), lease_ms,
+--         wait_ms. rid's request is queued: the turn it took (lock or turn) with the short joining lease,
+--         so that a relay dying before it queued the request holds the room that long at most, is kept
+--         for the queued lease now. The lock's lease becomes lease_ms if it holds value; else rid's place
+--         in the waiting list gets the deadline now + wait_ms. Returns 1, or 0 when neither (a worker
+--         started it already, or its turn lapsed).
 -- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key),
 --         rid's ended marker (written by versions that did not store llm.error), the fencing counter,
 --         the waiting list, the dropped set. ARGV: 'start', rid, lease_ms, the counter's ttl_s.
@@ -156,6 +162,16 @@ elseif step == 'turn' then
   if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
   position = redis.call('RPUSH', waiting, entry)
   return {0, position, ARGV[7] == 'interrupt' and holder or '', dropped, 0}
+elseif step == 'confirm' then
+  if ARGV[3] ~= '' then
+    if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    return 1
+  end
+  local position, entry = find(KEYS[2], ARGV[2])
+  if position == 0 then return 0 end
+  redis.call('LSET', KEYS[2], position - 1, string.match(entry, '^(.*) %d+$') .. ' ' .. (now_ms() + tonumber(ARGV[5])))
+  return 1
 elseif step == 'start' then
   local rid, waiting = ARGV[2], KEYS[6]
   local answered = redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4]) + redis.call('SISMEMBER', KEYS[7], rid)

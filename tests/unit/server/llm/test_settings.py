@@ -44,13 +44,13 @@ def test_every_variable_is_read() -> None:
         "LLM_MODEL": "m", "LLM_TEMPERATURE": "0.2", "LLM_MAX_TOKENS": "64", "LLM_TIMEOUT_S": "1.5",
         "LLM_MAX_RETRIES": "0", "LLM_TRIGGER": "always", "LLM_WORKERS": "0", "LLM_RECLAIM_AFTER_S": "5",
         "LLM_HISTORY_TURNS": "3", "LLM_SYSTEM_PROMPT": "Be terse.", "LLM_SCRIPTED_DELAY_MS": "0",
-        "LLM_QUEUE_LEASE_S": "120",
+        "LLM_QUEUE_LEASE_S": "120", "LLM_JOIN_LEASE_S": "10",
     })
     assert settings == LLMSettings(
         provider="openai", openai_api_key="sk-x", openai_base_url="https://llm.example/v1", model="m",
         temperature=0.2, max_tokens=64, timeout_s=1.5, max_retries=0, trigger="always", workers=0,
         reclaim_after_s=5.0, history_turns=3, system_prompt="Be terse.", scripted_delay_ms=0,
-        queue_lease_s=120.0,
+        queue_lease_s=120.0, join_lease_s=10.0,
     )
 
 
@@ -59,6 +59,12 @@ def test_a_running_lease_outlasts_the_reclaim_and_a_queued_one_is_long() -> None
     assert settings.running_lease_ms == 60_000  # a dead worker's request is taken over before it lapses
     assert settings.keepalive_s == 5.0 and LLMSettings(reclaim_after_s=3).keepalive_s == 1.0
     assert settings.queue_lease_ms == 600_000
+
+
+def test_a_turn_is_kept_for_the_joining_lease_until_its_request_is_queued_and_never_longer_than_the_queued_one(
+) -> None:
+    assert LLMSettings().join_lease_ms == 30_000
+    assert LLMSettings(join_lease_s=60, queue_lease_s=20).join_lease_ms == 20_000
 
 
 def test_the_api_key_is_not_in_the_repr() -> None:

@@ -16,6 +16,9 @@ Rules, each named by a test:
   (``llm.error`` ``cancelled`` each), the new one answers next.
 - refuse: a question while another runs is ``busy``; an ``llm.invoke`` is refused before it is stored.
 - a waiting question past its deadline (``LLM_QUEUE_LEASE_S``) leaves the list when it reaches its head.
+- a question holds its turn (the room's lock, or its place in the waiting list) for the joining lease
+  (``LLM_JOIN_LEASE_S``) until its request is queued, and for the queued lease from then on: a relay
+  that dies in between holds the room that long at most.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ class Turnstile:
     the front, answered by the worker."""
 
     def __init__(self, rig: Rig, turns: Turns = "queue", most: int = 2, cancel: CancelScope = "any",
-                 budgets: Budgets | None = None) -> None:
+                 budgets: Budgets | None = None, join_ms: int | None = None) -> None:
         self.rig = rig
         store = rig.store
         self.guard = None if budgets is None else CostGuard(store.usage, budgets, lambda: store.clock.now_ms / 1000)
         self.front = LLMFront(store.locks, rig.queue, rig.appender, "mention", LEASE_MS, cancel, guard=self.guard,
-                              turns=turns, queue_per_room=most, ephemeral=Ephemeral(store.bus, "n1", None))
+                              turns=turns, queue_per_room=most, ephemeral=Ephemeral(store.bus, "n1", None),
+                              join_lease_ms=join_ms)
         self.member = RecordingMember()
 
     async def ask(self, text: str = "@llm hi", role: str = "A", cid: str | None = None) -> bytes:
@@ -277,3 +281,38 @@ async def test_a_resent_question_is_asked_only_if_its_first_sending_never_took_i
         assert request.reply_to == lost.decode()
         await desk.front.answer(desk.member, lost, "A", "c1", resent=True)  # asked already: nothing more
         assert await desk.read() == [] and desk.member.pushed == []
+
+
+JOIN_MS = 30_000  # the joining lease (LLM_JOIN_LEASE_S)
+
+
+async def test_a_question_whose_request_was_never_queued_holds_its_turn_only_for_the_joining_lease() -> None:
+    """Its relay died between taking the turn and queueing the request (here: the queue refuses, and
+    the relay's retries die with it)."""
+    async with Rig() as rig:
+        dead = Turnstile(rig, join_ms=JOIN_MS)
+        rig.queue.failing = StoreUnavailable("redis away")
+        await dead.ask()
+        await dead.front.aclose()
+        rig.queue.failing = None
+        [stuck] = rig.store.locks.held.values()
+        live = Turnstile(rig, join_ms=JOIN_MS)
+        rig.store.clock.advance(JOIN_MS / 1000 - 1)
+        await live.ask("@llm still there?", "B")
+        assert rig.store.locks.held == {"r": stuck} and len(rig.store.locks.queued("r")) == 1
+        rig.store.clock.advance(2)  # the joining lease ran out: the room is free, the waiting one heads the list
+        [waiting] = await live.read()
+        assert (await rig.store.locks.start("r", waiting.rid, 1000)).fence is not None
+
+
+async def test_a_question_whose_request_is_queued_keeps_its_turn_for_the_queued_lease() -> None:
+    async with Rig() as rig:
+        desk = Turnstile(rig, join_ms=JOIN_MS)
+        await desk.ask()
+        await desk.ask("@llm me too", "B")
+        first, second = await desk.read()
+        rig.store.clock.advance(JOIN_MS / 1000 + 1)
+        assert rig.store.locks.held == {"r": first.rid}  # (no worker has started it yet)
+        assert [queued.rid for queued in rig.store.locks.queued("r")] == [second.rid]
+        rig.store.clock.advance(LEASE_MS / 1000 - JOIN_MS / 1000 - 2)
+        assert rig.store.locks.held == {"r": first.rid} and len(rig.store.locks.queued("r")) == 1
