@@ -6,7 +6,8 @@
 --
 -- The room's waiting questions (LLM_TURNS=queue or interrupt) are a list, oldest first, of
 -- "<rid> <reply_to> <asker> <regenerates or -> <deadline ms>"; a question past its deadline (Redis's
--- clock: it waited LLM_QUEUE_LEASE_S) is dropped when it reaches the head. A question removed from it
+-- clock: it waited LLM_JOIN_LEASE_S before its request was queued, or LLM_QUEUE_LEASE_S since, see
+-- confirm) is dropped when it reaches the head. A question removed from it
 -- unanswered (cancelled while it waited, dropped by an interrupt, withdrawn) is added to the room's
 -- dropped set: a worker that starts it only acknowledges it.
 --
