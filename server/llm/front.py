@@ -18,7 +18,9 @@
   before it queued the request holds the room no longer than the joining lease. The worker that starts
   it takes the lock over with a new fencing token and its own short, renewed lease.
 - An ``llm.invoke`` is stored like a chat message, then takes its turn like one. With
-  ``LLM_TURNS=refuse`` it takes the room's lock first (``busy`` when it cannot: nothing is stored).
+  ``LLM_TURNS=refuse`` it takes the room's lock first (``busy`` when it cannot: nothing is stored), and
+  once it is stored the lock is handed to the stored question's rid (``rename``), so that a resend
+  asks only if its first sending never took its turn, as for a mention.
 - An ``llm.regenerate`` names a stored answer (by its ``rid``): its question is asked again, as a new
   generation (a new ``rid``, the same ``reply_to``, ``regenerates`` the old rid). The answer is found by
   its marker (the ``llm.response``'s dedupe key) and read from the room's stream; a rid with no stored
@@ -154,19 +156,45 @@ class LLMFront:
                 self._release(member.room, rid, fence)
             raise
         if isinstance(stored, Duplicate):  # a resend of an invoke already stored (and asked, or not: see answer)
-            if fence is not None:
-                self._release(member.room, rid, fence)
             member.push(frame_with_id(stored.body, stored.id.decode()))
-            if fence is None:
+            if fence is not None:
+                await self._adopt(member, fence, stored.id, envelope.role, envelope.cid, once=True)
+            else:
                 await self.answer(member, stored.id, envelope.role, envelope.cid, resent=True)
             return
-        if fence is None:
-            rid = rid_for(member.room, stored)
-        request = Request(room=member.room, rid=rid, reply_to=stored.decode(), asker=envelope.role)
         if fence is not None:
-            await self._taken(member, request, Turn(fence), envelope.cid)
+            await self._adopt(member, fence, stored, envelope.role, envelope.cid)
         else:
-            await self._ask(member, request, envelope.cid)
+            await self._ask(member, Request(room=member.room, rid=rid_for(member.room, stored),
+                                            reply_to=stored.decode(), asker=envelope.role), envelope.cid)
+
+    async def _adopt(self, member: Member, fence: Fence, entry_id: bytes, asker: str, cid: str | None,
+                     once: bool = False) -> None:
+        """The room's lock, taken under ``fence`` before the question was stored (``LLM_TURNS=refuse``),
+        becomes the stored question's (its rid derived from its id, as a mention's: a resend can tell
+        whether its first sending was asked), and its request is queued. ``once``: a resend; when its
+        first sending was asked, the lock is released and nothing more is done."""
+        request = Request(room=member.room, rid=rid_for(member.room, entry_id), reply_to=entry_id.decode(),
+                          asker=asker)
+        try:
+            turn = await self._locks.rename(fence, request.rid, asker, once)
+        except Exception as exc:  # stored: asked again in the background (the lock may be renamed already)
+            log.warning("room %s: the lock of %s could not be handed to %s (%s); asking again", request.room,
+                        fence.rid, request.rid, exc)
+            self._later(self._retry_adopt(member, fence, request, cid))
+            return
+        if turn.asked:
+            self._release(member.room, fence.rid, fence)
+        elif turn.fence is None:  # the lock lapsed meanwhile: the question takes its turn as a mention does
+            await self._ask(member, request, cid, once=once)
+        else:
+            await self._taken(member, request, turn, cid)
+
+    async def _retry_adopt(self, member: Member, fence: Fence, request: Request, cid: str | None) -> None:
+        """(Not once: a turn whose reply was lost is the question's own, taken again; at worst a running
+        answer to it is taken over, as when its worker dies, never answered twice.)"""
+        await self._retried(lambda: self._locks.release(fence))  # (a no-op when it was renamed)
+        await self._retry_answer(member, request, cid)
 
     async def regenerate(self, member: Member, envelope: ClientEnvelope) -> None:
         """Ask the question the stored answer ``bd.rid`` answered again, as a new generation."""

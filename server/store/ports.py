@@ -359,6 +359,14 @@ class GenerationLocks(Protocol):
         gets :attr:`Turn.asked` and nothing is done."""
         ...
 
+    async def rename(self, fence: Fence, rid: str, asker: str = "", once: bool = False) -> Turn:
+        """The room's lock, taken under ``fence`` for a question before it had an id (``LLM_TURNS=refuse``:
+        an ``llm.invoke`` takes the room before it is stored), is ``rid``'s now, under the same token and
+        lease, recording ``asker``: :attr:`Turn.fence` is the new fence. With ``once``, when ``rid`` took
+        its turn before (its asker is recorded: a resend whose first sending was asked),
+        :attr:`Turn.asked` and nothing is done. Neither: the lock no longer holds ``fence``."""
+        ...
+
     async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
         """``rid``'s request is queued: the turn it took with the short joining lease (:meth:`lock`,
         :meth:`take_turn`) is kept for the queued lease now: the lock's lease becomes ``lease_ms`` while it

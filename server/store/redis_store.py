@@ -699,6 +699,14 @@ class RedisLocks:
                     bool(asked))
 
     @translated
+    async def rename(self, fence: Fence, rid: str, asker: str = "", once: bool = False) -> Turn:
+        done = await self._script([llm_lock_key(fence.room), llm_asker_key(fence.room, rid)],
+                                  ["rename", fence_value(fence), rid, asker, ASKER_TTL_S, int(once)])
+        if done == 2:
+            return Turn(asked=True)
+        return Turn(Fence(fence.room, rid, fence.token) if done else None)
+
+    @translated
     async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
         value = fence_value(fence) if fence is not None else ""
         return bool(await self._script([llm_lock_key(room), llm_waiting_key(room)],

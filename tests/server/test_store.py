@@ -477,3 +477,18 @@ async def test_a_confirmed_turn_outlives_its_joining_lease_and_an_unconfirmed_on
         await asyncio.sleep(0.05)
     assert (await store.locks.start(room, "g-2", 60_000)).waits  # g-1 still holds the room, g-2 still waits
     assert (await store.roster.enter(room, "", "A", 0)).queued == (Queued("g-2", "2-0"),)
+
+
+async def test_a_lock_taken_before_its_question_was_stored_is_handed_to_the_stored_question(store: Store) -> None:
+    room = new_room()
+    fence = await store.locks.lock(room, "g-tmp", 60_000, "A")
+    assert fence is not None
+    turn = await store.locks.rename(fence, "g-stored", "A")
+    assert turn.fence == Fence(room, "g-stored", fence.token)
+    assert await store.locks.rename(fence, "g-other", "A") == Turn()  # the old fence no longer holds the lock
+    assert await store.locks.lock(room, "g-else", 60_000) is None  # the room is still taken
+    assert await store.locks.release(turn.fence)
+    again = await store.locks.lock(room, "g-resend", 60_000, "A")
+    assert again is not None and await store.locks.rename(again, "g-stored", "A", once=True) == Turn(asked=True)
+    assert (await store.locks.take_turn(Request(room, "g-stored", "1-0", "A"), 60_000, "queue", 5, 60_000,
+                                        once=True)).asked

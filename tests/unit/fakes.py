@@ -511,6 +511,17 @@ class FakeLocks(_Failing):
             self.waiting[room].pop(0)
         return Started(False, cancelled, self._take(room, rid, lease_ms), by)
 
+    async def rename(self, fence: Fence, rid: str, asker: str = "", once: bool = False) -> Turn:
+        self._check()
+        if not self.holds(fence):
+            return Turn()
+        if once and (fence.room, rid) in self.askers:
+            return Turn(asked=True)
+        self.held[fence.room] = rid
+        if asker:
+            self.askers[fence.room, rid] = asker
+        return Turn(Fence(fence.room, rid, fence.token))
+
     async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
         self._check()
         if fence is not None:

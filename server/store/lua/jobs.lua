@@ -25,6 +25,12 @@
 --         wait; interrupt: it replaces every waiting question, which are dropped and returned as
 --         {rid, reply_to, ...}, and interrupted names the rid holding the lock, '' when none). Both 0:
 --         busy (the list is full). A rid already waiting gets its position again.
+-- rename  KEYS: lock, the new rid's asker. ARGV: 'rename', the lock's value, the new rid, the asker, the
+--         asker's ttl_s, '1' to ask once. The lock, taken for a question before it had an id
+--         (LLM_TURNS=refuse: an llm.invoke takes the room before it is stored), is its stored question's
+--         now, under the same token: 1, recording who asked; 2 (nothing done) when asked once and the new
+--         rid took its turn before (its asker is recorded: a resend whose first sending was asked); 0
+--         when the lock no longer holds the value.
 -- confirm KEYS: lock, the waiting list. ARGV: 'confirm', rid, the lock's value ('': rid waits), lease_ms,
 --         wait_ms. rid's request is queued: the turn it took (lock or turn) with the short joining lease,
 --         so that a relay dying before it queued the request holds the room that long at most, is kept
@@ -163,6 +169,13 @@ elseif step == 'turn' then
   if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
   position = redis.call('RPUSH', waiting, entry)
   return {0, position, ARGV[7] == 'interrupt' and holder or '', dropped, 0}
+elseif step == 'rename' then
+  local token = string.match(ARGV[2], '^(%d+) ')
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+  if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+  redis.call('SET', KEYS[1], token .. ' ' .. ARGV[3], 'KEEPTTL')
+  if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
+  return 1
 elseif step == 'confirm' then
   if ARGV[3] ~= '' then
     if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end

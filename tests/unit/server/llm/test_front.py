@@ -19,11 +19,11 @@ from protocol.codec import frame_with_id
 from protocol.envelope import ClientEnvelope
 from protocol.errors import ProtocolError
 from server.appender import Appender
-from server.llm.front import CANCEL_FORBIDDEN, LLMFront, new_rid
+from server.llm.front import CANCEL_FORBIDDEN, LLMFront, new_rid, rid_for
 from server.llm.quota import CostGuard
 from server.member import Member
 from server.settings import Budgets, CancelScope, Trigger
-from server.store.ports import Fence, Request, Retention, StoreUnavailable
+from server.store.ports import Fence, NewEntry, Request, Retention, StoreUnavailable
 from tests.unit.fakes import FakeLocks, FakeStore
 from tests.unit.server.llm.rig import chat_body
 
@@ -367,7 +367,8 @@ async def test_the_lock_records_who_asked_an_invoke_and_a_mention() -> None:
     async with Desk() as desk:
         await desk.invoke(role="B")
         [invoked] = desk.queued
-        assert desk.store.locks.askers == {("r", invoked.rid): "B"}
+        assert desk.store.locks.askers[("r", invoked.rid)] == "B"
+        assert invoked.rid == rid_for("r", invoked.reply_to.encode())  # the stored question's, as a mention's
         desk.store.locks.held.clear()
         await desk.front.answer(desk.member, b"5-0", "A", None)
         asked = desk.queued[-1]
@@ -406,3 +407,32 @@ async def test_with_cancel_asker_a_generation_not_running_is_still_unknown_gener
         with pytest.raises(ProtocolError) as refused:
             await desk.front.cancel(desk.member, cancel_of("g-1", "B"))
         assert refused.value.code == "unknown_generation"
+
+
+async def test_with_refuse_a_resent_invoke_is_asked_if_its_first_sending_was_stored_but_never_took_its_turn() -> None:
+    """Its first sending's append was stored, but the reply was lost (its sender was told
+    ``unavailable``, the lock it took was given back): the resend asks, once."""
+    async with Desk() as desk:
+        body = chat_body("r", "hi", "A", event="llm.invoke")
+        [stored] = (await desk.store.log.append_batch([NewEntry("r", "A", body, "c1")], Retention(dedupe_s=3600),
+                                                     "n1")).ids
+        assert isinstance(stored, bytes)
+        await desk.invoke(cid="c1")
+        [request] = desk.queued
+        assert (request.reply_to, request.rid) == (stored.decode(), rid_for("r", stored))
+        assert desk.store.locks.held == {"r": request.rid}
+        desk.store.locks.held.clear()  # (its answer ended)
+        await desk.invoke(cid="c1")  # sent once more: asked already
+        await desk.front.idle()
+        assert desk.queued == [request] and desk.store.locks.held == {}
+        assert [frame["hd"]["id"] for frame in desk.member.pushed] == [stored.decode()] * 2  # the original, each time
+
+
+async def test_with_refuse_a_resent_invoke_whose_first_sending_was_asked_is_not_asked_again() -> None:
+    async with Desk() as desk:
+        await desk.invoke(cid="c1")
+        [request] = desk.queued
+        desk.store.locks.held.clear()  # (its answer ended)
+        await desk.invoke(cid="c1")  # its sender never heard the reply (a dropped connection)
+        await desk.front.idle()
+        assert desk.queued == [request] and desk.store.locks.held == {}
