@@ -335,19 +335,20 @@ class LLMFront:
     async def _confirm(self, request: Request, fence: Fence | None) -> None:
         """The request is queued: its turn, taken with the joining lease, is kept for the queued lease
         (again in the background while the store fails: until then the joining lease runs)."""
-        async def confirm() -> None:
-            await self._locks.confirm(request.room, request.rid, fence, self._lease_ms, self._lease_ms)
-
         try:
-            await confirm()
+            await self._keep(request, fence)
         except Exception as exc:
             log.warning("room %s: the turn of %s could not be kept for its queued lease (%s); trying again",
                         request.room, request.rid, exc)
-            self._later(self._retried_quietly(confirm))
+            self._later(self._retry_confirm(request, fence))
 
-    async def _retried_quietly(self, step: Callable[[], Awaitable[object]]) -> None:
-        if not await self._retried(step):
-            log.warning("a turn could not be kept for its queued lease: it lapses with its joining lease")
+    async def _keep(self, request: Request, fence: Fence | None) -> bool:
+        return await self._locks.confirm(request.room, request.rid, fence, self._lease_ms, self._lease_ms)
+
+    async def _retry_confirm(self, request: Request, fence: Fence | None) -> None:
+        if not await self._retried(lambda: self._keep(request, fence)):
+            log.warning("room %s: the turn of %s could not be kept for its queued lease: it lapses with its"
+                        " joining lease", request.room, request.rid)
 
     def _release(self, room: str, rid: str, fence: Fence | None) -> None:
         """Release the lock ``rid`` holds (``fence`` None: it may hold it, with a token nobody heard, or wait

@@ -442,6 +442,10 @@ class FakeLocks(_Failing):
         self.tokens.pop(room, None)
         self.until.pop(room, None)
 
+    def holder(self, room: str) -> str | None:
+        """The rid holding the room's lock now (None: free, or its lease ran out)."""
+        return self._holder(room)
+
     def holds(self, fence: Fence) -> bool:
         return self._holder(fence.room) == fence.rid and self.tokens.get(fence.room, 0) == fence.token
 

@@ -299,7 +299,7 @@ async def test_a_question_whose_request_was_never_queued_holds_its_turn_only_for
         live = Turnstile(rig, join_ms=JOIN_MS)
         rig.store.clock.advance(JOIN_MS / 1000 - 1)
         await live.ask("@llm still there?", "B")
-        assert rig.store.locks.held == {"r": stuck} and len(rig.store.locks.queued("r")) == 1
+        assert rig.store.locks.holder("r") == stuck and len(rig.store.locks.queued("r")) == 1
         rig.store.clock.advance(2)  # the joining lease ran out: the room is free, the waiting one heads the list
         [waiting] = await live.read()
         assert (await rig.store.locks.start("r", waiting.rid, 1000)).fence is not None
@@ -312,7 +312,29 @@ async def test_a_question_whose_request_is_queued_keeps_its_turn_for_the_queued_
         await desk.ask("@llm me too", "B")
         first, second = await desk.read()
         rig.store.clock.advance(JOIN_MS / 1000 + 1)
-        assert rig.store.locks.held == {"r": first.rid}  # (no worker has started it yet)
+        assert rig.store.locks.holder("r") == first.rid  # (no worker has started it yet)
         assert [queued.rid for queued in rig.store.locks.queued("r")] == [second.rid]
         rig.store.clock.advance(LEASE_MS / 1000 - JOIN_MS / 1000 - 2)
-        assert rig.store.locks.held == {"r": first.rid} and len(rig.store.locks.queued("r")) == 1
+        assert rig.store.locks.holder("r") == first.rid and len(rig.store.locks.queued("r")) == 1
+
+
+async def test_a_turn_whose_keeping_failed_is_kept_in_the_background_once_the_store_is_back() -> None:
+    async with Rig() as rig:
+        desk = Turnstile(rig, join_ms=JOIN_MS)
+        add = rig.queue.add
+
+        async def add_then_fail(request: Request) -> None:  # queued; then Redis goes away
+            await add(request)
+            rig.store.locks.failing = StoreUnavailable("redis away")
+
+        async def heal(_seconds: float) -> None:
+            rig.store.locks.failing = None
+            await asyncio.sleep(0)
+
+        rig.queue.add = add_then_fail  # type: ignore[method-assign]
+        desk.front._sleep = heal
+        await desk.ask()
+        await desk.front.idle()
+        [request] = await desk.read()
+        rig.store.clock.advance(JOIN_MS / 1000 + 1)
+        assert rig.store.locks.holder("r") == request.rid
