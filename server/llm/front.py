@@ -106,8 +106,7 @@ class LLMFront:
         self._appender = appender
         self._trigger = trigger
         self._lease_ms = queue_lease_ms
-        # (a turn's lease until its request is queued: LLM_JOIN_LEASE_S)
-        self._join_ms = min(join_lease_ms or queue_lease_ms, queue_lease_ms)
+        self._join_ms = join_lease_ms or queue_lease_ms  # a turn's lease until its request is queued
         self._asker_only = cancel_scope == "asker"
         self._sleep = sleep  # the background retries' pauses (tests pass their own)
         self._background: set[asyncio.Task[None]] = set()
@@ -343,7 +342,7 @@ class LLMFront:
             self._later(self._retry_confirm(request, fence))
 
     async def _keep(self, request: Request, fence: Fence | None) -> bool:
-        return await self._locks.confirm(request.room, request.rid, fence, self._lease_ms, self._lease_ms)
+        return await self._locks.confirm(request.room, request.rid, fence, self._lease_ms)
 
     async def _retry_confirm(self, request: Request, fence: Fence | None) -> None:
         if not await self._retried(lambda: self._keep(request, fence)):

@@ -367,11 +367,11 @@ class GenerationLocks(Protocol):
         :attr:`Turn.asked` and nothing is done. Neither: the lock no longer holds ``fence``."""
         ...
 
-    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int) -> bool:
         """``rid``'s request is queued: the turn it took with the short joining lease (:meth:`lock`,
-        :meth:`take_turn`) is kept for the queued lease now: the lock's lease becomes ``lease_ms`` while it
-        holds ``fence`` (None: ``rid`` waits), else ``rid``'s place in the waiting list may wait ``wait_ms``
-        from now. False when neither: a worker started it already, or its turn lapsed."""
+        :meth:`take_turn`) is kept for ``lease_ms`` from now (the queued lease): the lock's lease while it
+        holds ``fence`` (None: ``rid`` waits), else ``rid``'s place in the waiting list. False when
+        neither: a worker started it already, or its turn lapsed."""
         ...
 
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:

@@ -707,10 +707,9 @@ class RedisLocks:
         return Turn(Fence(fence.room, rid, fence.token) if done else None)
 
     @translated
-    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int) -> bool:
         value = fence_value(fence) if fence is not None else ""
-        return bool(await self._script([llm_lock_key(room), llm_waiting_key(room)],
-                                       ["confirm", rid, value, lease_ms, wait_ms]))
+        return bool(await self._script([llm_lock_key(room), llm_waiting_key(room)], ["confirm", rid, value, lease_ms]))
 
     @translated
     async def start(self, room: str, rid: str, lease_ms: int) -> Started:

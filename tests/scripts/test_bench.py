@@ -110,17 +110,23 @@ def test_bulk_run_times_echoes_while_readers_page_through_big_entries(
     assert rdb.keys(f"chat:*:{room}-*") == []
 
 
+def scale_run(redis_url: str, room: str, *args: str) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A brief ``--mode scale`` run: what it printed, its two relay records (each checked: nothing lost,
+    duplicated or reordered) and its summary."""
+    result, [first, second, summary] = run_bench("--mode", "scale", "--redis-url", redis_url, *args, "--window", "2",
+                                                 *BRIEF, "--room-prefix", f"{room}-")
+    assert result.returncode == 0, result.stderr
+    for record in (first, second):
+        assert record["mode"] == "relay"
+        assert_nothing_lost_duplicated_or_reordered(record["check"])
+    return result.stderr, first, second, summary
+
+
 def test_scale_run_compares_one_process_with_one_port_served_by_two_workers(
     redis_url: str, room: str, rdb: redis.Redis
 ) -> None:
-    result, [one, two, summary] = run_bench("--mode", "scale", "--redis-url", redis_url, "--workers", "2",
-                                            "--rooms", "3", "--members", "3", "--window", "2", *BRIEF,
-                                            "--room-prefix", f"{room}-")
+    _, one, two, summary = scale_run(redis_url, room, "--workers", "2", "--rooms", "3", "--members", "3")
 
-    assert result.returncode == 0, result.stderr
-    for record in (one, two):
-        assert record["mode"] == "relay"
-        assert_nothing_lost_duplicated_or_reordered(record["check"])
     assert summary["mode"] == "scale" and summary["params"]["nodes"] == "1 vs 2 workers"
     figures = summary["figures"]
     assert (figures["deliveries_per_s_1"], figures["deliveries_per_s_2_workers"]) == (
@@ -148,14 +154,8 @@ def test_llm_run_with_a_slow_reader_shows_its_merged_frames_and_that_it_was_not_
 def test_scale_run_compares_a_single_redis_with_a_cluster_shard_by_shard(
     redis_url: str, room: str, rdb: redis.Redis
 ) -> None:
-    result, [single, cluster, summary] = run_bench("--mode", "scale", "--redis-url", redis_url, "--cluster", "2",
-                                                   "--rooms", "4", "--members", "2", "--window", "2", *BRIEF,
-                                                   "--room-prefix", f"{room}-")
+    printed, single, cluster, summary = scale_run(redis_url, room, "--cluster", "2", "--rooms", "4", "--members", "2")
 
-    assert result.returncode == 0, result.stderr
-    for record in (single, cluster):
-        assert record["mode"] == "relay"
-        assert_nothing_lost_duplicated_or_reordered(record["check"])
     assert single["params"]["store"] == redis_url and cluster["params"]["store"] != redis_url
     assert len(single["figures"]["redis_shards_cpu_s"]) == 1 and len(cluster["figures"]["redis_shards_cpu_s"]) == 2
     assert summary["mode"] == "scale" and summary["ok"] is True
@@ -165,7 +165,7 @@ def test_scale_run_compares_a_single_redis_with_a_cluster_shard_by_shard(
     assert [shard["rooms"] for shard in first["shards"]] == [4] and sum(s["rooms"] for s in second["shards"]) == 4
     assert sum(shard["load_share"] for shard in second["shards"]) == pytest.approx(1.0)
     assert second["vs_single"] is not None
-    assert "  single Redis  " in result.stderr and "  cluster, 2 masters  " in result.stderr
+    assert "  single Redis  " in printed and "  cluster, 2 masters  " in printed
     assert rdb.keys(f"chat:*:{room}-*") == []  # the single Redis's rooms deleted (the cluster was stopped)
 
 

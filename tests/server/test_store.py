@@ -466,10 +466,10 @@ async def test_a_confirmed_turn_outlives_its_joining_lease_and_an_unconfirmed_on
     fence = (await store.locks.take_turn(held, 1000, "queue", 5, 1000)).fence
     assert fence is not None and (await store.locks.take_turn(waits, 1000, "queue", 5, 1000)).position == 1
     assert (await store.locks.take_turn(Request(other, "g-3", "3-0", "A"), 1000, "queue", 5, 1000)).fence is not None
-    assert await store.locks.confirm(room, "g-1", fence, 60_000, 60_000)
-    assert await store.locks.confirm(room, "g-2", None, 60_000, 60_000)
-    assert not await store.locks.confirm(room, "g-1", Fence(room, "g-1", fence.token + 1), 60_000, 60_000)
-    assert not await store.locks.confirm(room, "g-9", None, 60_000, 60_000)  # neither holds nor waits
+    assert await store.locks.confirm(room, "g-1", fence, 60_000)
+    assert await store.locks.confirm(room, "g-2", None, 60_000)
+    assert not await store.locks.confirm(room, "g-1", Fence(room, "g-1", fence.token + 1), 60_000)
+    assert not await store.locks.confirm(room, "g-9", None, 60_000)  # neither holds nor waits
     deadline = time.monotonic() + 10
     while (await store.locks.take_turn(Request(other, "g-4", "4-0", "B"), 60_000, "queue", 5, 60_000)).fence is None:
         assert time.monotonic() < deadline, "an unconfirmed turn held its room past its joining lease"

@@ -526,7 +526,7 @@ class FakeLocks(_Failing):
             self.askers[fence.room, rid] = asker
         return Turn(Fence(fence.room, rid, fence.token))
 
-    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int, wait_ms: int) -> bool:
+    async def confirm(self, room: str, rid: str, fence: Fence | None, lease_ms: int) -> bool:
         self._check()
         if fence is not None:
             if not self.holds(fence):
@@ -537,7 +537,7 @@ class FakeLocks(_Failing):
         if not position:
             return False
         kept = self.waiting[room][position - 1]
-        self.waiting[room][position - 1] = (*kept[:3], self.log.clock.now_ms + wait_ms)
+        self.waiting[room][position - 1] = (*kept[:3], self.log.clock.now_ms + lease_ms)
         return True
 
     def _tell_turn(self, room: str) -> int:

@@ -31,11 +31,11 @@
 --         now, under the same token: 1, recording who asked; 2 (nothing done) when asked once and the new
 --         rid took its turn before (its asker is recorded: a resend whose first sending was asked); 0
 --         when the lock no longer holds the value.
--- confirm KEYS: lock, the waiting list. ARGV: 'confirm', rid, the lock's value ('': rid waits), lease_ms,
---         wait_ms. rid's request is queued: the turn it took (lock or turn) with the short joining lease,
---         so that a relay dying before it queued the request holds the room that long at most, is kept
---         for the queued lease now. The lock's lease becomes lease_ms if it holds value; else rid's place
---         in the waiting list gets the deadline now + wait_ms. Returns 1, or 0 when neither (a worker
+-- confirm KEYS: lock, the waiting list. ARGV: 'confirm', rid, the lock's value ('': rid waits), lease_ms.
+--         rid's request is queued: the turn it took (lock or turn) with the short joining lease, so that
+--         a relay dying before it queued the request holds the room that long at most, is kept for the
+--         queued lease now. The lock's lease becomes lease_ms if it holds value; else rid's place in the
+--         waiting list gets the deadline now + lease_ms. Returns 1, or 0 when neither (a worker
 --         started it already, or its turn lapsed).
 -- start   KEYS: lock, rid's cancelled marker, rid's answer marker (the llm.response's dedupe key),
 --         rid's ended marker (written by versions that did not store llm.error), the fencing counter,
@@ -184,7 +184,7 @@ elseif step == 'confirm' then
   end
   local position, entry = find(KEYS[2], ARGV[2])
   if position == 0 then return 0 end
-  redis.call('LSET', KEYS[2], position - 1, string.match(entry, '^(.*) %d+$') .. ' ' .. (now_ms() + tonumber(ARGV[5])))
+  redis.call('LSET', KEYS[2], position - 1, string.match(entry, '^(.*) %d+$') .. ' ' .. (now_ms() + tonumber(ARGV[4])))
   return 1
 elseif step == 'start' then
   local rid, waiting = ARGV[2], KEYS[6]
